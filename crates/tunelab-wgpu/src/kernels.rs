@@ -1,0 +1,45 @@
+//! The WGSL kernels, one file per op family, embedded at compile time.
+//!
+//! [`ALL`] lists every kernel file; a unit test parses and validates each one with naga on
+//! the CPU, and another checks that no `.wgsl` file in `src/kernels/` is missing from it.
+
+/// `y = alpha * x + beta * y`, elementwise.
+pub const ELEMENTWISE: &str = include_str!("kernels/elementwise.wgsl");
+
+/// Every kernel as `(file name, source)`.
+pub const ALL: &[(&str, &str)] = &[("elementwise.wgsl", ELEMENTWISE)];
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::ALL;
+
+    #[test]
+    fn every_kernel_parses_and_validates_with_naga() {
+        for (name, source) in ALL {
+            let module = naga::front::wgsl::parse_str(source)
+                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+            let mut validator = naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::empty(),
+            );
+            validator
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+            assert!(!module.entry_points.is_empty(), "{name} has no entry point");
+        }
+    }
+
+    #[test]
+    fn every_wgsl_file_is_listed() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/kernels");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".wgsl") {
+                assert!(
+                    ALL.iter().any(|(n, _)| *n == name),
+                    "{name} is not listed in kernels::ALL"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Project automation, run as `cargo xtask <command>`.
+//!
+//! - `setup`: installs the toolchain pieces and system packages the build and tests need.
+//! - `assets`: fetches the default model and sample datasets into `assets/` and verifies them.
+//! - `serve`: the main job: set-up and assets if missing, build the web app, serve it.
+//! - `test`: every test group, with a summary line.
+
+mod assets;
+mod serve;
+mod setup;
+mod sh;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Tunelab's project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what the build and tests need (idempotent; seconds when all is present).
+    Setup,
+    /// Fetch the default model and sample datasets into assets/, verified by sha256.
+    Assets {
+        /// Fetch and convert again even when the installed assets verify.
+        #[arg(long)]
+        force: bool,
+        /// Only verify the installed assets; fail naming the first bad file.
+        #[arg(long, conflicts_with = "force")]
+        check: bool,
+    },
+    /// Build the web app and serve it with the assets (runs setup and assets when needed).
+    Serve {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Serve the existing build in dist/ without rebuilding.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Run the test groups (all of them unless some are named).
+    Test(test::Groups),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Assets { force, check } => {
+            if check {
+                assets::check().map(|_| ())
+            } else {
+                assets::ensure(force)
+            }
+        }
+        Command::Serve { port, no_build } => serve::main(port, no_build),
+        Command::Test(groups) => test::run(groups),
+    }
+}

@@ -1,0 +1,166 @@
+//! `cargo xtask serve`: build the web app with Trunk and serve it with the assets.
+//!
+//! `/` serves `dist/` (Trunk's output); `/assets/` serves the verified `assets/` folder, so the
+//! app loads the default model and sample data from the same origin.
+
+use crate::sh::{cmd, root, run};
+use crate::{assets, setup};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Set-up and assets when missing, then a release build of the web app into `dist/`.
+pub fn prepare() -> anyhow::Result<()> {
+    if !setup::is_complete() {
+        setup::run()?;
+    }
+    assets::ensure(false)?;
+    build_web()
+}
+
+pub fn build_web() -> anyhow::Result<()> {
+    let mut c = cmd("trunk", &["build", "--release"]);
+    c.current_dir(root())
+        .env("TRUNK_OFFLINE", "true")
+        .env("TRUNK_SKIP_VERSION_CHECK", "true")
+        .env("NO_COLOR", "true");
+    run(&mut c)
+}
+
+pub fn main(port: u16, no_build: bool) -> anyhow::Result<()> {
+    if no_build {
+        assets::check()?;
+    } else {
+        prepare()?;
+    }
+    let server = Server::start(port)?;
+    println!("Tunelab is being served at {}", server.url());
+    println!("(Ctrl-C stops it)");
+    server.join();
+    Ok(())
+}
+
+/// A static file server on 127.0.0.1 for `dist/` and `assets/`.
+pub struct Server {
+    http: Arc<tiny_http::Server>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts serving on `port` (0 picks a free port).
+    pub fn start(port: u16) -> anyhow::Result<Self> {
+        let dist = root().join("dist");
+        anyhow::ensure!(
+            dist.join("index.html").exists(),
+            "{} has no index.html: build the app first (cargo xtask serve builds it)",
+            dist.display()
+        );
+        let http = tiny_http::Server::http(("127.0.0.1", port))
+            .map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+        let http = Arc::new(http);
+        let assets = assets::assets_dir();
+        let server = Arc::clone(&http);
+        let thread = std::thread::spawn(move || {
+            for request in server.incoming_requests() {
+                let (dist, assets) = (dist.clone(), assets.clone());
+                std::thread::spawn(move || respond(request, &dist, &assets));
+            }
+        });
+        Ok(Self { http, thread })
+    }
+
+    pub fn url(&self) -> String {
+        let port = self
+            .http
+            .server_addr()
+            .to_ip()
+            .map(|a| a.port())
+            .unwrap_or(0);
+        format!("http://127.0.0.1:{port}/")
+    }
+
+    pub fn stop(self) {
+        self.http.unblock();
+        let _ = self.thread.join();
+    }
+
+    fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+/// Maps a URL path to a file under `dist/` or `assets/`; refuses `..` and absolute segments.
+pub fn resolve(url: &str, dist: &Path, assets: &Path) -> Option<PathBuf> {
+    let path = url.split(['?', '#']).next().unwrap_or("/");
+    let (base, rest) = match path.strip_prefix("/assets/") {
+        Some(rest) => (assets, rest),
+        None => (dist, path.trim_start_matches('/')),
+    };
+    let rest = if rest.is_empty() { "index.html" } else { rest };
+    let mut out = base.to_path_buf();
+    for seg in rest.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." || seg.contains('\\') {
+            return None;
+        }
+        out.push(seg);
+    }
+    Some(out)
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript",
+        "wasm" => "application/wasm",
+        "css" => "text/css",
+        "json" => "application/json",
+        "jsonl" | "conll" | "txt" | "md" => "text/plain; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        _ => "application/octet-stream",
+    }
+}
+
+fn respond(request: tiny_http::Request, dist: &Path, assets: &Path) {
+    let file = resolve(request.url(), dist, assets)
+        .filter(|p| p.is_file())
+        .and_then(|p| std::fs::File::open(&p).ok().map(|f| (p, f)));
+    let result = match file {
+        Some((path, f)) => {
+            let header = tiny_http::Header::from_bytes("Content-Type", content_type(&path));
+            let mut response = tiny_http::Response::from_file(f);
+            if let Ok(h) = header {
+                response = response.with_header(h);
+            }
+            request.respond(response)
+        }
+        None => {
+            request.respond(tiny_http::Response::from_string("not found").with_status_code(404))
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("serve: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve;
+    use std::path::Path;
+
+    #[test]
+    fn urls_map_into_dist_and_assets_only() {
+        let (d, a) = (Path::new("/d"), Path::new("/a"));
+        assert_eq!(resolve("/", d, a).unwrap(), Path::new("/d/index.html"));
+        assert_eq!(
+            resolve("/app.wasm?x=1", d, a).unwrap(),
+            Path::new("/d/app.wasm")
+        );
+        assert_eq!(
+            resolve("/assets/manifest.json", d, a).unwrap(),
+            Path::new("/a/manifest.json")
+        );
+        assert!(resolve("/assets/../secret", d, a).is_none());
+        assert!(resolve("/../etc/passwd", d, a).is_none());
+        assert!(resolve("//etc/passwd", d, a).is_some_and(|p| p.starts_with("/d")));
+    }
+}
