@@ -56,16 +56,17 @@ fn GpuPanel() -> impl IntoView {
                         ("Workgroups per dimension", l.max_compute_workgroups_per_dimension.to_string(), "limit-max-compute-workgroups-per-dimension"),
                         ("Storage buffers per stage", l.max_storage_buffers_per_shader_stage.to_string(), "limit-max-storage-buffers-per-shader-stage"),
                     ];
-                    let features = if r.features.is_empty() { "none".to_string() } else { r.features.join(", ") };
+                    let has = |f: &str| if r.features.iter().any(|x| x == f) { "yes" } else { "no" };
+                    let features = format!("shader-f16: {}, subgroups: {}, timestamp queries: {}", has("SHADER_F16"), has("SUBGROUP"), has("TIMESTAMP_QUERY"));
                     view! {
                         <p class="ok" data-testid="gpu-status">"WebGPU ready"</p>
                         <dl class="facts">
-                            <dt>"Adapter"</dt><dd data-testid="adapter-name">{if r.name.is_empty() { "(unnamed)".to_string() } else { r.name.clone() }}</dd>
+                            <dt>"Adapter"</dt><dd data-testid="adapter-name">{r.name.clone()}</dd>
                             <dt>"Vendor"</dt><dd data-testid="adapter-vendor">{r.vendor.clone()}</dd>
                             <dt>"Architecture"</dt><dd data-testid="adapter-architecture">{r.architecture.clone()}</dd>
                             <dt>"Backend"</dt><dd data-testid="adapter-backend">{r.backend.clone()}</dd>
                             <dt>"Device type"</dt><dd data-testid="adapter-device-type">{r.device_type.clone()}</dd>
-                            <dt>"Optional features"</dt><dd data-testid="adapter-features">{features}</dd>
+                            <dt>"Features"</dt><dd data-testid="adapter-features">{features}</dd>
                         </dl>
                         <table class="limits" data-testid="adapter-limits">
                             <tbody>

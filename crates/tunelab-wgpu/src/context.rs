@@ -132,9 +132,11 @@ impl Context {
         if let Ok(js) = crate::web::browser_adapter_info().await {
             report.vendor = js.vendor;
             report.architecture = js.architecture;
-            if report.name.is_empty() {
-                report.name = js.description;
-            }
+            report.name = if !js.description.is_empty() {
+                js.description
+            } else {
+                format!("{} {}", report.vendor, report.architecture)
+            };
         }
 
         Ok(Self {
