@@ -9,6 +9,9 @@
 //! assert!(device.is_cpu());
 //! ```
 
+mod backend;
+
+pub use backend::Candle;
 use std::str::FromStr;
 
 /// Where tensors live.

@@ -1,4 +1,5 @@
 //! `tunelab info` on broken asset folders: the error names the file and the fix.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
 
 use std::process::Command;
 

@@ -34,7 +34,7 @@ impl LimitsReport {
     fn from_limits(l: &wgpu::Limits) -> Self {
         Self {
             max_buffer_size: l.max_buffer_size,
-            max_storage_buffer_binding_size: u64::from(l.max_storage_buffer_binding_size),
+            max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
             max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
             max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,

@@ -1,4 +1,5 @@
 //! Runs in headless Chromium (`cargo xtask test --wasm`): WebGPU through wgpu.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
 #![cfg(target_arch = "wasm32")]
 
 use wasm_bindgen_test::*;

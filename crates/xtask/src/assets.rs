@@ -9,6 +9,8 @@
 mod brown;
 mod convert;
 
+use convert::SplitFile;
+
 use crate::sh::{cmd, download_cache, root, run};
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
@@ -311,7 +313,7 @@ struct Splits<'a> {
     pkg: &'a Package,
     labels: Vec<String>,
     /// `(split, file contents, number of examples)`.
-    parts: Vec<(&'static str, String, usize)>,
+    parts: Vec<SplitFile>,
     notes: &'a str,
 }
 

@@ -4,8 +4,10 @@
 //! - `assets`: fetches the default model and sample datasets into `assets/` and verifies them.
 //! - `serve`: the main job: set-up and assets if missing, build the web app, serve it.
 //! - `test`: every test group, with a summary line.
+//! - `fixtures`: regenerate the PyTorch parity fixtures (needs PyPI; never run by tests).
 
 mod assets;
+mod fixtures;
 mod serve;
 mod setup;
 mod sh;
@@ -43,6 +45,8 @@ enum Command {
     },
     /// Run the test groups (all of them unless some are named).
     Test(test::Groups),
+    /// Regenerate the PyTorch parity fixtures in tests/fixtures (sets up a torch venv).
+    Fixtures,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +61,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve { port, no_build } => serve::main(port, no_build),
         Command::Test(groups) => test::run(groups),
+        Command::Fixtures => fixtures::run(),
     }
 }

@@ -168,17 +168,15 @@ fn e2e(counts: &mut Counts) -> anyhow::Result<()> {
     result
 }
 
+type GroupFn = fn(&mut Counts) -> anyhow::Result<()>;
+
 pub fn run(groups: Groups) -> anyhow::Result<()> {
     let all = !(groups.native || groups.wgpu || groups.wasm || groups.e2e);
     if !setup::is_complete() {
         setup::run()?;
     }
-    let plan: Vec<(&str, fn(&mut Counts) -> anyhow::Result<()>)> = [
-        (
-            "native",
-            groups.native,
-            native as fn(&mut Counts) -> anyhow::Result<()>,
-        ),
+    let plan: Vec<(&str, GroupFn)> = [
+        ("native", groups.native, native as GroupFn),
         ("wgpu", groups.wgpu, wgpu),
         ("wasm", groups.wasm, wasm),
         ("e2e", groups.e2e, e2e),

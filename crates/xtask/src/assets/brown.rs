@@ -2,7 +2,7 @@
 //! `word/tag` tokens (one sentence per line, paragraphs separated by blank lines) and
 //! `package/cats.txt` mapping each file to its genre.
 
-use super::convert::{Row, SPLIT_NAMES, shuffled, split, to_jsonl};
+use super::convert::{Row, SPLIT_NAMES, SplitFile, shuffled, split, to_jsonl};
 use anyhow::{Context, bail};
 
 /// Sentences per topic passage.
@@ -118,7 +118,7 @@ impl Corpus {
         out
     }
 
-    pub fn topic_splits(&self) -> Vec<(&'static str, String, usize)> {
+    pub fn topic_splits(&self) -> Vec<SplitFile> {
         self.doc_splits()
             .into_iter()
             .zip(SPLIT_NAMES)
@@ -145,7 +145,7 @@ impl Corpus {
             .collect()
     }
 
-    pub fn text_splits(&self) -> Vec<(&'static str, String, usize)> {
+    pub fn text_splits(&self) -> Vec<SplitFile> {
         self.doc_splits()
             .into_iter()
             .zip(SPLIT_NAMES)

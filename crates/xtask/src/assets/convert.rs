@@ -63,10 +63,13 @@ pub fn split<T>(items: Vec<T>, salt: u64) -> [Vec<T>; 3] {
     [items, val_items, test]
 }
 
+/// One split file: `(split name, contents, number of examples)`.
+pub type SplitFile = (&'static str, String, usize);
+
 pub const SPLIT_NAMES: [&str; 3] = ["train", "validation", "test"];
 
 /// Rows into shuffled JSONL splits.
-pub fn split_jsonl(rows: Vec<Row>) -> Vec<(&'static str, String, usize)> {
+pub fn split_jsonl(rows: Vec<Row>) -> Vec<SplitFile> {
     let parts = split(rows, 0);
     SPLIT_NAMES
         .iter()
@@ -230,10 +233,7 @@ pub fn to_conll(sentences: &[Sentence]) -> String {
     out
 }
 
-pub fn conll_splits(
-    name: &str,
-    bytes: &[u8],
-) -> anyhow::Result<(Vec<String>, Vec<(&'static str, String, usize)>)> {
+pub fn conll_splits(name: &str, bytes: &[u8]) -> anyhow::Result<(Vec<String>, Vec<SplitFile>)> {
     let sentences = parse_conll(name, bytes)?;
     let labels = bio_labels(&sentences)?;
     let parts = split(sentences, 0)

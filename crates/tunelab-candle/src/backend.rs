@@ -1,0 +1,564 @@
+//! [`Backend`] on candle-core tensors: the reference implementation.
+//!
+//! Only candle's tensor ops and kernels are used; candle's autograd never is (its fused
+//! `layer_norm`/`softmax_last_dim` have no backward). Every backward here is written out and
+//! tested against finite differences.
+
+use candle_core::{D, DType, Device, Tensor};
+use tunelab_core::Shape;
+use tunelab_core::backend::{AdamW, Backend, BackendError, IGNORE_INDEX, LayerNormSaved, Result};
+
+/// The candle backend on one device.
+#[derive(Debug, Clone)]
+pub struct Candle {
+    device: Device,
+}
+
+impl Candle {
+    pub fn new(device: Device) -> Self {
+        Self { device }
+    }
+
+    pub fn cpu() -> Self {
+        Self::new(Device::Cpu)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+fn err(e: candle_core::Error) -> BackendError {
+    BackendError::Device {
+        backend: "candle",
+        msg: e.to_string(),
+    }
+}
+
+trait Ctx<T> {
+    fn c(self) -> Result<T>;
+}
+
+impl<T> Ctx<T> for candle_core::Result<T> {
+    fn c(self) -> Result<T> {
+        self.map_err(err)
+    }
+}
+
+fn shape_err(op: &'static str, msg: String) -> BackendError {
+    BackendError::Shape { op, msg }
+}
+
+/// `(B, T, H*D) -> (B, H, T, D)`, contiguous.
+fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, c) = x.dims3().c()?;
+    if heads == 0 || !c.is_multiple_of(heads) {
+        return Err(shape_err(
+            "attention",
+            format!("hidden size {c} is not divisible by {heads} heads"),
+        ));
+    }
+    x.reshape((b, t, heads, c / heads))
+        .c()?
+        .transpose(1, 2)
+        .c()?
+        .contiguous()
+        .c()
+}
+
+/// `(B, H, T, D) -> (B, T, H*D)`.
+fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4().c()?;
+    x.transpose(1, 2)
+        .c()?
+        .contiguous()
+        .c()?
+        .reshape((b, t, h * d))
+        .c()
+}
+
+impl Candle {
+    /// Scaled scores `(B, H, T, T)` with padding and causal masks added.
+    fn scores(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        mask: Option<&Tensor>,
+        causal: bool,
+    ) -> Result<Tensor> {
+        let (b, _h, t, d) = q.dims4().c()?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut s = q.matmul(&k.t().c()?).c()?.affine(scale, 0.0).c()?;
+        if let Some(m) = mask {
+            let dims = m.dims();
+            if dims != [b, t] {
+                return Err(shape_err(
+                    "attention",
+                    format!("key mask has shape {dims:?}, expected [{b}, {t}]"),
+                ));
+            }
+            // (1 - m) * MIN: the additive mask transformers builds from an attention mask.
+            let bias = m
+                .affine(-1.0, 1.0)
+                .c()?
+                .affine(f64::from(f32::MIN), 0.0)
+                .c()?
+                .reshape((b, 1, 1, t))
+                .c()?;
+            s = s.broadcast_add(&bias).c()?;
+        }
+        if causal {
+            let mut bias = vec![0f32; t * t];
+            for i in 0..t {
+                for j in i + 1..t {
+                    bias[i * t + j] = f32::MIN;
+                }
+            }
+            let bias = Tensor::from_vec(bias, (1, 1, t, t), &self.device).c()?;
+            s = s.broadcast_add(&bias).c()?;
+        }
+        Ok(s)
+    }
+
+    fn labels_mask(&self, labels: &Tensor) -> Result<(Tensor, Tensor)> {
+        let labels = labels.flatten_all().c()?;
+        let ignore = Tensor::full(IGNORE_INDEX, labels.dims(), &self.device).c()?;
+        let valid = labels.ne(&ignore).c()?;
+        let zeros = labels.zeros_like().c()?;
+        let safe = valid.where_cond(&labels, &zeros).c()?;
+        Ok((safe, valid.to_dtype(DType::F32).c()?))
+    }
+
+    fn check_logits(&self, logits: &Tensor, labels: &Tensor) -> Result<(usize, usize)> {
+        let (n, k) = logits.dims2().c()?;
+        if labels.elem_count() != n {
+            return Err(shape_err(
+                "cross_entropy",
+                format!("{} labels for {n} rows of logits", labels.elem_count()),
+            ));
+        }
+        Ok((n, k))
+    }
+}
+
+impl Backend for Candle {
+    type Tensor = Tensor;
+
+    fn name(&self) -> &'static str {
+        if self.device.is_cuda() {
+            "candle-cuda"
+        } else {
+            "candle-cpu"
+        }
+    }
+
+    fn shape(&self, t: &Tensor) -> Shape {
+        Shape::new(t.dims())
+    }
+
+    fn upload(&self, data: &[f32], shape: &Shape) -> Result<Tensor> {
+        if data.len() != shape.numel() {
+            return Err(shape_err(
+                "upload",
+                format!("{} values for shape {shape}", data.len()),
+            ));
+        }
+        Tensor::from_slice(data, shape.dims(), &self.device).c()
+    }
+
+    fn upload_u32(&self, data: &[u32], shape: &Shape) -> Result<Tensor> {
+        if data.len() != shape.numel() {
+            return Err(shape_err(
+                "upload",
+                format!("{} values for shape {shape}", data.len()),
+            ));
+        }
+        Tensor::from_slice(data, shape.dims(), &self.device).c()
+    }
+
+    async fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
+        t.flatten_all().c()?.to_dtype(DType::F32).c()?.to_vec1().c()
+    }
+
+    fn zeros(&self, shape: &Shape) -> Result<Tensor> {
+        Tensor::zeros(shape.dims(), DType::F32, &self.device).c()
+    }
+
+    fn reshape(&self, t: &Tensor, shape: &Shape) -> Result<Tensor> {
+        if t.elem_count() != shape.numel() {
+            return Err(shape_err(
+                "reshape",
+                format!("cannot view {:?} as {shape}", t.dims()),
+            ));
+        }
+        t.reshape(shape.dims()).c()
+    }
+
+    fn matmul(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+        let a = if ta { a.t().c()? } else { a.clone() };
+        let b = if tb { b.t().c()? } else { b.clone() };
+        let (ka, kb) = (a.dims()[a.rank() - 1], b.dims()[b.rank() - 2]);
+        if ka != kb {
+            return Err(shape_err(
+                "matmul",
+                format!("inner dims differ: {:?} @ {:?}", a.dims(), b.dims()),
+            ));
+        }
+        if b.rank() == 2 && a.rank() > 2 {
+            // Shared weight: fold the batch into the rows for one large gemm.
+            let dims = a.dims().to_vec();
+            let rows: usize = dims[..dims.len() - 1].iter().product();
+            let y = a
+                .contiguous()
+                .c()?
+                .reshape((rows, ka))
+                .c()?
+                .matmul(&b.contiguous().c()?)
+                .c()?;
+            let mut out = dims;
+            let last = out.len() - 1;
+            out[last] = b.dims()[1];
+            y.reshape(out).c()
+        } else {
+            a.contiguous().c()?.matmul(&b.contiguous().c()?).c()
+        }
+    }
+
+    fn add_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        if bias.rank() != 1 || x.dims().last() != bias.dims().first() {
+            return Err(shape_err(
+                "add_bias",
+                format!("bias {:?} does not match {:?}", bias.dims(), x.dims()),
+            ));
+        }
+        x.broadcast_add(bias).c()
+    }
+
+    fn sum_to_last(&self, x: &Tensor) -> Result<Tensor> {
+        let c = x.dims().last().copied().unwrap_or(1);
+        x.reshape(((), c)).c()?.sum(0).c()
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        a.add(b).c()
+    }
+
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        a.mul(b).c()
+    }
+
+    fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor> {
+        a.affine(f64::from(s), 0.0).c()
+    }
+
+    fn scale_by(&self, a: &Tensor, s: &Tensor) -> Result<Tensor> {
+        if s.elem_count() != 1 {
+            return Err(shape_err(
+                "scale_by",
+                format!("the scale must have one element, got {:?}", s.dims()),
+            ));
+        }
+        a.broadcast_mul(&s.flatten_all().c()?).c()
+    }
+
+    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+        x.gelu_erf().c()
+    }
+
+    fn gelu_backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        // gelu'(x) = Phi(x) + x * phi(x)
+        let cdf = x
+            .affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)
+            .c()?
+            .erf()
+            .c()?
+            .affine(0.5, 0.5)
+            .c()?;
+        let pdf = x
+            .sqr()
+            .c()?
+            .affine(-0.5, 0.0)
+            .c()?
+            .exp()
+            .c()?
+            .affine(1.0 / (2.0 * std::f64::consts::PI).sqrt(), 0.0)
+            .c()?;
+        let d = cdf.add(&x.mul(&pdf).c()?).c()?;
+        dy.mul(&d).c()
+    }
+
+    fn tanh(&self, x: &Tensor) -> Result<Tensor> {
+        x.tanh().c()
+    }
+
+    fn tanh_backward(&self, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        dy.mul(&y.sqr().c()?.affine(-1.0, 1.0).c()?).c()
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, LayerNormSaved<Tensor>)> {
+        let c = x.dims().last().copied().unwrap_or(0);
+        if gamma.dims() != [c] || beta.dims() != [c] {
+            return Err(shape_err(
+                "layer_norm",
+                format!(
+                    "gamma {:?} / beta {:?} do not match {:?}",
+                    gamma.dims(),
+                    beta.dims(),
+                    x.dims()
+                ),
+            ));
+        }
+        let mean = x.mean_keepdim(D::Minus1).c()?;
+        let xc = x.broadcast_sub(&mean).c()?;
+        let var = xc.sqr().c()?.mean_keepdim(D::Minus1).c()?;
+        let rstd = var
+            .affine(1.0, f64::from(eps))
+            .c()?
+            .sqrt()
+            .c()?
+            .recip()
+            .c()?;
+        let y = xc
+            .broadcast_mul(&rstd)
+            .c()?
+            .broadcast_mul(gamma)
+            .c()?
+            .broadcast_add(beta)
+            .c()?;
+        Ok((y, LayerNormSaved { mean, rstd }))
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        saved: &LayerNormSaved<Tensor>,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let xhat = x
+            .broadcast_sub(&saved.mean)
+            .c()?
+            .broadcast_mul(&saved.rstd)
+            .c()?;
+        let dgamma = self.sum_to_last(&dy.mul(&xhat).c()?)?;
+        let dbeta = self.sum_to_last(dy)?;
+        let dxhat = dy.broadcast_mul(gamma).c()?;
+        let m1 = dxhat.mean_keepdim(D::Minus1).c()?;
+        let m2 = dxhat.mul(&xhat).c()?.mean_keepdim(D::Minus1).c()?;
+        let dx = dxhat
+            .broadcast_sub(&m1)
+            .c()?
+            .sub(&xhat.broadcast_mul(&m2).c()?)
+            .c()?
+            .broadcast_mul(&saved.rstd)
+            .c()?;
+        Ok((dx, dgamma, dbeta))
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        key_mask: Option<&Tensor>,
+        causal: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        if q.dims() != k.dims() || q.dims() != v.dims() {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "q {:?}, k {:?}, v {:?} must have one shape",
+                    q.dims(),
+                    k.dims(),
+                    v.dims()
+                ),
+            ));
+        }
+        let (qh, kh, vh) = (
+            split_heads(q, heads)?,
+            split_heads(k, heads)?,
+            split_heads(v, heads)?,
+        );
+        let s = self.scores(&qh, &kh, key_mask, causal)?;
+        let max = s.max_keepdim(D::Minus1).c()?;
+        let lse = s
+            .broadcast_sub(&max)
+            .c()?
+            .exp()
+            .c()?
+            .sum_keepdim(D::Minus1)
+            .c()?
+            .log()
+            .c()?
+            .add(&max)
+            .c()?;
+        let p = s.broadcast_sub(&lse).c()?.exp().c()?;
+        let out = merge_heads(&p.matmul(&vh).c()?)?;
+        Ok((out, lse.squeeze(D::Minus1).c()?))
+    }
+
+    fn attention_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        d_out: &Tensor,
+        heads: usize,
+        key_mask: Option<&Tensor>,
+        causal: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (qh, kh, vh) = (
+            split_heads(q, heads)?,
+            split_heads(k, heads)?,
+            split_heads(v, heads)?,
+        );
+        let (oh, doh) = (split_heads(out, heads)?, split_heads(d_out, heads)?);
+        let d = qh.dims()[3];
+        let scale = 1.0 / (d as f64).sqrt();
+        let s = self.scores(&qh, &kh, key_mask, causal)?;
+        let p = s
+            .broadcast_sub(&lse.unsqueeze(D::Minus1).c()?)
+            .c()?
+            .exp()
+            .c()?;
+        let dv = p.t().c()?.matmul(&doh).c()?;
+        let dp = doh.matmul(&vh.t().c()?).c()?;
+        let row = doh.mul(&oh).c()?.sum_keepdim(D::Minus1).c()?;
+        let ds = p
+            .mul(&dp.broadcast_sub(&row).c()?)
+            .c()?
+            .affine(scale, 0.0)
+            .c()?;
+        let dq = ds.matmul(&kh).c()?;
+        let dk = ds.t().c()?.matmul(&qh).c()?;
+        Ok((merge_heads(&dq)?, merge_heads(&dk)?, merge_heads(&dv)?))
+    }
+
+    fn embedding(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        let (vocab, c) = table.dims2().c()?;
+        let flat = ids.flatten_all().c()?;
+        let max = flat.max(0).c()?.to_scalar::<u32>().c()?;
+        if flat.elem_count() > 0 && max as usize >= vocab {
+            return Err(shape_err(
+                "embedding",
+                format!("token id {max} is outside the vocabulary of {vocab}"),
+            ));
+        }
+        let mut dims = ids.dims().to_vec();
+        dims.push(c);
+        table.index_select(&flat, 0).c()?.reshape(dims).c()
+    }
+
+    fn embedding_backward(&self, ids: &Tensor, dy: &Tensor, vocab: usize) -> Result<Tensor> {
+        let c = dy.dims().last().copied().unwrap_or(0);
+        let flat = ids.flatten_all().c()?;
+        let rows = dy.reshape(((), c)).c()?;
+        Tensor::zeros((vocab, c), DType::F32, &self.device)
+            .c()?
+            .index_add(&flat, &rows, 0)
+            .c()
+    }
+
+    fn concat_seq(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Tensor::cat(&[a, b], 1).c()
+    }
+
+    fn slice_seq(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        x.narrow(1, start, len).c()?.contiguous().c()
+    }
+
+    fn cross_entropy_sum(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        self.check_logits(logits, labels)?;
+        let (safe, valid) = self.labels_mask(labels)?;
+        let max = logits.max_keepdim(1).c()?;
+        let lse = logits
+            .broadcast_sub(&max)
+            .c()?
+            .exp()
+            .c()?
+            .sum_keepdim(1)
+            .c()?
+            .log()
+            .c()?
+            .add(&max)
+            .c()?;
+        let picked = logits.gather(&safe.unsqueeze(1).c()?, 1).c()?;
+        let nll = lse.sub(&picked).c()?.squeeze(1).c()?;
+        nll.mul(&valid).c()?.sum_all().c()?.reshape(1).c()
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let (_, k) = self.check_logits(logits, labels)?;
+        let (safe, valid) = self.labels_mask(labels)?;
+        let probs =
+            candle_core::Tensor::exp(&logits.broadcast_sub(&logits.max_keepdim(1).c()?).c()?)
+                .c()?;
+        let probs = probs.broadcast_div(&probs.sum_keepdim(1).c()?).c()?;
+        let classes = Tensor::arange(0u32, k as u32, &self.device).c()?;
+        let onehot = safe
+            .unsqueeze(1)
+            .c()?
+            .broadcast_eq(&classes.unsqueeze(0).c()?)
+            .c()?
+            .to_dtype(DType::F32)
+            .c()?;
+        probs
+            .sub(&onehot)
+            .c()?
+            .broadcast_mul(&valid.unsqueeze(1).c()?)
+            .c()?
+            .affine(f64::from(scale), 0.0)
+            .c()
+    }
+
+    fn sum_squares(&self, x: &Tensor) -> Result<Tensor> {
+        x.sqr().c()?.sum_all().c()?.reshape(1).c()
+    }
+
+    fn adamw(
+        &self,
+        param: &Tensor,
+        grad: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        grad_scale: f32,
+        hp: AdamW,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        // torch.optim.AdamW (single tensor, foreach=False): decay first, then the Adam step
+        // with denom = sqrt(v) / sqrt(bc2) + eps and step size lr / bc1.
+        let g = grad.affine(f64::from(grad_scale), 0.0).c()?;
+        let (b1, b2) = (hp.beta1, hp.beta2);
+        let p = param.affine(1.0 - hp.lr * hp.weight_decay, 0.0).c()?;
+        let m = m
+            .affine(b1, 0.0)
+            .c()?
+            .add(&g.affine(1.0 - b1, 0.0).c()?)
+            .c()?;
+        let v = v
+            .affine(b2, 0.0)
+            .c()?
+            .add(&g.sqr().c()?.affine(1.0 - b2, 0.0).c()?)
+            .c()?;
+        let bc1 = 1.0 - b1.powi(hp.step as i32);
+        let bc2 = 1.0 - b2.powi(hp.step as i32);
+        let denom = v.sqrt().c()?.affine(1.0 / bc2.sqrt(), hp.eps).c()?;
+        let p = p
+            .sub(&m.div(&denom).c()?.affine(hp.lr / bc1, 0.0).c()?)
+            .c()?;
+        Ok((p, m, v))
+    }
+}

@@ -1,0 +1,150 @@
+//! The real all-MiniLM-L6-v2 from `assets/` against PyTorch's numbers
+//! (`tests/fixtures/minilm_sentences.safetensors`, written by `tests/fixtures/make_fixtures.py`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
+
+use std::path::PathBuf;
+use tunelab_candle::Candle;
+use tunelab_core::Shape;
+use tunelab_core::backend::Backend;
+use tunelab_core::models::bert::{Bert, BertConfig, EncoderInput};
+use tunelab_core::nn::{Adapters, Ctx};
+use tunelab_core::params::ParamStore;
+use tunelab_core::safetensors_io::read;
+use tunelab_core::tape::Tape;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The model folder, or None (test skipped) when assets are not installed and the test run
+/// does not demand them (`cargo xtask test` sets TUNELAB_REQUIRE_ASSETS=1).
+fn minilm_dir() -> Option<PathBuf> {
+    let dir = root().join("assets/models/all-MiniLM-L6-v2");
+    if dir.join("model.safetensors").exists() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("TUNELAB_REQUIRE_ASSETS").is_none(),
+        "{} is missing: run `cargo xtask assets`",
+        dir.display()
+    );
+    eprintln!("skipping: {} is missing", dir.display());
+    None
+}
+
+fn fixture_ints(t: &std::collections::BTreeMap<String, Vec<i64>>, name: &str) -> Vec<i64> {
+    t[name].clone()
+}
+
+/// Integer tensors of a safetensors file (our reader returns only their names).
+fn read_ints(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .filter(|(_, v)| v.dtype() == safetensors::Dtype::I64)
+        .map(|(n, v)| {
+            (
+                n,
+                v.data()
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn minilm_matches_pytorch_hidden_states_and_mean_pooling() {
+    let Some(dir) = minilm_dir() else { return };
+    let fixture = std::fs::read(root().join("tests/fixtures/minilm_sentences.safetensors"))
+        .expect("fixture: run tests/fixtures/make_fixtures.py");
+    let (floats, _) = read("minilm_sentences.safetensors", &fixture).unwrap();
+    let ints = read_ints(&fixture);
+    let ids = fixture_ints(&ints, "input_ids");
+    let types = fixture_ints(&ints, "token_type_ids");
+    let mask: Vec<f32> = fixture_ints(&ints, "attention_mask")
+        .iter()
+        .map(|&m| m as f32)
+        .collect();
+    let hidden_ref = &floats["last_hidden_state"];
+    let (bsz, len, c) = (
+        hidden_ref.shape.dims()[0],
+        hidden_ref.shape.dims()[1],
+        hidden_ref.shape.dims()[2],
+    );
+
+    let be = Candle::cpu();
+    let config = BertConfig::from_json(
+        "config.json",
+        &std::fs::read_to_string(dir.join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let mut store = ParamStore::new();
+    let (model, rest) = Bert::load(
+        &be,
+        config,
+        "model.safetensors",
+        &std::fs::read(dir.join("model.safetensors")).unwrap(),
+        &mut store,
+    )
+    .unwrap();
+    assert!(rest.is_empty(), "unused tensors: {:?}", rest.keys());
+    assert!(model.pooler.is_some());
+    store.freeze_all();
+    let (trainable, total) = store.counts(&be);
+    assert_eq!((trainable, total), (0, 22_713_216));
+
+    let sh = Shape::new([bsz, len]);
+    let u32s = |v: &[i64]| v.iter().map(|&x| x as u32).collect::<Vec<u32>>();
+    let input = EncoderInput {
+        ids: be.upload_u32(&u32s(&ids), &sh).unwrap(),
+        token_types: be.upload_u32(&u32s(&types), &sh).unwrap(),
+        positions: be
+            .upload_u32(&model.position_ids(&mask, bsz, len), &sh)
+            .unwrap(),
+        mask: be.upload(&mask, &sh).unwrap(),
+    };
+    let mut tape = Tape::new(be.clone());
+    let bound = store.bind(&mut tape);
+    let adapters = Adapters::default();
+    let mut cx = Ctx {
+        tape: &mut tape,
+        bound: &bound,
+        adapters: &adapters,
+    };
+    let h = model.encode(&mut cx, &input, None).unwrap();
+    let hidden = pollster::block_on(be.download(tape.value(h).unwrap())).unwrap();
+
+    // Hidden states of real tokens (padding rows are unconstrained in both implementations'
+    // outputs but do not enter the pooled embedding).
+    let mut max_diff = 0f32;
+    for b in 0..bsz {
+        for t in 0..len {
+            if mask[b * len + t] == 0.0 {
+                continue;
+            }
+            for k in 0..c {
+                let i = (b * len + t) * c + k;
+                max_diff = max_diff.max((hidden[i] - hidden_ref.data[i]).abs());
+            }
+        }
+    }
+    assert!(max_diff < 1e-4, "last hidden state max abs diff {max_diff}");
+
+    let pooled_ref = &floats["mean_pooled"];
+    for b in 0..bsz {
+        let n: f32 = mask[b * len..(b + 1) * len].iter().sum();
+        for k in 0..c {
+            let s: f32 = (0..len)
+                .map(|t| hidden[(b * len + t) * c + k] * mask[b * len + t])
+                .sum();
+            let got = s / n;
+            let want = pooled_ref.data[b * c + k];
+            assert!(
+                (got - want).abs() < 1e-4,
+                "sentence {b} dim {k}: {got} vs {want}"
+            );
+        }
+    }
+}

@@ -1,0 +1,595 @@
+//! Every op of the candle backend, through the tape: forward against naive f64 loops, backward
+//! against central finite differences, on awkward shapes (odd sizes, batch 1, length 1).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
+
+use tunelab_candle::Candle;
+use tunelab_core::Shape;
+use tunelab_core::backend::{AdamW, Backend, IGNORE_INDEX, Result};
+use tunelab_core::tape::{Tape, Var};
+
+fn b() -> Candle {
+    Candle::cpu()
+}
+
+fn host(t: &candle_core::Tensor) -> Vec<f32> {
+    pollster::block_on(b().download(t)).unwrap()
+}
+
+/// Deterministic values in about [-1, 1].
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+struct Input {
+    shape: Shape,
+    values: Vec<f32>,
+    trainable: bool,
+}
+
+fn input(dims: &[usize], seed: u64, trainable: bool) -> Input {
+    let shape = Shape::new(dims);
+    Input {
+        values: data(shape.numel(), seed),
+        shape,
+        trainable,
+    }
+}
+
+type Build<'a> = dyn Fn(&mut Tape<Candle>, &[Var]) -> Result<Var> + 'a;
+
+/// Loss = sum of squares of `f`'s output times a fixed random weighting, so every output
+/// element gets a distinct upstream gradient.
+fn loss_of(inputs: &[Input], f: &Build<'_>) -> (Tape<Candle>, Vec<Var>, Var) {
+    let be = b();
+    let mut tape = Tape::new(be.clone());
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|i| tape.leaf(be.upload(&i.values, &i.shape).unwrap(), i.trainable))
+        .collect();
+    let y = f(&mut tape, &vars).unwrap();
+    let shape = tape.shape(y).unwrap();
+    let w = tape.leaf(be.upload(&data(shape.numel(), 777), &shape).unwrap(), false);
+    let yw = tape.mul(y, w).unwrap();
+    let loss = tape.sum_squares(yw).unwrap();
+    (tape, vars, loss)
+}
+
+fn loss_value(inputs: &[Input], f: &Build<'_>) -> f64 {
+    let (tape, _, loss) = loss_of(inputs, f);
+    f64::from(host(tape.value(loss).unwrap())[0])
+}
+
+/// Checks every trainable input's gradient (up to 24 elements each) by central differences.
+fn grad_check(name: &str, mut inputs: Vec<Input>, f: &Build<'_>) {
+    let (mut tape, vars, loss) = loss_of(&inputs, f);
+    tape.backward(loss).unwrap();
+    let eps = 1e-2f32;
+    for (k, var) in vars.iter().enumerate() {
+        if !inputs[k].trainable {
+            assert!(
+                tape.grad(*var).is_none(),
+                "{name}: frozen input {k} got a gradient"
+            );
+            continue;
+        }
+        let analytic = host(
+            tape.grad(*var)
+                .unwrap_or_else(|| panic!("{name}: input {k} has no gradient")),
+        );
+        assert_eq!(
+            analytic.len(),
+            inputs[k].values.len(),
+            "{name}: gradient shape of input {k}"
+        );
+        let n = analytic.len();
+        let stride = (n / 24).max(1);
+        for i in (0..n).step_by(stride) {
+            let orig = inputs[k].values[i];
+            inputs[k].values[i] = orig + eps;
+            let up = loss_value(&inputs, f);
+            inputs[k].values[i] = orig - eps;
+            let down = loss_value(&inputs, f);
+            inputs[k].values[i] = orig;
+            let numeric = (up - down) / (2.0 * f64::from(eps));
+            let a = f64::from(analytic[i]);
+            let tol = 2e-2 * a.abs().max(numeric.abs()).max(0.05);
+            assert!(
+                (a - numeric).abs() <= tol,
+                "{name}: input {k}[{i}]: analytic {a}, numeric {numeric}"
+            );
+        }
+    }
+}
+
+fn close(name: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (f64::from(*g) - w).abs() <= tol * w.abs().max(1.0),
+            "{name}[{i}]: {g} vs {w}"
+        );
+    }
+}
+
+#[test]
+fn matmul_linear_and_batched() {
+    grad_check(
+        "linear (B,T,in)@(out,in)^T",
+        vec![input(&[2, 3, 5], 1, true), input(&[4, 5], 2, true)],
+        &|t, v| t.matmul(v[0], v[1], false, true),
+    );
+    grad_check(
+        "linear batch 1, length 1",
+        vec![input(&[1, 1, 3], 3, true), input(&[2, 3], 4, true)],
+        &|t, v| t.matmul(v[0], v[1], false, true),
+    );
+    grad_check(
+        "batched (B,M,K)@(B,K,N)",
+        vec![input(&[2, 3, 5], 5, true), input(&[2, 5, 3], 6, true)],
+        &|t, v| t.matmul(v[0], v[1], false, false),
+    );
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let a = if ta { [5, 3] } else { [3, 5] };
+        let bb = if tb { [7, 5] } else { [5, 7] };
+        grad_check(
+            &format!("2-D ta={ta} tb={tb}"),
+            vec![input(&a, 7, true), input(&bb, 8, true)],
+            &move |t, v| t.matmul(v[0], v[1], ta, tb),
+        );
+    }
+    // Frozen weight: only the input gets a gradient.
+    grad_check(
+        "frozen weight",
+        vec![input(&[2, 3, 5], 9, true), input(&[4, 5], 10, false)],
+        &|t, v| t.matmul(v[0], v[1], false, true),
+    );
+}
+
+#[test]
+fn matmul_forward_matches_loops() {
+    let be = b();
+    let (m, k, n) = (3, 5, 4);
+    let a = data(m * k, 11);
+    let w = data(n * k, 12);
+    let y = be
+        .matmul(
+            &be.upload(&a, &Shape::new([m, k])).unwrap(),
+            &be.upload(&w, &Shape::new([n, k])).unwrap(),
+            false,
+            true,
+        )
+        .unwrap();
+    let mut want = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            want[i * n + j] = (0..k)
+                .map(|p| f64::from(a[i * k + p]) * f64::from(w[j * k + p]))
+                .sum();
+        }
+    }
+    close("x @ w^T", &host(&y), &want, 1e-5);
+    let err = be
+        .matmul(
+            &be.upload(&a, &Shape::new([m, k])).unwrap(),
+            &be.upload(&w, &Shape::new([n, k])).unwrap(),
+            false,
+            false,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("inner dims differ"), "{err}");
+}
+
+#[test]
+fn elementwise_ops() {
+    grad_check(
+        "add_bias",
+        vec![input(&[2, 3, 5], 1, true), input(&[5], 2, true)],
+        &|t, v| t.add_bias(v[0], v[1]),
+    );
+    grad_check(
+        "add",
+        vec![input(&[3, 1, 2], 3, true), input(&[3, 1, 2], 4, true)],
+        &|t, v| t.add(v[0], v[1]),
+    );
+    grad_check(
+        "mul",
+        vec![input(&[7], 5, true), input(&[7], 6, true)],
+        &|t, v| t.mul(v[0], v[1]),
+    );
+    grad_check("scale", vec![input(&[2, 3], 7, true)], &|t, v| {
+        t.scale(v[0], -1.7)
+    });
+    grad_check("gelu", vec![input(&[3, 7], 8, true)], &|t, v| t.gelu(v[0]));
+    grad_check("tanh", vec![input(&[1, 5], 9, true)], &|t, v| t.tanh(v[0]));
+    grad_check("reshape", vec![input(&[2, 3, 4], 10, true)], &|t, v| {
+        t.reshape(v[0], &Shape::new([6, 4]))
+    });
+}
+
+#[test]
+fn gelu_forward_is_the_erf_form() {
+    let be = b();
+    let x: Vec<f32> = vec![-3.0, -1.0, -0.1, 0.0, 0.5, 2.0];
+    let y = host(&be.gelu(&be.upload(&x, &Shape::new([6])).unwrap()).unwrap());
+    // 0.5 x (1 + erf(x / sqrt 2)), erf values from tables.
+    let erf = [
+        -0.997_300_203_936_7,
+        -0.682_689_492_137_1,
+        -0.079_655_674_554_1,
+        0.0,
+        0.382_924_922_548_0,
+        0.954_499_736_103_6,
+    ];
+    let want: Vec<f64> = x
+        .iter()
+        .zip(erf)
+        .map(|(&x, e)| 0.5 * f64::from(x) * (1.0 + e))
+        .collect();
+    close("gelu", &y, &want, 1e-6);
+}
+
+#[test]
+fn layer_norm_forward_and_backward() {
+    let be = b();
+    let (rows, c) = (3, 7);
+    let x = data(rows * c, 21);
+    let g = data(c, 22);
+    let bt = data(c, 23);
+    let (y, _) = be
+        .layer_norm(
+            &be.upload(&x, &Shape::new([rows, c])).unwrap(),
+            &be.upload(&g, &Shape::new([c])).unwrap(),
+            &be.upload(&bt, &Shape::new([c])).unwrap(),
+            1e-5,
+        )
+        .unwrap();
+    let mut want = Vec::new();
+    for r in 0..rows {
+        let row: Vec<f64> = x[r * c..(r + 1) * c]
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        let mean = row.iter().sum::<f64>() / c as f64;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c as f64;
+        for j in 0..c {
+            want.push((row[j] - mean) / (var + 1e-5).sqrt() * f64::from(g[j]) + f64::from(bt[j]));
+        }
+    }
+    close("layer_norm", &host(&y), &want, 1e-5);
+    grad_check(
+        "layer_norm (B,T,C)",
+        vec![
+            input(&[2, 3, 7], 24, true),
+            input(&[7], 25, true),
+            input(&[7], 26, true),
+        ],
+        &|t, v| t.layer_norm(v[0], v[1], v[2], 1e-5),
+    );
+    grad_check(
+        "layer_norm one row",
+        vec![
+            input(&[1, 1, 5], 27, true),
+            input(&[5], 28, false),
+            input(&[5], 29, true),
+        ],
+        &|t, v| t.layer_norm(v[0], v[1], v[2], 1e-12),
+    );
+}
+
+/// Naive attention in f64: `(B, T, H*D)` inputs.
+fn attention_ref(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: (usize, usize, usize),
+    heads: usize,
+    mask: Option<&[f32]>,
+    causal: bool,
+) -> Vec<f64> {
+    let (bsz, t, c) = dims;
+    let d = c / heads;
+    let mut out = vec![0f64; bsz * t * c];
+    for bi in 0..bsz {
+        for h in 0..heads {
+            for i in 0..t {
+                let at =
+                    |x: &[f32], pos: usize, e: usize| f64::from(x[(bi * t + pos) * c + h * d + e]);
+                let mut s: Vec<f64> = (0..t)
+                    .map(|j| {
+                        let mut dot = (0..d).map(|e| at(q, i, e) * at(k, j, e)).sum::<f64>()
+                            / (d as f64).sqrt();
+                        if mask.is_some_and(|m| m[bi * t + j] == 0.0) || (causal && j > i) {
+                            dot = f64::NEG_INFINITY;
+                        }
+                        dot
+                    })
+                    .collect();
+                let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = s
+                    .iter_mut()
+                    .map(|x| {
+                        *x = (*x - max).exp();
+                        *x
+                    })
+                    .sum();
+                for e in 0..d {
+                    out[(bi * t + i) * c + h * d + e] =
+                        (0..t).map(|j| s[j] / sum * at(v, j, e)).sum();
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_forward_matches_naive_with_masks() {
+    let be = b();
+    let (bsz, t, c, heads) = (2, 5, 6, 3);
+    let q = data(bsz * t * c, 31);
+    let k = data(bsz * t * c, 32);
+    let v = data(bsz * t * c, 33);
+    let mask = [1., 1., 1., 1., 1., 1., 1., 1., 0., 0.];
+    let sh = Shape::new([bsz, t, c]);
+    let up = |x: &[f32]| be.upload(x, &sh).unwrap();
+    let m = be.upload(&mask, &Shape::new([bsz, t])).unwrap();
+    for (mask_on, causal) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (y, _) = be
+            .attention(
+                &up(&q),
+                &up(&k),
+                &up(&v),
+                heads,
+                mask_on.then_some(&m),
+                causal,
+            )
+            .unwrap();
+        let want = attention_ref(
+            &q,
+            &k,
+            &v,
+            (bsz, t, c),
+            heads,
+            mask_on.then_some(&mask[..]),
+            causal,
+        );
+        close(
+            &format!("attention mask={mask_on} causal={causal}"),
+            &host(&y),
+            &want,
+            1e-5,
+        );
+    }
+    let err = be
+        .attention(&up(&q), &up(&k), &up(&v), 4, None, false)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not divisible by 4 heads"),
+        "{err}"
+    );
+}
+
+#[test]
+fn attention_backward() {
+    let be = b();
+    let mask = be
+        .upload(&[1., 1., 1., 1., 1., 0.], &Shape::new([2, 3]))
+        .unwrap();
+    for (use_mask, causal) in [(false, false), (true, false), (true, true)] {
+        let m = mask.clone();
+        grad_check(
+            &format!("attention mask={use_mask} causal={causal}"),
+            vec![
+                input(&[2, 3, 4], 41, true),
+                input(&[2, 3, 4], 42, true),
+                input(&[2, 3, 4], 43, true),
+            ],
+            &move |t, v| t.attention(v[0], v[1], v[2], 2, use_mask.then_some(&m), causal),
+        );
+    }
+    grad_check(
+        "attention length 1",
+        vec![
+            input(&[1, 1, 3], 44, true),
+            input(&[1, 1, 3], 45, true),
+            input(&[1, 1, 3], 46, true),
+        ],
+        &|t, v| t.attention(v[0], v[1], v[2], 1, None, false),
+    );
+}
+
+#[test]
+fn embedding_gather_and_scatter_add() {
+    let be = b();
+    let ids = be
+        .upload_u32(&[3, 0, 3, 10, 1, 3], &Shape::new([2, 3]))
+        .unwrap();
+    let table = data(11 * 4, 51);
+    let y = be
+        .embedding(&be.upload(&table, &Shape::new([11, 4])).unwrap(), &ids)
+        .unwrap();
+    assert_eq!(be.shape(&y), Shape::new([2, 3, 4]));
+    let got = host(&y);
+    assert_eq!(&got[12..16], &table[40..44], "row 10");
+    let ids2 = ids.clone();
+    grad_check(
+        "embedding with repeated ids",
+        vec![input(&[11, 4], 52, true)],
+        &move |t, v| t.embedding(v[0], &ids2),
+    );
+    let bad = be.upload_u32(&[11], &Shape::new([1, 1])).unwrap();
+    let err = be
+        .embedding(&be.upload(&table, &Shape::new([11, 4])).unwrap(), &bad)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("token id 11 is outside the vocabulary of 11"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sequence_concat_and_slice() {
+    grad_check(
+        "concat_seq",
+        vec![input(&[2, 1, 3], 61, true), input(&[2, 4, 3], 62, true)],
+        &|t, v| t.concat_seq(v[0], v[1]),
+    );
+    grad_check(
+        "slice_seq middle",
+        vec![input(&[2, 5, 3], 63, true)],
+        &|t, v| t.slice_seq(v[0], 1, 3),
+    );
+    grad_check(
+        "slice_seq head",
+        vec![input(&[1, 4, 2], 64, true)],
+        &|t, v| t.slice_seq(v[0], 0, 1),
+    );
+}
+
+#[test]
+fn cross_entropy_with_ignore_index() {
+    let be = b();
+    let (n, k) = (5, 7);
+    let logits = data(n * k, 71);
+    let labels = [3u32, IGNORE_INDEX, 0, 6, 6];
+    let lt = be.upload_u32(&labels, &Shape::new([n])).unwrap();
+    let sum = host(
+        &be.cross_entropy_sum(&be.upload(&logits, &Shape::new([n, k])).unwrap(), &lt)
+            .unwrap(),
+    );
+    let mut want = 0.0;
+    for (r, &l) in labels.iter().enumerate() {
+        if l == IGNORE_INDEX {
+            continue;
+        }
+        let row: Vec<f64> = logits[r * k..(r + 1) * k]
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect();
+        let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+        want += lse - row[l as usize];
+    }
+    close("cross_entropy_sum", &sum, &[want], 1e-5);
+
+    // Through the tape, the loss is the output itself (not squared): check d loss directly.
+    let mut tape = Tape::new(be.clone());
+    let x = tape.leaf(be.upload(&logits, &Shape::new([n, k])).unwrap(), true);
+    let loss = tape.cross_entropy(x, &lt, 0.25).unwrap();
+    tape.backward(loss).unwrap();
+    let g = host(tape.grad(x).unwrap());
+    assert!(
+        g[k..2 * k].iter().all(|&v| v == 0.0),
+        "ignored row has zero gradient"
+    );
+    for r in [0usize, 2, 3] {
+        let row: Vec<f64> = logits[r * k..(r + 1) * k]
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect();
+        let z: f64 = row.iter().map(|x| x.exp()).sum();
+        for j in 0..k {
+            let onehot = if j as u32 == labels[r] { 1.0 } else { 0.0 };
+            let want = 0.25 * (row[j].exp() / z - onehot);
+            assert!(
+                (f64::from(g[r * k + j]) - want).abs() < 1e-6,
+                "row {r} class {j}"
+            );
+        }
+    }
+    let lt2 = lt.clone();
+    grad_check(
+        "cross_entropy inside a larger graph",
+        vec![input(&[5, 7], 72, true)],
+        &move |t, v| t.cross_entropy(v[0], &lt2, 0.5),
+    );
+}
+
+#[test]
+fn adamw_matches_pytorch_formula() {
+    let be = b();
+    let p = data(6, 81);
+    let g = data(6, 82);
+    let hp = AdamW {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        step: 1,
+    };
+    let sh = Shape::new([6]);
+    let z = be.zeros(&sh).unwrap();
+    let (p1, m1, v1) = be
+        .adamw(
+            &be.upload(&p, &sh).unwrap(),
+            &be.upload(&g, &sh).unwrap(),
+            &z,
+            &z,
+            0.5,
+            hp,
+        )
+        .unwrap();
+    let (p1, m1, v1) = (host(&p1), host(&m1), host(&v1));
+    for i in 0..6 {
+        let (p, g) = (f64::from(p[i]), 0.5 * f64::from(g[i]));
+        let m = 0.1 * g;
+        let v = 0.001 * g * g;
+        let decayed = p * (1.0 - 1e-2 * 0.01);
+        let want = decayed - (1e-2 / 0.1) * m / ((v.sqrt() / 0.001f64.sqrt()) + 1e-8);
+        assert!((f64::from(m1[i]) - m).abs() < 1e-7);
+        assert!((f64::from(v1[i]) - v).abs() < 1e-9);
+        assert!(
+            (f64::from(p1[i]) - want).abs() < 1e-6,
+            "{i}: {} vs {want}",
+            p1[i]
+        );
+    }
+}
+
+#[test]
+fn tape_frees_intermediates_and_skips_frozen_work() {
+    let be = b();
+    let mut tape = Tape::new(be.clone());
+    let x = tape.leaf(be.upload(&data(6, 91), &Shape::new([2, 3])).unwrap(), false);
+    let w_frozen = tape.leaf(
+        be.upload(&data(12, 92), &Shape::new([4, 3])).unwrap(),
+        false,
+    );
+    let w = tape.leaf(be.upload(&data(8, 93), &Shape::new([2, 4])).unwrap(), true);
+    let h = tape.matmul(x, w_frozen, false, true).unwrap();
+    assert!(
+        !tape.needs_grad(h),
+        "ops on frozen values are not recorded for backward"
+    );
+    let y = tape.matmul(h, w, false, true).unwrap();
+    let loss = tape.sum_squares(y).unwrap();
+    tape.backward(loss).unwrap();
+    assert!(tape.grad(w).is_some());
+    assert!(tape.grad(w_frozen).is_none() && tape.grad(x).is_none());
+    assert!(
+        tape.value(y).is_err(),
+        "intermediate activations are freed after backward"
+    );
+    assert!(tape.value(w).is_ok(), "leaves stay");
+
+    let mut tape = Tape::new(be.clone());
+    let x = tape.leaf(be.upload(&[1.0, 2.0], &Shape::new([2])).unwrap(), false);
+    let not_scalar = tape.scale(x, 2.0).unwrap();
+    assert!(tape.backward(not_scalar).is_err());
+    let l = tape.sum_squares(x).unwrap();
+    let err = tape.backward(l).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not depend on any trainable parameter"),
+        "{err}"
+    );
+}

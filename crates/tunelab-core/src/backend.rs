@@ -1,0 +1,196 @@
+//! The `Backend` trait: the coarse, fused ops every device implements, each with its backward.
+//!
+//! Model, PEFT and trainer code never call a backend directly; they record ops on a
+//! [`Tape`](crate::tape::Tape), which calls these. Ops are coarse on purpose (a fused
+//! attention, a fused softmax-cross-entropy) so WebGPU dispatch counts stay low.
+//!
+//! Conventions (row-major, f32 unless said):
+//! - hidden states are `(B, T, C)`; a linear layer's weight is `(out, in)` as in PyTorch;
+//! - attention takes `q, k, v` as `(B, T, H*D)` and splits heads itself;
+//! - token ids and labels are `u32`; label [`IGNORE_INDEX`] is skipped by the loss.
+
+use crate::Shape;
+use std::future::Future;
+
+/// Label value that the loss skips (PyTorch's `-100` as `u32`).
+pub const IGNORE_INDEX: u32 = u32::MAX;
+
+/// Errors raised by backend ops. They name the op and the offending shapes.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// Inputs whose shapes do not fit the op.
+    #[error("{op}: {msg}")]
+    Shape { op: &'static str, msg: String },
+    /// A failure inside the device library.
+    #[error("{backend}: {msg}")]
+    Device { backend: &'static str, msg: String },
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// Hyper-parameters of one AdamW update (PyTorch semantics: decoupled weight decay, bias
+/// correction, `eps` added after the square root). Kept in f64 like PyTorch's Python floats:
+/// `1 - beta2` must be computed before rounding to f32.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamW {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// 1-based step number, for bias correction.
+    pub step: u32,
+}
+
+/// What the forward pass of layer norm keeps for its backward, one value per row in a
+/// backend-defined layout.
+#[derive(Debug, Clone)]
+pub struct LayerNormSaved<T> {
+    /// Per-row mean.
+    pub mean: T,
+    /// Per-row `1 / sqrt(var + eps)`.
+    pub rstd: T,
+}
+
+/// A compute device with its tensors.
+pub trait Backend: Clone + std::fmt::Debug + 'static {
+    /// A dense tensor on the device (f32 or u32).
+    type Tensor: Clone + std::fmt::Debug;
+
+    /// A short name for messages (`candle-cpu`, `wgpu`).
+    fn name(&self) -> &'static str;
+    fn shape(&self, t: &Self::Tensor) -> Shape;
+
+    // ---- data movement -------------------------------------------------------------------
+    fn upload(&self, data: &[f32], shape: &Shape) -> Result<Self::Tensor>;
+    fn upload_u32(&self, data: &[u32], shape: &Shape) -> Result<Self::Tensor>;
+    /// Reads an f32 tensor back. Only for results, scalars and saving.
+    fn download(&self, t: &Self::Tensor) -> impl Future<Output = Result<Vec<f32>>>;
+    fn zeros(&self, shape: &Shape) -> Result<Self::Tensor>;
+    /// The same data seen with another shape of equal element count.
+    fn reshape(&self, t: &Self::Tensor, shape: &Shape) -> Result<Self::Tensor>;
+
+    // ---- linear algebra ------------------------------------------------------------------
+    /// `op(a) @ op(b)` where `op` transposes the last two dims when its flag is set.
+    /// `a` is `(.., M, K)`; `b` is `(K, N)` (shared across the batch) or `(.., K, N)`.
+    fn matmul(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        ta: bool,
+        tb: bool,
+    ) -> Result<Self::Tensor>;
+    /// `x + bias` with `bias` of shape `(C,)` broadcast over the leading dims of `x`.
+    fn add_bias(&self, x: &Self::Tensor, bias: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Sum over every dim but the last: `(.., C) -> (C,)`. The gradient of a bias.
+    fn sum_to_last(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+
+    // ---- elementwise ---------------------------------------------------------------------
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    fn mul(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    fn scale(&self, a: &Self::Tensor, s: f32) -> Result<Self::Tensor>;
+    /// `a * s` with `s` a one-element tensor (an upstream scalar gradient kept on the device).
+    fn scale_by(&self, a: &Self::Tensor, s: &Self::Tensor) -> Result<Self::Tensor>;
+    /// GELU with the exact erf form (`hidden_act = "gelu"` in transformers).
+    fn gelu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `dy * gelu'(x)`.
+    fn gelu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor) -> Result<Self::Tensor>;
+    fn tanh(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `dy * (1 - y^2)` from the forward output `y`.
+    fn tanh_backward(&self, y: &Self::Tensor, dy: &Self::Tensor) -> Result<Self::Tensor>;
+
+    // ---- normalisation -------------------------------------------------------------------
+    /// Layer norm over the last dim: `y = (x - mean) * rstd * gamma + beta`.
+    fn layer_norm(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        eps: f32,
+    ) -> Result<(Self::Tensor, LayerNormSaved<Self::Tensor>)>;
+    /// Returns `(dx, dgamma, dbeta)`.
+    fn layer_norm_backward(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        saved: &LayerNormSaved<Self::Tensor>,
+        dy: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor, Self::Tensor)>;
+
+    // ---- attention -----------------------------------------------------------------------
+    /// Scaled dot-product attention over `heads` heads. `q, k, v`: `(B, T, H*D)`,
+    /// `key_mask`: `(B, T)` with 1 for real tokens and 0 for padding, `causal` masks future
+    /// keys. Returns the output `(B, T, H*D)` and the row log-sum-exp `(B, H, T)` that the
+    /// backward pass uses to rebuild the probabilities.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        heads: usize,
+        key_mask: Option<&Self::Tensor>,
+        causal: bool,
+    ) -> Result<(Self::Tensor, Self::Tensor)>;
+    /// Returns `(dq, dk, dv)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        out: &Self::Tensor,
+        lse: &Self::Tensor,
+        d_out: &Self::Tensor,
+        heads: usize,
+        key_mask: Option<&Self::Tensor>,
+        causal: bool,
+    ) -> Result<(Self::Tensor, Self::Tensor, Self::Tensor)>;
+
+    // ---- embeddings ----------------------------------------------------------------------
+    /// Rows of `table (V, C)` picked by `ids (..)` (u32): `(.., C)`.
+    fn embedding(&self, table: &Self::Tensor, ids: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Scatter-add of `dy (.., C)` into a zero `(vocab, C)` at `ids`. Deterministic.
+    fn embedding_backward(
+        &self,
+        ids: &Self::Tensor,
+        dy: &Self::Tensor,
+        vocab: usize,
+    ) -> Result<Self::Tensor>;
+
+    // ---- sequence axis -------------------------------------------------------------------
+    /// Concatenates `(B, Ta, C)` and `(B, Tb, C)` into `(B, Ta+Tb, C)`.
+    fn concat_seq(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Positions `start..start+len` of `(B, T, C)`.
+    fn slice_seq(&self, x: &Self::Tensor, start: usize, len: usize) -> Result<Self::Tensor>;
+
+    // ---- loss ----------------------------------------------------------------------------
+    /// Softmax cross-entropy of `logits (N, K)` against `labels (N,)` (u32, [`IGNORE_INDEX`]
+    /// skipped), summed over rows: a `(1,)` tensor. Never materialises the probabilities.
+    fn cross_entropy_sum(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Tensor,
+    ) -> Result<Self::Tensor>;
+    /// `scale * (softmax(logits) - onehot(labels))`, zero on ignored rows.
+    fn cross_entropy_backward(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Tensor,
+        scale: f32,
+    ) -> Result<Self::Tensor>;
+
+    // ---- optimiser -----------------------------------------------------------------------
+    /// `sum(x^2)` as a `(1,)` tensor (for the global gradient norm).
+    fn sum_squares(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// One AdamW step with the gradient pre-multiplied by `grad_scale` (clipping). Returns the
+    /// new `(param, m, v)`.
+    fn adamw(
+        &self,
+        param: &Self::Tensor,
+        grad: &Self::Tensor,
+        m: &Self::Tensor,
+        v: &Self::Tensor,
+        grad_scale: f32,
+        hp: AdamW,
+    ) -> Result<(Self::Tensor, Self::Tensor, Self::Tensor)>;
+}

@@ -1,0 +1,450 @@
+//! BERT and RoBERTa encoders (the same graph; RoBERTa offsets position ids past the padding
+//! index and has no pooler in its classification head).
+//!
+//! Per layer, with hidden states `h (B, T, C)`:
+//!
+//! ```text
+//! q, k, v = h Wq^T + bq, h Wk^T + bk, h Wv^T + bv        (B, T, C)
+//! a       = attention(q, k, v, heads, mask)              (B, T, C)
+//! h       = LN(a Wo^T + bo + h)                          (B, T, C)
+//! h       = LN(gelu(h Wi^T + bi) Wo2^T + bo2 + h)        (B, T, C), inner (B, T, 4C)
+//! ```
+//!
+//! Dropout is not applied (evaluation semantics; training dropout is a later addition).
+
+use crate::Shape;
+use crate::backend::{Backend, Result};
+use crate::nn::{Ctx, LayerNorm, Linear};
+use crate::params::{ParamId, ParamStore};
+use crate::safetensors_io::{HostTensor, LoadError, read, take_expected};
+use crate::tape::Var;
+use serde::Deserialize;
+
+/// The fields of `config.json` the encoder uses.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BertConfig {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f32,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub pad_token_id: u32,
+}
+
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f32 {
+    1e-12
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+
+/// Which convention of the shared graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Bert,
+    Roberta,
+}
+
+impl BertConfig {
+    /// Parses `config.json`; `file` names it in errors.
+    pub fn from_json(file: &str, text: &str) -> std::result::Result<Self, LoadError> {
+        let cfg: BertConfig = serde_json::from_str(text).map_err(|e| LoadError::Config {
+            file: file.into(),
+            reason: e.to_string(),
+        })?;
+        cfg.flavor().map_err(|reason| LoadError::Config {
+            file: file.into(),
+            reason,
+        })?;
+        if cfg.hidden_act != "gelu" {
+            return Err(LoadError::Config {
+                file: file.into(),
+                reason: format!(
+                    "hidden_act `{}` is not supported (expected `gelu`)",
+                    cfg.hidden_act
+                ),
+            });
+        }
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
+            return Err(LoadError::Config {
+                file: file.into(),
+                reason: format!(
+                    "hidden_size {} is not divisible by num_attention_heads {}",
+                    cfg.hidden_size, cfg.num_attention_heads
+                ),
+            });
+        }
+        Ok(cfg)
+    }
+
+    pub fn flavor(&self) -> std::result::Result<Flavor, String> {
+        match self.model_type.as_str() {
+            "bert" => Ok(Flavor::Bert),
+            "roberta" => Ok(Flavor::Roberta),
+            other => Err(format!(
+                "model_type `{other}` is not supported (expected `bert` or `roberta`)"
+            )),
+        }
+    }
+
+    /// Every encoder weight with its shape, in Hugging Face names (no `bert.` prefix).
+    pub fn param_specs(&self) -> Vec<(String, Shape)> {
+        let (c, i) = (self.hidden_size, self.intermediate_size);
+        let mut out = vec![
+            (
+                "embeddings.word_embeddings.weight".to_string(),
+                Shape::new([self.vocab_size, c]),
+            ),
+            (
+                "embeddings.position_embeddings.weight".to_string(),
+                Shape::new([self.max_position_embeddings, c]),
+            ),
+            (
+                "embeddings.token_type_embeddings.weight".to_string(),
+                Shape::new([self.type_vocab_size, c]),
+            ),
+            ("embeddings.LayerNorm.weight".to_string(), Shape::new([c])),
+            ("embeddings.LayerNorm.bias".to_string(), Shape::new([c])),
+        ];
+        for l in 0..self.num_hidden_layers {
+            let p = format!("encoder.layer.{l}.");
+            for (name, shape) in [
+                ("attention.self.query.weight", vec![c, c]),
+                ("attention.self.query.bias", vec![c]),
+                ("attention.self.key.weight", vec![c, c]),
+                ("attention.self.key.bias", vec![c]),
+                ("attention.self.value.weight", vec![c, c]),
+                ("attention.self.value.bias", vec![c]),
+                ("attention.output.dense.weight", vec![c, c]),
+                ("attention.output.dense.bias", vec![c]),
+                ("attention.output.LayerNorm.weight", vec![c]),
+                ("attention.output.LayerNorm.bias", vec![c]),
+                ("intermediate.dense.weight", vec![i, c]),
+                ("intermediate.dense.bias", vec![i]),
+                ("output.dense.weight", vec![c, i]),
+                ("output.dense.bias", vec![c]),
+                ("output.LayerNorm.weight", vec![c]),
+                ("output.LayerNorm.bias", vec![c]),
+            ] {
+                out.push((format!("{p}{name}"), Shape::new(shape)));
+            }
+        }
+        out
+    }
+
+    /// The pooler (`pooler.dense`), present in BERT checkpoints.
+    pub fn pooler_specs(&self) -> Vec<(String, Shape)> {
+        let c = self.hidden_size;
+        vec![
+            ("pooler.dense.weight".into(), Shape::new([c, c])),
+            ("pooler.dense.bias".into(), Shape::new([c])),
+        ]
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_ln: LayerNorm,
+    inter: Linear,
+    out: Linear,
+    out_ln: LayerNorm,
+}
+
+/// A BERT/RoBERTa encoder whose weights live in a [`ParamStore`].
+#[derive(Debug, Clone)]
+pub struct Bert {
+    pub config: BertConfig,
+    pub flavor: Flavor,
+    pub word_embeddings: ParamId,
+    position_embeddings: ParamId,
+    token_type_embeddings: ParamId,
+    emb_ln: LayerNorm,
+    layers: Vec<Layer>,
+    /// `pooler.dense` (BERT's `[CLS]` pooler), when the checkpoint has it.
+    pub pooler: Option<Linear>,
+}
+
+/// The inputs of one batch, already on the device.
+#[derive(Debug, Clone)]
+pub struct EncoderInput<T> {
+    /// `(B, T)` u32 token ids.
+    pub ids: T,
+    /// `(B, T')` u32 token type ids, `T' = T + prompt length`.
+    pub token_types: T,
+    /// `(B, T')` u32 position ids.
+    pub positions: T,
+    /// `(B, T')` f32, 1 for tokens and 0 for padding.
+    pub mask: T,
+}
+
+fn linear(
+    store_ids: &impl Fn(&str) -> std::result::Result<ParamId, LoadError>,
+    name: &str,
+    bias: bool,
+) -> std::result::Result<Linear, LoadError> {
+    Ok(Linear {
+        name: name.to_string(),
+        weight: store_ids(&format!("{name}.weight"))?,
+        bias: if bias {
+            Some(store_ids(&format!("{name}.bias"))?)
+        } else {
+            None
+        },
+    })
+}
+
+impl Bert {
+    /// Loads the encoder (and the pooler when present) from `model.safetensors` bytes into
+    /// `store`. Weight prefixes `bert.` / `roberta.` are accepted. A missing or mis-shaped tensor
+    /// is an error; tensors that belong to neither the encoder nor a known head are reported
+    /// as extra. Returns the model and the unused tensors (a task head's, for the caller).
+    pub fn load<B: Backend>(
+        backend: &B,
+        config: BertConfig,
+        file: &str,
+        bytes: &[u8],
+        store: &mut ParamStore<B>,
+    ) -> std::result::Result<(Self, std::collections::BTreeMap<String, HostTensor>), LoadError>
+    {
+        let flavor = config.flavor().map_err(|reason| LoadError::Config {
+            file: file.into(),
+            reason,
+        })?;
+        let (mut tensors, _buffers) = read(file, bytes)?;
+        let prefixes = ["bert.", "roberta.", ""];
+        let specs = config.param_specs();
+        let values = take_expected(file, &mut tensors, &specs, &prefixes)?;
+        let insert = |name: &str,
+                      t: HostTensor,
+                      store: &mut ParamStore<B>|
+         -> std::result::Result<(), LoadError> {
+            let dev = backend
+                .upload(&t.data, &t.shape)
+                .map_err(|e| LoadError::Config {
+                    file: file.into(),
+                    reason: e.to_string(),
+                })?;
+            store
+                .insert(name, dev, true)
+                .map_err(|e| LoadError::Config {
+                    file: file.into(),
+                    reason: e.to_string(),
+                })?;
+            Ok(())
+        };
+        for ((name, _), t) in specs.iter().zip(values) {
+            insert(name, t, store)?;
+        }
+        let pooler_specs = config.pooler_specs();
+        let has_pooler = prefixes
+            .iter()
+            .any(|p| tensors.contains_key(&format!("{p}pooler.dense.weight")));
+        if has_pooler {
+            let values = take_expected(file, &mut tensors, &pooler_specs, &prefixes)?;
+            for ((name, _), t) in pooler_specs.iter().zip(values) {
+                insert(name, t, store)?;
+            }
+        }
+        let model =
+            Self::bind_names(config, flavor, store, has_pooler).map_err(|e| LoadError::Config {
+                file: file.into(),
+                reason: e.to_string(),
+            })?;
+        Ok((model, tensors))
+    }
+
+    /// A randomly initialised encoder (for pretraining from scratch): normal(0, 0.02) weights,
+    /// zero biases, unit layer-norm gains, as transformers initialises BERT.
+    pub fn random<B: Backend>(
+        backend: &B,
+        config: BertConfig,
+        seed: u64,
+        store: &mut ParamStore<B>,
+    ) -> Result<Self> {
+        let flavor = config
+            .flavor()
+            .map_err(|msg| crate::BackendError::Shape { op: "bert", msg })?;
+        let mut rng = crate::rng::Rng::new(seed);
+        for (name, shape) in config
+            .param_specs()
+            .into_iter()
+            .chain(config.pooler_specs())
+        {
+            let n = shape.numel();
+            let data: Vec<f32> = if name.ends_with("LayerNorm.weight") {
+                vec![1.0; n]
+            } else if name.ends_with(".bias") {
+                vec![0.0; n]
+            } else {
+                (0..n).map(|_| 0.02 * rng.normal()).collect()
+            };
+            let t = backend.upload(&data, &shape)?;
+            store
+                .insert(name, t, true)
+                .map_err(|e| crate::BackendError::Shape {
+                    op: "bert",
+                    msg: e.to_string(),
+                })?;
+        }
+        Self::bind_names(config, flavor, store, true).map_err(|e| crate::BackendError::Shape {
+            op: "bert",
+            msg: e.to_string(),
+        })
+    }
+
+    fn bind_names<B: Backend>(
+        config: BertConfig,
+        flavor: Flavor,
+        store: &ParamStore<B>,
+        pooler: bool,
+    ) -> std::result::Result<Self, LoadError> {
+        let id = |n: &str| {
+            store.id(n).map_err(|e| LoadError::Config {
+                file: String::new(),
+                reason: e.to_string(),
+            })
+        };
+        let eps = config.layer_norm_eps;
+        let ln = |p: &str| -> std::result::Result<LayerNorm, LoadError> {
+            Ok(LayerNorm {
+                weight: id(&format!("{p}.weight"))?,
+                bias: id(&format!("{p}.bias"))?,
+                eps,
+            })
+        };
+        let mut layers = Vec::new();
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            layers.push(Layer {
+                query: linear(&id, &format!("{p}.attention.self.query"), true)?,
+                key: linear(&id, &format!("{p}.attention.self.key"), true)?,
+                value: linear(&id, &format!("{p}.attention.self.value"), true)?,
+                attn_out: linear(&id, &format!("{p}.attention.output.dense"), true)?,
+                attn_ln: ln(&format!("{p}.attention.output.LayerNorm"))?,
+                inter: linear(&id, &format!("{p}.intermediate.dense"), true)?,
+                out: linear(&id, &format!("{p}.output.dense"), true)?,
+                out_ln: ln(&format!("{p}.output.LayerNorm"))?,
+            });
+        }
+        Ok(Self {
+            flavor,
+            word_embeddings: id("embeddings.word_embeddings.weight")?,
+            position_embeddings: id("embeddings.position_embeddings.weight")?,
+            token_type_embeddings: id("embeddings.token_type_embeddings.weight")?,
+            emb_ln: ln("embeddings.LayerNorm")?,
+            layers,
+            pooler: if pooler {
+                Some(linear(&id, "pooler.dense", true)?)
+            } else {
+                None
+            },
+            config,
+        })
+    }
+
+    /// Position ids for a `(B, T)` attention mask: `0..T` for BERT; for RoBERTa
+    /// `pad + 1 + (running count of tokens)` on tokens and `pad` on padding, as transformers
+    /// computes them from the input ids.
+    pub fn position_ids(&self, mask: &[f32], batch: usize, len: usize) -> Vec<u32> {
+        let mut out = Vec::with_capacity(batch * len);
+        for b in 0..batch {
+            let mut count = 0u32;
+            for t in 0..len {
+                out.push(match self.flavor {
+                    Flavor::Bert => t as u32,
+                    Flavor::Roberta => {
+                        if mask[b * len + t] > 0.0 {
+                            count += 1;
+                            self.config.pad_token_id + count
+                        } else {
+                            self.config.pad_token_id
+                        }
+                    }
+                });
+            }
+        }
+        out
+    }
+
+    /// Word embeddings of `ids` with `prompt (B, P, C)` prepended (prompt tuning), then
+    /// position and token-type embeddings and layer norm over the whole length.
+    pub fn embed<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        input: &EncoderInput<B::Tensor>,
+        prompt: Option<Var>,
+    ) -> Result<Var> {
+        let word = cx.p(self.word_embeddings);
+        let mut h = cx.tape.embedding(word, &input.ids)?; // (B, T, C)
+        if let Some(p) = prompt {
+            h = cx.tape.concat_seq(p, h)?; // (B, P+T, C)
+        }
+        let pos_table = cx.p(self.position_embeddings);
+        let pos = cx.tape.embedding(pos_table, &input.positions)?;
+        let tt_table = cx.p(self.token_type_embeddings);
+        let tt = cx.tape.embedding(tt_table, &input.token_types)?;
+        let h = cx.tape.add(h, pos)?;
+        let h = cx.tape.add(h, tt)?;
+        self.emb_ln.forward(cx, h)
+    }
+
+    /// The encoder: `(B, T', C)` hidden states of the last layer.
+    pub fn encode<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        input: &EncoderInput<B::Tensor>,
+        prompt: Option<Var>,
+    ) -> Result<Var> {
+        let mut h = self.embed(cx, input, prompt)?;
+        let heads = self.config.num_attention_heads;
+        for layer in &self.layers {
+            let q = layer.query.forward(cx, h)?;
+            let k = layer.key.forward(cx, h)?;
+            let v = layer.value.forward(cx, h)?;
+            let a = cx
+                .tape
+                .attention(q, k, v, heads, Some(&input.mask), false)?;
+            let a = layer.attn_out.forward(cx, a)?;
+            let a = cx.tape.add(a, h)?;
+            h = layer.attn_ln.forward(cx, a)?;
+            let i = layer.inter.forward(cx, h)?;
+            let i = cx.tape.gelu(i)?;
+            let o = layer.out.forward(cx, i)?;
+            let o = cx.tape.add(o, h)?;
+            h = layer.out_ln.forward(cx, o)?;
+        }
+        Ok(h)
+    }
+
+    /// Names of the linear layers (`encoder.layer.N.attention.self.query`, ...), for PEFT
+    /// target matching.
+    pub fn linear_names(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        for l in &self.layers {
+            for lin in [&l.query, &l.key, &l.value, &l.attn_out, &l.inter, &l.out] {
+                out.push(lin.name.as_str());
+            }
+        }
+        if let Some(p) = &self.pooler {
+            out.push(p.name.as_str());
+        }
+        out
+    }
+}

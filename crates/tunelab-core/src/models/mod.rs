@@ -1,0 +1,3 @@
+//! Model architectures, each built from the shared [`nn`](crate::nn) layers.
+
+pub mod bert;

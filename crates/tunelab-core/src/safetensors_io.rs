@@ -1,0 +1,204 @@
+//! Reading Hugging Face `model.safetensors` files into f32 host tensors, with errors that name
+//! the file and the tensor.
+
+use crate::Shape;
+use std::collections::BTreeMap;
+
+/// Problems loading weights. Every variant names the file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LoadError {
+    #[error("{file}: not a valid safetensors file (truncated or corrupted?): {reason}")]
+    Format { file: String, reason: String },
+    #[error("{file}: tensor `{name}` has dtype {dtype}, expected F32, F16 or BF16")]
+    Dtype {
+        file: String,
+        name: String,
+        dtype: String,
+    },
+    #[error("{file}: tensor `{name}` is missing (expected shape {expected})")]
+    Missing {
+        file: String,
+        name: String,
+        expected: Shape,
+    },
+    #[error("{file}: tensor `{name}` has shape {actual}, expected {expected}")]
+    Shape {
+        file: String,
+        name: String,
+        expected: Shape,
+        actual: Shape,
+    },
+    #[error("{file}: unexpected tensor(s) {names:?}: the checkpoint does not match the config")]
+    Extra { file: String, names: Vec<String> },
+    #[error("{file}: {reason}")]
+    Config { file: String, reason: String },
+}
+
+/// A host tensor read from a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Shape,
+    pub data: Vec<f32>,
+}
+
+/// Every floating-point tensor of a safetensors file, converted to f32. Integer tensors
+/// (buffers such as BERT's `position_ids`) are returned by name in the second map without data.
+pub fn read(
+    file: &str,
+    bytes: &[u8],
+) -> Result<(BTreeMap<String, HostTensor>, Vec<String>), LoadError> {
+    use safetensors::Dtype;
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| LoadError::Format {
+        file: file.to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut out = BTreeMap::new();
+    let mut buffers = Vec::new();
+    for (name, view) in st.tensors() {
+        let shape = Shape::new(view.shape());
+        let raw = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::I64 | Dtype::I32 | Dtype::U8 | Dtype::BOOL => {
+                buffers.push(name);
+                continue;
+            }
+            other => {
+                return Err(LoadError::Dtype {
+                    file: file.to_string(),
+                    name,
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        out.insert(name, HostTensor { shape, data });
+    }
+    Ok((out, buffers))
+}
+
+/// Takes `expected` tensors (name, shape) out of `tensors`, after stripping the first of
+/// `prefixes` that every expected name is found under. Fails on a missing or mis-shaped tensor;
+/// returns the names left over.
+pub fn take_expected(
+    file: &str,
+    tensors: &mut BTreeMap<String, HostTensor>,
+    expected: &[(String, Shape)],
+    prefixes: &[&str],
+) -> Result<Vec<HostTensor>, LoadError> {
+    let prefix = prefixes
+        .iter()
+        .copied()
+        .find(|p| {
+            expected
+                .first()
+                .is_some_and(|(n, _)| tensors.contains_key(&format!("{p}{n}")))
+        })
+        .unwrap_or("");
+    let mut out = Vec::with_capacity(expected.len());
+    for (name, shape) in expected {
+        let key = format!("{prefix}{name}");
+        let t = tensors.remove(&key).ok_or_else(|| LoadError::Missing {
+            file: file.to_string(),
+            name: key.clone(),
+            expected: shape.clone(),
+        })?;
+        if &t.shape != shape {
+            return Err(LoadError::Shape {
+                file: file.to_string(),
+                name: key,
+                expected: shape.clone(),
+                actual: t.shape,
+            });
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((n, s, _), b)| {
+                (
+                    n.to_string(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.to_vec(), b)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    #[test]
+    fn reads_and_checks_tensors_with_a_prefix() {
+        let bytes = file(&[
+            ("bert.a", &[2], &[1.0, 2.0]),
+            ("bert.b", &[1, 2], &[3.0, 4.0]),
+            ("extra", &[1], &[0.0]),
+        ]);
+        let (mut t, buffers) = read("m.safetensors", &bytes).unwrap();
+        assert!(buffers.is_empty());
+        let expected = vec![
+            ("a".to_string(), Shape::new([2])),
+            ("b".to_string(), Shape::new([1, 2])),
+        ];
+        let got = take_expected("m.safetensors", &mut t, &expected, &["bert.", ""]).unwrap();
+        assert_eq!(got[1].data, vec![3.0, 4.0]);
+        assert_eq!(t.keys().collect::<Vec<_>>(), vec!["extra"]);
+    }
+
+    #[test]
+    fn missing_misshaped_and_truncated_are_typed_errors() {
+        let bytes = file(&[("a", &[2], &[1.0, 2.0])]);
+        let (t, _) = read("m.safetensors", &bytes).unwrap();
+        let err = take_expected(
+            "m.safetensors",
+            &mut t.clone(),
+            &[("b".into(), Shape::new([2]))],
+            &[""],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "m.safetensors: tensor `b` is missing (expected shape [2])"
+        );
+        let err = take_expected(
+            "m.safetensors",
+            &mut t.clone(),
+            &[("a".into(), Shape::new([3]))],
+            &[""],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "m.safetensors: tensor `a` has shape [2], expected [3]"
+        );
+        let err = read("m.safetensors", &bytes[..bytes.len() - 3]).unwrap_err();
+        assert!(matches!(err, LoadError::Format { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("m.safetensors: not a valid safetensors file")
+        );
+        assert!(read("m.safetensors", b"").is_err());
+    }
+}
