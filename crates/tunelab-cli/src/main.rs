@@ -31,7 +31,18 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Prints the error chain (no backtrace) and exits 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Info { assets, json } => info(&assets, json),
     }

@@ -28,15 +28,17 @@ pub const MANIFEST_VERSION: u32 = 1;
 pub enum ManifestError {
     #[error("asset {path} is missing; {FETCH_HINT}")]
     Missing { path: String },
-    #[error(
-        "asset {path} is corrupted: sha256 {actual} (expected {expected}, {bytes} bytes expected, {actual_bytes} found); {FETCH_HINT}"
-    )]
+    #[error("asset {path} is corrupted: it has {actual} bytes, expected {expected}; {FETCH_HINT}")]
+    WrongSize {
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("asset {path} is corrupted: sha256 {actual}, expected {expected}; {FETCH_HINT}")]
     Corrupt {
         path: String,
         expected: String,
         actual: String,
-        bytes: u64,
-        actual_bytes: u64,
     },
     #[error("asset manifest {path} is not valid: {reason}; {FETCH_HINT}")]
     Invalid { path: String, reason: String },
@@ -67,18 +69,27 @@ impl AssetFile {
 
     /// Checks `bytes` against the recorded size and checksum.
     pub fn check_bytes(&self, bytes: &[u8]) -> Result<(), ManifestError> {
+        self.check_named(&self.path, bytes)
+    }
+
+    /// As [`AssetFile::check_bytes`], naming the file `shown` in errors.
+    fn check_named(&self, shown: &str, bytes: &[u8]) -> Result<(), ManifestError> {
+        if bytes.len() as u64 != self.bytes {
+            return Err(ManifestError::WrongSize {
+                path: shown.to_string(),
+                expected: self.bytes,
+                actual: bytes.len() as u64,
+            });
+        }
         let actual = sha256_hex(bytes);
-        if actual == self.sha256 && bytes.len() as u64 == self.bytes {
-            Ok(())
-        } else {
-            Err(ManifestError::Corrupt {
-                path: self.path.clone(),
+        if actual != self.sha256 {
+            return Err(ManifestError::Corrupt {
+                path: shown.to_string(),
                 expected: self.sha256.clone(),
                 actual,
-                bytes: self.bytes,
-                actual_bytes: bytes.len() as u64,
-            })
+            });
         }
+        Ok(())
     }
 }
 
@@ -214,33 +225,18 @@ impl Manifest {
                 path: shown.clone(),
             })?;
             // A size mismatch is reported without reading (and hashing) a large file.
-            let bytes = if meta.len() == file.bytes {
-                std::fs::read(&full).map_err(|e| ManifestError::Io {
-                    path: shown.clone(),
-                    reason: e.to_string(),
-                })?
-            } else {
-                Vec::new()
-            };
-            file.check_bytes(&bytes).map_err(|e| match e {
-                ManifestError::Corrupt {
-                    expected,
-                    actual,
-                    bytes,
-                    ..
-                } => ManifestError::Corrupt {
-                    path: shown.clone(),
-                    expected,
-                    actual: if meta.len() == file.bytes {
-                        actual
-                    } else {
-                        "(not computed: size differs)".to_string()
-                    },
-                    bytes,
-                    actual_bytes: meta.len(),
-                },
-                other => other,
+            if meta.len() != file.bytes {
+                return Err(ManifestError::WrongSize {
+                    path: shown,
+                    expected: file.bytes,
+                    actual: meta.len(),
+                });
+            }
+            let bytes = std::fs::read(&full).map_err(|e| ManifestError::Io {
+                path: shown.clone(),
+                reason: e.to_string(),
             })?;
+            file.check_named(&shown, &bytes)?;
         }
         Ok(manifest)
     }

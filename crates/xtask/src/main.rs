@@ -49,7 +49,18 @@ enum Command {
     Fixtures,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Prints the error chain (no backtrace) and exits 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::Assets { force, check } => {
