@@ -1,0 +1,152 @@
+//! Bad model inputs give typed errors naming the file, tensor or option — never a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
+
+use std::path::PathBuf;
+use tunelab_candle::Candle;
+use tunelab_core::models::classifier::{ModelError, SeqClassifier};
+use tunelab_core::params::ParamStore;
+use tunelab_core::peft::{Method, PeftError, lora::LoraConfig};
+use tunelab_core::safetensors_io::LoadError;
+
+fn tiny() -> (String, Vec<u8>) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-bert");
+    (
+        std::fs::read_to_string(dir.join("config.json")).unwrap(),
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+    )
+}
+
+fn load(config: &str, weights: &[u8], method: &Method) -> Result<SeqClassifier, ModelError> {
+    let mut store = ParamStore::new();
+    SeqClassifier::load(
+        &Candle::cpu(),
+        "tiny",
+        config,
+        weights,
+        3,
+        method,
+        0,
+        &mut store,
+    )
+}
+
+/// Rewrites the checkpoint with `edit` applied to its (name, shape, data) list.
+fn rewrite(weights: &[u8], edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> Vec<u8> {
+    let (tensors, _) = tunelab_core::safetensors_io::read("w", weights).unwrap();
+    let mut list: Vec<(String, Vec<usize>, Vec<f32>)> = tensors
+        .into_iter()
+        .map(|(n, t)| (n, t.shape.dims().to_vec(), t.data))
+        .collect();
+    edit(&mut list);
+    let bytes: Vec<Vec<u8>> = list
+        .iter()
+        .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = list
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let (config, weights) = tiny();
+    let w = rewrite(&weights, |l| {
+        l.retain(|(n, _, _)| n != "bert.encoder.layer.1.output.dense.weight")
+    });
+    let err = load(&config, &w, &Method::Full).unwrap_err();
+    assert!(
+        matches!(err, ModelError::Load(LoadError::Missing { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "tiny/model.safetensors: tensor `bert.encoder.layer.1.output.dense.weight` is missing (expected shape [16, 20])"
+    );
+}
+
+#[test]
+fn misshaped_tensor_is_named() {
+    let (config, weights) = tiny();
+    let w = rewrite(&weights, |l| {
+        for (n, s, d) in l.iter_mut() {
+            if n == "bert.embeddings.LayerNorm.bias" {
+                *s = vec![15];
+                d.truncate(15);
+            }
+        }
+    });
+    let err = load(&config, &w, &Method::Full).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "tiny/model.safetensors: tensor `bert.embeddings.LayerNorm.bias` has shape [15], expected [16]"
+    );
+}
+
+#[test]
+fn extra_tensor_is_named() {
+    let (config, weights) = tiny();
+    let w = rewrite(&weights, |l| {
+        l.push((
+            "bert.encoder.layer.2.output.dense.weight".into(),
+            vec![2],
+            vec![0.0, 1.0],
+        ))
+    });
+    let err = load(&config, &w, &Method::Full).unwrap_err().to_string();
+    assert!(
+        err.contains("unexpected tensor(s) [\"bert.encoder.layer.2.output.dense.weight\"]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_file_is_reported() {
+    let (config, weights) = tiny();
+    let err = load(&config, &weights[..weights.len() / 2], &Method::Full)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("tiny/model.safetensors: not a valid safetensors file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_model_type_is_reported() {
+    let (config, weights) = tiny();
+    let config = config.replace("\"model_type\": \"bert\"", "\"model_type\": \"gpt2\"");
+    let err = load(&config, &weights, &Method::Full)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "tiny/config.json: model_type `gpt2` is not supported (expected `bert` or `roberta`)"
+    );
+}
+
+#[test]
+fn lora_targets_that_match_nothing_are_reported() {
+    let (config, weights) = tiny();
+    let m = Method::Lora(LoraConfig {
+        target_modules: vec!["q_proj".into(), "v_proj".into()],
+        ..Default::default()
+    });
+    let err = load(&config, &weights, &m).unwrap_err();
+    assert!(
+        matches!(err, ModelError::Peft(PeftError::NoTargets { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "LoRA target modules [\"q_proj\", \"v_proj\"] match no linear layer; layers look like `encoder.layer.0.attention.self.query`"
+    );
+}

@@ -1,0 +1,287 @@
+//! PyTorch parity and the PEFT contract, one table row per (architecture, method).
+//!
+//! Fixtures (`tests/fixtures/parity-<kind>-<method>.safetensors`, from
+//! `tests/fixtures/make_fixtures.py`) hold PyTorch + PEFT's logits, loss, every trainable
+//! gradient and 10 AdamW steps' losses for a random-init tiny BERT and RoBERTa.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tunelab_candle::Candle;
+use tunelab_core::Shape;
+use tunelab_core::backend::Backend;
+use tunelab_core::models::classifier::SeqClassifier;
+use tunelab_core::nn::Ctx;
+use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule, clip_coefficient};
+use tunelab_core::params::ParamStore;
+use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
+use tunelab_core::safetensors_io::{HostTensor, read};
+use tunelab_core::tape::Tape;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+struct Fixture {
+    floats: BTreeMap<String, HostTensor>,
+    ints: BTreeMap<String, Vec<i64>>,
+    trainable: usize,
+}
+
+fn fixture(kind: &str, method: &str) -> Fixture {
+    let bytes =
+        std::fs::read(fixtures().join(format!("parity-{kind}-{method}.safetensors"))).unwrap();
+    let (floats, _) = read("fixture", &bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ints = st
+        .tensors()
+        .into_iter()
+        .filter(|(_, v)| v.dtype() == safetensors::Dtype::I64)
+        .map(|(n, v)| {
+            (
+                n,
+                v.data()
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            )
+        })
+        .collect();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let trainable = meta.metadata().as_ref().unwrap()["trainable"]
+        .parse()
+        .unwrap();
+    Fixture {
+        floats,
+        ints,
+        trainable,
+    }
+}
+
+fn method(name: &str) -> Method {
+    match name {
+        "full" => Method::Full,
+        "bitfit" => Method::Bitfit,
+        "lora" => Method::Lora(LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["query".into(), "value".into()],
+        }),
+        "prompt" => Method::Prompt(PromptConfig {
+            num_virtual_tokens: 3,
+            init_token_ids: vec![],
+        }),
+        other => panic!("{other}"),
+    }
+}
+
+fn host(t: &candle_core::Tensor) -> Vec<f32> {
+    pollster::block_on(Candle::cpu().download(t)).unwrap()
+}
+
+/// The model as PyTorch had it: checkpoint, method, and the method's initial values.
+fn model(kind: &str, m: &str, fx: &Fixture) -> (SeqClassifier, ParamStore<Candle>) {
+    let be = Candle::cpu();
+    let dir = fixtures().join(format!("tiny-{kind}"));
+    let mut store = ParamStore::new();
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let model = SeqClassifier::load(
+        &be,
+        &format!("tiny-{kind}"),
+        &config,
+        &weights,
+        3,
+        &method(m),
+        0,
+        &mut store,
+    )
+    .unwrap();
+    for (name, t) in &fx.floats {
+        if let Some(param) = name.strip_prefix("init.") {
+            let id = store.id(param).unwrap();
+            store.set_value(id, be.upload(&t.data, &t.shape).unwrap());
+        }
+    }
+    (model, store)
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (f64::from(*g) - f64::from(*w)).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|w| f64::from(*w).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn check(kind: &str, m: &str) {
+    let be = Candle::cpu();
+    let fx = fixture(kind, m);
+    let (model, store) = model(kind, m, &fx);
+    let ids: Vec<u32> = fx.ints["input_ids"].iter().map(|&x| x as u32).collect();
+    let mask: Vec<f32> = fx.ints["attention_mask"]
+        .iter()
+        .map(|&x| x as f32)
+        .collect();
+    let labels: Vec<u32> = fx.ints["labels"].iter().map(|&x| x as u32).collect();
+    let (bsz, len) = (labels.len(), ids.len() / labels.len());
+    let labels_t = be.upload_u32(&labels, &Shape::new([bsz])).unwrap();
+    let input = model.input(&be, &store, &ids, &mask, bsz, len).unwrap();
+    let case = format!("{kind}/{m}");
+
+    // The PEFT contract: the same trainable set (and count) as PEFT.
+    let mut ours: Vec<String> = store
+        .trainable()
+        .into_iter()
+        .map(|id| store.get(id).name.clone())
+        .collect();
+    ours.sort();
+    let mut theirs: Vec<String> = fx
+        .floats
+        .keys()
+        .filter_map(|k| k.strip_prefix("grad.").map(str::to_string))
+        .collect();
+    theirs.sort();
+    assert_eq!(ours, theirs, "{case}: trainable parameters");
+    assert_eq!(store.counts(&be).0, fx.trainable, "{case}: trainable count");
+
+    // Logits, loss and every gradient.
+    let mut tape = Tape::new(be.clone());
+    let bound = store.bind(&mut tape);
+    let mut cx = Ctx {
+        tape: &mut tape,
+        bound: &bound,
+        adapters: &model.adapters,
+    };
+    let logits = model.logits(&mut cx, &input).unwrap();
+    let loss = tape
+        .cross_entropy(logits, &labels_t, 1.0 / bsz as f32)
+        .unwrap();
+    let got = host(tape.value(logits).unwrap());
+    let want = &fx.floats["logits"].data;
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "{case}: logits max abs diff {diff}");
+    let l = host(tape.value(loss).unwrap())[0];
+    assert!(
+        (l - fx.floats["loss"].data[0]).abs() < 1e-5,
+        "{case}: loss {l}"
+    );
+    tape.backward(loss).unwrap();
+    let grads = store.grads(&mut tape, &bound);
+    for (id, g) in &grads {
+        let name = &store.get(*id).name;
+        let g = host(
+            g.as_ref()
+                .unwrap_or_else(|| panic!("{case}: {name} got no gradient")),
+        );
+        let want = &fx.floats[&format!("grad.{name}")].data;
+        if name.ends_with("attention.self.key.bias") {
+            // Softmax ignores a per-row constant, and q.(k + b) shifts every score of a row by
+            // q.b: the key bias's true gradient is exactly zero. Both sides hold rounding noise.
+            let max = g.iter().chain(want).fold(0f32, |m, v| m.max(v.abs()));
+            assert!(max < 1e-6, "{case}: {name} should be ~0, max {max}");
+            continue;
+        }
+        assert!(
+            g.iter().any(|&v| v != 0.0),
+            "{case}: {name} has an all-zero gradient"
+        );
+        let e = rel_err(&g, want);
+        assert!(e < 1e-3, "{case}: gradient of {name}: relative error {e}");
+    }
+
+    // Ten AdamW steps with linear warmup and clipping: the same losses; frozen weights untouched.
+    let (model, mut store) = self::model(kind, m, &fx);
+    let frozen: Vec<(String, Vec<f32>)> = store
+        .iter()
+        .filter(|(_, p)| !p.trainable)
+        .map(|(_, p)| (p.name.clone(), host(&p.value)))
+        .collect();
+    let mut opt = Optimizer::<Candle>::new(
+        AdamWConfig {
+            lr: 5e-3,
+            weight_decay: 0.01,
+            ..Default::default()
+        },
+        Schedule::Linear {
+            warmup: 3,
+            total: 10,
+        },
+    );
+    let want = &fx.floats["losses"].data;
+    for (step, want) in want.iter().enumerate() {
+        let mut tape = Tape::new(be.clone());
+        let bound = store.bind(&mut tape);
+        let mut cx = Ctx {
+            tape: &mut tape,
+            bound: &bound,
+            adapters: &model.adapters,
+        };
+        let logits = model.logits(&mut cx, &input).unwrap();
+        let loss = tape
+            .cross_entropy(logits, &labels_t, 1.0 / bsz as f32)
+            .unwrap();
+        let l = host(tape.value(loss).unwrap())[0];
+        assert!(
+            (l - want).abs() < 1e-3,
+            "{case}: step {step} loss {l} vs {want}"
+        );
+        tape.backward(loss).unwrap();
+        let grads: Vec<_> = store
+            .grads(&mut tape, &bound)
+            .into_iter()
+            .map(|(id, g)| (id, g.unwrap()))
+            .collect();
+        let refs: Vec<&candle_core::Tensor> = grads.iter().map(|(_, g)| g).collect();
+        let sq = ParamStore::<Candle>::grad_sq_norm(&be, &refs)
+            .unwrap()
+            .unwrap();
+        let norm = f64::from(host(&sq)[0]).sqrt();
+        opt.step(&be, &mut store, &grads, clip_coefficient(norm, 1.0))
+            .unwrap();
+    }
+    for (name, before) in frozen {
+        let after = host(&store.get(store.id(&name).unwrap()).value);
+        assert!(before == after, "{case}: frozen {name} changed");
+    }
+}
+
+#[test]
+fn bert_full() {
+    check("bert", "full");
+}
+#[test]
+fn bert_bitfit() {
+    check("bert", "bitfit");
+}
+#[test]
+fn bert_lora() {
+    check("bert", "lora");
+}
+#[test]
+fn bert_prompt() {
+    check("bert", "prompt");
+}
+#[test]
+fn roberta_full() {
+    check("roberta", "full");
+}
+#[test]
+fn roberta_bitfit() {
+    check("roberta", "bitfit");
+}
+#[test]
+fn roberta_lora() {
+    check("roberta", "lora");
+}
+#[test]
+fn roberta_prompt() {
+    check("roberta", "prompt");
+}
