@@ -2,6 +2,8 @@
 //!
 //! Today it has `info`; `train`, `eval`, `predict`, `export` and `bench` build on the engine.
 
+mod bench;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -29,6 +31,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time a training step per PEFT method on the MiniLM shape (candle CPU backend).
+    Bench {
+        #[arg(long, default_value = "assets", env = "TUNELAB_ASSETS")]
+        assets: PathBuf,
+        /// Methods to run (default: full, bitfit, lora, prompt).
+        #[arg(long, value_delimiter = ',')]
+        methods: Vec<String>,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Timed steps per method (after the warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Write the results as JSON lines here (one per method).
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+        /// Internal: run a single method in this process and print its JSON line.
+        #[arg(long, hide = true)]
+        child: bool,
+    },
 }
 
 /// Prints the error chain (no backtrace) and exits 1.
@@ -45,6 +70,80 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Info { assets, json } => info(&assets, json),
+        Command::Bench {
+            assets,
+            methods,
+            batch,
+            seq,
+            steps,
+            warmup,
+            json_out,
+            child,
+        } => {
+            if child {
+                let name = methods.first().context("--child needs one method")?;
+                let r = bench::run_one(&assets, name, batch, seq, steps, warmup)?;
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let names: Vec<String> = if methods.is_empty() {
+                bench::methods()
+                    .into_iter()
+                    .map(|(n, _)| n.to_string())
+                    .collect()
+            } else {
+                methods
+            };
+            let exe = std::env::current_exe()?;
+            let mut lines = Vec::new();
+            println!(
+                "{:<8} {:>12} {:>12} {:>11} {:>11} {:>10} {:>10}",
+                "method", "trainable", "total", "median ms", "min ms", "tokens/s", "peak MiB"
+            );
+            for name in names {
+                let out = std::process::Command::new(&exe)
+                    .args([
+                        "bench",
+                        "--child",
+                        "--methods",
+                        &name,
+                        "--batch",
+                        &batch.to_string(),
+                        "--seq",
+                        &seq.to_string(),
+                        "--steps",
+                        &steps.to_string(),
+                        "--warmup",
+                        &warmup.to_string(),
+                    ])
+                    .arg("--assets")
+                    .arg(&assets)
+                    .output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "bench {name} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                let r: bench::Result = serde_json::from_str(&line)?;
+                println!(
+                    "{:<8} {:>12} {:>12} {:>11.1} {:>11.1} {:>10.0} {:>10.0}",
+                    r.method,
+                    r.trainable,
+                    r.total,
+                    r.median_ms,
+                    r.min_ms,
+                    r.tokens_per_s,
+                    r.peak_rss_mib
+                );
+                lines.push(line);
+            }
+            if let Some(path) = json_out {
+                std::fs::write(&path, lines.join("\n") + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -16,6 +16,17 @@ pub fn venv() -> PathBuf {
 
 pub fn run() -> anyhow::Result<()> {
     crate::assets::ensure(false)?;
+    let python = ensure_venv()?;
+    let mut c = cmd(
+        &python.to_string_lossy(),
+        &["tests/fixtures/make_fixtures.py"],
+    );
+    c.current_dir(root()).env("HF_HUB_OFFLINE", "1");
+    sh::run(&mut c)
+}
+
+/// The venv's python, creating the venv (torch, transformers, peft, safetensors) when needed.
+pub fn ensure_venv() -> anyhow::Result<PathBuf> {
     let venv = venv();
     let python = venv.join("bin/python");
     let ready = sh::output(&mut cmd(
@@ -42,10 +53,5 @@ pub fn run() -> anyhow::Result<()> {
             ],
         ))?;
     }
-    let mut c = cmd(
-        &python.to_string_lossy(),
-        &["tests/fixtures/make_fixtures.py"],
-    );
-    c.current_dir(root()).env("HF_HUB_OFFLINE", "1");
-    sh::run(&mut c)
+    Ok(python)
 }

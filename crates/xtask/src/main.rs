@@ -4,9 +4,11 @@
 //! - `assets`: fetches the default model and sample datasets into `assets/` and verifies them.
 //! - `serve`: the main job: set-up and assets if missing, build the web app, serve it.
 //! - `test`: every test group, with a summary line.
+//! - `bench`: the training-step benchmark into `docs/benchmarks.md` (`--vs-torch` adds PyTorch).
 //! - `fixtures`: regenerate the PyTorch parity fixtures (needs PyPI; never run by tests).
 
 mod assets;
+mod bench;
 mod fixtures;
 mod serve;
 mod setup;
@@ -47,6 +49,12 @@ enum Command {
     Test(test::Groups),
     /// Regenerate the PyTorch parity fixtures in tests/fixtures (sets up a torch venv).
     Fixtures,
+    /// Benchmark a training step per PEFT method; writes docs/benchmarks.md.
+    Bench {
+        /// Also run PyTorch + PEFT on the same shape in the same run (sets up a torch venv).
+        #[arg(long)]
+        vs_torch: bool,
+    },
 }
 
 /// Prints the error chain (no backtrace) and exits 1.
@@ -73,5 +81,6 @@ fn run() -> anyhow::Result<()> {
         Command::Serve { port, no_build } => serve::main(port, no_build),
         Command::Test(groups) => test::run(groups),
         Command::Fixtures => fixtures::run(),
+        Command::Bench { vs_torch } => bench::run(vs_torch),
     }
 }

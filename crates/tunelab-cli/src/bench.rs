@@ -1,0 +1,157 @@
+//! `tunelab bench`: the time of one training step on the MiniLM shape (6 layers, hidden 384,
+//! 12 heads) at batch 8 × sequence 128, per PEFT method, on the candle CPU backend.
+//!
+//! Each method runs in its own process so its peak resident memory (VmHWM) is its own. The
+//! step is the whole of training: forward, loss, backward, global-norm clipping (one scalar
+//! read back) and the AdamW update. Reported: the median and the minimum of the timed steps
+//! after warm-up.
+
+use anyhow::Context as _;
+use std::time::Instant;
+use tunelab_candle::Candle;
+use tunelab_core::Shape;
+use tunelab_core::backend::Backend;
+use tunelab_core::models::classifier::SeqClassifier;
+use tunelab_core::nn::Ctx;
+use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule, clip_coefficient};
+use tunelab_core::params::ParamStore;
+use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
+use tunelab_core::rng::Rng;
+use tunelab_core::tape::Tape;
+
+/// The methods benchmarked, as the issue defines them.
+pub fn methods() -> Vec<(&'static str, Method)> {
+    vec![
+        ("full", Method::Full),
+        ("bitfit", Method::Bitfit),
+        (
+            "lora",
+            Method::Lora(LoraConfig {
+                r: 8,
+                alpha: 16.0,
+                dropout: 0.0,
+                target_modules: vec!["query".into(), "value".into()],
+            }),
+        ),
+        (
+            "prompt",
+            Method::Prompt(PromptConfig {
+                num_virtual_tokens: 20,
+                init_token_ids: vec![],
+            }),
+        ),
+    ]
+}
+
+/// One method's numbers.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Result {
+    pub method: String,
+    pub trainable: usize,
+    pub total: usize,
+    pub steps: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub tokens_per_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Runs one method in this process.
+pub fn run_one(
+    assets: &std::path::Path,
+    method_name: &str,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    warmup: usize,
+) -> anyhow::Result<Result> {
+    let (_, method) = methods()
+        .into_iter()
+        .find(|(n, _)| *n == method_name)
+        .with_context(|| {
+            format!("unknown method `{method_name}` (expected full, bitfit, lora or prompt)")
+        })?;
+    let manifest = tunelab_core::Manifest::verify_dir(assets)?;
+    let card = manifest
+        .model(&manifest.default_model)
+        .context("default model")?;
+    let dir = assets.join(&card.dir);
+    let config = std::fs::read_to_string(dir.join("config.json"))?;
+    let weights = std::fs::read(dir.join("model.safetensors"))?;
+    let be = Candle::cpu();
+    let mut store = ParamStore::new();
+    let model = SeqClassifier::load(&be, &card.dir, &config, &weights, 2, &method, 0, &mut store)?;
+    drop(weights);
+    let (trainable, total) = store.counts(&be);
+
+    let mut rng = Rng::new(42);
+    let vocab = model.encoder.config.vocab_size as u64;
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|_| 1000 + rng.below(vocab - 1000) as u32)
+        .collect();
+    let mask = vec![1.0f32; batch * seq];
+    let labels: Vec<u32> = (0..batch).map(|i| (i % 2) as u32).collect();
+    let input = model.input(&be, &store, &ids, &mask, batch, seq)?;
+    let labels = be.upload_u32(&labels, &Shape::new([batch]))?;
+    let mut opt = Optimizer::<Candle>::new(
+        AdamWConfig {
+            lr: 1e-4,
+            ..Default::default()
+        },
+        Schedule::Constant { warmup: 0 },
+    );
+
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        let start = Instant::now();
+        let mut tape = Tape::new(be.clone());
+        let bound = store.bind(&mut tape);
+        let mut cx = Ctx {
+            tape: &mut tape,
+            bound: &bound,
+            adapters: &model.adapters,
+        };
+        let logits = model.logits(&mut cx, &input)?;
+        let loss = tape.cross_entropy(logits, &labels, 1.0 / batch as f32)?;
+        tape.backward(loss)?;
+        let grads: Vec<_> = store
+            .grads(&mut tape, &bound)
+            .into_iter()
+            .filter_map(|(id, g)| g.map(|g| (id, g)))
+            .collect();
+        drop(tape);
+        let refs: Vec<_> = grads.iter().map(|(_, g)| g).collect();
+        let norm = match ParamStore::<Candle>::grad_sq_norm(&be, &refs)? {
+            Some(sq) => f64::from(pollster::block_on(be.download(&sq))?[0]).sqrt(),
+            None => 0.0,
+        };
+        opt.step(&be, &mut store, &grads, clip_coefficient(norm, 1.0))?;
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    Ok(Result {
+        method: method_name.to_string(),
+        trainable,
+        total,
+        steps,
+        median_ms: median,
+        min_ms: times[0],
+        tokens_per_s: (batch * seq) as f64 / (median / 1e3),
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
