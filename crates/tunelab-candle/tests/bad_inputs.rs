@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 use tunelab_candle::Candle;
-use tunelab_core::models::classifier::{ModelError, SeqClassifier};
+use tunelab_core::models::heads::Task;
+use tunelab_core::models::task_model::{ModelError, TaskModel};
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::{Method, PeftError, lora::LoraConfig};
 use tunelab_core::safetensors_io::LoadError;
@@ -16,14 +17,14 @@ fn tiny() -> (String, Vec<u8>) {
     )
 }
 
-fn load(config: &str, weights: &[u8], method: &Method) -> Result<SeqClassifier, ModelError> {
+fn load(config: &str, weights: &[u8], method: &Method) -> Result<TaskModel, ModelError> {
     let mut store = ParamStore::new();
-    SeqClassifier::load(
+    TaskModel::load(
         &Candle::cpu(),
         "tiny",
         config,
         weights,
-        3,
+        Task::SequenceClassification { num_labels: 3 },
         method,
         0,
         &mut store,

@@ -86,6 +86,7 @@ fn minilm_matches_pytorch_hidden_states_and_mean_pooling() {
         config,
         "model.safetensors",
         &std::fs::read(dir.join("model.safetensors")).unwrap(),
+        true,
         &mut store,
     )
     .unwrap();

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tunelab_candle::Candle;
 use tunelab_core::Shape;
-use tunelab_core::backend::Backend;
-use tunelab_core::models::classifier::SeqClassifier;
+use tunelab_core::backend::{Backend, IGNORE_INDEX};
+use tunelab_core::models::heads::Task;
+use tunelab_core::models::task_model::TaskModel;
 use tunelab_core::nn::Ctx;
 use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule, clip_coefficient};
 use tunelab_core::params::ParamStore;
@@ -28,9 +29,8 @@ struct Fixture {
     trainable: usize,
 }
 
-fn fixture(kind: &str, method: &str) -> Fixture {
-    let bytes =
-        std::fs::read(fixtures().join(format!("parity-{kind}-{method}.safetensors"))).unwrap();
+fn fixture(stem: &str) -> Fixture {
+    let bytes = std::fs::read(fixtures().join(format!("{stem}.safetensors"))).unwrap();
     let (floats, _) = read("fixture", &bytes).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let ints = st
@@ -81,18 +81,18 @@ fn host(t: &candle_core::Tensor) -> Vec<f32> {
 }
 
 /// The model as PyTorch had it: checkpoint, method, and the method's initial values.
-fn model(kind: &str, m: &str, fx: &Fixture) -> (SeqClassifier, ParamStore<Candle>) {
+fn model(kind: &str, task: Task, m: &str, fx: &Fixture) -> (TaskModel, ParamStore<Candle>) {
     let be = Candle::cpu();
     let dir = fixtures().join(format!("tiny-{kind}"));
     let mut store = ParamStore::new();
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let model = SeqClassifier::load(
+    let model = TaskModel::load(
         &be,
         &format!("tiny-{kind}"),
         &config,
         &weights,
-        3,
+        task,
         &method(m),
         0,
         &mut store,
@@ -117,20 +117,38 @@ fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     (num / den.max(1e-30)).sqrt()
 }
 
-fn check(kind: &str, m: &str) {
+/// `task`: `seq`, `token` or `mlm`.
+fn check(kind: &str, task_name: &str, m: &str) {
     let be = Candle::cpu();
-    let fx = fixture(kind, m);
-    let (model, store) = model(kind, m, &fx);
+    let (task, stem) = match task_name {
+        "seq" => (
+            Task::SequenceClassification { num_labels: 3 },
+            format!("parity-{kind}-{m}"),
+        ),
+        "token" => (
+            Task::TokenClassification { num_labels: 5 },
+            format!("parity-{kind}-token-{m}"),
+        ),
+        _ => (Task::MaskedLm, format!("parity-{kind}-mlm-{m}")),
+    };
+    let fx = fixture(&stem);
+    let (model, store) = model(kind, task, m, &fx);
     let ids: Vec<u32> = fx.ints["input_ids"].iter().map(|&x| x as u32).collect();
     let mask: Vec<f32> = fx.ints["attention_mask"]
         .iter()
         .map(|&x| x as f32)
         .collect();
-    let labels: Vec<u32> = fx.ints["labels"].iter().map(|&x| x as u32).collect();
-    let (bsz, len) = (labels.len(), ids.len() / labels.len());
-    let labels_t = be.upload_u32(&labels, &Shape::new([bsz])).unwrap();
+    let labels: Vec<u32> = fx.ints["labels"]
+        .iter()
+        .map(|&x| if x < 0 { IGNORE_INDEX } else { x as u32 })
+        .collect();
+    let bsz = fx.floats["logits"].shape.dims()[0];
+    let len = ids.len() / bsz;
+    let labels_t = be.upload_u32(&labels, &Shape::new([labels.len()])).unwrap();
+    // Mean over the labels that count, as PyTorch's cross-entropy with ignore_index.
+    let scale = 1.0 / labels.iter().filter(|&&l| l != IGNORE_INDEX).count() as f32;
     let input = model.input(&be, &store, &ids, &mask, bsz, len).unwrap();
-    let case = format!("{kind}/{m}");
+    let case = format!("{kind}/{task_name}/{m}");
 
     // The PEFT contract: the same trainable set (and count) as PEFT.
     let mut ours: Vec<String> = store
@@ -157,9 +175,7 @@ fn check(kind: &str, m: &str) {
         adapters: &model.adapters,
     };
     let logits = model.logits(&mut cx, &input).unwrap();
-    let loss = tape
-        .cross_entropy(logits, &labels_t, 1.0 / bsz as f32)
-        .unwrap();
+    let loss = model.loss(&mut cx, logits, &labels_t, scale).unwrap();
     let got = host(tape.value(logits).unwrap());
     let want = &fx.floats["logits"].data;
     let diff = got
@@ -198,7 +214,7 @@ fn check(kind: &str, m: &str) {
     }
 
     // Ten AdamW steps with linear warmup and clipping: the same losses; frozen weights untouched.
-    let (model, mut store) = self::model(kind, m, &fx);
+    let (model, mut store) = self::model(kind, task, m, &fx);
     let frozen: Vec<(String, Vec<f32>)> = store
         .iter()
         .filter(|(_, p)| !p.trainable)
@@ -225,9 +241,7 @@ fn check(kind: &str, m: &str) {
             adapters: &model.adapters,
         };
         let logits = model.logits(&mut cx, &input).unwrap();
-        let loss = tape
-            .cross_entropy(logits, &labels_t, 1.0 / bsz as f32)
-            .unwrap();
+        let loss = model.loss(&mut cx, logits, &labels_t, scale).unwrap();
         let l = host(tape.value(loss).unwrap())[0];
         assert!(
             (l - want).abs() < 1e-3,
@@ -255,33 +269,57 @@ fn check(kind: &str, m: &str) {
 
 #[test]
 fn bert_full() {
-    check("bert", "full");
+    check("bert", "seq", "full");
 }
 #[test]
 fn bert_bitfit() {
-    check("bert", "bitfit");
+    check("bert", "seq", "bitfit");
 }
 #[test]
 fn bert_lora() {
-    check("bert", "lora");
+    check("bert", "seq", "lora");
 }
 #[test]
 fn bert_prompt() {
-    check("bert", "prompt");
+    check("bert", "seq", "prompt");
 }
 #[test]
 fn roberta_full() {
-    check("roberta", "full");
+    check("roberta", "seq", "full");
 }
 #[test]
 fn roberta_bitfit() {
-    check("roberta", "bitfit");
+    check("roberta", "seq", "bitfit");
 }
 #[test]
 fn roberta_lora() {
-    check("roberta", "lora");
+    check("roberta", "seq", "lora");
 }
 #[test]
 fn roberta_prompt() {
-    check("roberta", "prompt");
+    check("roberta", "seq", "prompt");
+}
+#[test]
+fn bert_token_full() {
+    check("bert", "token", "full");
+}
+#[test]
+fn bert_token_lora() {
+    check("bert", "token", "lora");
+}
+#[test]
+fn bert_mlm_full() {
+    check("bert", "mlm", "full");
+}
+#[test]
+fn roberta_token_full() {
+    check("roberta", "token", "full");
+}
+#[test]
+fn roberta_token_lora() {
+    check("roberta", "token", "lora");
+}
+#[test]
+fn roberta_mlm_full() {
+    check("roberta", "mlm", "full");
 }

@@ -11,7 +11,8 @@ use std::time::Instant;
 use tunelab_candle::Candle;
 use tunelab_core::Shape;
 use tunelab_core::backend::Backend;
-use tunelab_core::models::classifier::SeqClassifier;
+use tunelab_core::models::heads::Task;
+use tunelab_core::models::task_model::TaskModel;
 use tunelab_core::nn::Ctx;
 use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule, clip_coefficient};
 use tunelab_core::params::ParamStore;
@@ -92,7 +93,16 @@ pub fn run_one(
     let weights = std::fs::read(dir.join("model.safetensors"))?;
     let be = Candle::cpu();
     let mut store = ParamStore::new();
-    let model = SeqClassifier::load(&be, &card.dir, &config, &weights, 2, &method, 0, &mut store)?;
+    let model = TaskModel::load(
+        &be,
+        &card.dir,
+        &config,
+        &weights,
+        Task::SequenceClassification { num_labels: 2 },
+        &method,
+        0,
+        &mut store,
+    )?;
     drop(weights);
     let (trainable, total) = store.counts(&be);
 

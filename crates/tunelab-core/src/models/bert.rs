@@ -211,8 +211,8 @@ fn linear(
 }
 
 impl Bert {
-    /// Loads the encoder (and the pooler when present) from `model.safetensors` bytes into
-    /// `store`. Weight prefixes `bert.` / `roberta.` are accepted. A missing or mis-shaped tensor
+    /// Loads the encoder (and, with `with_pooler`, the pooler when present — only BERT's
+    /// sequence classification uses it) from `model.safetensors` bytes into `store`. Weight prefixes `bert.` / `roberta.` are accepted. A missing or mis-shaped tensor
     /// is an error; tensors that belong to neither the encoder nor a known head are reported
     /// as extra. Returns the model and the unused tensors (a task head's, for the caller).
     pub fn load<B: Backend>(
@@ -220,6 +220,7 @@ impl Bert {
         config: BertConfig,
         file: &str,
         bytes: &[u8],
+        with_pooler: bool,
         store: &mut ParamStore<B>,
     ) -> std::result::Result<(Self, std::collections::BTreeMap<String, HostTensor>), LoadError>
     {
@@ -253,9 +254,10 @@ impl Bert {
             insert(name, t, store)?;
         }
         let pooler_specs = config.pooler_specs();
-        let has_pooler = prefixes
-            .iter()
-            .any(|p| tensors.contains_key(&format!("{p}pooler.dense.weight")));
+        let has_pooler = with_pooler
+            && prefixes
+                .iter()
+                .any(|p| tensors.contains_key(&format!("{p}pooler.dense.weight")));
         if has_pooler {
             let values = take_expected(file, &mut tensors, &pooler_specs, &prefixes)?;
             for ((name, _), t) in pooler_specs.iter().zip(values) {

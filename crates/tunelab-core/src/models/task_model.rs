@@ -1,9 +1,9 @@
-//! A sequence classifier: encoder + head + the PEFT method's additions.
+//! A model for one task: encoder + task head + the PEFT method's additions.
 
 use crate::Shape;
 use crate::backend::{Backend, BackendError, Result};
 use crate::models::bert::{Bert, BertConfig, EncoderInput, Flavor};
-use crate::models::heads::SequenceClassifier;
+use crate::models::heads::{Head, Task};
 use crate::nn::{Adapters, Ctx};
 use crate::params::{ParamId, ParamStore};
 use crate::peft::{Method, PeftError, Target};
@@ -23,25 +23,27 @@ pub enum ModelError {
 }
 
 #[derive(Debug, Clone)]
-pub struct SeqClassifier {
+pub struct TaskModel {
     pub encoder: Bert,
-    pub head: SequenceClassifier,
+    pub head: Head,
     pub adapters: Adapters,
     pub prompt: Option<ParamId>,
-    pub num_labels: usize,
 }
 
-impl SeqClassifier {
+/// Checkpoint tensors that may be left unused: other tasks' heads.
+const OTHER_HEADS: &[&str] = &["classifier.", "cls.", "lm_head.", "pooler."];
+
+impl TaskModel {
     /// Loads `config.json` + `model.safetensors` (text and bytes; `dir` names them in errors),
-    /// adds the head (from the checkpoint or new) and applies `method`. Tensors in the
-    /// checkpoint that neither the encoder nor the head uses are an error.
+    /// adds the task's head (from the checkpoint or new) and applies `method`. Tensors in the
+    /// checkpoint that neither the encoder nor a task head uses are an error.
     #[allow(clippy::too_many_arguments)]
     pub fn load<B: Backend>(
         backend: &B,
         dir: &str,
         config_json: &str,
         weights: &[u8],
-        num_labels: usize,
+        task: Task,
         method: &Method,
         seed: u64,
         store: &mut ParamStore<B>,
@@ -49,14 +51,21 @@ impl SeqClassifier {
         let cfg_file = format!("{dir}/config.json");
         let st_file = format!("{dir}/model.safetensors");
         let config = BertConfig::from_json(&cfg_file, config_json)?;
-        let (encoder, mut rest) = Bert::load(backend, config, &st_file, weights, store)?;
-        let head = SequenceClassifier::load_or_init(
-            backend, &encoder, num_labels, &st_file, &mut rest, seed, store,
-        )?;
-        // Heads of other tasks (an MLM head, say) may sit in a checkpoint; anything else is extra.
+        // Only BERT's sequence classification uses the pooler (transformers builds the other
+        // task models, and every RoBERTa one, without it).
+        let pooler = matches!(task, Task::SequenceClassification { .. })
+            && config.flavor() == Ok(Flavor::Bert);
+        let (encoder, mut rest) = Bert::load(backend, config, &st_file, weights, pooler, store)?;
+        let head = Head::load_or_init(backend, &encoder, task, &st_file, &mut rest, seed, store)?;
         let extra: Vec<String> = rest
             .into_keys()
-            .filter(|k| !(k.starts_with("cls.") || k.starts_with("lm_head.")))
+            .filter(|k| {
+                let k = k
+                    .strip_prefix("bert.")
+                    .or_else(|| k.strip_prefix("roberta."))
+                    .unwrap_or(k);
+                !OTHER_HEADS.iter().any(|p| k.starts_with(p))
+            })
             .collect();
         if !extra.is_empty() {
             return Err(LoadError::Extra {
@@ -85,7 +94,6 @@ impl SeqClassifier {
             head,
             adapters,
             prompt: applied.prompt,
-            num_labels,
         })
     }
 
@@ -133,7 +141,8 @@ impl SeqClassifier {
         })
     }
 
-    /// Logits `(B, K)`.
+    /// Logits: `(B, K)` for sequence classification, `(B, T, K)` or `(B, T, V)` for token
+    /// tasks (prompt positions removed).
     pub fn logits<B: Backend>(
         &self,
         cx: &mut Ctx<'_, B>,
@@ -155,7 +164,32 @@ impl SeqClassifier {
                 Some(cx.tape.embedding(table, &rows)?)
             }
         };
-        let h = self.encoder.encode(cx, input, prompt)?;
+        let p = match prompt {
+            Some(v) => cx.tape.shape(v)?.dims()[1],
+            None => 0,
+        };
+        let mut h = self.encoder.encode(cx, input, prompt)?;
+        if p > 0 && !matches!(self.head.task, Task::SequenceClassification { .. }) {
+            let total = cx.tape.shape(h)?.dims()[1];
+            h = cx.tape.slice_seq(h, p, total - p)?;
+        }
         self.head.forward(cx, &self.encoder, h)
+    }
+
+    /// `scale * sum CE` over every row of `logits` flattened to `(N, K)` against `labels (N,)`
+    /// ([`crate::backend::IGNORE_INDEX`] skipped).
+    pub fn loss<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        logits: Var,
+        labels: &B::Tensor,
+        scale: f32,
+    ) -> Result<Var> {
+        let s = cx.tape.shape(logits)?;
+        let k = s.dims().last().copied().unwrap_or(1);
+        let flat = cx
+            .tape
+            .reshape(logits, &Shape::new([s.numel() / k.max(1), k]))?;
+        cx.tape.cross_entropy(flat, labels, scale)
     }
 }
