@@ -149,3 +149,60 @@ fn minilm_matches_pytorch_hidden_states_and_mean_pooling() {
         }
     }
 }
+
+#[test]
+fn minilm_tokenizer_matches_pytorch_ids() {
+    let Some(dir) = minilm_dir() else { return };
+    let fixture =
+        std::fs::read(root().join("tests/fixtures/minilm_sentences.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&fixture).unwrap();
+    let sentences: Vec<String> =
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["sentences"]).unwrap();
+    let ints = read_ints(&fixture);
+    let json = std::fs::read(dir.join("tokenizer.json")).unwrap();
+    let tok =
+        tunelab_core::tokenizer::Tokenizer::from_json("tokenizer.json", &json, 30522).unwrap();
+    let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let batch = tok.encode_batch(&texts, 128).unwrap();
+    let want: Vec<u32> = ints["input_ids"].iter().map(|&x| x as u32).collect();
+    assert_eq!(
+        batch.ids, want,
+        "the saved padding to 128 is off; dynamic padding matches PyTorch's"
+    );
+    let mask: Vec<f32> = ints["attention_mask"].iter().map(|&x| x as f32).collect();
+    assert_eq!(batch.mask, mask);
+
+    // A tokenizer larger than the model's vocabulary belongs to another model.
+    let err =
+        tunelab_core::tokenizer::Tokenizer::from_json("tokenizer.json", &json, 61).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tokenizer.json: the tokenizer has 30522 tokens but the model's vocab_size is 61; they belong to different models"
+    );
+
+    // Word-level labels go to first sub-words only.
+    let words = vec![vec!["Tunelab", "tokenizes", "words"]];
+    let b = tok.encode_words(&words, 128).unwrap();
+    let starts: Vec<u32> = b.word_starts.clone();
+    assert_eq!(starts[0], tunelab_core::backend::IGNORE_INDEX, "[CLS]");
+    assert_eq!(starts[1], 0);
+    let firsts: Vec<u32> = starts
+        .iter()
+        .copied()
+        .filter(|&s| s != tunelab_core::backend::IGNORE_INDEX)
+        .collect();
+    assert_eq!(firsts, vec![0, 1, 2], "one start per word: {starts:?}");
+    assert!(b.len > 5, "sub-words split the rare words: {:?}", b.ids);
+}
+
+#[test]
+fn invalid_tokenizer_json_is_a_typed_error() {
+    let err =
+        tunelab_core::tokenizer::Tokenizer::from_json("t.json", b"{\"not\": \"a tokenizer\"}", 10)
+            .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("t.json: not a valid tokenizer.json"),
+        "{err}"
+    );
+}

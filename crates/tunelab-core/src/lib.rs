@@ -20,6 +20,7 @@ pub mod rng;
 pub mod safetensors_io;
 pub mod shape;
 pub mod tape;
+pub mod tokenizer;
 
 pub use backend::{Backend, BackendError};
 pub use manifest::{AssetFile, DatasetCard, DatasetFormat, Manifest, ManifestError, ModelCard};
