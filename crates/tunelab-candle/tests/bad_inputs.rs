@@ -19,11 +19,12 @@ fn tiny() -> (String, Vec<u8>) {
 
 fn load(config: &str, weights: &[u8], method: &Method) -> Result<TaskModel, ModelError> {
     let mut store = ParamStore::new();
+    let (tensors, _) = tunelab_core::safetensors_io::read("tiny/model.safetensors", weights)?;
     TaskModel::load(
         &Candle::cpu(),
         "tiny",
         config,
-        weights,
+        tensors,
         Task::SequenceClassification { num_labels: 3 },
         method,
         0,

@@ -85,7 +85,12 @@ fn minilm_matches_pytorch_hidden_states_and_mean_pooling() {
         &be,
         config,
         "model.safetensors",
-        &std::fs::read(dir.join("model.safetensors")).unwrap(),
+        read(
+            "model.safetensors",
+            &std::fs::read(dir.join("model.safetensors")).unwrap(),
+        )
+        .unwrap()
+        .0,
         true,
         &mut store,
     )

@@ -87,11 +87,12 @@ fn model(kind: &str, task: Task, m: &str, fx: &Fixture) -> (TaskModel, ParamStor
     let mut store = ParamStore::new();
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let (tensors, _) = read("model.safetensors", &weights).unwrap();
     let model = TaskModel::load(
         &be,
         &format!("tiny-{kind}"),
         &config,
-        &weights,
+        tensors,
         task,
         &method(m),
         0,

@@ -90,20 +90,22 @@ pub fn run_one(
         .context("default model")?;
     let dir = assets.join(&card.dir);
     let config = std::fs::read_to_string(dir.join("config.json"))?;
-    let weights = std::fs::read(dir.join("model.safetensors"))?;
+    let (tensors, _) = tunelab_core::safetensors_io::read(
+        "model.safetensors",
+        &std::fs::read(dir.join("model.safetensors"))?,
+    )?;
     let be = Candle::cpu();
     let mut store = ParamStore::new();
     let model = TaskModel::load(
         &be,
         &card.dir,
         &config,
-        &weights,
+        tensors,
         Task::SequenceClassification { num_labels: 2 },
         &method,
         0,
         &mut store,
     )?;
-    drop(weights);
     let (trainable, total) = store.counts(&be);
 
     let mut rng = Rng::new(42);

@@ -87,6 +87,42 @@ pub fn read(
     Ok((out, buffers))
 }
 
+/// The tensors of a sharded checkpoint: `index_json` is `model.safetensors.index.json`
+/// (`{"weight_map": {tensor: shard file}}`), `shard` reads one shard's bytes by file name.
+/// Each shard is read once; a tensor the index places in a shard that lacks it is an error.
+pub fn read_sharded(
+    index_file: &str,
+    index_json: &[u8],
+    mut shard: impl FnMut(&str) -> Result<Vec<u8>, LoadError>,
+) -> Result<BTreeMap<String, HostTensor>, LoadError> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let index: Index = serde_json::from_slice(index_json).map_err(|e| LoadError::Config {
+        file: index_file.into(),
+        reason: format!("not a safetensors index: {e}"),
+    })?;
+    let mut files: Vec<&String> = index.weight_map.values().collect();
+    files.sort();
+    files.dedup();
+    let mut out = BTreeMap::new();
+    for f in files {
+        let (tensors, _) = read(f, &shard(f)?)?;
+        out.extend(tensors);
+    }
+    for (name, f) in &index.weight_map {
+        if !out.contains_key(name) {
+            return Err(LoadError::Missing {
+                file: f.clone(),
+                name: name.clone(),
+                expected: Shape::new([]),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Takes `expected` tensors (name, shape) out of `tensors`, after stripping the first of
 /// `prefixes` that every expected name is found under. Fails on a missing or mis-shaped tensor;
 /// returns the names left over.
@@ -165,6 +201,34 @@ mod tests {
         let got = take_expected("m.safetensors", &mut t, &expected, &["bert.", ""]).unwrap();
         assert_eq!(got[1].data, vec![3.0, 4.0]);
         assert_eq!(t.keys().collect::<Vec<_>>(), vec!["extra"]);
+    }
+
+    #[test]
+    fn sharded_checkpoints_merge_their_shards() {
+        let a = file(&[("x", &[2], &[1.0, 2.0])]);
+        let b = file(&[("y", &[1], &[3.0])]);
+        let index =
+            br#"{"metadata": {}, "weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}"#;
+        let mut reads = Vec::new();
+        let t = read_sharded("index.json", index, |f| {
+            reads.push(f.to_string());
+            Ok(if f == "a.safetensors" {
+                a.clone()
+            } else {
+                b.clone()
+            })
+        })
+        .unwrap();
+        assert_eq!(reads, vec!["a.safetensors", "b.safetensors"]);
+        assert_eq!(t["y"].data, vec![3.0]);
+        let bad = br#"{"weight_map": {"x": "b.safetensors"}}"#;
+        let err = read_sharded("index.json", bad, |_| Ok(b.clone())).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("b.safetensors: tensor `x` is missing"),
+            "{err}"
+        );
+        assert!(read_sharded("index.json", b"[]", |_| Ok(Vec::new())).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::Shape;
 use crate::backend::{Backend, Result};
 use crate::nn::{Ctx, LayerNorm, Linear};
 use crate::params::{ParamId, ParamStore};
-use crate::safetensors_io::{HostTensor, LoadError, read, take_expected};
+use crate::safetensors_io::{HostTensor, LoadError, take_expected};
 use crate::tape::Var;
 use serde::Deserialize;
 
@@ -212,14 +212,16 @@ fn linear(
 
 impl Bert {
     /// Loads the encoder (and, with `with_pooler`, the pooler when present — only BERT's
-    /// sequence classification uses it) from `model.safetensors` bytes into `store`. Weight prefixes `bert.` / `roberta.` are accepted. A missing or mis-shaped tensor
+    /// sequence classification uses it) from a checkpoint's tensors (see
+    /// [`crate::safetensors_io::read`] and [`crate::safetensors_io::read_sharded`]) into
+    /// `store`; `file` names the checkpoint in errors. Weight prefixes `bert.` / `roberta.` are accepted. A missing or mis-shaped tensor
     /// is an error; tensors that belong to neither the encoder nor a known head are reported
     /// as extra. Returns the model and the unused tensors (a task head's, for the caller).
     pub fn load<B: Backend>(
         backend: &B,
         config: BertConfig,
         file: &str,
-        bytes: &[u8],
+        mut tensors: std::collections::BTreeMap<String, HostTensor>,
         with_pooler: bool,
         store: &mut ParamStore<B>,
     ) -> std::result::Result<(Self, std::collections::BTreeMap<String, HostTensor>), LoadError>
@@ -228,7 +230,6 @@ impl Bert {
             file: file.into(),
             reason,
         })?;
-        let (mut tensors, _buffers) = read(file, bytes)?;
         let prefixes = ["bert.", "roberta.", ""];
         let specs = config.param_specs();
         let values = take_expected(file, &mut tensors, &specs, &prefixes)?;

@@ -8,8 +8,9 @@ use crate::nn::{Adapters, Ctx};
 use crate::params::{ParamId, ParamStore};
 use crate::peft::{Method, PeftError, Target};
 use crate::rng::Rng;
-use crate::safetensors_io::LoadError;
+use crate::safetensors_io::{HostTensor, LoadError};
 use crate::tape::Var;
+use std::collections::BTreeMap;
 
 /// Anything that stops a model from being built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -34,7 +35,8 @@ pub struct TaskModel {
 const OTHER_HEADS: &[&str] = &["classifier.", "cls.", "lm_head.", "pooler."];
 
 impl TaskModel {
-    /// Loads `config.json` + `model.safetensors` (text and bytes; `dir` names them in errors),
+    /// Loads `config.json` (text) and the checkpoint's tensors (`model.safetensors` or its
+    /// shards, read by [`crate::safetensors_io`]; `dir` names them in errors),
     /// adds the task's head (from the checkpoint or new) and applies `method`. Tensors in the
     /// checkpoint that neither the encoder nor a task head uses are an error.
     #[allow(clippy::too_many_arguments)]
@@ -42,7 +44,7 @@ impl TaskModel {
         backend: &B,
         dir: &str,
         config_json: &str,
-        weights: &[u8],
+        tensors: BTreeMap<String, HostTensor>,
         task: Task,
         method: &Method,
         seed: u64,
@@ -55,7 +57,7 @@ impl TaskModel {
         // task models, and every RoBERTa one, without it).
         let pooler = matches!(task, Task::SequenceClassification { .. })
             && config.flavor() == Ok(Flavor::Bert);
-        let (encoder, mut rest) = Bert::load(backend, config, &st_file, weights, pooler, store)?;
+        let (encoder, mut rest) = Bert::load(backend, config, &st_file, tensors, pooler, store)?;
         let head = Head::load_or_init(backend, &encoder, task, &st_file, &mut rest, seed, store)?;
         let extra: Vec<String> = rest
             .into_keys()
