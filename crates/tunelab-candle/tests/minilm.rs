@@ -36,22 +36,8 @@ fn fixture_ints(t: &std::collections::BTreeMap<String, Vec<i64>>, name: &str) ->
     t[name].clone()
 }
 
-/// Integer tensors of a safetensors file (our reader returns only their names).
 fn read_ints(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<i64>> {
-    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .filter(|(_, v)| v.dtype() == safetensors::Dtype::I64)
-        .map(|(n, v)| {
-            (
-                n,
-                v.data()
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            )
-        })
-        .collect()
+    tunelab_core::safetensors_io::read_ints("fixture", bytes).unwrap()
 }
 
 #[test]

@@ -13,11 +13,12 @@ use tunelab_core::backend::{Backend, IGNORE_INDEX};
 use tunelab_core::models::heads::Task;
 use tunelab_core::models::task_model::TaskModel;
 use tunelab_core::nn::Ctx;
-use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule, clip_coefficient};
+use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule};
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
 use tunelab_core::safetensors_io::{HostTensor, read};
 use tunelab_core::tape::Tape;
+use tunelab_core::train;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -32,21 +33,7 @@ struct Fixture {
 fn fixture(stem: &str) -> Fixture {
     let bytes = std::fs::read(fixtures().join(format!("{stem}.safetensors"))).unwrap();
     let (floats, _) = read("fixture", &bytes).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let ints = st
-        .tensors()
-        .into_iter()
-        .filter(|(_, v)| v.dtype() == safetensors::Dtype::I64)
-        .map(|(n, v)| {
-            (
-                n,
-                v.data()
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            )
-        })
-        .collect();
+    let ints = tunelab_core::safetensors_io::read_ints("fixture", &bytes).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let trainable = meta.metadata().as_ref().unwrap()["trainable"]
         .parse()
@@ -234,33 +221,15 @@ fn check(kind: &str, task_name: &str, m: &str) {
     );
     let want = &fx.floats["losses"].data;
     for (step, want) in want.iter().enumerate() {
-        let mut tape = Tape::new(be.clone());
-        let bound = store.bind(&mut tape);
-        let mut cx = Ctx {
-            tape: &mut tape,
-            bound: &bound,
-            adapters: &model.adapters,
-        };
-        let logits = model.logits(&mut cx, &input).unwrap();
-        let loss = model.loss(&mut cx, logits, &labels_t, scale).unwrap();
-        let l = host(tape.value(loss).unwrap())[0];
+        let stats = pollster::block_on(train::step(
+            &be, &model, &mut store, &mut opt, &input, &labels_t, scale, 1.0,
+        ))
+        .unwrap();
         assert!(
-            (l - want).abs() < 1e-3,
-            "{case}: step {step} loss {l} vs {want}"
+            (stats.loss - want).abs() < 1e-3,
+            "{case}: step {step} loss {} vs {want}",
+            stats.loss
         );
-        tape.backward(loss).unwrap();
-        let grads: Vec<_> = store
-            .grads(&mut tape, &bound)
-            .into_iter()
-            .map(|(id, g)| (id, g.unwrap()))
-            .collect();
-        let refs: Vec<&candle_core::Tensor> = grads.iter().map(|(_, g)| g).collect();
-        let sq = ParamStore::<Candle>::grad_sq_norm(&be, &refs)
-            .unwrap()
-            .unwrap();
-        let norm = f64::from(host(&sq)[0]).sqrt();
-        opt.step(&be, &mut store, &grads, clip_coefficient(norm, 1.0))
-            .unwrap();
     }
     for (name, before) in frozen {
         let after = host(&store.get(store.id(&name).unwrap()).value);

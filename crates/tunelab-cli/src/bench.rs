@@ -13,12 +13,11 @@ use tunelab_core::Shape;
 use tunelab_core::backend::Backend;
 use tunelab_core::models::heads::Task;
 use tunelab_core::models::task_model::TaskModel;
-use tunelab_core::nn::Ctx;
-use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule, clip_coefficient};
+use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule};
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
 use tunelab_core::rng::Rng;
-use tunelab_core::tape::Tape;
+use tunelab_core::train;
 
 /// The methods benchmarked, as the issue defines them.
 pub fn methods() -> Vec<(&'static str, Method)> {
@@ -128,28 +127,16 @@ pub fn run_one(
     let mut times = Vec::new();
     for i in 0..warmup + steps {
         let start = Instant::now();
-        let mut tape = Tape::new(be.clone());
-        let bound = store.bind(&mut tape);
-        let mut cx = Ctx {
-            tape: &mut tape,
-            bound: &bound,
-            adapters: &model.adapters,
-        };
-        let logits = model.logits(&mut cx, &input)?;
-        let loss = tape.cross_entropy(logits, &labels, 1.0 / batch as f32)?;
-        tape.backward(loss)?;
-        let grads: Vec<_> = store
-            .grads(&mut tape, &bound)
-            .into_iter()
-            .filter_map(|(id, g)| g.map(|g| (id, g)))
-            .collect();
-        drop(tape);
-        let refs: Vec<_> = grads.iter().map(|(_, g)| g).collect();
-        let norm = match ParamStore::<Candle>::grad_sq_norm(&be, &refs)? {
-            Some(sq) => f64::from(pollster::block_on(be.download(&sq))?[0]).sqrt(),
-            None => 0.0,
-        };
-        opt.step(&be, &mut store, &grads, clip_coefficient(norm, 1.0))?;
+        pollster::block_on(train::step(
+            &be,
+            &model,
+            &mut store,
+            &mut opt,
+            &input,
+            &labels,
+            1.0 / batch as f32,
+            1.0,
+        ))?;
         if i >= warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }

@@ -21,6 +21,7 @@ pub mod safetensors_io;
 pub mod shape;
 pub mod tape;
 pub mod tokenizer;
+pub mod train;
 
 pub use backend::{Backend, BackendError};
 pub use manifest::{AssetFile, DatasetCard, DatasetFormat, Manifest, ManifestError, ModelCard};

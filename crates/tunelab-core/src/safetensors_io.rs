@@ -87,6 +87,28 @@ pub fn read(
     Ok((out, buffers))
 }
 
+/// The integer tensors (I64) of a safetensors file, as `i64` values by name (token ids and
+/// labels in fixtures and datasets).
+pub fn read_ints(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, Vec<i64>>, LoadError> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| LoadError::Format {
+        file: file.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(st
+        .tensors()
+        .into_iter()
+        .filter(|(_, v)| v.dtype() == safetensors::Dtype::I64)
+        .map(|(n, v)| {
+            let data = v
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect();
+            (n, data)
+        })
+        .collect())
+}
+
 /// The tensors of a sharded checkpoint: `index_json` is `model.safetensors.index.json`
 /// (`{"weight_map": {tensor: shard file}}`), `shard` reads one shard's bytes by file name.
 /// Each shard is read once; a tensor the index places in a shard that lacks it is an error.
