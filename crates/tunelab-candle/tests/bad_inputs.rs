@@ -1,13 +1,16 @@
 //! Bad model inputs give typed errors naming the file, tensor or option — never a panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tunelab_candle::Candle;
+use tunelab_core::Shape;
 use tunelab_core::models::heads::Task;
 use tunelab_core::models::task_model::{ModelError, TaskModel};
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::{Method, PeftError, lora::LoraConfig};
 use tunelab_core::safetensors_io::LoadError;
+use tunelab_core::safetensors_io::{self, HostTensor};
 
 fn tiny() -> (String, Vec<u8>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-bert");
@@ -19,7 +22,7 @@ fn tiny() -> (String, Vec<u8>) {
 
 fn load(config: &str, weights: &[u8], method: &Method) -> Result<TaskModel, ModelError> {
     let mut store = ParamStore::new();
-    let (tensors, _) = tunelab_core::safetensors_io::read("tiny/model.safetensors", weights)?;
+    let (tensors, _) = safetensors_io::read("tiny/model.safetensors", weights)?;
     TaskModel::load(
         &Candle::cpu(),
         "tiny",
@@ -32,37 +35,18 @@ fn load(config: &str, weights: &[u8], method: &Method) -> Result<TaskModel, Mode
     )
 }
 
-/// Rewrites the checkpoint with `edit` applied to its (name, shape, data) list.
-fn rewrite(weights: &[u8], edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> Vec<u8> {
-    let (tensors, _) = tunelab_core::safetensors_io::read("w", weights).unwrap();
-    let mut list: Vec<(String, Vec<usize>, Vec<f32>)> = tensors
-        .into_iter()
-        .map(|(n, t)| (n, t.shape.dims().to_vec(), t.data))
-        .collect();
-    edit(&mut list);
-    let bytes: Vec<Vec<u8>> = list
-        .iter()
-        .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = list
-        .iter()
-        .zip(&bytes)
-        .map(|((n, s, _), b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize(views, None).unwrap()
+/// Rewrites the checkpoint with `edit` applied to its tensors.
+fn rewrite(weights: &[u8], edit: impl Fn(&mut BTreeMap<String, HostTensor>)) -> Vec<u8> {
+    let (mut tensors, _) = safetensors_io::read("w", weights).unwrap();
+    edit(&mut tensors);
+    safetensors_io::write("w", &tensors, None).unwrap()
 }
 
 #[test]
 fn missing_tensor_is_named() {
     let (config, weights) = tiny();
-    let w = rewrite(&weights, |l| {
-        l.retain(|(n, _, _)| n != "bert.encoder.layer.1.output.dense.weight")
+    let w = rewrite(&weights, |t| {
+        t.remove("bert.encoder.layer.1.output.dense.weight");
     });
     let err = load(&config, &w, &Method::Full).unwrap_err();
     assert!(
@@ -78,13 +62,10 @@ fn missing_tensor_is_named() {
 #[test]
 fn misshaped_tensor_is_named() {
     let (config, weights) = tiny();
-    let w = rewrite(&weights, |l| {
-        for (n, s, d) in l.iter_mut() {
-            if n == "bert.embeddings.LayerNorm.bias" {
-                *s = vec![15];
-                d.truncate(15);
-            }
-        }
+    let w = rewrite(&weights, |t| {
+        let b = t.get_mut("bert.embeddings.LayerNorm.bias").unwrap();
+        b.shape = Shape::new([15]);
+        b.data.truncate(15);
     });
     let err = load(&config, &w, &Method::Full).unwrap_err().to_string();
     assert_eq!(
@@ -96,12 +77,12 @@ fn misshaped_tensor_is_named() {
 #[test]
 fn extra_tensor_is_named() {
     let (config, weights) = tiny();
-    let w = rewrite(&weights, |l| {
-        l.push((
-            "bert.encoder.layer.2.output.dense.weight".into(),
-            vec![2],
-            vec![0.0, 1.0],
-        ))
+    let w = rewrite(&weights, |t| {
+        let extra = HostTensor {
+            shape: Shape::new([2]),
+            data: vec![0.0, 1.0],
+        };
+        t.insert("bert.encoder.layer.2.output.dense.weight".into(), extra);
     });
     let err = load(&config, &w, &Method::Full).unwrap_err().to_string();
     assert!(

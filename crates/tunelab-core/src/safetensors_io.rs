@@ -87,6 +87,47 @@ pub fn read(
     Ok((out, buffers))
 }
 
+/// Serialises f32 tensors (sorted by name) as safetensors, with optional string metadata.
+/// `file` names the output in errors.
+pub fn write(
+    file: &str,
+    tensors: &BTreeMap<String, HostTensor>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>, LoadError> {
+    let bytes: Vec<(&String, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| (n, t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let mut views = Vec::with_capacity(bytes.len());
+    for ((name, t), (_, b)) in tensors.iter().zip(&bytes) {
+        if t.data.len() != t.shape.numel() {
+            return Err(LoadError::Config {
+                file: file.into(),
+                reason: format!(
+                    "tensor `{name}` has {} values, but its shape {} needs {}",
+                    t.data.len(),
+                    t.shape,
+                    t.shape.numel()
+                ),
+            });
+        }
+        let view = safetensors::tensor::TensorView::new(
+            safetensors::Dtype::F32,
+            t.shape.dims().to_vec(),
+            b,
+        )
+        .map_err(|e| LoadError::Format {
+            file: file.into(),
+            reason: e.to_string(),
+        })?;
+        views.push((name.clone(), view));
+    }
+    safetensors::serialize(views, metadata).map_err(|e| LoadError::Format {
+        file: file.into(),
+        reason: e.to_string(),
+    })
+}
+
 /// The integer tensors (I64) of a safetensors file, as `i64` values by name (token ids and
 /// labels in fixtures and datasets).
 pub fn read_ints(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, Vec<i64>>, LoadError> {
@@ -189,22 +230,45 @@ mod tests {
     use super::*;
 
     fn file(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
-        let bytes: Vec<Vec<u8>> = tensors
+        let map = tensors
             .iter()
-            .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-            .iter()
-            .zip(&bytes)
-            .map(|((n, s, _), b)| {
+            .map(|(n, s, d)| {
                 (
                     n.to_string(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.to_vec(), b)
-                        .unwrap(),
+                    HostTensor {
+                        shape: Shape::new(*s),
+                        data: d.to_vec(),
+                    },
                 )
             })
             .collect();
-        safetensors::serialize(views, None).unwrap()
+        write("test.safetensors", &map, None).unwrap()
+    }
+
+    #[test]
+    fn written_files_read_back() {
+        let bytes = file(&[("w", &[2, 1], &[1.5, -2.0])]);
+        let (t, _) = read("test.safetensors", &bytes).unwrap();
+        assert_eq!(
+            t["w"],
+            HostTensor {
+                shape: Shape::new([2, 1]),
+                data: vec![1.5, -2.0]
+            }
+        );
+        let bad = [(
+            "w".to_string(),
+            HostTensor {
+                shape: Shape::new([3]),
+                data: vec![1.0],
+            },
+        )]
+        .into();
+        let err = write("out.safetensors", &bad, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "out.safetensors: tensor `w` has 1 values, but its shape [3] needs 3"
+        );
     }
 
     #[test]
