@@ -287,6 +287,7 @@ pub(crate) mod tests {
     fn device_gets_the_adapters_real_limits() {
         let Some(ctx) = context() else { return };
         let r = ctx.report();
+        eprintln!("adapter: {r:?}");
         // WebGPU's default is 128 MiB; we must not have asked for less than the default.
         assert!(
             r.limits.max_storage_buffer_binding_size >= 128 << 20,
