@@ -10,7 +10,10 @@
 //!   web app read to find the default model and the sample datasets.
 
 pub mod backend;
+pub mod data;
+pub mod export;
 pub mod manifest;
+pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod optim;
@@ -22,6 +25,7 @@ pub mod shape;
 pub mod tape;
 pub mod tokenizer;
 pub mod train;
+pub mod trainer;
 
 pub use backend::{Backend, BackendError};
 pub use manifest::{AssetFile, DatasetCard, DatasetFormat, Manifest, ManifestError, ModelCard};

@@ -145,6 +145,16 @@ impl<B: Backend> ParamStore<B> {
         )
     }
 
+    /// Every parameter as a constant leaf: nothing is recorded for backward (evaluation).
+    pub fn bind_frozen(&self, tape: &mut Tape<B>) -> Bound {
+        Bound(
+            self.params
+                .iter()
+                .map(|p| tape.leaf(p.value.clone(), false))
+                .collect(),
+        )
+    }
+
     /// Gradients of the trainable parameters after `tape.backward`, in the order of
     /// [`ParamStore::trainable`]. A trainable parameter the loss does not reach gets `None`.
     pub fn grads(&self, tape: &mut Tape<B>, bound: &Bound) -> Vec<(ParamId, Option<B::Tensor>)> {

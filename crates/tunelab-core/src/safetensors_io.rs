@@ -128,6 +128,19 @@ pub fn write(
     })
 }
 
+/// The string metadata of a safetensors file (empty when it has none).
+pub fn read_metadata(
+    file: &str,
+    bytes: &[u8],
+) -> Result<std::collections::HashMap<String, String>, LoadError> {
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| LoadError::Format {
+            file: file.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
 /// The integer tensors (I64) of a safetensors file, as `i64` values by name (token ids and
 /// labels in fixtures and datasets).
 pub fn read_ints(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, Vec<i64>>, LoadError> {

@@ -111,18 +111,110 @@ impl Tokenizer {
         out
     }
 
+    /// The vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The mask token (`[MASK]` or `<mask>`), for masked-LM training.
+    pub fn mask_id(&self) -> Option<u32> {
+        self.token_to_id("[MASK]")
+            .or_else(|| self.token_to_id("<mask>"))
+    }
+
+    /// The special tokens the post-processor puts before and after a single sequence
+    /// (`[CLS]` and `[SEP]` for BERT, `<s>` and `</s>` for RoBERTa).
+    pub fn special_wrap(&self) -> Result<(Vec<u32>, Vec<u32>), TokenizerError> {
+        let enc = self.encode_raw(tokenizers::InputSequence::from(""), true, "an empty text")?;
+        let ids = enc.get_ids();
+        let special = enc.get_special_tokens_mask();
+        let lead = special.iter().take_while(|s| **s == 1).count();
+        Ok((ids[..lead].to_vec(), ids[lead..].to_vec()))
+    }
+
+    fn encode_raw<'s>(
+        &self,
+        input: impl Into<tokenizers::InputSequence<'s>>,
+        specials: bool,
+        what: &str,
+    ) -> Result<tokenizers::Encoding, TokenizerError> {
+        self.inner
+            .encode(tokenizers::EncodeInput::Single(input.into()), specials)
+            .map_err(|e| TokenizerError::Encode {
+                what: what.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Truncates to `max_len` keeping the trailing special tokens (`[SEP]`), as transformers'
+    /// truncation does. `extra` is truncated alongside.
+    fn truncate(enc: &tokenizers::Encoding, max_len: usize, extra: &[u32]) -> (Vec<u32>, Vec<u32>) {
+        let ids = enc.get_ids();
+        if ids.len() <= max_len {
+            return (ids.to_vec(), extra.to_vec());
+        }
+        let special = enc.get_special_tokens_mask();
+        let tail = special
+            .iter()
+            .rev()
+            .take_while(|s| **s == 1)
+            .count()
+            .min(max_len);
+        let head = max_len - tail;
+        let n = ids.len();
+        let mut out_ids = ids[..head].to_vec();
+        out_ids.extend_from_slice(&ids[n - tail..]);
+        let mut out_extra = extra[..head].to_vec();
+        out_extra.extend_from_slice(&extra[n - tail..]);
+        (out_ids, out_extra)
+    }
+
+    /// Token ids of one text with special tokens, truncated to `max_len` (trailing specials
+    /// kept).
+    pub fn encode_text(&self, text: &str, max_len: usize) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self.encode_raw(text, true, "a text")?;
+        let none = vec![IGNORE_INDEX; enc.get_ids().len()];
+        Ok(Self::truncate(&enc, max_len, &none).0)
+    }
+
+    /// Token ids of a text without special tokens (masked-LM corpora are concatenated and cut
+    /// into blocks).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        Ok(self.encode_raw(text, false, "a text")?.get_ids().to_vec())
+    }
+
+    /// Token ids of pre-split words (CoNLL) with special tokens, and for each token the index
+    /// of the word it starts (first sub-word) or [`IGNORE_INDEX`], truncated to `max_len`.
+    pub fn encode_tagged(
+        &self,
+        words: &[&str],
+        max_len: usize,
+    ) -> Result<(Vec<u32>, Vec<u32>), TokenizerError> {
+        let enc = self.encode_raw(
+            tokenizers::InputSequence::PreTokenized(words.iter().copied().collect()),
+            true,
+            "a sentence",
+        )?;
+        let mut last = None;
+        let starts: Vec<u32> = enc
+            .get_word_ids()
+            .iter()
+            .map(|w| match *w {
+                Some(w) if last != Some(w) => {
+                    last = Some(w);
+                    w
+                }
+                _ => IGNORE_INDEX,
+            })
+            .collect();
+        Ok(Self::truncate(&enc, max_len, &starts))
+    }
+
     /// Tokenises texts with special tokens, truncated to `max_len`, padded to the longest.
     pub fn encode_batch(&self, texts: &[&str], max_len: usize) -> Result<Batch, TokenizerError> {
         let mut rows = Vec::with_capacity(texts.len());
-        for (i, t) in texts.iter().enumerate() {
-            let enc = self
-                .inner
-                .encode(*t, true)
-                .map_err(|e| TokenizerError::Encode {
-                    what: format!("text {i}"),
-                    reason: e.to_string(),
-                })?;
-            let ids = enc.get_ids().to_vec();
+        for t in texts {
+            let ids = self.encode_text(t, max_len)?;
             let starts = vec![IGNORE_INDEX; ids.len()];
             rows.push((ids, starts));
         }
@@ -137,30 +229,8 @@ impl Tokenizer {
         max_len: usize,
     ) -> Result<Batch, TokenizerError> {
         let mut rows = Vec::with_capacity(sentences.len());
-        for (i, words) in sentences.iter().enumerate() {
-            let enc = self
-                .inner
-                .encode(
-                    tokenizers::InputSequence::PreTokenized(words.iter().copied().collect()),
-                    true,
-                )
-                .map_err(|e| TokenizerError::Encode {
-                    what: format!("sentence {i}"),
-                    reason: e.to_string(),
-                })?;
-            let mut last = None;
-            let starts = enc
-                .get_word_ids()
-                .iter()
-                .map(|w| match *w {
-                    Some(w) if last != Some(w) => {
-                        last = Some(w);
-                        w
-                    }
-                    _ => IGNORE_INDEX,
-                })
-                .collect();
-            rows.push((enc.get_ids().to_vec(), starts));
+        for words in sentences {
+            rows.push(self.encode_tagged(words, max_len)?);
         }
         Ok(self.pad(rows, max_len))
     }

@@ -1,22 +1,43 @@
 //! One optimisation step, shared by the CLI, the web app, the benchmark and the tests.
 
-use crate::backend::{Backend, Result};
+use crate::backend::{Backend, BackendError};
 use crate::models::bert::EncoderInput;
 use crate::models::task_model::TaskModel;
 use crate::nn::Ctx;
 use crate::optim::{Optimizer, clip_coefficient};
-use crate::params::ParamStore;
+use crate::params::{ParamId, ParamStore};
 use crate::tape::Tape;
+use std::collections::BTreeMap;
 
 /// What a step reports. Only these scalars are read back from the device.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
-    /// The loss of the batch before the update.
+    /// The loss of the batch before the update (the sum over micro-batches of
+    /// `scale * sum CE`: with `scale = 1 / loss tokens`, the mean per loss token).
     pub loss: f32,
     /// Global L2 norm of the gradients before clipping.
     pub grad_norm: f64,
     /// The learning rate the update used.
     pub lr: f64,
+}
+
+/// Why a step did not update the model.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The loss or the gradients are NaN or infinite; the parameters were not touched.
+    #[error(
+        "the loss is {loss} and the gradient norm {grad_norm}: training diverged (try a lower learning rate); the model was not updated"
+    )]
+    NonFinite { loss: f32, grad_norm: f64 },
+}
+
+/// One micro-batch on the device: encoder inputs and labels.
+#[derive(Debug, Clone)]
+pub struct Micro<T> {
+    pub input: EncoderInput<T>,
+    pub labels: T,
 }
 
 /// Forward, loss (`scale * sum CE`), backward, global-norm clipping at `max_grad_norm`
@@ -31,29 +52,62 @@ pub async fn step<B: Backend>(
     labels: &B::Tensor,
     scale: f32,
     max_grad_norm: f64,
-) -> Result<StepStats> {
-    let mut tape = Tape::new(backend.clone());
-    let bound = store.bind(&mut tape);
-    let mut cx = Ctx {
-        tape: &mut tape,
-        bound: &bound,
-        adapters: &model.adapters,
-    };
-    let logits = model.logits(&mut cx, input)?;
-    let loss = model.loss(&mut cx, logits, labels, scale)?;
-    let loss_value = backend.download(tape.value(loss)?).await?[0];
-    tape.backward(loss)?;
-    let grads: Vec<_> = store
-        .grads(&mut tape, &bound)
-        .into_iter()
-        .filter_map(|(id, g)| g.map(|g| (id, g)))
-        .collect();
-    drop(tape);
+) -> Result<StepStats, StepError> {
+    let micro = [Micro {
+        input: input.clone(),
+        labels: labels.clone(),
+    }];
+    step_accumulated(backend, model, store, opt, &micro, scale, max_grad_norm).await
+}
+
+/// One optimiser step over several micro-batches (gradient accumulation): each contributes
+/// `scale * sum CE` and the gradients add up, so with `scale = 1 / (loss tokens of all
+/// micro-batches)` the step equals one large batch exactly. A NaN or infinite loss or
+/// gradient norm returns [`StepError::NonFinite`] before anything is updated.
+pub async fn step_accumulated<B: Backend>(
+    backend: &B,
+    model: &TaskModel,
+    store: &mut ParamStore<B>,
+    opt: &mut Optimizer<B>,
+    micro: &[Micro<B::Tensor>],
+    scale: f32,
+    max_grad_norm: f64,
+) -> Result<StepStats, StepError> {
+    let mut sums: BTreeMap<ParamId, B::Tensor> = BTreeMap::new();
+    let mut loss_value = 0.0f32;
+    for m in micro {
+        let mut tape = Tape::new(backend.clone());
+        let bound = store.bind(&mut tape);
+        let mut cx = Ctx {
+            tape: &mut tape,
+            bound: &bound,
+            adapters: &model.adapters,
+        };
+        let logits = model.logits(&mut cx, &m.input)?;
+        let loss = model.loss(&mut cx, logits, &m.labels, scale)?;
+        loss_value += backend.download(tape.value(loss)?).await?[0];
+        tape.backward(loss)?;
+        for (id, g) in store.grads(&mut tape, &bound) {
+            let Some(g) = g else { continue };
+            let g = match sums.remove(&id) {
+                Some(s) => backend.add(&s, &g)?,
+                None => g,
+            };
+            sums.insert(id, g);
+        }
+    }
+    let grads: Vec<(ParamId, B::Tensor)> = sums.into_iter().collect();
     let refs: Vec<&B::Tensor> = grads.iter().map(|(_, g)| g).collect();
     let grad_norm = match ParamStore::<B>::grad_sq_norm(backend, &refs)? {
         Some(sq) => f64::from(backend.download(&sq).await?[0]).sqrt(),
         None => 0.0,
     };
+    if !loss_value.is_finite() || !grad_norm.is_finite() {
+        return Err(StepError::NonFinite {
+            loss: loss_value,
+            grad_norm,
+        });
+    }
     let lr = opt.lr();
     opt.step(
         backend,

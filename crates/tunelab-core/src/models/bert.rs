@@ -145,6 +145,29 @@ impl BertConfig {
         out
     }
 
+    /// A randomly initialised checkpoint for pretraining from scratch, as transformers
+    /// initialises BERT: normal(0, 0.02) weights, zero biases, unit layer-norm gains.
+    pub fn random_tensors(
+        &self,
+        seed: u64,
+    ) -> std::collections::BTreeMap<String, crate::safetensors_io::HostTensor> {
+        let mut rng = crate::rng::Rng::new(seed);
+        self.param_specs()
+            .into_iter()
+            .map(|(name, shape)| {
+                let n = shape.numel();
+                let data: Vec<f32> = if name.ends_with("LayerNorm.weight") {
+                    vec![1.0; n]
+                } else if name.ends_with(".bias") {
+                    vec![0.0; n]
+                } else {
+                    (0..n).map(|_| 0.02 * rng.normal()).collect()
+                };
+                (name, crate::safetensors_io::HostTensor { shape, data })
+            })
+            .collect()
+    }
+
     /// The pooler (`pooler.dense`), present in BERT checkpoints.
     pub fn pooler_specs(&self) -> Vec<(String, Shape)> {
         let c = self.hidden_size;

@@ -56,6 +56,16 @@ impl<B: Backend> Optimizer<B> {
         self.config.lr * self.schedule.factor(self.step)
     }
 
+    /// The first and second moments of a parameter (None before its first update).
+    pub fn moments(&self, id: ParamId) -> Option<&(B::Tensor, B::Tensor)> {
+        self.moments.get(&id)
+    }
+
+    /// Restores a parameter's moments (from a checkpoint).
+    pub fn set_moments(&mut self, id: ParamId, m: B::Tensor, v: B::Tensor) {
+        self.moments.insert(id, (m, v));
+    }
+
     /// One update of every parameter in `grads`, with the gradients multiplied by
     /// `grad_scale` (the clipping coefficient).
     pub fn step(

@@ -1,0 +1,537 @@
+//! The trainer on a tiny BERT: gradient accumulation equals the large batch, a resumed run
+//! repeats the uninterrupted one, divergence stops without touching weights, evaluation
+//! streams, and exports carry PEFT's key names and import back to the same model.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tunelab_candle::Candle;
+use tunelab_core::backend::{Backend, IGNORE_INDEX};
+use tunelab_core::data::{Feature, FeatureKind, Features, Labels, Masking};
+use tunelab_core::export::{self, ExportInfo};
+use tunelab_core::models::heads::Task;
+use tunelab_core::models::task_model::TaskModel;
+use tunelab_core::params::ParamStore;
+use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
+use tunelab_core::rng::Rng;
+use tunelab_core::safetensors_io::read;
+use tunelab_core::train::StepError;
+use tunelab_core::trainer::{EvalOptions, TaskKind, TrainConfig, TrainError, Trainer, evaluate};
+
+fn tiny() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-bert")
+}
+
+fn lora() -> Method {
+    Method::Lora(LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: vec!["query".into(), "value".into()],
+    })
+}
+
+fn task(kind: TaskKind, classes: usize) -> Task {
+    match kind {
+        TaskKind::Classification => Task::SequenceClassification {
+            num_labels: classes,
+        },
+        TaskKind::TokenClassification => Task::TokenClassification {
+            num_labels: classes,
+        },
+        TaskKind::MaskedLm => Task::MaskedLm,
+    }
+}
+
+fn build(kind: TaskKind, method: &Method, seed: u64) -> (TaskModel, ParamStore<Candle>) {
+    let be = Candle::cpu();
+    let config = std::fs::read_to_string(tiny().join("config.json")).unwrap();
+    let (tensors, _) = read(
+        "model.safetensors",
+        &std::fs::read(tiny().join("model.safetensors")).unwrap(),
+    )
+    .unwrap();
+    let mut store = ParamStore::new();
+    let model = TaskModel::load(
+        &be,
+        "tiny-bert",
+        &config,
+        tensors,
+        task(kind, 3),
+        method,
+        seed,
+        &mut store,
+    )
+    .unwrap();
+    (model, store)
+}
+
+/// `n` examples of lengths 3..=12 (specials 1 and 2 around ids 5..61).
+fn features(kind: TaskKind, n: usize) -> Features {
+    let mut rng = Rng::new(9);
+    let items = (0..n)
+        .map(|i| {
+            let len = 3 + (i * 7) % 10;
+            let mut ids = vec![1];
+            ids.extend((0..len - 2).map(|_| 5 + rng.below(56) as u32));
+            ids.push(2);
+            let labels = match kind {
+                TaskKind::Classification => vec![(i % 3) as u32],
+                TaskKind::TokenClassification => ids
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &id)| {
+                        if t == 0 || t == len - 1 || id % 4 == 0 {
+                            IGNORE_INDEX
+                        } else {
+                            id % 3
+                        }
+                    })
+                    .collect(),
+                TaskKind::MaskedLm => vec![],
+            };
+            Feature {
+                ids,
+                labels,
+                line: i + 1,
+            }
+        })
+        .collect();
+    Features {
+        kind: match kind {
+            TaskKind::Classification => FeatureKind::Sequence,
+            TaskKind::TokenClassification => FeatureKind::Token,
+            TaskKind::MaskedLm => FeatureKind::MaskedLm,
+        },
+        items,
+        special_lead: 1,
+        special_tail: 1,
+    }
+}
+
+fn labels() -> Labels {
+    Labels::new(vec!["O".into(), "B-X".into(), "I-X".into()])
+}
+
+fn trainer(kind: TaskKind, method: Method, cfg: TrainConfig, n: usize) -> Trainer<Candle> {
+    let (model, store) = build(kind, &method, 7);
+    let masking = (kind == TaskKind::MaskedLm).then_some(Masking {
+        probability: 0.15,
+        mask_id: 3,
+        vocab_size: 61,
+    });
+    let task = match kind {
+        TaskKind::Classification => "classification",
+        TaskKind::TokenClassification => "token-classification",
+        TaskKind::MaskedLm => "masked-lm",
+    };
+    let cfg = TrainConfig {
+        task: task.into(),
+        method,
+        ..cfg
+    };
+    Trainer::new(
+        Candle::cpu(),
+        model,
+        store,
+        cfg,
+        kind,
+        labels(),
+        features(kind, n),
+        0,
+        masking,
+    )
+    .unwrap()
+}
+
+fn trainable_values(t: &Trainer<Candle>) -> BTreeMap<String, Vec<f32>> {
+    t.store
+        .trainable()
+        .into_iter()
+        .map(|id| {
+            let p = t.store.get(id);
+            (
+                p.name.clone(),
+                pollster::block_on(t.backend.download(&p.value)).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn max_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f32 {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.iter()
+        .flat_map(|(k, va)| va.iter().zip(&b[k]).map(|(x, y)| (x - y).abs()))
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn grad_accumulation_equals_the_large_batch() {
+    let base = TrainConfig {
+        lr: Some(1e-2),
+        max_steps: Some(3),
+        warmup_steps: Some(1),
+        seed: 5,
+        ..Default::default()
+    };
+    let mut big = trainer(
+        TaskKind::TokenClassification,
+        Method::Full,
+        TrainConfig {
+            batch_size: 4,
+            grad_accum: 1,
+            ..base.clone()
+        },
+        12,
+    );
+    let mut acc = trainer(
+        TaskKind::TokenClassification,
+        Method::Full,
+        TrainConfig {
+            batch_size: 2,
+            grad_accum: 2,
+            ..base
+        },
+        12,
+    );
+    assert_eq!(big.total_steps(), 3);
+    assert_eq!(acc.total_steps(), 3);
+    for _ in 0..3 {
+        let a = pollster::block_on(big.train_step()).unwrap();
+        let b = pollster::block_on(acc.train_step()).unwrap();
+        assert_eq!(a.tokens, b.tokens, "same examples");
+        assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
+        assert!((a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm.max(1.0));
+    }
+    let d = max_diff(&trainable_values(&big), &trainable_values(&acc));
+    assert!(d < 1e-5, "weights differ by {d}");
+    // The micro-batches had different numbers of loss tokens, so averaging their means would
+    // not have matched: check the data really is uneven.
+    let f = acc.train_features();
+    let counts: Vec<usize> = f
+        .items
+        .iter()
+        .map(|x| x.labels.iter().filter(|&&l| l != IGNORE_INDEX).count())
+        .collect();
+    assert!(counts.iter().any(|&c| c != counts[0]), "{counts:?}");
+}
+
+#[test]
+fn a_resumed_run_repeats_the_uninterrupted_one() {
+    // Masked LM with LoRA: exercises the masking RNG, the shuffled order across an epoch
+    // boundary (12 examples / batch 4 = 3 steps per epoch), the schedule and AdamW moments.
+    let cfg = TrainConfig {
+        batch_size: 4,
+        max_steps: Some(7),
+        lr: Some(5e-3),
+        seed: 11,
+        ..Default::default()
+    };
+    let mut whole = trainer(TaskKind::MaskedLm, lora(), cfg.clone(), 12);
+    let losses: Vec<f32> = (0..7)
+        .map(|_| pollster::block_on(whole.train_step()).unwrap().loss)
+        .collect();
+
+    let mut first = trainer(TaskKind::MaskedLm, lora(), cfg.clone(), 12);
+    for want in &losses[..4] {
+        assert_eq!(pollster::block_on(first.train_step()).unwrap().loss, *want);
+    }
+    let bytes = pollster::block_on(first.checkpoint()).unwrap();
+    drop(first);
+    // A fresh process would build the model from the same config (LoRA A gets a different
+    // random init here, on purpose: the checkpoint must overwrite it).
+    let (model, store) = build(TaskKind::MaskedLm, &lora(), 999);
+    let mut resumed = Trainer::new(
+        Candle::cpu(),
+        model,
+        store,
+        TrainConfig {
+            task: "masked-lm".into(),
+            method: lora(),
+            ..cfg
+        },
+        TaskKind::MaskedLm,
+        labels(),
+        features(TaskKind::MaskedLm, 12),
+        0,
+        Some(Masking {
+            probability: 0.15,
+            mask_id: 3,
+            vocab_size: 61,
+        }),
+    )
+    .unwrap();
+    resumed.restore("ckpt", &bytes).unwrap();
+    assert_eq!(resumed.state.step, 4);
+    assert_eq!(resumed.state.epoch, 1);
+    for want in &losses[4..] {
+        let got = pollster::block_on(resumed.train_step()).unwrap().loss;
+        assert_eq!(got, *want, "resumed loss");
+    }
+    assert!(resumed.is_done());
+    assert!(max_diff(&trainable_values(&whole), &trainable_values(&resumed)) == 0.0);
+}
+
+#[test]
+fn a_checkpoint_for_another_method_or_shape_is_refused() {
+    let cfg = TrainConfig {
+        batch_size: 4,
+        max_steps: Some(2),
+        ..Default::default()
+    };
+    let t = trainer(TaskKind::Classification, lora(), cfg.clone(), 8);
+    let bytes = pollster::block_on(t.checkpoint()).unwrap();
+    let mut other = trainer(TaskKind::Classification, Method::Bitfit, cfg, 8);
+    let e = other.restore("ckpt.safetensors", &bytes).unwrap_err();
+    assert!(e.to_string().contains("method `lora`"), "{e}");
+    let e = other
+        .restore("x.safetensors", b"not a checkpoint")
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with("checkpoint x.safetensors:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn divergence_stops_the_run_before_touching_the_weights() {
+    let mut t = trainer(
+        TaskKind::Classification,
+        Method::Full,
+        TrainConfig {
+            batch_size: 4,
+            lr: Some(1e30),
+            warmup_steps: Some(0),
+            max_grad_norm: 0.0,
+            max_steps: Some(20),
+            ..Default::default()
+        },
+        12,
+    );
+    let mut failed = None;
+    for _ in 0..20 {
+        let before = trainable_values(&t);
+        match pollster::block_on(t.train_step()) {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(max_diff(&before, &trainable_values(&t)), 0.0);
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    match failed {
+        Some(TrainError::Step {
+            source: StepError::NonFinite { .. },
+            step,
+        }) => assert!(step >= 2, "the first step is finite"),
+        other => panic!("expected a non-finite loss error, got {other:?}"),
+    }
+}
+
+#[test]
+fn evaluation_streams_the_same_metrics_at_any_batch_size() {
+    for kind in [TaskKind::Classification, TaskKind::TokenClassification] {
+        let t = trainer(kind, lora(), TrainConfig::default(), 4);
+        let f = features(kind, 11);
+        let run = |bs: usize| {
+            pollster::block_on(evaluate(
+                &t.backend,
+                &t.model,
+                &t.store,
+                kind,
+                &t.labels,
+                &f,
+                EvalOptions {
+                    batch_size: bs,
+                    pad_id: 0,
+                    masking: None,
+                    max_examples: None,
+                },
+            ))
+            .unwrap()
+        };
+        let (a, b) = (run(11), run(3));
+        for (k, v) in &a.metrics {
+            assert!(
+                (v - b.metrics[k]).abs() < 1e-5,
+                "{kind:?} {k}: {v} vs {}",
+                b.metrics[k]
+            );
+        }
+        assert_eq!(a.examples, 11);
+        if kind == TaskKind::Classification {
+            assert_eq!(a.confusion.as_ref().unwrap().total(), 11);
+            assert_eq!(a.confusion, b.confusion);
+        }
+    }
+}
+
+/// Keys PEFT 0.21.2 writes for this tiny BERT (`save_pretrained` of `get_peft_model`).
+const PEFT_LORA_KEYS: &[&str] = &[
+    "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight",
+    "base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.weight",
+    "base_model.model.bert.encoder.layer.0.attention.self.value.lora_A.weight",
+    "base_model.model.bert.encoder.layer.0.attention.self.value.lora_B.weight",
+    "base_model.model.bert.encoder.layer.1.attention.self.query.lora_A.weight",
+    "base_model.model.bert.encoder.layer.1.attention.self.query.lora_B.weight",
+    "base_model.model.bert.encoder.layer.1.attention.self.value.lora_A.weight",
+    "base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight",
+    "base_model.model.classifier.bias",
+    "base_model.model.classifier.weight",
+];
+const PEFT_PROMPT_KEYS: &[&str] = &[
+    "base_model.classifier.bias",
+    "base_model.classifier.weight",
+    "prompt_embeddings",
+];
+
+fn logits(t: &Trainer<Candle>, model: &TaskModel, store: &ParamStore<Candle>) -> Vec<f32> {
+    let f = features(TaskKind::Classification, 5);
+    let b = tunelab_core::data::build_batch(&f, &[0, 1, 2, 3, 4], 0, None);
+    let input = model
+        .input(&t.backend, store, &b.ids, &b.mask, b.batch, b.len)
+        .unwrap();
+    let mut tape = tunelab_core::tape::Tape::new(t.backend.clone());
+    let bound = store.bind_frozen(&mut tape);
+    let mut cx = tunelab_core::nn::Ctx {
+        tape: &mut tape,
+        bound: &bound,
+        adapters: &model.adapters,
+    };
+    let l = model.logits(&mut cx, &input).unwrap();
+    pollster::block_on(t.backend.download(tape.value(l).unwrap())).unwrap()
+}
+
+#[test]
+fn exports_use_peft_names_and_import_to_the_same_model() {
+    let prompt = Method::Prompt(PromptConfig {
+        num_virtual_tokens: 5,
+        init_token_ids: vec![],
+    });
+    for method in [lora(), prompt, Method::Bitfit, Method::Full] {
+        let mut t = trainer(
+            TaskKind::Classification,
+            method.clone(),
+            TrainConfig {
+                batch_size: 4,
+                max_steps: Some(2),
+                lr: Some(1e-2),
+                ..Default::default()
+            },
+            8,
+        );
+        for _ in 0..2 {
+            pollster::block_on(t.train_step()).unwrap();
+        }
+        let info = ExportInfo {
+            task: TaskKind::Classification,
+            labels: labels(),
+            base_model: "tiny-bert".into(),
+            max_len: 32,
+            base_config_json: std::fs::read_to_string(tiny().join("config.json")).unwrap(),
+        };
+        let files: BTreeMap<String, Vec<u8>> = pollster::block_on(export::export(
+            &t.backend, &t.model, &t.store, &method, &info,
+        ))
+        .unwrap()
+        .into_iter()
+        .collect();
+        let weights = match &method {
+            Method::Lora(_) | Method::Prompt(_) => export::ADAPTER_WEIGHTS,
+            Method::Bitfit => export::BITFIT_WEIGHTS,
+            Method::Full => "model.safetensors",
+        };
+        let (saved, _) = read(weights, &files[weights]).unwrap();
+        let keys: Vec<&str> = saved.keys().map(String::as_str).collect();
+        match &method {
+            Method::Lora(_) => {
+                assert_eq!(keys, PEFT_LORA_KEYS);
+                let cfg: serde_json::Value =
+                    serde_json::from_slice(&files[export::ADAPTER_CONFIG]).unwrap();
+                assert_eq!(cfg["peft_type"], "LORA");
+                assert_eq!(cfg["task_type"], "SEQ_CLS");
+                assert_eq!(cfg["r"], 4);
+                assert_eq!(cfg["modules_to_save"], serde_json::json!(["classifier"]));
+            }
+            Method::Prompt(_) => {
+                assert_eq!(keys, PEFT_PROMPT_KEYS);
+                assert_eq!(saved["prompt_embeddings"].shape.dims(), &[5, 16]);
+            }
+            Method::Bitfit => {
+                assert!(
+                    keys.iter()
+                        .all(|k| k.ends_with(".bias") || k.starts_with("classifier."))
+                );
+                assert!(keys.contains(&"bert.encoder.layer.1.output.dense.bias"));
+            }
+            Method::Full => {
+                assert!(keys.contains(&"bert.embeddings.word_embeddings.weight"));
+                assert!(keys.contains(&"classifier.weight"));
+                let cfg: serde_json::Value = serde_json::from_slice(&files["config.json"]).unwrap();
+                assert_eq!(cfg["id2label"]["1"], "B-X");
+            }
+        }
+        // Import into a freshly built model (different random init) → identical logits.
+        let imported = export::import(&files).unwrap();
+        assert_eq!(imported.manifest.method, method);
+        assert_eq!(imported.manifest.labels, labels());
+        let (model, mut store) = build(TaskKind::Classification, &method, 12345);
+        export::apply(&t.backend, &mut store, &imported.tensors, "export").unwrap();
+        let (a, b) = (logits(&t, &t.model, &t.store), logits(&t, &model, &store));
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-6, "{}: logits differ by {d}", method.name());
+    }
+}
+
+#[test]
+fn a_peft_adapter_without_tunelab_manifest_imports() {
+    let t = trainer(TaskKind::Classification, lora(), TrainConfig::default(), 4);
+    let info = ExportInfo {
+        task: TaskKind::Classification,
+        labels: labels(),
+        base_model: "tiny-bert".into(),
+        max_len: 32,
+        base_config_json: "{}".into(),
+    };
+    let mut files: BTreeMap<String, Vec<u8>> = pollster::block_on(export::export(
+        &t.backend,
+        &t.model,
+        &t.store,
+        &lora(),
+        &info,
+    ))
+    .unwrap()
+    .into_iter()
+    .collect();
+    files.remove(export::MANIFEST);
+    let imported = export::import(&files).unwrap();
+    assert_eq!(imported.manifest.method, lora());
+    assert_eq!(imported.manifest.task, TaskKind::Classification);
+    assert_eq!(imported.manifest.labels.len(), 3);
+    assert!(
+        imported
+            .tensors
+            .contains_key("encoder.layer.0.attention.self.query.lora_A.weight")
+    );
+    // A tensor the model lacks is refused by name.
+    let mut bad = imported.tensors.clone();
+    let t0 = bad.values().next().unwrap().clone();
+    bad.insert(
+        "encoder.layer.9.attention.self.query.lora_A.weight".into(),
+        t0,
+    );
+    let (_, mut store) = build(TaskKind::Classification, &lora(), 1);
+    let e = export::apply(
+        &Candle::cpu(),
+        &mut store,
+        &bad,
+        "adapter_model.safetensors",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("layer.9"), "{e}");
+}

@@ -1,0 +1,415 @@
+//! Exporting trained weights, and importing them again.
+//!
+//! | method | files | loads in Python with |
+//! |---|---|---|
+//! | LoRA | `adapter_config.json`, `adapter_model.safetensors` | `PeftModel.from_pretrained(base, dir)` |
+//! | prompt tuning | `adapter_config.json`, `adapter_model.safetensors` | `PeftModel.from_pretrained(base, dir)` |
+//! | BitFit | `bitfit.safetensors` (changed tensors, Hugging Face names) | `model.load_state_dict(..., strict=False)` |
+//! | full | `config.json`, `model.safetensors` | `AutoModelFor...from_pretrained(dir)` |
+//!
+//! Every export also has `tunelab_export.json` (method, task, labels, base model), which
+//! Tunelab reads back; PEFT adapters made elsewhere import without it.
+//!
+//! PEFT's key names: LoRA weights are `base_model.model.<bert|roberta>.<module>.lora_A.weight`
+//! and the head (`modules_to_save`) `base_model.model.<head>`; prompt tuning saves
+//! `prompt_embeddings` and the head as `base_model.<head>`.
+
+use crate::backend::Backend;
+use crate::data::Labels;
+use crate::models::task_model::TaskModel;
+use crate::params::ParamStore;
+use crate::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
+use crate::safetensors_io::{self, HostTensor};
+use crate::trainer::TaskKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const MANIFEST: &str = "tunelab_export.json";
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+pub const BITFIT_WEIGHTS: &str = "bitfit.safetensors";
+
+/// Problems exporting or importing.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExportError {
+    #[error("{file}: {reason}")]
+    Invalid { file: String, reason: String },
+    #[error("{file} is missing: an export has `{MANIFEST}` or `{ADAPTER_CONFIG}`")]
+    Missing { file: String },
+    #[error(transparent)]
+    Backend(#[from] crate::BackendError),
+}
+
+fn invalid(file: &str, reason: impl Into<String>) -> ExportError {
+    ExportError::Invalid {
+        file: file.into(),
+        reason: reason.into(),
+    }
+}
+
+/// What Tunelab needs to rebuild a trained model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportManifest {
+    pub format: u32,
+    pub method: Method,
+    pub task: TaskKind,
+    pub labels: Labels,
+    /// The model the weights apply to: an assets id or a folder (for full fine-tuning, the
+    /// export itself is the model).
+    pub base_model: String,
+    /// `bert` or `roberta`.
+    pub model_type: String,
+    pub max_len: usize,
+    pub files: Vec<String>,
+}
+
+/// What the caller knows about the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportInfo {
+    pub task: TaskKind,
+    pub labels: Labels,
+    pub base_model: String,
+    pub max_len: usize,
+    /// The base model's `config.json` (patched into the full export's config).
+    pub base_config_json: String,
+}
+
+fn model_type(model: &TaskModel) -> &'static str {
+    match model.encoder.flavor {
+        crate::models::bert::Flavor::Bert => "bert",
+        crate::models::bert::Flavor::Roberta => "roberta",
+    }
+}
+
+fn peft_task_type(task: TaskKind) -> serde_json::Value {
+    match task {
+        TaskKind::Classification => "SEQ_CLS".into(),
+        TaskKind::TokenClassification => "TOKEN_CLS".into(),
+        TaskKind::MaskedLm => serde_json::Value::Null,
+    }
+}
+
+/// Head modules (top-level names) for PEFT's `modules_to_save`.
+fn head_modules(model: &TaskModel) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in model.head.param_names() {
+        let top = n.split('.').next().unwrap_or(&n).to_string();
+        if !out.contains(&top) {
+            out.push(top);
+        }
+    }
+    out
+}
+
+/// The exported files as `(name, bytes)`.
+pub async fn export<B: Backend>(
+    backend: &B,
+    model: &TaskModel,
+    store: &ParamStore<B>,
+    method: &Method,
+    info: &ExportInfo,
+) -> Result<Vec<(String, Vec<u8>)>, ExportError> {
+    let mt = model_type(model);
+    let head: Vec<String> = model.head.param_names();
+    let is_head = |n: &str| head.iter().any(|h| h == n);
+    let mut tensors = BTreeMap::new();
+    let host = |name: &str| -> Result<_, ExportError> {
+        let id = store
+            .id(name)
+            .map_err(|e| invalid("export", e.to_string()))?;
+        Ok(store.get(id).value.clone())
+    };
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let selected: Vec<String> = match method {
+        Method::Full => store.iter().map(|(_, p)| p.name.clone()).collect(),
+        _ => store
+            .iter()
+            .filter(|(_, p)| p.trainable)
+            .map(|(_, p)| p.name.clone())
+            .collect(),
+    };
+    for name in &selected {
+        let t = host(name)?;
+        let data = backend.download(&t).await?;
+        let key = match method {
+            Method::Lora(_) if is_head(name) => format!("base_model.model.{name}"),
+            Method::Lora(_) => format!("base_model.model.{mt}.{name}"),
+            Method::Prompt(_) if is_head(name) => format!("base_model.{name}"),
+            Method::Prompt(_) => name.clone(),
+            Method::Full | Method::Bitfit if is_head(name) => name.clone(),
+            Method::Full | Method::Bitfit => format!("{mt}.{name}"),
+        };
+        tensors.insert(
+            key,
+            HostTensor {
+                shape: backend.shape(&t),
+                data,
+            },
+        );
+    }
+    let json = |v: &serde_json::Value| -> Result<Vec<u8>, ExportError> {
+        serde_json::to_vec_pretty(v).map_err(|e| invalid("export", e.to_string()))
+    };
+    let weights = |file: &str, t: &BTreeMap<String, HostTensor>| {
+        safetensors_io::write(file, t, None).map_err(|e| invalid(file, e.to_string()))
+    };
+    match method {
+        Method::Lora(cfg) => {
+            let config = serde_json::json!({
+                "peft_type": "LORA",
+                "task_type": peft_task_type(info.task),
+                "base_model_name_or_path": info.base_model,
+                "r": cfg.r,
+                "lora_alpha": cfg.alpha,
+                "lora_dropout": cfg.dropout,
+                "target_modules": cfg.target_modules,
+                "modules_to_save": head_modules(model),
+                "bias": "none",
+                "fan_in_fan_out": false,
+                "inference_mode": true,
+                "init_lora_weights": true,
+                "use_rslora": false,
+                "use_dora": false,
+            });
+            files.push((ADAPTER_CONFIG.into(), json(&config)?));
+            files.push((ADAPTER_WEIGHTS.into(), weights(ADAPTER_WEIGHTS, &tensors)?));
+        }
+        Method::Prompt(cfg) => {
+            let c = &model.encoder.config;
+            let config = serde_json::json!({
+                "peft_type": "PROMPT_TUNING",
+                "task_type": peft_task_type(info.task),
+                "base_model_name_or_path": info.base_model,
+                "num_virtual_tokens": cfg.num_virtual_tokens,
+                "token_dim": c.hidden_size,
+                "num_transformer_submodules": 1,
+                "num_attention_heads": c.num_attention_heads,
+                "num_layers": c.num_hidden_layers,
+                // The weights are saved, so loading must not re-initialise from text.
+                "prompt_tuning_init": "RANDOM",
+                "prompt_tuning_init_text": null,
+                "tokenizer_name_or_path": null,
+                "modules_to_save": head_modules(model),
+                "inference_mode": true,
+            });
+            files.push((ADAPTER_CONFIG.into(), json(&config)?));
+            files.push((ADAPTER_WEIGHTS.into(), weights(ADAPTER_WEIGHTS, &tensors)?));
+        }
+        Method::Bitfit => files.push((BITFIT_WEIGHTS.into(), weights(BITFIT_WEIGHTS, &tensors)?)),
+        Method::Full => {
+            let mut config: serde_json::Value = serde_json::from_str(&info.base_config_json)
+                .map_err(|e| invalid("config.json", e.to_string()))?;
+            let arch = match (info.task, mt) {
+                (TaskKind::Classification, "roberta") => "RobertaForSequenceClassification",
+                (TaskKind::Classification, _) => "BertForSequenceClassification",
+                (TaskKind::TokenClassification, "roberta") => "RobertaForTokenClassification",
+                (TaskKind::TokenClassification, _) => "BertForTokenClassification",
+                (TaskKind::MaskedLm, "roberta") => "RobertaForMaskedLM",
+                (TaskKind::MaskedLm, _) => "BertForMaskedLM",
+            };
+            if let Some(obj) = config.as_object_mut() {
+                obj.insert("architectures".into(), serde_json::json!([arch]));
+                if info.task != TaskKind::MaskedLm {
+                    let id2label: serde_json::Map<String, serde_json::Value> = info
+                        .labels
+                        .names
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| (i.to_string(), n.clone().into()))
+                        .collect();
+                    let label2id: serde_json::Map<String, serde_json::Value> = info
+                        .labels
+                        .names
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| (n.clone(), i.into()))
+                        .collect();
+                    obj.insert("id2label".into(), id2label.into());
+                    obj.insert("label2id".into(), label2id.into());
+                }
+            }
+            files.push(("config.json".into(), json(&config)?));
+            files.push((
+                "model.safetensors".into(),
+                weights("model.safetensors", &tensors)?,
+            ));
+        }
+    }
+    let manifest = ExportManifest {
+        format: 1,
+        method: method.clone(),
+        task: info.task,
+        labels: info.labels.clone(),
+        base_model: info.base_model.clone(),
+        model_type: mt.into(),
+        max_len: info.max_len,
+        files: files.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    let m = serde_json::to_value(&manifest).map_err(|e| invalid(MANIFEST, e.to_string()))?;
+    files.push((MANIFEST.into(), json(&m)?));
+    Ok(files)
+}
+
+/// An export read back: how to rebuild the model, and the weights by parameter name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Imported {
+    pub manifest: ExportManifest,
+    /// Store names (`encoder.layer.0.attention.self.query.lora_A.weight`, `classifier.weight`).
+    pub tensors: BTreeMap<String, HostTensor>,
+}
+
+fn peft_manifest(
+    cfg: &serde_json::Value,
+    tensors: &BTreeMap<String, HostTensor>,
+) -> Result<ExportManifest, ExportError> {
+    let file = ADAPTER_CONFIG;
+    let s = |k: &str| cfg.get(k).and_then(|v| v.as_str());
+    let n = |k: &str| cfg.get(k).and_then(|v| v.as_u64());
+    let method = match s("peft_type") {
+        Some("LORA") => {
+            let targets = match cfg.get("target_modules") {
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+                Some(serde_json::Value::String(one)) => vec![one.clone()],
+                _ => return Err(invalid(file, "`target_modules` must be a list of names")),
+            };
+            Method::Lora(LoraConfig {
+                r: n("r").ok_or_else(|| invalid(file, "missing `r`"))? as usize,
+                alpha: cfg
+                    .get("lora_alpha")
+                    .and_then(|v| v.as_f64())
+                    .ok_or_else(|| invalid(file, "missing `lora_alpha`"))?
+                    as f32,
+                dropout: cfg
+                    .get("lora_dropout")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(0.0) as f32,
+                target_modules: targets,
+            })
+        }
+        Some("PROMPT_TUNING") => Method::Prompt(PromptConfig {
+            num_virtual_tokens: n("num_virtual_tokens")
+                .ok_or_else(|| invalid(file, "missing `num_virtual_tokens`"))?
+                as usize,
+            init_token_ids: Vec::new(),
+        }),
+        other => {
+            return Err(invalid(
+                file,
+                format!("peft_type {other:?} is not supported (expected LORA or PROMPT_TUNING)"),
+            ));
+        }
+    };
+    let task = match s("task_type") {
+        Some("SEQ_CLS") => TaskKind::Classification,
+        Some("TOKEN_CLS") => TaskKind::TokenClassification,
+        None => TaskKind::MaskedLm,
+        Some(other) => {
+            return Err(invalid(
+                file,
+                format!("task_type `{other}` is not supported (expected SEQ_CLS or TOKEN_CLS)"),
+            ));
+        }
+    };
+    // Without Tunelab's manifest the label names are unknown: LABEL_i, as transformers names
+    // them, from the classifier's output size.
+    let classes = tensors
+        .iter()
+        .filter(|(k, _)| k.starts_with("classifier.") && k.ends_with("weight"))
+        .map(|(_, t)| t.shape.dims()[0])
+        .min()
+        .unwrap_or(0);
+    Ok(ExportManifest {
+        format: 1,
+        method,
+        task,
+        labels: Labels::new((0..classes).map(|i| format!("LABEL_{i}")).collect()),
+        base_model: s("base_model_name_or_path").unwrap_or("").to_string(),
+        model_type: String::new(),
+        max_len: 128,
+        files: vec![ADAPTER_CONFIG.into(), ADAPTER_WEIGHTS.into()],
+    })
+}
+
+/// Reads an export from its files (name → bytes).
+pub fn import(files: &BTreeMap<String, Vec<u8>>) -> Result<Imported, ExportError> {
+    let parse_json = |name: &str| -> Result<Option<serde_json::Value>, ExportError> {
+        files
+            .get(name)
+            .map(|b| serde_json::from_slice(b).map_err(|e| invalid(name, e.to_string())))
+            .transpose()
+    };
+    let manifest: Option<ExportManifest> = parse_json(MANIFEST)?
+        .map(|v| serde_json::from_value(v).map_err(|e| invalid(MANIFEST, e.to_string())))
+        .transpose()?;
+    let weights_file = match manifest.as_ref().map(|m| &m.method) {
+        Some(Method::Bitfit) => BITFIT_WEIGHTS,
+        Some(Method::Full) => "model.safetensors",
+        _ => ADAPTER_WEIGHTS,
+    };
+    let bytes = files
+        .get(weights_file)
+        .ok_or_else(|| ExportError::Missing {
+            file: weights_file.into(),
+        })?;
+    let (raw, _) = safetensors_io::read(weights_file, bytes)
+        .map_err(|e| invalid(weights_file, e.to_string()))?;
+    // Back to store names.
+    let mut tensors = BTreeMap::new();
+    for (key, t) in raw {
+        let name = [
+            "base_model.model.bert.",
+            "base_model.model.roberta.",
+            "base_model.model.",
+            "base_model.",
+            "bert.",
+            "roberta.",
+        ]
+        .iter()
+        .find_map(|p| key.strip_prefix(p))
+        .unwrap_or(&key)
+        .to_string();
+        tensors.insert(name, t);
+    }
+    let manifest = match manifest {
+        Some(m) => m,
+        None => {
+            let cfg = parse_json(ADAPTER_CONFIG)?.ok_or_else(|| ExportError::Missing {
+                file: ADAPTER_CONFIG.into(),
+            })?;
+            peft_manifest(&cfg, &tensors)?
+        }
+    };
+    Ok(Imported { manifest, tensors })
+}
+
+/// Puts imported weights into a model built with the export's method; every tensor must
+/// name a parameter of the same shape. Nothing changes unless all of them fit.
+pub fn apply<B: Backend>(
+    backend: &B,
+    store: &mut ParamStore<B>,
+    tensors: &BTreeMap<String, HostTensor>,
+    file: &str,
+) -> Result<usize, ExportError> {
+    let mut updates = Vec::new();
+    for (name, t) in tensors {
+        let id = store
+            .id(name)
+            .map_err(|_| invalid(file, format!("`{name}` is not a parameter of this model")))?;
+        let want = backend.shape(&store.get(id).value);
+        if want != t.shape {
+            return Err(invalid(
+                file,
+                format!("`{name}` has shape {} but the model needs {want}", t.shape),
+            ));
+        }
+        updates.push((id, t));
+    }
+    for (id, t) in &updates {
+        let v = backend.upload(&t.data, &t.shape)?;
+        store.set_value(*id, v);
+    }
+    Ok(updates.len())
+}
