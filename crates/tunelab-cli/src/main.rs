@@ -1,8 +1,11 @@
-//! `tunelab`: native fine-tuning jobs from the command line.
-//!
-//! Today it has `info`; `train`, `eval`, `predict`, `export` and `bench` build on the engine.
+//! `tunelab`: native fine-tuning jobs from the command line: `train`, `eval`, `predict`,
+//! `export`, `bench` and `info`.
 
+mod args;
 mod bench;
+mod commands;
+mod job;
+mod train;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -22,6 +25,77 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Fine-tune (or pretrain) a model. `tunelab train --task sentiment` trains LoRA on
+    /// all-MiniLM-L6-v2 with the sample sentiment data; every option can also come from a
+    /// TOML/JSON file given with --config.
+    Train {
+        #[command(flatten)]
+        args: Box<args::TrainArgs>,
+        /// Continue the run in this output folder from its last checkpoint (its
+        /// train_config.json is used; other options are ignored).
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+        /// Pause after this many steps in total, saving a checkpoint to resume from.
+        #[arg(long, value_name = "STEPS")]
+        stop_after: Option<u64>,
+        /// Compute device: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value = "assets", env = "TUNELAB_ASSETS")]
+        assets: PathBuf,
+    },
+    /// Evaluate an exported model (a run's `final/` or `best/`, or a PEFT adapter folder) on
+    /// a dataset: metrics, per-class scores and the confusion matrix.
+    Eval {
+        /// The export folder.
+        #[arg(long)]
+        model_dir: PathBuf,
+        /// Data to evaluate on (default: the task's sample dataset, split --split).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The preset task whose dataset to use (default: from the run's train_config.json).
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value = "assets", env = "TUNELAB_ASSETS")]
+        assets: PathBuf,
+    },
+    /// Classify or tag texts with an exported model (one JSON line per text); masked LM fills
+    /// in [MASK] tokens.
+    Predict {
+        #[arg(long)]
+        model_dir: PathBuf,
+        /// A text to predict (repeatable).
+        #[arg(long)]
+        text: Vec<String>,
+        /// A file of texts: plain text (one per line) or JSONL with a `text` field.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value = "assets", env = "TUNELAB_ASSETS")]
+        assets: PathBuf,
+    },
+    /// Export a resumable checkpoint as a PEFT adapter (LoRA, prompt tuning) or safetensors
+    /// plus a manifest (BitFit, full).
+    Export {
+        /// A run folder's checkpoint/checkpoint.safetensors (or the run folder).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "assets", env = "TUNELAB_ASSETS")]
+        assets: PathBuf,
+    },
     /// Show the installed model and datasets (verified by checksum) and the compute devices.
     Info {
         /// Folder written by `cargo xtask assets`.
@@ -69,6 +143,70 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Train {
+            args,
+            resume,
+            stop_after,
+            device,
+            assets,
+        } => {
+            let cfg = args.resolve()?;
+            train::run(
+                cfg,
+                &assets,
+                &device,
+                resume.as_deref(),
+                args.prompt_init_text.as_deref(),
+                stop_after,
+            )?;
+            Ok(())
+        }
+        Command::Eval {
+            model_dir,
+            file,
+            task,
+            split,
+            batch_size,
+            json,
+            device,
+            assets,
+        } => {
+            commands::eval(
+                &model_dir,
+                &assets,
+                &device,
+                task.as_deref(),
+                file.as_deref(),
+                &split,
+                batch_size,
+                json,
+            )?;
+            Ok(())
+        }
+        Command::Predict {
+            model_dir,
+            text,
+            input,
+            device,
+            assets,
+        } => {
+            for line in commands::predict(&model_dir, &assets, &device, &text, input.as_deref())? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Export {
+            checkpoint,
+            out,
+            assets,
+        } => {
+            let file = if checkpoint.is_dir() {
+                checkpoint.join("checkpoint/checkpoint.safetensors")
+            } else {
+                checkpoint
+            };
+            commands::export_checkpoint(&file, &out, &assets)
+        }
         Command::Info { assets, json } => info(&assets, json),
         Command::Bench {
             assets,

@@ -1,0 +1,328 @@
+//! `tunelab eval`, `predict` and `export`.
+
+use crate::job::{self, Loaded};
+use anyhow::{Context as _, bail};
+use std::path::{Path, PathBuf};
+use tunelab_core::backend::Backend;
+use tunelab_core::data::{self, Example, Format};
+use tunelab_core::export::{self, ExportInfo};
+use tunelab_core::nn::Ctx;
+use tunelab_core::tape::Tape;
+use tunelab_core::trainer::{
+    self, EvalOptions, EvalReport, TaskKind, TrainConfig, Trainer, checkpoint, resolve_task,
+};
+
+/// The data an evaluation of `model_dir` uses: `--file`, or the preset's split (the task
+/// comes from `--task` or the run's `train_config.json` next to the export).
+fn eval_file(
+    model_dir: &Path,
+    assets: &Path,
+    task: Option<&str>,
+    file: Option<&Path>,
+    split: &str,
+) -> anyhow::Result<PathBuf> {
+    if let Some(f) = file {
+        return Ok(f.to_path_buf());
+    }
+    let task = match task {
+        Some(t) => t.to_string(),
+        None => {
+            let p = model_dir.join("../train_config.json");
+            let text = std::fs::read_to_string(&p).with_context(|| {
+                format!(
+                    "no --file given and no {} to find the task's dataset",
+                    p.display()
+                )
+            })?;
+            TrainConfig::parse(&p.display().to_string(), &text)?.task
+        }
+    };
+    let (_, preset) = resolve_task(&task).map_err(anyhow::Error::msg)?;
+    let id = preset.with_context(|| format!("task `{task}` has no sample dataset: give --file"))?;
+    let m = job::manifest(assets)?;
+    let card = m
+        .dataset(id)
+        .with_context(|| format!("dataset `{id}` is not installed"))?;
+    let f = card
+        .splits
+        .get(split)
+        .with_context(|| format!("dataset `{id}` has no `{split}` split"))?;
+    Ok(assets.join(&f.path))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn eval(
+    model_dir: &Path,
+    assets: &Path,
+    device: &str,
+    task: Option<&str>,
+    file: Option<&Path>,
+    split: &str,
+    batch_size: usize,
+    json: bool,
+) -> anyhow::Result<EvalReport> {
+    let Loaded {
+        backend,
+        model,
+        store,
+        tokenizer,
+        manifest,
+    } = job::load_export(model_dir, assets, device)?;
+    let path = eval_file(model_dir, assets, task, file, split)?;
+    let fmt = Format::from_path(&path.display().to_string())
+        .with_context(|| format!("cannot tell the format of {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path.display().to_string();
+    let parsed = data::parse(&name, &text, fmt, &Default::default())?;
+    let features = data::encode(
+        &tokenizer,
+        &parsed.examples,
+        job::feature_kind(manifest.task),
+        &manifest.labels,
+        manifest.max_len,
+        &name,
+    )?;
+    let masking = job::masking(manifest.task, &tokenizer, 0.15)?;
+    let report = pollster::block_on(trainer::evaluate(
+        &backend,
+        &model,
+        &store,
+        manifest.task,
+        &manifest.labels,
+        &features,
+        EvalOptions {
+            batch_size,
+            pad_id: tokenizer.pad_id(),
+            masking,
+            max_examples: None,
+        },
+    ))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report, &name);
+    }
+    Ok(report)
+}
+
+fn print_report(r: &EvalReport, file: &str) {
+    println!("{} examples from {file}", r.examples);
+    for (k, v) in &r.metrics {
+        println!("  {k:<16} {v:.4}");
+    }
+    if !r.per_class.is_empty() || !r.per_entity.is_empty() {
+        println!(
+            "\n  {:<18} {:>9} {:>9} {:>9} {:>8}",
+            "", "precision", "recall", "f1", "support"
+        );
+        for (name, p) in r.per_class.iter().chain(&r.per_entity) {
+            println!(
+                "  {name:<18} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+                p.precision, p.recall, p.f1, p.support
+            );
+        }
+    }
+    if let Some(c) = &r.confusion {
+        println!("\n  confusion matrix (rows: gold, columns: predicted)");
+        print!("  {:<18}", "");
+        for i in 0..c.labels.len() {
+            print!(" {i:>6}");
+        }
+        println!();
+        for (i, row) in c.counts.iter().enumerate() {
+            print!("  {:<18}", format!("{i} {}", c.labels[i]));
+            for n in row {
+                print!(" {n:>6}");
+            }
+            println!();
+        }
+    }
+}
+
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+/// Texts from `--text` flags and an input file (plain text: one per line; JSONL: `text`).
+fn inputs(texts: &[String], input: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    let mut out = texts.to_vec();
+    if let Some(p) = input {
+        let name = p.display().to_string();
+        let text = std::fs::read_to_string(p).with_context(|| format!("reading {name}"))?;
+        let fmt = Format::from_path(&name).unwrap_or(Format::Text);
+        for e in data::parse(&name, &text, fmt, &Default::default())?.examples {
+            out.push(match e {
+                Example::Text { text, .. } => text,
+                Example::Tagged { words, .. } => words.join(" "),
+            });
+        }
+    }
+    if out.is_empty() {
+        bail!("nothing to predict: give --text or --input");
+    }
+    Ok(out)
+}
+
+/// Predictions, one JSON object per text.
+pub fn predict(
+    model_dir: &Path,
+    assets: &Path,
+    device: &str,
+    texts: &[String],
+    input: Option<&Path>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let Loaded {
+        backend,
+        model,
+        store,
+        tokenizer,
+        manifest,
+    } = job::load_export(model_dir, assets, device)?;
+    let names = &manifest.labels.names;
+    let mut out = Vec::new();
+    for text in inputs(texts, input)? {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let (ids, starts) = match manifest.task {
+            TaskKind::TokenClassification => tokenizer.encode_tagged(&words, manifest.max_len)?,
+            _ => {
+                let ids = tokenizer.encode_text(&text, manifest.max_len)?;
+                let n = ids.len();
+                (ids, vec![0; n])
+            }
+        };
+        let len = ids.len();
+        let input = model.input(&backend, &store, &ids, &vec![1.0; len], 1, len)?;
+        let mut tape = Tape::new(backend.clone());
+        let bound = store.bind_frozen(&mut tape);
+        let mut cx = Ctx {
+            tape: &mut tape,
+            bound: &bound,
+            adapters: &model.adapters,
+        };
+        let logits = model.logits(&mut cx, &input)?;
+        let values = pollster::block_on(backend.download(tape.value(logits)?))?;
+        let v = match manifest.task {
+            TaskKind::Classification => {
+                let p = softmax(&values);
+                let best = (0..p.len()).fold(0, |b, i| if p[i] > p[b] { i } else { b });
+                let scores: serde_json::Map<String, serde_json::Value> = names
+                    .iter()
+                    .zip(&p)
+                    .map(|(n, v)| (n.clone(), (*v as f64).into()))
+                    .collect();
+                serde_json::json!({"text": text, "label": names[best], "score": p[best], "scores": scores, "logits": values})
+            }
+            TaskKind::TokenClassification => {
+                let k = names.len();
+                let mut tags = Vec::new();
+                for (t, &w) in starts.iter().enumerate() {
+                    if w != tunelab_core::backend::IGNORE_INDEX {
+                        let row = &values[t * k..(t + 1) * k];
+                        let best = (0..k).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+                        tags.push(serde_json::json!([words[w as usize], names[best]]));
+                    }
+                }
+                serde_json::json!({"text": text, "tags": tags})
+            }
+            TaskKind::MaskedLm => {
+                let v = tokenizer.vocab_size();
+                let vocab = backend.shape(tape.value(logits)?).dims()[2];
+                let mask = tokenizer.mask_id();
+                let mut fills = Vec::new();
+                for (t, id) in ids.iter().enumerate() {
+                    if Some(*id) == mask {
+                        let p = softmax(&values[t * vocab..(t + 1) * vocab]);
+                        let mut order: Vec<usize> = (0..v.min(vocab)).collect();
+                        order.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
+                        let top: Vec<serde_json::Value> = order[..5.min(order.len())]
+                            .iter()
+                            .map(|&i| serde_json::json!([tokenizer.id_to_token(i as u32), p[i]]))
+                            .collect();
+                        fills.push(serde_json::Value::Array(top));
+                    }
+                }
+                serde_json::json!({"text": text, "masks": fills})
+            }
+        };
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Turns a resumable checkpoint into an export folder.
+pub fn export_checkpoint(checkpoint_file: &Path, out: &Path, assets: &Path) -> anyhow::Result<()> {
+    let name = checkpoint_file.display().to_string();
+    let bytes = std::fs::read(checkpoint_file).with_context(|| format!("reading {name}"))?;
+    let (meta, _) = checkpoint::read(&name, &bytes)?;
+    let cfg = meta.config.clone();
+    let (dir, base_cfg, tokenizer) = job::model_parts(assets, &cfg.model)?;
+    let built = job::build_model(
+        &cfg,
+        meta.kind,
+        &meta.labels,
+        &dir,
+        &base_cfg,
+        &tokenizer,
+        job::backend("cpu")?,
+    )?;
+    // A trainer with no data, only to restore the checkpoint's weights into the model.
+    let empty = data::Features {
+        kind: job::feature_kind(meta.kind),
+        items: vec![data::Feature {
+            ids: vec![0],
+            labels: vec![0],
+            line: 0,
+        }],
+        special_lead: 0,
+        special_tail: 0,
+    };
+    let masking = job::masking(meta.kind, &tokenizer, cfg.mlm_probability)?;
+    let mut t = Trainer::new(
+        built.backend,
+        built.model,
+        built.store,
+        cfg.clone(),
+        meta.kind,
+        meta.labels.clone(),
+        empty,
+        tokenizer.pad_id(),
+        masking,
+    )?;
+    t.restore(&name, &bytes)?;
+    let info = ExportInfo {
+        task: meta.kind,
+        labels: meta.labels,
+        base_model: built.base_model,
+        max_len: cfg.max_len,
+        base_config_json: built.config_json,
+    };
+    let mut files = pollster::block_on(export::export(
+        &t.backend,
+        &t.model,
+        &t.store,
+        &cfg.method,
+        &info,
+    ))?;
+    files.push((
+        "tokenizer.json".into(),
+        std::fs::read(dir.join("tokenizer.json"))?,
+    ));
+    job::write_dir(out, &files)?;
+    println!(
+        "exported step {} of {} ({}) to {}: {}",
+        meta.state.step,
+        name,
+        cfg.method.name(),
+        out.display(),
+        files
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}

@@ -1,0 +1,479 @@
+//! Setting a job up from a `TrainConfig`: the model folder, tokenizer, data files, features and
+//! the model itself; and rebuilding a trained model from an export.
+
+use anyhow::{Context as _, bail};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tunelab_candle::{Candle, DeviceKind};
+use tunelab_core::data::{self, FeatureKind, Features, Format, Labels, Masking, Parsed};
+use tunelab_core::export::{self, ExportManifest};
+use tunelab_core::models::bert::BertConfig;
+use tunelab_core::models::heads::Task;
+use tunelab_core::models::task_model::TaskModel;
+use tunelab_core::params::ParamStore;
+use tunelab_core::peft::Method;
+use tunelab_core::safetensors_io::{self, HostTensor};
+use tunelab_core::tokenizer::Tokenizer;
+use tunelab_core::trainer::{TaskKind, TrainConfig, resolve_task};
+use tunelab_core::{Manifest, ModelCard};
+
+/// The backend for `--device`.
+pub fn backend(device: &str) -> anyhow::Result<Candle> {
+    let kind: DeviceKind = device.parse()?;
+    Ok(Candle::new(tunelab_candle::device(kind)?))
+}
+
+/// The assets manifest, if the folder has one (checksums verified).
+pub fn manifest(assets: &Path) -> anyhow::Result<Manifest> {
+    Manifest::verify_dir(assets)
+        .with_context(|| format!("checking the assets in {}", assets.display()))
+}
+
+/// A model folder: an assets id or a path.
+pub fn model_dir(assets: &Path, model: &str) -> anyhow::Result<PathBuf> {
+    let as_path = PathBuf::from(model);
+    if as_path.join("config.json").is_file() {
+        return Ok(as_path);
+    }
+    let m = manifest(assets)?;
+    let card: &ModelCard = m.model(model).with_context(|| {
+        format!(
+            "model `{model}` is neither a folder with config.json nor a model in {} (it has: {})",
+            assets.display(),
+            m.models
+                .iter()
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    Ok(assets.join(&card.dir))
+}
+
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// A checkpoint's tensors (`model.safetensors`, or the shards of its index).
+pub fn read_weights(dir: &Path) -> anyhow::Result<BTreeMap<String, HostTensor>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        let bytes =
+            std::fs::read(&single).with_context(|| format!("reading {}", single.display()))?;
+        return Ok(safetensors_io::read(&single.display().to_string(), &bytes)?.0);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read(&index).with_context(|| format!("reading {}", index.display()))?;
+        return Ok(safetensors_io::read_sharded(
+            &index.display().to_string(),
+            &text,
+            |f| {
+                std::fs::read(dir.join(f)).map_err(|e| {
+                    tunelab_core::safetensors_io::LoadError::Config {
+                        file: dir.join(f).display().to_string(),
+                        reason: e.to_string(),
+                    }
+                })
+            },
+        )?);
+    }
+    bail!(
+        "{} has neither model.safetensors nor model.safetensors.index.json",
+        dir.display()
+    )
+}
+
+pub fn tokenizer(dir: &Path, vocab: usize) -> anyhow::Result<Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Tokenizer::from_json(
+        &path.display().to_string(),
+        &bytes,
+        vocab,
+    )?)
+}
+
+pub fn head_task(kind: TaskKind, labels: &Labels) -> Task {
+    match kind {
+        TaskKind::Classification => Task::SequenceClassification {
+            num_labels: labels.len(),
+        },
+        TaskKind::TokenClassification => Task::TokenClassification {
+            num_labels: labels.len(),
+        },
+        TaskKind::MaskedLm => Task::MaskedLm,
+    }
+}
+
+/// Where a run's data comes from.
+#[derive(Debug, Clone)]
+pub struct DataFiles {
+    pub train: PathBuf,
+    pub validation: Option<PathBuf>,
+    pub test: Option<PathBuf>,
+    /// Fixed label order from the dataset card, if any.
+    pub labels: Option<Vec<String>>,
+}
+
+/// A file's format: `--format`, or its extension.
+pub fn format_of(p: &Path, cfg: &TrainConfig) -> anyhow::Result<Format> {
+    cfg.format
+        .or_else(|| Format::from_path(&p.display().to_string()))
+        .with_context(|| {
+            format!(
+                "cannot tell the format of {} from its extension; give --format jsonl|csv|conll|text",
+                p.display()
+            )
+        })
+}
+
+pub fn data_files(cfg: &TrainConfig, assets: &Path) -> anyhow::Result<DataFiles> {
+    let (_, preset) = resolve_task(&cfg.task).map_err(anyhow::Error::msg)?;
+    let fmt = |p: &Path| format_of(p, cfg);
+    if let Some(train) = &cfg.train_file {
+        let train = PathBuf::from(train);
+        fmt(&train)?;
+        return Ok(DataFiles {
+            validation: cfg.validation_file.as_ref().map(PathBuf::from),
+            test: None,
+            labels: cfg.labels.clone(),
+            train,
+        });
+    }
+    let Some(id) = preset else {
+        bail!(
+            "task `{}` needs --train-file (or use a preset: sentiment, topic, spam, ner, mlm)",
+            cfg.task
+        );
+    };
+    let m = manifest(assets)?;
+    let card = m.dataset(id).with_context(|| {
+        format!(
+            "dataset `{id}` is not in {}; run `cargo xtask assets`",
+            assets.display()
+        )
+    })?;
+    let split = |s: &str| card.splits.get(s).map(|f| assets.join(&f.path));
+    let train = split("train").with_context(|| format!("dataset `{id}` has no train split"))?;
+    fmt(&train)?;
+    Ok(DataFiles {
+        validation: cfg
+            .validation_file
+            .as_ref()
+            .map(PathBuf::from)
+            .or_else(|| split("validation")),
+        test: split("test"),
+        labels: cfg
+            .labels
+            .clone()
+            .or_else(|| (!card.labels.is_empty()).then(|| card.labels.clone())),
+        train,
+    })
+}
+
+/// Parses a data file; bad rows are errors, or skipped and counted with `skip_bad`.
+pub fn read_split(path: &Path, cfg: &TrainConfig) -> anyhow::Result<Parsed> {
+    let format = format_of(path, cfg)?;
+    let text = read_text(path)?;
+    let parsed = data::parse(&path.display().to_string(), &text, format, &cfg.columns)?;
+    if !parsed.skipped.is_empty() {
+        eprintln!(
+            "warning: skipped {} bad row(s) of {}; the first: {}",
+            parsed.skipped.len(),
+            path.display(),
+            parsed.skipped[0]
+        );
+    }
+    Ok(parsed)
+}
+
+pub fn feature_kind(kind: TaskKind) -> FeatureKind {
+    match kind {
+        TaskKind::Classification => FeatureKind::Sequence,
+        TaskKind::TokenClassification => FeatureKind::Token,
+        TaskKind::MaskedLm => FeatureKind::MaskedLm,
+    }
+}
+
+/// Everything a training run needs.
+#[derive(Debug)]
+pub struct Job {
+    pub backend: Candle,
+    pub model: TaskModel,
+    pub store: ParamStore<Candle>,
+    pub tokenizer: Tokenizer,
+    pub tokenizer_json: PathBuf,
+    pub kind: TaskKind,
+    pub labels: Labels,
+    pub train: Features,
+    pub validation: Option<Features>,
+    pub masking: Option<Masking>,
+    /// The model's `config.json` (generated for from-scratch runs).
+    pub config_json: String,
+    pub base_model: String,
+    pub files: DataFiles,
+}
+
+pub fn masking(kind: TaskKind, tok: &Tokenizer, p: f32) -> anyhow::Result<Option<Masking>> {
+    if kind != TaskKind::MaskedLm {
+        return Ok(None);
+    }
+    let mask_id = tok
+        .mask_id()
+        .context("masked-LM training needs a tokenizer with a [MASK] or <mask> token")?;
+    Ok(Some(Masking {
+        probability: p,
+        mask_id,
+        vocab_size: tok.vocab_size() as u32,
+    }))
+}
+
+/// Builds the model, tokenizer and features for `cfg` (the method's prompt-init text, if any,
+/// is tokenised into `cfg`).
+pub fn prepare(
+    cfg: &mut TrainConfig,
+    assets: &Path,
+    device: &str,
+    prompt_text: Option<&str>,
+) -> anyhow::Result<Job> {
+    cfg.validate()?;
+    let (kind, _) = resolve_task(&cfg.task).map_err(anyhow::Error::msg)?;
+    if cfg.from_scratch.is_some() && cfg.method != Method::Full {
+        bail!("--from-scratch trains every weight: use --method full");
+    }
+    let backend = backend(device)?;
+    let (dir, base_cfg, tokenizer) = model_parts(assets, &cfg.model)?;
+    if let (Some(text), Method::Prompt(p)) = (prompt_text, &mut cfg.method) {
+        p.init_token_ids = tokenizer.encode_plain(text)?;
+        if p.init_token_ids.is_empty() {
+            bail!("--prompt-init-text gives no tokens");
+        }
+    }
+    let files = data_files(cfg, assets)?;
+    let train_rows = read_split(&files.train, cfg)?;
+    let labels = match (&files.labels, kind) {
+        (_, TaskKind::MaskedLm) => Labels::default(),
+        (Some(l), _) => Labels::new(l.clone()),
+        (None, _) => Labels::infer(&train_rows.examples),
+    };
+    if kind != TaskKind::MaskedLm && labels.len() < 2 {
+        bail!(
+            "{}: found {} label(s) {:?}; classification needs at least 2",
+            files.train.display(),
+            labels.len(),
+            labels.names
+        );
+    }
+    let fk = feature_kind(kind);
+    let train = data::encode(
+        &tokenizer,
+        &train_rows.examples,
+        fk,
+        &labels,
+        cfg.max_len,
+        &files.train.display().to_string(),
+    )?;
+    let validation = match &files.validation {
+        Some(p) => {
+            let rows = read_split(p, cfg)?;
+            Some(data::encode(
+                &tokenizer,
+                &rows.examples,
+                fk,
+                &labels,
+                cfg.max_len,
+                &p.display().to_string(),
+            )?)
+        }
+        None => None,
+    };
+    let built = build_model(cfg, kind, &labels, &dir, &base_cfg, &tokenizer, backend)?;
+    let masking = masking(kind, &tokenizer, cfg.mlm_probability)?;
+    Ok(Job {
+        backend: built.backend,
+        model: built.model,
+        store: built.store,
+        tokenizer,
+        tokenizer_json: dir.join("tokenizer.json"),
+        kind,
+        labels,
+        train,
+        validation,
+        masking,
+        config_json: built.config_json,
+        base_model: built.base_model,
+        files,
+    })
+}
+
+/// A model as a config describes it, before training.
+#[derive(Debug)]
+pub struct Built {
+    pub backend: Candle,
+    pub model: TaskModel,
+    pub store: ParamStore<Candle>,
+    pub config_json: String,
+    pub base_model: String,
+}
+
+/// Loads the pretrained model (or initialises the from-scratch one) with the task's head and
+/// the method applied.
+pub fn build_model(
+    cfg: &TrainConfig,
+    kind: TaskKind,
+    labels: &Labels,
+    dir: &Path,
+    base_cfg: &BertConfig,
+    tokenizer: &Tokenizer,
+    backend: Candle,
+) -> anyhow::Result<Built> {
+    let (config_json, tensors, base_model) = match &cfg.from_scratch {
+        Some(s) => {
+            let json = s.config_json(
+                tokenizer.vocab_size().max(base_cfg.vocab_size),
+                tokenizer.pad_id(),
+            );
+            let c = BertConfig::from_json("from_scratch", &json)?;
+            let t = c.random_tensors(cfg.seed);
+            (json, t, "scratch".to_string())
+        }
+        None => (
+            read_text(&dir.join("config.json"))?,
+            read_weights(dir)?,
+            cfg.model.clone(),
+        ),
+    };
+    let mut store = ParamStore::new();
+    let model = TaskModel::load(
+        &backend,
+        &dir.display().to_string(),
+        &config_json,
+        tensors,
+        head_task(kind, labels),
+        &cfg.method,
+        cfg.seed,
+        &mut store,
+    )?;
+    Ok(Built {
+        backend,
+        model,
+        store,
+        config_json,
+        base_model,
+    })
+}
+
+/// The model folder, its parsed config and tokenizer.
+pub fn model_parts(assets: &Path, model: &str) -> anyhow::Result<(PathBuf, BertConfig, Tokenizer)> {
+    let dir = model_dir(assets, model)?;
+    let path = dir.join("config.json");
+    let cfg = BertConfig::from_json(&path.display().to_string(), &read_text(&path)?)?;
+    let tok = tokenizer(&dir, cfg.vocab_size)?;
+    Ok((dir, cfg, tok))
+}
+
+/// A trained model rebuilt from an export folder.
+#[derive(Debug)]
+pub struct Loaded {
+    pub backend: Candle,
+    pub model: TaskModel,
+    pub store: ParamStore<Candle>,
+    pub tokenizer: Tokenizer,
+    pub manifest: ExportManifest,
+}
+
+/// Reads an export (ours, or a PEFT adapter folder) and rebuilds the model on its base.
+pub fn load_export(dir: &Path, assets: &Path, device: &str) -> anyhow::Result<Loaded> {
+    let mut files = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.ends_with(".json") || name.ends_with(".safetensors") {
+            files.insert(name, std::fs::read(e.path())?);
+        }
+    }
+    let imported =
+        export::import(&files).with_context(|| format!("importing {}", dir.display()))?;
+    let m = imported.manifest;
+    let backend = backend(device)?;
+    let base_dir = if m.method == Method::Full {
+        dir.to_path_buf()
+    } else {
+        model_dir(assets, &m.base_model).with_context(|| {
+            format!(
+                "finding the base model `{}` of {}",
+                m.base_model,
+                dir.display()
+            )
+        })?
+    };
+    let config_json = read_text(&base_dir.join("config.json"))?;
+    let bc = BertConfig::from_json(
+        &base_dir.join("config.json").display().to_string(),
+        &config_json,
+    )?;
+    let tok_dir = if dir.join("tokenizer.json").is_file() {
+        dir
+    } else {
+        &base_dir
+    };
+    let tokenizer = tokenizer(tok_dir, bc.vocab_size)?;
+    let mut store = ParamStore::new();
+    let model = TaskModel::load(
+        &backend,
+        &base_dir.display().to_string(),
+        &config_json,
+        read_weights(&base_dir)?,
+        head_task(m.task, &m.labels),
+        &m.method,
+        0,
+        &mut store,
+    )?;
+    if m.method != Method::Full {
+        export::apply(
+            &backend,
+            &mut store,
+            &imported.tensors,
+            &dir.display().to_string(),
+        )?;
+    }
+    Ok(Loaded {
+        backend,
+        model,
+        store,
+        tokenizer,
+        manifest: m,
+    })
+}
+
+/// Writes files into `dir` atomically: into `dir.tmp` first, then renamed over `dir`.
+pub fn write_dir(dir: &Path, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    for (name, bytes) in files {
+        std::fs::write(tmp.join(name), bytes)
+            .with_context(|| format!("writing {}", tmp.join(name).display()))?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+    Ok(())
+}
+
+/// Writes a file atomically (temporary file, then rename).
+pub fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! `tunelab train`: the training loop with progress, a JSONL metrics log, resumable
+//! checkpoints, the best and final exports and a summary table.
+//!
+//! Output folder:
+//! - `train_config.json`: the resolved config (what `--resume` reads);
+//! - `metrics.jsonl`: one line per step (`"kind": "train"`) and per evaluation (`"eval"`);
+//! - `checkpoint/checkpoint.safetensors`: the latest resumable state (written atomically);
+//! - `best/`, `final/`: exports (PEFT format for LoRA and prompt tuning);
+//! - `summary.json`: final metrics, steps, wall time, tokens/s.
+
+use crate::job::{self, Job};
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tunelab_candle::Candle;
+use tunelab_core::export::{self, ExportInfo};
+use tunelab_core::trainer::{EvalReport, StepReport, TrainConfig, TrainError, Trainer};
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub task: String,
+    pub method: String,
+    pub model: String,
+    pub trainable: usize,
+    pub total: usize,
+    pub steps: u64,
+    pub epochs: f64,
+    pub train_seconds: f64,
+    pub wall_seconds: f64,
+    pub tokens_per_s: f64,
+    pub final_loss: f32,
+    pub eval: Option<EvalReport>,
+    /// The final model on the dataset's test split (sample datasets).
+    pub test: Option<EvalReport>,
+    pub best: Option<tunelab_core::trainer::Best>,
+    pub output_dir: String,
+}
+
+struct Log {
+    file: std::fs::File,
+}
+
+impl Log {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self { file })
+    }
+
+    fn write(&mut self, v: &serde_json::Value) -> anyhow::Result<()> {
+        writeln!(self.file, "{v}")?;
+        Ok(())
+    }
+}
+
+fn export_files(
+    trainer: &Trainer<Candle>,
+    job_info: &ExportInfo,
+    tokenizer_json: &Path,
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut files = pollster::block_on(export::export(
+        &trainer.backend,
+        &trainer.model,
+        &trainer.store,
+        &trainer.config.method,
+        job_info,
+    ))?;
+    files.push((
+        "tokenizer.json".into(),
+        std::fs::read(tokenizer_json)
+            .with_context(|| format!("reading {}", tokenizer_json.display()))?,
+    ));
+    Ok(files)
+}
+
+fn metrics_line(r: &EvalReport) -> String {
+    r.metrics
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// Runs (or resumes) training.
+pub fn run(
+    mut cfg: TrainConfig,
+    assets: &Path,
+    device: &str,
+    resume: Option<&Path>,
+    prompt_text: Option<&str>,
+    stop_after: Option<u64>,
+) -> anyhow::Result<Option<Summary>> {
+    let wall = Instant::now();
+    let checkpoint_bytes = match resume {
+        Some(dir) => {
+            let cfg_path = dir.join("train_config.json");
+            let text = std::fs::read_to_string(&cfg_path)
+                .with_context(|| format!("resuming: reading {}", cfg_path.display()))?;
+            cfg = TrainConfig::parse(&cfg_path.display().to_string(), &text)?;
+            cfg.output_dir = Some(dir.display().to_string());
+            let ck = dir.join("checkpoint/checkpoint.safetensors");
+            Some((
+                ck.clone(),
+                std::fs::read(&ck)
+                    .with_context(|| format!("resuming: reading {}", ck.display()))?,
+            ))
+        }
+        None => None,
+    };
+    let out = PathBuf::from(cfg.output_dir());
+    let Job {
+        backend,
+        model,
+        store,
+        tokenizer,
+        tokenizer_json,
+        kind,
+        labels,
+        train,
+        validation,
+        masking,
+        config_json,
+        base_model,
+        files,
+    } = job::prepare(&mut cfg, assets, device, prompt_text)?;
+    let (trainable, total) = store.counts(&backend);
+    let mut trainer = Trainer::new(
+        backend,
+        model,
+        store,
+        cfg.clone(),
+        kind,
+        labels.clone(),
+        train,
+        tokenizer.pad_id(),
+        masking,
+    )?;
+    if let Some((path, bytes)) = &checkpoint_bytes {
+        trainer.restore(&path.display().to_string(), bytes)?;
+        // Steps logged after the checkpoint will be trained again: drop them from the log.
+        let log_path = out.join("metrics.jsonl");
+        if let Ok(text) = std::fs::read_to_string(&log_path) {
+            let step = trainer.state.step;
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                        .is_none_or(|s| s <= step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            job::write_file(&log_path, kept.as_bytes())?;
+        }
+        eprintln!(
+            "resumed from {} at step {} (epoch {})",
+            path.display(),
+            trainer.state.step,
+            trainer.state.epoch + 1
+        );
+    } else {
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        // A fresh run replaces an old log in the same folder.
+        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+    }
+    job::write_file(
+        &out.join("train_config.json"),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
+    let info = ExportInfo {
+        task: kind,
+        labels,
+        base_model,
+        max_len: cfg.max_len,
+        base_config_json: config_json,
+    };
+    let mut log = Log::open(&out.join("metrics.jsonl"))?;
+    eprintln!(
+        "{} · {} · {} · {} of {} parameters train ({:.3}%) · {} examples · {} steps ({} per epoch) → {}",
+        cfg.task,
+        cfg.method.name(),
+        cfg.model,
+        trainable,
+        total,
+        100.0 * trainable as f64 / total.max(1) as f64,
+        trainer.train_features().len(),
+        trainer.total_steps(),
+        trainer.steps_per_epoch(),
+        out.display()
+    );
+
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty {
+        let b = ProgressBar::new(trainer.total_steps());
+        b.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} · {msg} · {elapsed_precise} < {eta_precise}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_position(trainer.state.step);
+        Some(b)
+    } else {
+        None
+    };
+    let say = |bar: &Option<ProgressBar>, line: String| match bar {
+        Some(b) => b.println(line),
+        None => eprintln!("{line}"),
+    };
+    let plain_every = (trainer.total_steps() / 20).max(1);
+    let mut train_secs = 0.0;
+    let mut tokens = 0u64;
+    let mut last: Option<StepReport> = None;
+    let mut last_eval: Option<EvalReport> = None;
+    while !trainer.is_done() {
+        let t0 = Instant::now();
+        let r = match pollster::block_on(trainer.train_step()) {
+            Ok(r) => r,
+            Err(e @ TrainError::Step { .. }) => {
+                if let Some(b) = &bar {
+                    b.abandon();
+                }
+                let ck = out.join("checkpoint/checkpoint.safetensors");
+                let kept = if ck.is_file() {
+                    format!("the last good checkpoint is intact: {}", ck.display())
+                } else {
+                    "no checkpoint had been saved yet".to_string()
+                };
+                log.write(&serde_json::json!({"kind": "stopped", "step": trainer.state.step + 1, "error": e.to_string()}))?;
+                anyhow::bail!("training stopped: {e}; {kept}");
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let dt = t0.elapsed().as_secs_f64();
+        train_secs += dt;
+        tokens += r.tokens;
+        let tps = r.tokens as f64 / dt.max(1e-9);
+        log.write(&serde_json::json!({
+            "kind": "train", "step": r.step, "epoch": r.epoch, "loss": r.loss,
+            "lr": r.lr, "grad_norm": r.grad_norm, "tokens": r.tokens, "tokens_per_s": tps,
+        }))?;
+        let msg = format!("loss {:.4} · lr {:.2e} · {:.0} tok/s", r.loss, r.lr, tps);
+        match &bar {
+            Some(b) => {
+                b.set_message(msg);
+                b.set_position(r.step);
+            }
+            None if r.step % plain_every == 0 || r.step == 1 => eprintln!(
+                "step {}/{} · epoch {:.2} · {msg}",
+                r.step,
+                trainer.total_steps(),
+                r.epoch
+            ),
+            None => {}
+        }
+        if trainer.should_eval(&r)
+            && let Some(val) = &validation
+        {
+            let report = pollster::block_on(trainer.evaluate(val))?;
+            let best = trainer.record_eval(&report);
+            log.write(&serde_json::json!({
+                "kind": "eval", "step": r.step, "epoch": r.epoch, "metrics": report.metrics,
+            }))?;
+            say(
+                &bar,
+                format!(
+                    "eval @ step {} · {}{}",
+                    r.step,
+                    metrics_line(&report),
+                    if best { " · best so far" } else { "" }
+                ),
+            );
+            if best {
+                job::write_dir(
+                    &out.join("best"),
+                    &export_files(&trainer, &info, &tokenizer_json)?,
+                )?;
+            }
+            last_eval = Some(report);
+        }
+        if trainer.should_save(&r) {
+            let bytes = pollster::block_on(trainer.checkpoint())?;
+            job::write_file(&out.join("checkpoint/checkpoint.safetensors"), &bytes)?;
+        }
+        last = Some(r);
+        if stop_after.is_some_and(|n| r.step >= n) && !trainer.is_done() {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            let bytes = pollster::block_on(trainer.checkpoint())?;
+            job::write_file(&out.join("checkpoint/checkpoint.safetensors"), &bytes)?;
+            eprintln!(
+                "paused at step {} of {}; continue with `tunelab train --resume {}`",
+                r.step,
+                trainer.total_steps(),
+                out.display()
+            );
+            return Ok(None);
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    job::write_dir(
+        &out.join("final"),
+        &export_files(&trainer, &info, &tokenizer_json)?,
+    )?;
+    let test = match &files.test {
+        Some(p) => {
+            let rows = job::read_split(p, &cfg)?;
+            let f = tunelab_core::data::encode(
+                &tokenizer,
+                &rows.examples,
+                job::feature_kind(kind),
+                &trainer.labels,
+                cfg.max_len,
+                &p.display().to_string(),
+            )?;
+            let r = pollster::block_on(tunelab_core::trainer::evaluate(
+                &trainer.backend,
+                &trainer.model,
+                &trainer.store,
+                kind,
+                &trainer.labels,
+                &f,
+                tunelab_core::trainer::EvalOptions {
+                    batch_size: cfg.batch_size.max(32),
+                    pad_id: tokenizer.pad_id(),
+                    masking: job::masking(kind, &tokenizer, cfg.mlm_probability)?,
+                    max_examples: None,
+                },
+            ))?;
+            eprintln!("test ({}) · {}", p.display(), metrics_line(&r));
+            Some(r)
+        }
+        None => None,
+    };
+    let summary = Summary {
+        task: cfg.task.clone(),
+        method: cfg.method.name().into(),
+        model: if cfg.from_scratch.is_some() {
+            "scratch".into()
+        } else {
+            cfg.model.clone()
+        },
+        trainable,
+        total,
+        steps: trainer.state.step,
+        epochs: last.map_or(0.0, |r| r.epoch),
+        train_seconds: train_secs,
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        tokens_per_s: tokens as f64 / train_secs.max(1e-9),
+        final_loss: last.map_or(f32::NAN, |r| r.loss),
+        eval: last_eval,
+        test,
+        best: trainer.state.best.clone(),
+        output_dir: out.display().to_string(),
+    };
+    job::write_file(
+        &out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    print_summary(&summary);
+    Ok(Some(summary))
+}
+
+fn print_summary(s: &Summary) {
+    println!();
+    println!(
+        "| {:<22} | {:<40} |",
+        "run",
+        format!("{} · {} · {}", s.task, s.method, s.model)
+    );
+    println!("|{:-<24}|{:-<42}|", "", "");
+    let row = |k: &str, v: String| println!("| {k:<22} | {v:<40} |");
+    row(
+        "trainable / total",
+        format!("{} / {}", s.trainable, s.total),
+    );
+    row("steps · epochs", format!("{} · {:.2}", s.steps, s.epochs));
+    row(
+        "train time",
+        format!("{:.1} s (wall {:.1} s)", s.train_seconds, s.wall_seconds),
+    );
+    row("tokens/s", format!("{:.0}", s.tokens_per_s));
+    row("last training loss", format!("{:.4}", s.final_loss));
+    if let Some(e) = &s.eval {
+        for (k, v) in &e.metrics {
+            row(&format!("eval {k}"), format!("{v:.4}"));
+        }
+    }
+    if let Some(e) = &s.test {
+        for (k, v) in &e.metrics {
+            row(&format!("test {k}"), format!("{v:.4}"));
+        }
+    }
+    if let Some(b) = &s.best {
+        row(
+            "best",
+            format!("{} {:.4} at step {}", b.metric, b.value, b.step),
+        );
+    }
+    row("exports", format!("{0}/final, {0}/best", s.output_dir));
+}

@@ -1,0 +1,260 @@
+//! `tunelab train | eval | predict | export` end to end on the real all-MiniLM-L6-v2 (from
+//! `cargo xtask assets`) with tiny data and a few steps.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn assets() -> PathBuf {
+    let a = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+    assert!(
+        a.join("manifest.json").is_file(),
+        "{} is missing: run `cargo xtask assets`",
+        a.display()
+    );
+    a
+}
+
+fn tunelab(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(args)
+        .env("TUNELAB_ASSETS", assets())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tunelab-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const TRAIN_CSV: &str = "text,label\n\
+\"Great, really great food\",pos\n\
+awful and cold,neg\n\
+I loved every minute,pos\n\
+\"never again, what a waste\",neg\n\
+superb acting,pos\n\
+boring plot,neg\n\
+what a delight,pos\n\
+the worst service,neg\n";
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+fn train_args<'a>(dir: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "train",
+        "--task",
+        "classification",
+        "--train-file",
+        dir,
+        "--validation-file",
+        dir,
+        "--max-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--output-dir",
+        out,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+#[test]
+fn train_eval_predict_export_and_resume() {
+    let d = tmp("train");
+    let data = d.join("train.csv");
+    std::fs::write(&data, TRAIN_CSV).unwrap();
+    let data = data.to_str().unwrap();
+    let run = d.join("run");
+    let run_s = run.to_str().unwrap();
+    let (ok, stdout, stderr) = tunelab(&train_args(data, run_s, &["--lr", "1e-3"]));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("| steps · epochs"), "{stdout}");
+    let whole = losses(&run);
+    assert_eq!(
+        whole.iter().map(|l| l.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.matches("\"kind\":\"eval\"").count(), 2, "{log}");
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tunelab_export.json",
+    ] {
+        assert!(run.join("final").join(f).is_file(), "final/{f}");
+        assert!(run.join("best").join(f).is_file(), "best/{f}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 4);
+    assert!(summary["eval"]["metrics"]["accuracy"].as_f64().is_some());
+
+    // Interrupted at step 2, then resumed: the same losses as the uninterrupted run.
+    let run2 = d.join("run2");
+    let run2_s = run2.to_str().unwrap();
+    let (ok, _, stderr) = tunelab(
+        &[train_args(
+            data,
+            run2_s,
+            &["--lr", "1e-3", "--stop-after", "2"],
+        )]
+        .concat(),
+    );
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("paused at step 2"), "{stderr}");
+    assert_eq!(losses(&run2).len(), 2);
+    let (ok, _, stderr) = tunelab(&["train", "--resume", run2_s]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("resumed from"), "{stderr}");
+    assert_eq!(losses(&run2), whole, "resumed losses");
+
+    // predict + eval on the export.
+    let final_dir = run.join("final");
+    let (ok, stdout, stderr) = tunelab(&[
+        "predict",
+        "--model-dir",
+        final_dir.to_str().unwrap(),
+        "--text",
+        "what a great meal",
+    ]);
+    assert!(ok, "{stderr}");
+    let p: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(p["label"] == "pos" || p["label"] == "neg", "{p}");
+    let s: f64 = p["scores"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    assert!((s - 1.0).abs() < 1e-5);
+    let (ok, stdout, stderr) = tunelab(&[
+        "eval",
+        "--model-dir",
+        final_dir.to_str().unwrap(),
+        "--file",
+        data,
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["examples"], 8);
+    let final_eval = summary["eval"]["metrics"]["accuracy"].as_f64().unwrap();
+    assert!((r["metrics"]["accuracy"].as_f64().unwrap() - final_eval).abs() < 1e-9);
+
+    // export from the checkpoint = the final export's weights.
+    let ex = d.join("exported");
+    let (ok, _, stderr) = tunelab(&[
+        "export",
+        "--checkpoint",
+        run_s,
+        "--out",
+        ex.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        std::fs::read(ex.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(final_dir.join("adapter_model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn bad_rows_and_unknown_labels_name_the_line() {
+    let d = tmp("bad");
+    let bad = d.join("bad.csv");
+    std::fs::write(
+        &bad,
+        "text,label\nfine,pos\n\"unclosed, quote\",neg,extra\nok,neg\n",
+    )
+    .unwrap();
+    let out = d.join("out");
+    let (ok, _, stderr) = tunelab(&train_args(
+        bad.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &[],
+    ));
+    assert!(!ok);
+    assert!(
+        stderr.contains("bad.csv:3: expected 2 fields like the header, found 3"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let train = d.join("train.csv");
+    std::fs::write(&train, TRAIN_CSV).unwrap();
+    let val = d.join("val.jsonl");
+    std::fs::write(
+        &val,
+        "{\"text\":\"hm\",\"label\":\"pos\"}\n{\"text\":\"eh\",\"label\":\"meh\"}\n",
+    )
+    .unwrap();
+    let mut args = train_args(train.to_str().unwrap(), out.to_str().unwrap(), &[]);
+    let v = val.to_str().unwrap();
+    args[6] = v;
+    let (ok, _, stderr) = tunelab(&args);
+    assert!(!ok);
+    assert!(
+        stderr.contains("val.jsonl:2: unknown label `meh`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn divergence_stops_with_the_last_checkpoint_intact() {
+    let d = tmp("nan");
+    let data = d.join("train.csv");
+    std::fs::write(&data, TRAIN_CSV).unwrap();
+    let out = d.join("run");
+    let (ok, _, stderr) = tunelab(&train_args(
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &[
+            "--method",
+            "full",
+            "--lr",
+            "1e30",
+            "--warmup-steps",
+            "0",
+            "--max-grad-norm",
+            "0",
+            "--save-every",
+            "1",
+        ],
+    ));
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("training stopped"), "{stderr}");
+    assert!(
+        stderr.contains("the last good checkpoint is intact"),
+        "{stderr}"
+    );
+    // The checkpoint still reads and exports.
+    let (ok, stdout, stderr) = tunelab(&[
+        "export",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--out",
+        d.join("ex").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("exported step"), "{stdout}");
+}
