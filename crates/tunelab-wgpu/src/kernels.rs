@@ -6,8 +6,11 @@
 /// `y = alpha * x + beta * y`, elementwise.
 pub const ELEMENTWISE: &str = include_str!("kernels/elementwise.wgsl");
 
+/// Tiled matmul with transpose flags, batching and a fused bias.
+pub const MATMUL: &str = include_str!("kernels/matmul.wgsl");
+
 /// Every kernel as `(file name, source)`.
-pub const ALL: &[(&str, &str)] = &[("elementwise.wgsl", ELEMENTWISE)];
+pub const ALL: &[(&str, &str)] = &[("elementwise.wgsl", ELEMENTWISE), ("matmul.wgsl", MATMUL)];
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {

@@ -1,6 +1,7 @@
 //! Rust side of each kernel: validation of inputs, bind groups and dispatch.
 
 pub mod elementwise;
+pub mod matmul;
 
 /// Workgroup counts `(x, y)` covering `groups` workgroups when one dimension may hold at most
 /// `max_per_dim`. Kernels rebuild the flat index as `wg.y * x + wg.x` and bound-check it.

@@ -1,0 +1,135 @@
+// Tiled matrix multiply: C[b] = op(A[b]) @ op(B[b]) (+ bias), row-major.
+//
+// op(A) is (M, K): A is stored (M, K), or (K, M) when ta = 1. op(B) is (K, N): B is stored
+// (K, N), or (N, K) when tb = 1. Batches are `a_batch`, `b_batch` (0: B shared by every
+// batch, a weight) and `c_batch` elements apart. With has_bias = 1, bias[n] is added.
+//
+// Each workgroup of 16x16 threads computes a 64x64 tile of C, each thread 4x4 outputs spaced
+// 16 apart (so neighbouring threads read neighbouring shared-memory words), over K in steps
+// of 16 staged through workgroup memory. Tiles load along the contiguous axis of each input
+// whichever its transpose flag, so global reads coalesce.
+//
+// Dispatch: (ceil(N/64), row tiles, batches); `row_tile0` and `batch0` offset the y and z
+// workgroup ids when a shape needs more workgroups than one dispatch dimension allows.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    ta: u32,
+    tb: u32,
+    has_bias: u32,
+    a_batch: u32,
+    b_batch: u32,
+    c_batch: u32,
+    row_tile0: u32,
+    batch0: u32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+
+// [kk][m] and [kk][n]
+var<workgroup> a_tile: array<f32, 1024>;
+var<workgroup> b_tile: array<f32, 1024>;
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let batch = wg.z + p.batch0;
+    let row0 = (wg.y + p.row_tile0) * TM;
+    let col0 = wg.x * TN;
+    let tid = lid.y * 16u + lid.x;
+    let a_base = batch * p.a_batch;
+    let b_base = batch * p.b_batch;
+
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i = i + 1u) {
+        acc[i] = 0.0;
+    }
+
+    for (var k0 = 0u; k0 < p.k; k0 = k0 + TK) {
+        for (var r = 0u; r < 4u; r = r + 1u) {
+            let e = tid + r * 256u;
+            // A tile (TM x TK)
+            var m: u32;
+            var ka: u32;
+            if (p.ta == 0u) {
+                m = e / TK;
+                ka = e % TK;
+            } else {
+                ka = e / TM;
+                m = e % TM;
+            }
+            let gm = row0 + m;
+            let gka = k0 + ka;
+            var av = 0.0;
+            if (gm < p.m && gka < p.k) {
+                if (p.ta == 0u) {
+                    av = a[a_base + gm * p.k + gka];
+                } else {
+                    av = a[a_base + gka * p.m + gm];
+                }
+            }
+            a_tile[ka * TM + m] = av;
+            // B tile (TK x TN)
+            var n: u32;
+            var kb: u32;
+            if (p.tb == 0u) {
+                kb = e / TN;
+                n = e % TN;
+            } else {
+                n = e / TK;
+                kb = e % TK;
+            }
+            let gn = col0 + n;
+            let gkb = k0 + kb;
+            var bv = 0.0;
+            if (gn < p.n && gkb < p.k) {
+                if (p.tb == 0u) {
+                    bv = b[b_base + gkb * p.n + gn];
+                } else {
+                    bv = b[b_base + gn * p.k + gkb];
+                }
+            }
+            b_tile[kb * TN + n] = bv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk = kk + 1u) {
+            var ar: array<f32, 4>;
+            var br: array<f32, 4>;
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                ar[i] = a_tile[kk * TM + lid.y + 16u * i];
+                br[i] = b_tile[kk * TN + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                for (var j = 0u; j < 4u; j = j + 1u) {
+                    acc[i * 4u + j] = acc[i * 4u + j] + ar[i] * br[j];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    let c_base = batch * p.c_batch;
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let gm = row0 + lid.y + 16u * i;
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let gn = col0 + lid.x + 16u * j;
+            if (gm < p.m && gn < p.n) {
+                var v = acc[i * 4u + j];
+                if (p.has_bias == 1u) {
+                    v = v + bias[gn];
+                }
+                c[c_base + gm * p.n + gn] = v;
+            }
+        }
+    }
+}
