@@ -10,6 +10,7 @@
 mod assets;
 mod bench;
 mod fixtures;
+mod results;
 mod serve;
 mod setup;
 mod sh;
@@ -49,6 +50,14 @@ enum Command {
     Test(test::Groups),
     /// Regenerate the PyTorch parity fixtures in tests/fixtures (sets up a torch venv).
     Fixtures,
+    /// Type-check the `cuda` feature with NVIDIA's compiler from PyPI (no GPU needed).
+    CheckCuda,
+    /// Train every method on the sample tasks; writes docs/results.md.
+    Results {
+        /// Only runs whose name (`<task>-<method>`) contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Benchmark a training step per PEFT method; writes docs/benchmarks.md.
     Bench {
         /// Also run PyTorch + PEFT on the same shape in the same run (sets up a torch venv).
@@ -81,6 +90,8 @@ fn run() -> anyhow::Result<()> {
         Command::Serve { port, no_build } => serve::main(port, no_build),
         Command::Test(groups) => test::run(groups),
         Command::Fixtures => fixtures::run(),
+        Command::Results { only } => results::run(only),
+        Command::CheckCuda => cuda::run(),
         Command::Bench { vs_torch } => bench::run(vs_torch),
     }
 }

@@ -152,7 +152,7 @@ pub struct TrainConfig {
     pub max_grad_norm: f64,
     /// Evaluate every N steps; per epoch when not given.
     pub eval_every: Option<u64>,
-    /// Evaluate on at most this many validation examples.
+    /// Evaluate on at most this many validation examples (spread evenly over the file).
     pub eval_max_examples: Option<usize>,
     /// Metric that chooses the best checkpoint (default: macro_f1, f1 or loss by task).
     pub metric_for_best: Option<String>,
@@ -345,6 +345,16 @@ mod tests {
         c.task = "poetry".into();
         let e = c.validate().unwrap_err();
         assert!(e.to_string().contains("unknown task `poetry`"), "{e}");
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../../../../docs/train-config.example.toml");
+        let c = TrainConfig::parse("train-config.example.toml", text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.grad_accum, 2);
+        assert_eq!(c.lr(), 5e-4);
+        assert!(matches!(c.method, Method::Lora(ref l) if l.r == 8));
     }
 
     #[test]
