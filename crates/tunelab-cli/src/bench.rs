@@ -154,3 +154,66 @@ pub fn run_one(
         peak_rss_mib: peak_rss_mib(),
     })
 }
+
+/// One matmul shape's throughput on the wgpu adapter.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MatmulResult {
+    pub shape: String,
+    pub what: String,
+    pub median_ms: f64,
+    pub gflops: f64,
+}
+
+/// WGSL matmul GFLOP/s at square shapes and at the MiniLM training shapes (batch 8 × 128
+/// tokens: projections, the MLP, and the weight-gradient product `dY^T X`).
+pub fn wgpu_matmul(
+    iters: usize,
+) -> anyhow::Result<(tunelab_wgpu::AdapterReport, Vec<MatmulResult>)> {
+    use tunelab_wgpu::ops::matmul::{Dims, bench};
+    let ctx = pollster::block_on(tunelab_wgpu::Context::new(Default::default()))?;
+    let d = |batch, m, n, k, ta, tb, b_shared| Dims {
+        batch,
+        m,
+        n,
+        k,
+        ta,
+        tb,
+        b_shared,
+    };
+    let shapes = [
+        ("square 256", d(1, 256, 256, 256, false, false, true)),
+        ("square 512", d(1, 512, 512, 512, false, false, true)),
+        ("square 1024", d(1, 1024, 1024, 1024, false, false, true)),
+        (
+            "x W^T: q/k/v/out (1024x384 · 384x384)",
+            d(1, 1024, 384, 384, false, true, true),
+        ),
+        (
+            "x W^T: MLP up (1024x384 · 1536x384)",
+            d(1, 1024, 1536, 384, false, true, true),
+        ),
+        (
+            "x W^T: MLP down (1024x1536 · 384x1536)",
+            d(1, 1024, 384, 1536, false, true, true),
+        ),
+        (
+            "dY^T X: weight grad (384x1024 · 1024x1536)",
+            d(1, 384, 1536, 1024, true, false, true),
+        ),
+        (
+            "attention scores (96 heads, 128x128x32)",
+            d(96, 128, 128, 32, false, true, false),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (what, dims) in shapes {
+        let secs = bench(&ctx, &dims, iters)?;
+        out.push(MatmulResult {
+            shape: format!("{}x{}x{}x{}", dims.batch, dims.m, dims.n, dims.k),
+            what: what.to_string(),
+            median_ms: secs * 1e3,
+            gflops: dims.flops() / secs / 1e9,
+        });
+    }
+    Ok((ctx.report().clone(), out))
+}

@@ -124,6 +124,10 @@ enum Command {
         /// Write the results as JSON lines here (one per method).
         #[arg(long)]
         json_out: Option<PathBuf>,
+        /// Also measure WGSL matmul GFLOP/s on the wgpu adapter (`--methods none` for only
+        /// that).
+        #[arg(long)]
+        wgpu: bool,
         /// Internal: run a single method in this process and print its JSON line.
         #[arg(long, hide = true)]
         child: bool,
@@ -216,6 +220,7 @@ fn run() -> anyhow::Result<()> {
             steps,
             warmup,
             json_out,
+            wgpu,
             child,
         } => {
             if child {
@@ -224,7 +229,9 @@ fn run() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
-            let names: Vec<String> = if methods.is_empty() {
+            let names: Vec<String> = if methods == ["none"] {
+                Vec::new()
+            } else if methods.is_empty() {
                 bench::methods()
                     .into_iter()
                     .map(|(n, _)| n.to_string())
@@ -275,6 +282,26 @@ fn run() -> anyhow::Result<()> {
                     r.peak_rss_mib
                 );
                 lines.push(line);
+            }
+            if wgpu {
+                let (report, rows) = bench::wgpu_matmul(steps.max(3))?;
+                println!(
+                    "\nwgpu matmul on {} ({}, {})",
+                    report.name, report.backend, report.device_type
+                );
+                println!(
+                    "{:<46} {:>16} {:>11} {:>9}",
+                    "shape", "BxMxNxK", "median ms", "GFLOP/s"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<46} {:>16} {:>11.2} {:>9.1}",
+                        r.what, r.shape, r.median_ms, r.gflops
+                    );
+                    lines.push(serde_json::to_string(
+                        &serde_json::json!({"wgpu_matmul": r, "adapter": report.name}),
+                    )?);
+                }
             }
             if let Some(path) = json_out {
                 std::fs::write(&path, lines.join("\n") + "\n")
