@@ -50,10 +50,12 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     let a_base = batch * p.a_batch;
     let b_base = batch * p.b_batch;
 
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i = i + 1u) {
-        acc[i] = 0.0;
-    }
+    // Four rows of four outputs in registers (no dynamically indexed arrays, which drivers
+    // may place in slow local memory).
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
 
     for (var k0 = 0u; k0 < p.k; k0 = k0 + TK) {
         for (var r = 0u; r < 4u; r = r + 1u) {
@@ -103,33 +105,37 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk = kk + 1u) {
-            var ar: array<f32, 4>;
-            var br: array<f32, 4>;
-            for (var i = 0u; i < 4u; i = i + 1u) {
-                ar[i] = a_tile[kk * TM + lid.y + 16u * i];
-                br[i] = b_tile[kk * TN + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i = i + 1u) {
-                for (var j = 0u; j < 4u; j = j + 1u) {
-                    acc[i * 4u + j] = acc[i * 4u + j] + ar[i] * br[j];
-                }
-            }
+            let ab = kk * TM + lid.y;
+            let bb = kk * TN + lid.x;
+            let bv = vec4<f32>(b_tile[bb], b_tile[bb + 16u], b_tile[bb + 32u], b_tile[bb + 48u]);
+            acc0 = acc0 + a_tile[ab] * bv;
+            acc1 = acc1 + a_tile[ab + 16u] * bv;
+            acc2 = acc2 + a_tile[ab + 32u] * bv;
+            acc3 = acc3 + a_tile[ab + 48u] * bv;
         }
         workgroupBarrier();
     }
 
-    let c_base = batch * p.c_batch;
-    for (var i = 0u; i < 4u; i = i + 1u) {
-        let gm = row0 + lid.y + 16u * i;
-        for (var j = 0u; j < 4u; j = j + 1u) {
-            let gn = col0 + lid.x + 16u * j;
-            if (gm < p.m && gn < p.n) {
-                var v = acc[i * 4u + j];
-                if (p.has_bias == 1u) {
-                    v = v + bias[gn];
-                }
-                c[c_base + gm * p.n + gn] = v;
+    store(batch, row0 + lid.y, col0 + lid.x, acc0);
+    store(batch, row0 + lid.y + 16u, col0 + lid.x, acc1);
+    store(batch, row0 + lid.y + 32u, col0 + lid.x, acc2);
+    store(batch, row0 + lid.y + 48u, col0 + lid.x, acc3);
+}
+
+// Writes one thread's four outputs of row `gm`: columns gn, gn+16, gn+32, gn+48.
+fn store(batch: u32, gm: u32, gn: u32, v: vec4<f32>) {
+    if (gm >= p.m) {
+        return;
+    }
+    let base = batch * p.c_batch + gm * p.n;
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        let col = gn + 16u * j;
+        if (col < p.n) {
+            var x = v[j];
+            if (p.has_bias == 1u) {
+                x = x + bias[col];
             }
+            c[base + col] = x;
         }
     }
 }
