@@ -208,19 +208,21 @@ impl Backend for Candle {
             // Shared weight: fold the batch into the rows for one large gemm.
             let dims = a.dims().to_vec();
             let rows: usize = dims[..dims.len() - 1].iter().product();
-            let y = a
-                .contiguous()
-                .c()?
-                .reshape((rows, ka))
-                .c()?
-                .matmul(&b.contiguous().c()?)
-                .c()?;
+            // gemm reads a transposed 2-D weight through its strides: no copy of it.
+            let a2 = a.contiguous().c()?.reshape((rows, ka)).c()?;
+            let y = match a2.matmul(&b) {
+                Ok(y) => y,
+                Err(_) => a2.matmul(&b.contiguous().c()?).c()?,
+            };
             let mut out = dims;
             let last = out.len() - 1;
             out[last] = b.dims()[1];
             y.reshape(out).c()
         } else {
-            a.contiguous().c()?.matmul(&b.contiguous().c()?).c()
+            match a.matmul(&b) {
+                Ok(y) => Ok(y),
+                Err(_) => a.contiguous().c()?.matmul(&b.contiguous().c()?).c(),
+            }
         }
     }
 

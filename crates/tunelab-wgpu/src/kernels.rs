@@ -3,7 +3,7 @@
 //! [`ALL`] lists every kernel file; a unit test parses and validates each one with naga on
 //! the CPU, and another checks that no `.wgsl` file in `src/kernels/` is missing from it.
 
-/// `y = alpha * x + beta * y`, elementwise.
+/// Elementwise ops: add, mul, axpby, scale, scale-by, GELU and tanh with their backward.
 pub const ELEMENTWISE: &str = include_str!("kernels/elementwise.wgsl");
 
 /// Tiled matmul with transpose flags, batching and a fused bias.

@@ -30,6 +30,7 @@ pub fn run(vs_torch: bool) -> anyhow::Result<()> {
         ],
     );
     c.args([
+        "--wgpu",
         "--batch",
         &BATCH.to_string(),
         "--seq",
@@ -88,7 +89,11 @@ fn parse(jsonl: &str) -> anyhow::Result<Rows> {
         .filter(|l| l.trim_start().starts_with('{'))
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l)?;
-            Ok((v["method"].as_str().unwrap_or("?").to_string(), v))
+            let key = match v.get("wgpu_matmul") {
+                Some(m) => format!("~wgpu {}", m["what"].as_str().unwrap_or("?")),
+                None => v["method"].as_str().unwrap_or("?").to_string(),
+            };
+            Ok((key, v))
         })
         .collect()
 }
@@ -119,7 +124,7 @@ fn render(ours: &Rows, torch: Option<&Rows>) -> String {
         s.push_str("---:|---:|");
     }
     s.push('\n');
-    for (m, r) in ours {
+    for (m, r) in ours.iter().filter(|(k, _)| !k.starts_with("~wgpu")) {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         s.push_str(&format!(
             "| {m} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
@@ -147,6 +152,7 @@ fn render(ours: &Rows, torch: Option<&Rows>) -> String {
         s.push_str(&format!("\nPyTorch {version} + PEFT on the same shape, data and thread count, measured in the same run (`tests/bench/torch_step.py`).\n"));
         let ratios: Vec<f64> = ours
             .iter()
+            .filter(|(k, _)| !k.starts_with("~wgpu"))
             .filter_map(|(m, r)| Some(r["median_ms"].as_f64()? / t.get(m)?["median_ms"].as_f64()?))
             .collect();
         let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0f64), |(lo, hi), r| {
@@ -156,6 +162,27 @@ fn render(ours: &Rows, torch: Option<&Rows>) -> String {
             "\nTarget: a step at most 0.80× PyTorch's time. Now: {lo:.2}× to {hi:.2}× — {}.\n",
             if hi <= 0.8 { "met" } else { "not met" }
         ));
+    }
+    let wgpu: Vec<&serde_json::Value> = ours
+        .iter()
+        .filter(|(k, _)| k.starts_with("~wgpu"))
+        .map(|(_, v)| v)
+        .collect();
+    if let Some(first) = wgpu.first() {
+        s.push_str(&format!(
+            "\n## WGSL matmul, wgpu on this machine's adapter ({})\n\nMedian time per matmul on device-resident buffers, many dispatches per submission so submission latency is not counted (`tunelab bench --wgpu`). Without a GPU the adapter is lavapipe (software Vulkan), whose numbers only show the kernel runs; GPU numbers are in `docs/gpu-benchmarks.md`.\n\n| shape | B×M×N×K | median ms | GFLOP/s |\n|---|---|---:|---:|\n",
+            first["adapter"].as_str().unwrap_or("?")
+        ));
+        for v in wgpu {
+            let m = &v["wgpu_matmul"];
+            s.push_str(&format!(
+                "| {} | {} | {:.2} | {:.1} |\n",
+                m["what"].as_str().unwrap_or("?"),
+                m["shape"].as_str().unwrap_or("?"),
+                m["median_ms"].as_f64().unwrap_or(f64::NAN),
+                m["gflops"].as_f64().unwrap_or(f64::NAN)
+            ));
+        }
     }
     s
 }

@@ -1,12 +1,58 @@
-//! Elementwise ops (`kernels/elementwise.wgsl`).
+//! Elementwise ops (`kernels/elementwise.wgsl`): add, mul, axpby, scale, scale-by-a-device
+//! scalar, GELU and tanh with their backward.
 //!
-//! `axpby`: `y = alpha * x + beta * y` over vectors of equal length `n`.
+//! [`encode`] records one op into a caller's encoder on device buffers; [`run`] and
+//! [`axpby`] are host-to-host conveniences (tests, examples).
 
 use super::split_dispatch;
 use crate::{Context, WgpuError, kernels};
 use wgpu::util::DeviceExt;
 
 const WORKGROUP: u32 = 256;
+
+/// An elementwise op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `a + b`
+    Add,
+    /// `a * b`
+    Mul,
+    /// `alpha * a + beta * b`
+    Axpby,
+    /// `a * b[0]`
+    ScaleBy,
+    /// `b * gelu'(a)` (`a` = x, `b` = dy)
+    GeluBackward,
+    /// `b * (1 - a^2)` (`a` = tanh output, `b` = dy)
+    TanhBackward,
+    /// `alpha * a`
+    Scale,
+    /// `gelu(a)`, exact erf form
+    Gelu,
+    /// `tanh(a)`
+    Tanh,
+}
+
+impl Op {
+    fn entry(self) -> &'static str {
+        match self {
+            Self::Add => "add",
+            Self::Mul => "mul",
+            Self::Axpby => "axpby",
+            Self::ScaleBy => "scale_by",
+            Self::GeluBackward => "gelu_backward",
+            Self::TanhBackward => "tanh_backward",
+            Self::Scale => "scale",
+            Self::Gelu => "gelu",
+            Self::Tanh => "tanh_fwd",
+        }
+    }
+
+    /// Whether the op reads a second input.
+    pub fn binary(self) -> bool {
+        !matches!(self, Self::Scale | Self::Gelu | Self::Tanh)
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -17,34 +63,21 @@ struct Params {
     beta: f32,
 }
 
-/// Computes `alpha * x + beta * y` on the GPU and returns it.
-///
-/// Errors: [`WgpuError::Shape`] when the lengths differ, [`WgpuError::LimitExceeded`] when a
-/// vector is larger than one storage binding may be.
-pub async fn axpby(
+/// Records `out = op(a, b)` over `n` values into `encoder`. Returns the uniform buffer the
+/// dispatch uses (destroy it after submitting).
+#[allow(clippy::too_many_arguments)]
+pub fn encode(
     ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    op: Op,
+    n: u32,
     alpha: f32,
-    x: &[f32],
     beta: f32,
-    y: &[f32],
-) -> Result<Vec<f32>, WgpuError> {
-    if x.len() != y.len() {
-        return Err(WgpuError::Shape(format!(
-            "axpby: x has {} elements but y has {}",
-            x.len(),
-            y.len()
-        )));
-    }
-    let n = u32::try_from(x.len()).map_err(|_| WgpuError::LimitExceeded {
-        what: "axpby vector length".into(),
-        requested: x.len() as u64,
-        available: u64::from(u32::MAX),
-    })?;
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    ctx.check_binding("axpby vector", u64::from(n) * 4)?;
-
+    a: &wgpu::Buffer,
+    b: Option<&wgpu::Buffer>,
+    out: &wgpu::Buffer,
+) -> Result<wgpu::Buffer, WgpuError> {
+    ctx.check_binding(op.entry(), u64::from(n) * 4)?;
     let groups = n.div_ceil(WORKGROUP);
     let (gx, gy) = split_dispatch(
         groups,
@@ -57,63 +90,146 @@ pub async fn axpby(
         beta,
     };
     let device = &ctx.device;
-    let pipeline = ctx.pipeline("elementwise.wgsl", kernels::ELEMENTWISE, "axpby");
-    let y_buf = ctx
-        .checked(|| {
-            let params_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("axpby.params"),
-                contents: bytemuck::bytes_of(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-            let x_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("axpby.x"),
-                contents: bytemuck::cast_slice(x),
-                usage: wgpu::BufferUsages::STORAGE,
-            });
-            let y_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("axpby.y"),
-                contents: bytemuck::cast_slice(y),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            });
-            let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("axpby"),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: params_buf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: x_buf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: y_buf.as_entire_binding(),
-                    },
-                ],
-            });
-            let mut encoder = device.create_command_encoder(&Default::default());
-            {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &bind, &[]);
-                pass.dispatch_workgroups(gx, gy, 1);
-            }
-            ctx.queue.submit([encoder.finish()]);
-            params_buf.destroy();
-            x_buf.destroy();
-            y_buf
+    let pipeline = ctx.pipeline("elementwise.wgsl", kernels::ELEMENTWISE, op.entry());
+    let ubuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("elementwise.params"),
+        contents: bytemuck::bytes_of(&params),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let mut entries = vec![
+        wgpu::BindGroupEntry {
+            binding: 0,
+            resource: ubuf.as_entire_binding(),
+        },
+        wgpu::BindGroupEntry {
+            binding: 1,
+            resource: a.as_entire_binding(),
+        },
+    ];
+    if op.binary() {
+        let b =
+            b.ok_or_else(|| WgpuError::Shape(format!("{}: needs a second input", op.entry())))?;
+        entries.push(wgpu::BindGroupEntry {
+            binding: 2,
+            resource: b.as_entire_binding(),
+        });
+    }
+    entries.push(wgpu::BindGroupEntry {
+        binding: 3,
+        resource: out.as_entire_binding(),
+    });
+    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(op.entry()),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    });
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+    }
+    Ok(ubuf)
+}
+
+fn storage(ctx: &Context, label: &str, data: &[f32], extra: wgpu::BufferUsages) -> wgpu::Buffer {
+    let contents: &[u8] = if data.is_empty() {
+        &[0; 4]
+    } else {
+        bytemuck::cast_slice(data)
+    };
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | extra,
         })
-        .await?;
-    let out = ctx.read_f32(&y_buf, x.len()).await;
-    y_buf.destroy();
-    out
+}
+
+/// Host-to-host: `op(a, b)` computed on the GPU. Binary ops need `b` of `a`'s length
+/// (`ScaleBy`: one value).
+pub async fn run(
+    ctx: &Context,
+    op: Op,
+    a: &[f32],
+    b: Option<&[f32]>,
+    alpha: f32,
+    beta: f32,
+) -> Result<Vec<f32>, WgpuError> {
+    let want_b = match op {
+        Op::ScaleBy => Some(1),
+        o if o.binary() => Some(a.len()),
+        _ => None,
+    };
+    match (want_b, b.map(<[f32]>::len)) {
+        (Some(w), Some(got)) if w != got => {
+            return Err(WgpuError::Shape(format!(
+                "{}: x has {} elements but y has {got}",
+                op.entry(),
+                a.len()
+            )));
+        }
+        (Some(_), None) => {
+            return Err(WgpuError::Shape(format!(
+                "{}: needs a second input",
+                op.entry()
+            )));
+        }
+        _ => {}
+    }
+    let n = u32::try_from(a.len()).map_err(|_| WgpuError::LimitExceeded {
+        what: format!("{} vector length", op.entry()),
+        requested: a.len() as u64,
+        available: u64::from(u32::MAX),
+    })?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    ctx.check_binding(op.entry(), u64::from(n) * 4)?;
+    let out = ctx
+        .checked(|| -> Result<wgpu::Buffer, WgpuError> {
+            let ab = storage(ctx, "elementwise.a", a, wgpu::BufferUsages::empty());
+            let bb = b.map(|b| storage(ctx, "elementwise.b", b, wgpu::BufferUsages::empty()));
+            let ob = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("elementwise.out"),
+                size: u64::from(n) * 4,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            let u = encode(ctx, &mut enc, op, n, alpha, beta, &ab, bb.as_ref(), &ob)?;
+            ctx.queue.submit([enc.finish()]);
+            u.destroy();
+            ab.destroy();
+            if let Some(bb) = bb {
+                bb.destroy();
+            }
+            Ok(ob)
+        })
+        .await??;
+    let v = ctx.read_f32(&out, a.len()).await;
+    out.destroy();
+    v
+}
+
+/// `alpha * x + beta * y` on the GPU.
+///
+/// Errors: [`WgpuError::Shape`] when the lengths differ, [`WgpuError::LimitExceeded`] when a
+/// vector is larger than one storage binding may be.
+pub async fn axpby(
+    ctx: &Context,
+    alpha: f32,
+    x: &[f32],
+    beta: f32,
+    y: &[f32],
+) -> Result<Vec<f32>, WgpuError> {
+    run(ctx, Op::Axpby, x, Some(y), alpha, beta).await
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
+    use tunelab_core::backend::Backend;
 
     /// The CPU reference.
     fn axpby_ref(alpha: f32, x: &[f32], beta: f32, y: &[f32]) -> Vec<f32> {
@@ -152,5 +268,80 @@ mod tests {
         };
         let err = pollster::block_on(axpby(&ctx, 1.0, &[1.0, 2.0], 1.0, &[1.0])).unwrap_err();
         assert_eq!(err.to_string(), "axpby: x has 2 elements but y has 1");
+    }
+
+    /// Every op against the candle backend (the reference backend) on an awkward length,
+    /// with values covering GELU's and tanh's tails.
+    #[test]
+    fn every_op_matches_the_candle_backend() {
+        let Some(ctx) = crate::context::tests::context() else {
+            return;
+        };
+        let cb = tunelab_candle::Candle::cpu();
+        let n = 1031;
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 - 515.0) * 0.023).collect();
+        let y: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7).sin()).collect();
+        let sh = tunelab_core::Shape::new([n]);
+        let tx = cb.upload(&x, &sh).unwrap();
+        let ty = cb.upload(&y, &sh).unwrap();
+        let s = cb.upload(&[0.37], &tunelab_core::Shape::new([1])).unwrap();
+        let host = |t| pollster::block_on(cb.download(&t)).unwrap();
+        let tanh_x = cb.tanh(&tx).unwrap();
+        let cases: Vec<(Op, Vec<f32>, Option<Vec<f32>>, f32, Vec<f32>)> = vec![
+            (
+                Op::Add,
+                x.clone(),
+                Some(y.clone()),
+                0.0,
+                host(cb.add(&tx, &ty).unwrap()),
+            ),
+            (
+                Op::Mul,
+                x.clone(),
+                Some(y.clone()),
+                0.0,
+                host(cb.mul(&tx, &ty).unwrap()),
+            ),
+            (
+                Op::Scale,
+                x.clone(),
+                None,
+                -1.75,
+                host(cb.scale(&tx, -1.75).unwrap()),
+            ),
+            (
+                Op::ScaleBy,
+                x.clone(),
+                Some(vec![0.37]),
+                0.0,
+                host(cb.scale_by(&tx, &s).unwrap()),
+            ),
+            (Op::Gelu, x.clone(), None, 0.0, host(cb.gelu(&tx).unwrap())),
+            (
+                Op::GeluBackward,
+                x.clone(),
+                Some(y.clone()),
+                0.0,
+                host(cb.gelu_backward(&tx, &ty).unwrap()),
+            ),
+            (Op::Tanh, x.clone(), None, 0.0, host(tanh_x.clone())),
+            (
+                Op::TanhBackward,
+                host(tanh_x.clone()),
+                Some(y.clone()),
+                0.0,
+                host(cb.tanh_backward(&tanh_x, &ty).unwrap()),
+            ),
+        ];
+        for (op, a, b, alpha, want) in cases {
+            let got = pollster::block_on(run(&ctx, op, &a, b.as_deref(), alpha, 0.0)).unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{op:?} at {i} (x = {}): {g} vs {w}",
+                    a[i]
+                );
+            }
+        }
     }
 }
