@@ -9,8 +9,19 @@ pub const ELEMENTWISE: &str = include_str!("kernels/elementwise.wgsl");
 /// Tiled matmul with transpose flags, batching and a fused bias.
 pub const MATMUL: &str = include_str!("kernels/matmul.wgsl");
 
+/// Bias add, column sums (bias gradient) and the sum of squares (gradient norm).
+pub const REDUCE: &str = include_str!("kernels/reduce.wgsl");
+
+/// The AdamW update.
+pub const OPTIM: &str = include_str!("kernels/optim.wgsl");
+
 /// Every kernel as `(file name, source)`.
-pub const ALL: &[(&str, &str)] = &[("elementwise.wgsl", ELEMENTWISE), ("matmul.wgsl", MATMUL)];
+pub const ALL: &[(&str, &str)] = &[
+    ("elementwise.wgsl", ELEMENTWISE),
+    ("matmul.wgsl", MATMUL),
+    ("reduce.wgsl", REDUCE),
+    ("optim.wgsl", OPTIM),
+];
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {

@@ -1,0 +1,183 @@
+//! The AdamW update (`kernels/optim.wgsl`), PyTorch's semantics.
+
+use super::{dispatch, groups_for, output, run_host, upload};
+use crate::{Context, WgpuError, kernels};
+use tunelab_core::backend::AdamW;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    row_stride: u32,
+    grad_scale: f32,
+    decay: f32,
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    inv_sqrt_bc2: f32,
+    eps: f32,
+    step_size: f32,
+    pad: f32,
+}
+
+/// Records one AdamW step over `n` values into new buffers `(param, m, v)_out`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    n: u32,
+    hp: &AdamW,
+    grad_scale: f32,
+    inputs: [&wgpu::Buffer; 4],
+    outputs: [&wgpu::Buffer; 3],
+) -> Result<wgpu::Buffer, WgpuError> {
+    ctx.check_binding("adamw parameter", u64::from(n) * 4)?;
+    let (gx, gy) = groups_for(ctx, n, 256);
+    // Constants in f64 first (PyTorch computes them in Python floats), then rounded.
+    let t = i32::try_from(hp.step).unwrap_or(i32::MAX);
+    let bc1 = 1.0 - hp.beta1.powi(t);
+    let bc2 = 1.0 - hp.beta2.powi(t);
+    let p = Params {
+        n,
+        row_stride: gx,
+        grad_scale,
+        decay: (1.0 - hp.lr * hp.weight_decay) as f32,
+        beta1: hp.beta1 as f32,
+        one_minus_beta1: (1.0 - hp.beta1) as f32,
+        beta2: hp.beta2 as f32,
+        one_minus_beta2: (1.0 - hp.beta2) as f32,
+        inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+        eps: hp.eps as f32,
+        step_size: (hp.lr / bc1) as f32,
+        pad: 0.0,
+    };
+    let [param, grad, m, v] = inputs;
+    let [po, mo, vo] = outputs;
+    Ok(dispatch(
+        ctx,
+        enc,
+        "optim.wgsl",
+        kernels::OPTIM,
+        "adamw",
+        bytemuck::bytes_of(&p),
+        &[
+            (1, param),
+            (2, grad),
+            (3, m),
+            (4, v),
+            (5, po),
+            (6, mo),
+            (7, vo),
+        ],
+        (gx, gy, 1),
+    ))
+}
+
+/// Host-to-host AdamW step: returns `(param, m, v)`.
+pub async fn adamw(
+    ctx: &Context,
+    param: &[f32],
+    grad: &[f32],
+    m: &[f32],
+    v: &[f32],
+    grad_scale: f32,
+    hp: AdamW,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), WgpuError> {
+    let n = param.len();
+    if grad.len() != n || m.len() != n || v.len() != n {
+        return Err(WgpuError::Shape(format!(
+            "adamw: param {n}, grad {}, m {}, v {} values",
+            grad.len(),
+            m.len(),
+            v.len()
+        )));
+    }
+    let n32 = u32::try_from(n).map_err(|_| WgpuError::LimitExceeded {
+        what: "adamw length".into(),
+        requested: n as u64,
+        available: u64::from(u32::MAX),
+    })?;
+    let mut out = run_host(ctx, |enc| {
+        let ins = [
+            upload(ctx, "p", param),
+            upload(ctx, "g", grad),
+            upload(ctx, "m", m),
+            upload(ctx, "v", v),
+        ];
+        let outs = [
+            output(ctx, "p'", n as u64),
+            output(ctx, "m'", n as u64),
+            output(ctx, "v'", n as u64),
+        ];
+        let u = encode(
+            ctx,
+            enc,
+            n32,
+            &hp,
+            grad_scale,
+            [&ins[0], &ins[1], &ins[2], &ins[3]],
+            [&outs[0], &outs[1], &outs[2]],
+        )?;
+        let [a, b, c] = outs;
+        let mut temps = vec![u];
+        temps.extend(ins);
+        Ok((temps, vec![(a, n), (b, n), (c, n)]))
+    })
+    .await?;
+    let v2 = out.remove(2);
+    let m2 = out.remove(1);
+    Ok((out.remove(0), m2, v2))
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use tunelab_core::Shape;
+    use tunelab_core::backend::Backend;
+
+    #[test]
+    fn adamw_matches_the_candle_backend_over_several_steps() {
+        let Some(ctx) = crate::context::tests::context() else {
+            return;
+        };
+        let cb = tunelab_candle::Candle::cpu();
+        let n = 1003;
+        let sh = Shape::new([n]);
+        let mut p: Vec<f32> = (0..n).map(|i| (i as f32 * 0.1).sin()).collect();
+        let mut m = vec![0.0; n];
+        let mut v = vec![0.0; n];
+        let (mut cp, mut cm, mut cv) = (
+            cb.upload(&p, &sh).unwrap(),
+            cb.zeros(&sh).unwrap(),
+            cb.zeros(&sh).unwrap(),
+        );
+        for step in 1..=5u32 {
+            let g: Vec<f32> = (0..n)
+                .map(|i| ((i as f32 + step as f32) * 0.37).cos() * 0.1)
+                .collect();
+            let hp = AdamW {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                step,
+            };
+            let (p2, m2, v2) = pollster::block_on(adamw(&ctx, &p, &g, &m, &v, 0.5, hp)).unwrap();
+            let tg = cb.upload(&g, &sh).unwrap();
+            let (a, b, c) = cb.adamw(&cp, &tg, &cm, &cv, 0.5, hp).unwrap();
+            (cp, cm, cv) = (a, b, c);
+            for (got, want, what) in [(&p2, &cp, "param"), (&m2, &cm, "m"), (&v2, &cv, "v")] {
+                let want = pollster::block_on(cb.download(want)).unwrap();
+                for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-6 * y.abs().max(1e-3),
+                        "step {step} {what}[{i}]: {x} vs {y}"
+                    );
+                }
+            }
+            (p, m, v) = (p2, m2, v2);
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Reductions and broadcasts (`kernels/reduce.wgsl`): bias add, the bias gradient
+//! (`sum_to_last`) and the sum of squares for the global gradient norm. Deterministic.
+
+use super::{dispatch, groups_for, output, run_host, upload};
+use crate::{Context, WgpuError, kernels};
+
+const K: &str = "reduce.wgsl";
+/// Values one `sum_squares` workgroup folds.
+const PER_GROUP: u32 = 2048;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    n: u32,
+    row_stride: u32,
+    square: u32,
+    pad: [u32; 3],
+}
+
+fn len(rows: u32, cols: u32) -> Result<u32, WgpuError> {
+    rows.checked_mul(cols).ok_or(WgpuError::LimitExceeded {
+        what: "reduce tensor elements".into(),
+        requested: u64::from(rows) * u64::from(cols),
+        available: u64::from(u32::MAX),
+    })
+}
+
+/// Records `out (rows, cols) = x + bias (cols,)`.
+pub fn encode_add_bias(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    rows: u32,
+    cols: u32,
+    x: &wgpu::Buffer,
+    bias: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<wgpu::Buffer, WgpuError> {
+    let n = len(rows, cols)?;
+    ctx.check_binding("add_bias input", u64::from(n) * 4)?;
+    let (gx, gy) = groups_for(ctx, n, 256);
+    let p = Params {
+        rows,
+        cols,
+        n,
+        row_stride: gx,
+        square: 0,
+        pad: [0; 3],
+    };
+    Ok(dispatch(
+        ctx,
+        enc,
+        K,
+        kernels::REDUCE,
+        "add_bias",
+        bytemuck::bytes_of(&p),
+        &[(1, x), (2, bias), (3, out)],
+        (gx, gy, 1),
+    ))
+}
+
+/// Records `out (cols,) = sum over rows of x (rows, cols)`.
+pub fn encode_sum_to_last(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    rows: u32,
+    cols: u32,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<wgpu::Buffer, WgpuError> {
+    let n = len(rows, cols)?;
+    ctx.check_binding("sum_to_last input", u64::from(n) * 4)?;
+    let (gx, gy) = groups_for(ctx, cols, 256);
+    let p = Params {
+        rows,
+        cols,
+        n,
+        row_stride: gx,
+        square: 0,
+        pad: [0; 3],
+    };
+    Ok(dispatch(
+        ctx,
+        enc,
+        K,
+        kernels::REDUCE,
+        "sum_to_last",
+        bytemuck::bytes_of(&p),
+        &[(1, x), (3, out)],
+        (gx, gy, 1),
+    ))
+}
+
+/// Records `out (1,) = sum(x^2)` over `n` values: one pass of squares into per-workgroup
+/// partials, then passes of sums until one value is left. Returns the temporaries (uniforms
+/// and partial buffers) to destroy after submitting.
+pub fn encode_sum_squares(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    n: u32,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+    ctx.check_binding("sum_squares input", u64::from(n) * 4)?;
+    let mut temps = Vec::new();
+    let mut count = n;
+    let mut square = 1;
+    let mut src: Option<wgpu::Buffer> = None;
+    loop {
+        let groups = count.div_ceil(PER_GROUP).max(1);
+        let (gx, gy) = groups_for(ctx, groups * PER_GROUP, PER_GROUP);
+        let last = groups == 1;
+        let dst = if last {
+            None
+        } else {
+            Some(output(ctx, "sum_squares.partial", u64::from(groups)))
+        };
+        let p = Params {
+            rows: 0,
+            cols: 0,
+            n: count,
+            row_stride: gx,
+            square,
+            pad: [0; 3],
+        };
+        let input = src.as_ref().unwrap_or(x);
+        let target = dst.as_ref().unwrap_or(out);
+        temps.push(dispatch(
+            ctx,
+            enc,
+            K,
+            kernels::REDUCE,
+            "sum_squares",
+            bytemuck::bytes_of(&p),
+            &[(1, input), (3, target)],
+            (gx, gy, 1),
+        ));
+        if let Some(s) = src.take() {
+            temps.push(s);
+        }
+        match dst {
+            None => break,
+            Some(d) => src = Some(d),
+        }
+        count = groups;
+        square = 0;
+    }
+    Ok(temps)
+}
+
+/// Host-to-host `x + bias`.
+pub async fn add_bias(ctx: &Context, x: &[f32], bias: &[f32]) -> Result<Vec<f32>, WgpuError> {
+    let cols = bias.len();
+    if cols == 0 || x.len() % cols != 0 {
+        return Err(WgpuError::Shape(format!(
+            "add_bias: bias of {cols} does not divide x of {}",
+            x.len()
+        )));
+    }
+    let rows = (x.len() / cols) as u32;
+    let mut out = run_host(ctx, |enc| {
+        let (xb, bb) = (upload(ctx, "x", x), upload(ctx, "bias", bias));
+        let ob = output(ctx, "out", x.len() as u64);
+        let u = encode_add_bias(ctx, enc, rows, cols as u32, &xb, &bb, &ob)?;
+        Ok((vec![u, xb, bb], vec![(ob, x.len())]))
+    })
+    .await?;
+    Ok(out.remove(0))
+}
+
+/// Host-to-host column sums of `x (rows, cols)`.
+pub async fn sum_to_last(ctx: &Context, x: &[f32], cols: usize) -> Result<Vec<f32>, WgpuError> {
+    if cols == 0 || x.len() % cols != 0 {
+        return Err(WgpuError::Shape(format!(
+            "sum_to_last: {cols} columns do not divide {}",
+            x.len()
+        )));
+    }
+    let rows = (x.len() / cols) as u32;
+    let mut out = run_host(ctx, |enc| {
+        let xb = upload(ctx, "x", x);
+        let ob = output(ctx, "out", cols as u64);
+        let u = encode_sum_to_last(ctx, enc, rows, cols as u32, &xb, &ob)?;
+        Ok((vec![u, xb], vec![(ob, cols)]))
+    })
+    .await?;
+    Ok(out.remove(0))
+}
+
+/// Host-to-host `sum(x^2)`.
+pub async fn sum_squares(ctx: &Context, x: &[f32]) -> Result<f32, WgpuError> {
+    let n = u32::try_from(x.len()).map_err(|_| WgpuError::LimitExceeded {
+        what: "sum_squares length".into(),
+        requested: x.len() as u64,
+        available: u64::from(u32::MAX),
+    })?;
+    let out = run_host(ctx, |enc| {
+        let xb = upload(ctx, "x", x);
+        let ob = output(ctx, "out", 1);
+        let mut temps = encode_sum_squares(ctx, enc, n, &xb, &ob)?;
+        temps.push(xb);
+        Ok((temps, vec![(ob, 1)]))
+    })
+    .await?;
+    Ok(out[0][0])
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use tunelab_core::Shape;
+    use tunelab_core::backend::Backend;
+
+    #[test]
+    fn reductions_match_the_candle_backend() {
+        let Some(ctx) = crate::context::tests::context() else {
+            return;
+        };
+        let cb = tunelab_candle::Candle::cpu();
+        for &(rows, cols) in &[(1usize, 1usize), (3, 5), (257, 33), (1, 385), (700, 3)] {
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05)
+                .collect();
+            let bias: Vec<f32> = (0..cols).map(|i| i as f32 * 0.3 - 1.0).collect();
+            let tx = cb.upload(&x, &Shape::new([rows, cols])).unwrap();
+            let tb = cb.upload(&bias, &Shape::new([cols])).unwrap();
+            let host = |t| pollster::block_on(cb.download(&t)).unwrap();
+            let close = |g: &[f32], w: &[f32], what: &str| {
+                assert_eq!(g.len(), w.len(), "{what}");
+                for (i, (a, b)) in g.iter().zip(w).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                        "{what} {rows}x{cols} at {i}: {a} vs {b}"
+                    );
+                }
+            };
+            close(
+                &pollster::block_on(add_bias(&ctx, &x, &bias)).unwrap(),
+                &host(cb.add_bias(&tx, &tb).unwrap()),
+                "add_bias",
+            );
+            close(
+                &pollster::block_on(sum_to_last(&ctx, &x, cols)).unwrap(),
+                &host(cb.sum_to_last(&tx).unwrap()),
+                "sum_to_last",
+            );
+        }
+        // Sum of squares across several reduction passes (2048 * 2048 + 5 values needs three).
+        for n in [1usize, 255, 2048, 2049, 70_001, 2048 * 2048 + 5] {
+            let x: Vec<f32> = (0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+            let want: f64 = x.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
+            let got = pollster::block_on(sum_squares(&ctx, &x)).unwrap();
+            assert!(
+                (f64::from(got) - want).abs() <= 1e-5 * want.max(1.0),
+                "n={n}: {got} vs {want}"
+            );
+        }
+    }
+}
