@@ -152,7 +152,7 @@ pub fn encode_sum_squares(
 /// Host-to-host `x + bias`.
 pub async fn add_bias(ctx: &Context, x: &[f32], bias: &[f32]) -> Result<Vec<f32>, WgpuError> {
     let cols = bias.len();
-    if cols == 0 || x.len() % cols != 0 {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
         return Err(WgpuError::Shape(format!(
             "add_bias: bias of {cols} does not divide x of {}",
             x.len()
@@ -171,7 +171,7 @@ pub async fn add_bias(ctx: &Context, x: &[f32], bias: &[f32]) -> Result<Vec<f32>
 
 /// Host-to-host column sums of `x (rows, cols)`.
 pub async fn sum_to_last(ctx: &Context, x: &[f32], cols: usize) -> Result<Vec<f32>, WgpuError> {
-    if cols == 0 || x.len() % cols != 0 {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
         return Err(WgpuError::Shape(format!(
             "sum_to_last: {cols} columns do not divide {}",
             x.len()
