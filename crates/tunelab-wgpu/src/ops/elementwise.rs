@@ -287,7 +287,9 @@ mod tests {
         let s = cb.upload(&[0.37], &tunelab_core::Shape::new([1])).unwrap();
         let host = |t| pollster::block_on(cb.download(&t)).unwrap();
         let tanh_x = cb.tanh(&tx).unwrap();
-        let cases: Vec<(Op, Vec<f32>, Option<Vec<f32>>, f32, Vec<f32>)> = vec![
+        /// (op, a, b, alpha, expected)
+        type Case = (Op, Vec<f32>, Option<Vec<f32>>, f32, Vec<f32>);
+        let cases: Vec<Case> = vec![
             (
                 Op::Add,
                 x.clone(),
