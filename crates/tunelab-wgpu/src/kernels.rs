@@ -15,12 +15,24 @@ pub const REDUCE: &str = include_str!("kernels/reduce.wgsl");
 /// The AdamW update.
 pub const OPTIM: &str = include_str!("kernels/optim.wgsl");
 
+/// Fused softmax cross-entropy (per-row losses, gradient) with an ignore index.
+pub const LOSS: &str = include_str!("kernels/loss.wgsl");
+
+/// Layer norm forward.
+pub const LAYER_NORM: &str = include_str!("kernels/layer_norm.wgsl");
+
+/// Layer norm backward: `dx` per row, `dgamma`/`dbeta` per column.
+pub const LAYER_NORM_BACKWARD: &str = include_str!("kernels/layer_norm_backward.wgsl");
+
 /// Every kernel as `(file name, source)`.
 pub const ALL: &[(&str, &str)] = &[
     ("elementwise.wgsl", ELEMENTWISE),
     ("matmul.wgsl", MATMUL),
     ("reduce.wgsl", REDUCE),
     ("optim.wgsl", OPTIM),
+    ("loss.wgsl", LOSS),
+    ("layer_norm.wgsl", LAYER_NORM),
+    ("layer_norm_backward.wgsl", LAYER_NORM_BACKWARD),
 ];
 
 #[cfg(all(test, not(target_arch = "wasm32")))]

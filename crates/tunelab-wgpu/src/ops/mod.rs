@@ -1,6 +1,8 @@
 //! Rust side of each kernel: validation of inputs, bind groups and dispatch.
 
 pub mod elementwise;
+pub mod layer_norm;
+pub mod loss;
 pub mod matmul;
 pub mod optim;
 pub mod reduce;
@@ -69,6 +71,21 @@ pub(crate) fn upload(ctx: &Context, label: &str, data: &[f32]) -> wgpu::Buffer {
             label: Some(label),
             contents,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        })
+}
+
+/// A storage buffer holding u32 values (token ids, labels).
+pub(crate) fn upload_u32(ctx: &Context, label: &str, data: &[u32]) -> wgpu::Buffer {
+    let contents: &[u8] = if data.is_empty() {
+        &[0; 4]
+    } else {
+        bytemuck::cast_slice(data)
+    };
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE,
         })
 }
 

@@ -102,10 +102,32 @@ pub fn encode_sum_squares(
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<Vec<wgpu::Buffer>, WgpuError> {
-    ctx.check_binding("sum_squares input", u64::from(n) * 4)?;
+    encode_fold(ctx, enc, n, x, out, true)
+}
+
+/// Records `out (1,) = sum(x)` over `n` values (deterministic). Returns the temporaries.
+pub fn encode_sum(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    n: u32,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+    encode_fold(ctx, enc, n, x, out, false)
+}
+
+fn encode_fold(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    n: u32,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    squares: bool,
+) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+    ctx.check_binding("sum input", u64::from(n) * 4)?;
     let mut temps = Vec::new();
     let mut count = n;
-    let mut square = 1;
+    let mut square = u32::from(squares);
     let mut src: Option<wgpu::Buffer> = None;
     loop {
         let groups = count.div_ceil(PER_GROUP).max(1);

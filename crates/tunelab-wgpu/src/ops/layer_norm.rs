@@ -1,0 +1,244 @@
+//! Layer norm forward and backward (`kernels/layer_norm.wgsl`,
+//! `kernels/layer_norm_backward.wgsl`).
+
+use super::{dispatch, groups_for, output, run_host, upload};
+use crate::{Context, WgpuError, kernels};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    c: u32,
+    row_stride: u32,
+    eps: f32,
+}
+
+fn row_params(
+    ctx: &Context,
+    rows: u32,
+    c: u32,
+    eps: f32,
+) -> Result<(Params, (u32, u32)), WgpuError> {
+    ctx.check_binding("layer norm input", u64::from(rows) * u64::from(c) * 4)?;
+    let (gx, gy) = super::split_dispatch(
+        rows.max(1),
+        ctx.report().limits.max_compute_workgroups_per_dimension,
+    );
+    Ok((
+        Params {
+            rows,
+            c,
+            row_stride: gx,
+            eps,
+        },
+        (gx, gy),
+    ))
+}
+
+/// Records `y = layer_norm(x)` and the per-row `mean`, `rstd`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_forward(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    rows: u32,
+    c: u32,
+    eps: f32,
+    [x, gamma, beta]: [&wgpu::Buffer; 3],
+    [y, mean, rstd]: [&wgpu::Buffer; 3],
+) -> Result<wgpu::Buffer, WgpuError> {
+    let (p, (gx, gy)) = row_params(ctx, rows, c, eps)?;
+    Ok(dispatch(
+        ctx,
+        enc,
+        "layer_norm.wgsl",
+        kernels::LAYER_NORM,
+        "ln_forward",
+        bytemuck::bytes_of(&p),
+        &[(1, x), (2, gamma), (3, beta), (4, y), (5, mean), (6, rstd)],
+        (gx, gy, 1),
+    ))
+}
+
+/// Records `dx` and `dparams` (`dgamma` then `dbeta`, `2c` values). Returns the uniforms.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_backward(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    rows: u32,
+    c: u32,
+    [x, gamma, mean, rstd, dy]: [&wgpu::Buffer; 5],
+    dx: &wgpu::Buffer,
+    dparams: &wgpu::Buffer,
+) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+    let (p, (gx, gy)) = row_params(ctx, rows, c, 0.0)?;
+    let a = dispatch(
+        ctx,
+        enc,
+        "layer_norm_backward.wgsl",
+        kernels::LAYER_NORM_BACKWARD,
+        "ln_backward_dx",
+        bytemuck::bytes_of(&p),
+        &[(1, x), (2, gamma), (3, mean), (4, rstd), (5, dy), (6, dx)],
+        (gx, gy, 1),
+    );
+    let (cx, cy) = groups_for(ctx, c, 256);
+    let pc = Params {
+        row_stride: cx,
+        ..p
+    };
+    let b = dispatch(
+        ctx,
+        enc,
+        "layer_norm_backward.wgsl",
+        kernels::LAYER_NORM_BACKWARD,
+        "ln_backward_params",
+        bytemuck::bytes_of(&pc),
+        &[(1, x), (3, mean), (4, rstd), (5, dy), (7, dparams)],
+        (cx, cy, 1),
+    );
+    Ok(vec![a, b])
+}
+
+/// Host-to-host forward: `(y, mean, rstd)`.
+pub async fn forward(
+    ctx: &Context,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), WgpuError> {
+    let c = gamma.len();
+    if c == 0 || beta.len() != c || !x.len().is_multiple_of(c) {
+        return Err(WgpuError::Shape(format!(
+            "layer_norm: x {} gamma {c} beta {}",
+            x.len(),
+            beta.len()
+        )));
+    }
+    let rows = x.len() / c;
+    let mut out = run_host(ctx, |enc| {
+        let ins = [
+            upload(ctx, "x", x),
+            upload(ctx, "gamma", gamma),
+            upload(ctx, "beta", beta),
+        ];
+        let outs = [
+            output(ctx, "y", x.len() as u64),
+            output(ctx, "mean", rows as u64),
+            output(ctx, "rstd", rows as u64),
+        ];
+        let u = encode_forward(
+            ctx,
+            enc,
+            rows as u32,
+            c as u32,
+            eps,
+            [&ins[0], &ins[1], &ins[2]],
+            [&outs[0], &outs[1], &outs[2]],
+        )?;
+        let [y, m, r] = outs;
+        let mut temps = vec![u];
+        temps.extend(ins);
+        Ok((temps, vec![(y, x.len()), (m, rows), (r, rows)]))
+    })
+    .await?;
+    let r = out.remove(2);
+    let m = out.remove(1);
+    Ok((out.remove(0), m, r))
+}
+
+/// Host-to-host backward: `(dx, dgamma, dbeta)`.
+pub async fn backward(
+    ctx: &Context,
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), WgpuError> {
+    let c = gamma.len();
+    let rows = mean.len();
+    if c == 0 || x.len() != rows * c || dy.len() != x.len() || rstd.len() != rows {
+        return Err(WgpuError::Shape(
+            "layer_norm_backward: shapes do not agree".into(),
+        ));
+    }
+    let mut out = run_host(ctx, |enc| {
+        let ins = [
+            upload(ctx, "x", x),
+            upload(ctx, "gamma", gamma),
+            upload(ctx, "mean", mean),
+            upload(ctx, "rstd", rstd),
+            upload(ctx, "dy", dy),
+        ];
+        let dx = output(ctx, "dx", x.len() as u64);
+        let dp = output(ctx, "dparams", 2 * c as u64);
+        let mut temps = encode_backward(
+            ctx,
+            enc,
+            rows as u32,
+            c as u32,
+            [&ins[0], &ins[1], &ins[2], &ins[3], &ins[4]],
+            &dx,
+            &dp,
+        )?;
+        temps.extend(ins);
+        Ok((temps, vec![(dx, x.len()), (dp, 2 * c)]))
+    })
+    .await?;
+    let dp = out.remove(1);
+    Ok((out.remove(0), dp[..c].to_vec(), dp[c..].to_vec()))
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use tunelab_core::Shape;
+    use tunelab_core::backend::Backend;
+
+    #[test]
+    fn layer_norm_matches_the_candle_backend() {
+        let Some(ctx) = crate::context::tests::context() else {
+            return;
+        };
+        let cb = tunelab_candle::Candle::cpu();
+        for &(rows, c) in &[(1usize, 1usize), (3, 5), (17, 384), (2, 1031), (300, 7)] {
+            let x: Vec<f32> = (0..rows * c)
+                .map(|i| ((i * 17 % 41) as f32 - 20.0) * 0.13 + 3.0)
+                .collect();
+            let gamma: Vec<f32> = (0..c).map(|i| 1.0 + (i as f32 * 0.1).sin() * 0.5).collect();
+            let beta: Vec<f32> = (0..c).map(|i| (i as f32 * 0.3).cos() * 0.2).collect();
+            let dy: Vec<f32> = (0..rows * c).map(|i| (i as f32 * 0.77).sin()).collect();
+            let sh = Shape::new([rows, c]);
+            let (tx, tg, tb, tdy) = (
+                cb.upload(&x, &sh).unwrap(),
+                cb.upload(&gamma, &Shape::new([c])).unwrap(),
+                cb.upload(&beta, &Shape::new([c])).unwrap(),
+                cb.upload(&dy, &sh).unwrap(),
+            );
+            let host = |t: &<tunelab_candle::Candle as Backend>::Tensor| {
+                pollster::block_on(cb.download(t)).unwrap()
+            };
+            let (ty, saved) = cb.layer_norm(&tx, &tg, &tb, 1e-12).unwrap();
+            let (cdx, cdg, cdb) = cb.layer_norm_backward(&tx, &tg, &saved, &tdy).unwrap();
+            let (y, mean, rstd) =
+                pollster::block_on(forward(&ctx, &x, &gamma, &beta, 1e-12)).unwrap();
+            let (dx, dg, db) =
+                pollster::block_on(backward(&ctx, &x, &gamma, &mean, &rstd, &dy)).unwrap();
+            for (got, want, what, tol) in [
+                (&y, host(&ty), "y", 1e-5),
+                (&dx, host(&cdx), "dx", 1e-4),
+                (&dg, host(&cdg), "dgamma", 1e-4),
+                (&db, host(&cdb), "dbeta", 1e-4),
+            ] {
+                assert_eq!(got.len(), want.len(), "{what}");
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= tol * w.abs().max(1.0),
+                        "{rows}x{c} {what}[{i}]: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Fused softmax cross-entropy with an ignore index (`kernels/loss.wgsl`); the sum over rows
+//! reuses the deterministic sum pass of `reduce.wgsl`.
+
+use super::{dispatch, output, reduce, run_host, upload, upload_u32};
+use crate::{Context, WgpuError, kernels};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    k: u32,
+    row_stride: u32,
+    scale: f32,
+}
+
+fn params(ctx: &Context, rows: u32, k: u32, scale: f32) -> Result<(Params, (u32, u32)), WgpuError> {
+    let n = u64::from(rows) * u64::from(k);
+    ctx.check_binding("cross-entropy logits", n * 4)?;
+    let (gx, gy) = super::split_dispatch(
+        rows.max(1),
+        ctx.report().limits.max_compute_workgroups_per_dimension,
+    );
+    Ok((
+        Params {
+            rows,
+            k,
+            row_stride: gx,
+            scale,
+        },
+        (gx, gy),
+    ))
+}
+
+/// Records `out (1,) = sum over rows of CE(logits (rows, k), labels (rows,))`. Returns the
+/// temporaries to destroy after submitting.
+pub fn encode_sum(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    rows: u32,
+    k: u32,
+    logits: &wgpu::Buffer,
+    labels: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+    let (p, (gx, gy)) = params(ctx, rows, k, 1.0)?;
+    let per_row = output(ctx, "ce.rows", u64::from(rows));
+    let u = dispatch(
+        ctx,
+        enc,
+        "loss.wgsl",
+        kernels::LOSS,
+        "ce_rows",
+        bytemuck::bytes_of(&p),
+        &[(1, logits), (2, labels), (3, &per_row)],
+        (gx, gy, 1),
+    );
+    let mut temps = reduce::encode_sum(ctx, enc, rows, &per_row, out)?;
+    temps.push(u);
+    temps.push(per_row);
+    Ok(temps)
+}
+
+/// Records `dx = scale * (softmax(logits) - onehot(labels))`, zero on ignored rows.
+pub fn encode_backward(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    rows: u32,
+    k: u32,
+    scale: f32,
+    logits: &wgpu::Buffer,
+    labels: &wgpu::Buffer,
+    dx: &wgpu::Buffer,
+) -> Result<wgpu::Buffer, WgpuError> {
+    let (p, (gx, gy)) = params(ctx, rows, k, scale)?;
+    Ok(dispatch(
+        ctx,
+        enc,
+        "loss.wgsl",
+        kernels::LOSS,
+        "ce_backward",
+        bytemuck::bytes_of(&p),
+        &[(1, logits), (2, labels), (3, dx)],
+        (gx, gy, 1),
+    ))
+}
+
+fn check(logits: &[f32], labels: &[u32], k: usize) -> Result<u32, WgpuError> {
+    if k == 0 || logits.len() != labels.len() * k {
+        return Err(WgpuError::Shape(format!(
+            "cross-entropy: {} logits do not make {} rows of {k}",
+            logits.len(),
+            labels.len()
+        )));
+    }
+    u32::try_from(labels.len()).map_err(|_| WgpuError::Shape("too many rows".into()))
+}
+
+/// Host-to-host summed cross-entropy.
+pub async fn cross_entropy_sum(
+    ctx: &Context,
+    logits: &[f32],
+    labels: &[u32],
+    k: usize,
+) -> Result<f32, WgpuError> {
+    let rows = check(logits, labels, k)?;
+    let out = run_host(ctx, |enc| {
+        let (lb, yb) = (
+            upload(ctx, "logits", logits),
+            upload_u32(ctx, "labels", labels),
+        );
+        let ob = output(ctx, "loss", 1);
+        let mut temps = encode_sum(ctx, enc, rows, k as u32, &lb, &yb, &ob)?;
+        temps.extend([lb, yb]);
+        Ok((temps, vec![(ob, 1)]))
+    })
+    .await?;
+    Ok(out[0][0])
+}
+
+/// Host-to-host cross-entropy gradient.
+pub async fn cross_entropy_backward(
+    ctx: &Context,
+    logits: &[f32],
+    labels: &[u32],
+    k: usize,
+    scale: f32,
+) -> Result<Vec<f32>, WgpuError> {
+    let rows = check(logits, labels, k)?;
+    let mut out = run_host(ctx, |enc| {
+        let (lb, yb) = (
+            upload(ctx, "logits", logits),
+            upload_u32(ctx, "labels", labels),
+        );
+        let ob = output(ctx, "dx", logits.len() as u64);
+        let u = encode_backward(ctx, enc, rows, k as u32, scale, &lb, &yb, &ob)?;
+        Ok((vec![u, lb, yb], vec![(ob, logits.len())]))
+    })
+    .await?;
+    Ok(out.remove(0))
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use tunelab_core::Shape;
+    use tunelab_core::backend::{Backend, IGNORE_INDEX};
+
+    #[test]
+    fn cross_entropy_matches_the_candle_backend() {
+        let Some(ctx) = crate::context::tests::context() else {
+            return;
+        };
+        let cb = tunelab_candle::Candle::cpu();
+        for &(rows, k) in &[(1usize, 1usize), (5, 3), (7, 257), (3, 30_522), (300, 2)] {
+            let logits: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) * 0.11)
+                .collect();
+            let labels: Vec<u32> = (0..rows)
+                .map(|r| {
+                    if r % 4 == 3 {
+                        IGNORE_INDEX
+                    } else {
+                        ((r * 7) % k) as u32
+                    }
+                })
+                .collect();
+            let tl = cb.upload(&logits, &Shape::new([rows, k])).unwrap();
+            let ty = cb.upload_u32(&labels, &Shape::new([rows])).unwrap();
+            let want = pollster::block_on(cb.download(&cb.cross_entropy_sum(&tl, &ty).unwrap()))
+                .unwrap()[0];
+            let got = pollster::block_on(cross_entropy_sum(&ctx, &logits, &labels, k)).unwrap();
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{rows}x{k}: {got} vs {want}"
+            );
+            let want = pollster::block_on(
+                cb.download(&cb.cross_entropy_backward(&tl, &ty, 0.25).unwrap()),
+            )
+            .unwrap();
+            let got = pollster::block_on(cross_entropy_backward(&ctx, &logits, &labels, k, 0.25))
+                .unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-6, "{rows}x{k} dx[{i}]: {g} vs {w}");
+            }
+        }
+    }
+}
