@@ -24,6 +24,12 @@ pub const LAYER_NORM: &str = include_str!("kernels/layer_norm.wgsl");
 /// Layer norm backward: `dx` per row, `dgamma`/`dbeta` per column.
 pub const LAYER_NORM_BACKWARD: &str = include_str!("kernels/layer_norm_backward.wgsl");
 
+/// Embedding gather, deterministic scatter-add gradient, fill.
+pub const EMBEDDING: &str = include_str!("kernels/embedding.wgsl");
+
+/// Concatenation and slicing along the sequence axis.
+pub const SEQUENCE: &str = include_str!("kernels/sequence.wgsl");
+
 /// Every kernel as `(file name, source)`.
 pub const ALL: &[(&str, &str)] = &[
     ("elementwise.wgsl", ELEMENTWISE),
@@ -33,6 +39,8 @@ pub const ALL: &[(&str, &str)] = &[
     ("loss.wgsl", LOSS),
     ("layer_norm.wgsl", LAYER_NORM),
     ("layer_norm_backward.wgsl", LAYER_NORM_BACKWARD),
+    ("embedding.wgsl", EMBEDDING),
+    ("sequence.wgsl", SEQUENCE),
 ];
 
 #[cfg(all(test, not(target_arch = "wasm32")))]

@@ -1,11 +1,13 @@
 //! Rust side of each kernel: validation of inputs, bind groups and dispatch.
 
 pub mod elementwise;
+pub mod embedding;
 pub mod layer_norm;
 pub mod loss;
 pub mod matmul;
 pub mod optim;
 pub mod reduce;
+pub mod sequence;
 
 use crate::{Context, WgpuError};
 use wgpu::util::DeviceExt;

@@ -1,0 +1,55 @@
+// Embedding rows and their gradient.
+//
+// gather:      out[i, c] = table[ids[i], c]                       one thread per output value
+// scatter_add: out[uniq[u], c] = sum over j in starts[u]..starts[u+1] of dy[order[j], c]
+//              one thread per (unique id, column); positions are visited in the order the host
+//              sorted them (by id, then position), so the sum is deterministic. Rows of `out`
+//              no id touches must be zero beforehand (`fill`).
+// fill:        out[i] = value
+
+struct Params {
+    n: u32,       // gather: ids; scatter: unique ids; fill: values
+    c: u32,
+    row_stride: u32,
+    value: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> table: array<f32>;
+@group(0) @binding(2) var<storage, read> ids: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> order: array<u32>;
+@group(0) @binding(5) var<storage, read> starts: array<u32>;
+
+@compute @workgroup_size(256)
+fn gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * p.row_stride + wg.x) * 256u + lid;
+    if (i < p.n * p.c) {
+        let row = i / p.c;
+        let col = i % p.c;
+        out[i] = table[ids[row] * p.c + col];
+    }
+}
+
+// Here `table` is dy (positions, c) and `ids` the unique ids.
+@compute @workgroup_size(256)
+fn scatter_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * p.row_stride + wg.x) * 256u + lid;
+    if (i < p.n * p.c) {
+        let u = i / p.c;
+        let col = i % p.c;
+        var s = 0.0;
+        for (var j = starts[u]; j < starts[u + 1u]; j = j + 1u) {
+            s = s + table[order[j] * p.c + col];
+        }
+        out[ids[u] * p.c + col] = s;
+    }
+}
+
+@compute @workgroup_size(256)
+fn fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * p.row_stride + wg.x) * 256u + lid;
+    if (i < p.n) {
+        out[i] = p.value;
+    }
+}

@@ -1,0 +1,279 @@
+//! Embedding gather and its deterministic scatter-add gradient (`kernels/embedding.wgsl`).
+//!
+//! The gradient sums, for each distinct id, the rows of `dy` at its positions in a fixed
+//! order. The host sorts the ids once ([`Csr::from_ids`]; ids are uploaded from the host, so
+//! they are known there), and the kernel needs no atomics.
+
+use super::{dispatch, groups_for, output, run_host, upload, upload_u32};
+use crate::{Context, WgpuError, kernels};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    c: u32,
+    row_stride: u32,
+    value: f32,
+}
+
+const K: &str = "embedding.wgsl";
+
+/// Positions grouped by id: `order[starts[u]..starts[u + 1]]` are the positions of `uniq[u]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Csr {
+    pub order: Vec<u32>,
+    pub starts: Vec<u32>,
+    pub uniq: Vec<u32>,
+}
+
+impl Csr {
+    pub fn from_ids(ids: &[u32]) -> Self {
+        let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+        order.sort_by_key(|&i| (ids[i as usize], i));
+        let mut starts = Vec::new();
+        let mut uniq = Vec::new();
+        for (j, &pos) in order.iter().enumerate() {
+            let id = ids[pos as usize];
+            if uniq.last() != Some(&id) {
+                uniq.push(id);
+                starts.push(j as u32);
+            }
+        }
+        starts.push(order.len() as u32);
+        Self {
+            order,
+            starts,
+            uniq,
+        }
+    }
+}
+
+fn count(a: u32, b: u32, what: &str) -> Result<u32, WgpuError> {
+    a.checked_mul(b).ok_or(WgpuError::LimitExceeded {
+        what: what.into(),
+        requested: u64::from(a) * u64::from(b),
+        available: u64::from(u32::MAX),
+    })
+}
+
+/// Records `out (n, c) = table[ids]`.
+pub fn encode_gather(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    n: u32,
+    c: u32,
+    table: &wgpu::Buffer,
+    ids: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<wgpu::Buffer, WgpuError> {
+    let total = count(n, c, "embedding output values")?;
+    ctx.check_binding("embedding output", u64::from(total) * 4)?;
+    let (gx, gy) = groups_for(ctx, total, 256);
+    let p = Params {
+        n,
+        c,
+        row_stride: gx,
+        value: 0.0,
+    };
+    Ok(dispatch(
+        ctx,
+        enc,
+        K,
+        kernels::EMBEDDING,
+        "gather",
+        bytemuck::bytes_of(&p),
+        &[(1, table), (2, ids), (3, out)],
+        (gx, gy, 1),
+    ))
+}
+
+/// Records `out[..n] = value`.
+pub fn encode_fill(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    n: u32,
+    value: f32,
+    out: &wgpu::Buffer,
+) -> Result<wgpu::Buffer, WgpuError> {
+    ctx.check_binding("fill", u64::from(n) * 4)?;
+    let (gx, gy) = groups_for(ctx, n, 256);
+    let p = Params {
+        n,
+        c: 0,
+        row_stride: gx,
+        value,
+    };
+    Ok(dispatch(
+        ctx,
+        enc,
+        K,
+        kernels::EMBEDDING,
+        "fill",
+        bytemuck::bytes_of(&p),
+        &[(3, out)],
+        (gx, gy, 1),
+    ))
+}
+
+/// Records the gradient `out (vocab, c)`: zero, then each distinct id's rows of `dy` summed.
+/// `csr` holds the device copies of [`Csr`]'s `(order, starts, uniq)`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_scatter_add(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    vocab: u32,
+    c: u32,
+    unique: u32,
+    dy: &wgpu::Buffer,
+    [order, starts, uniq]: [&wgpu::Buffer; 3],
+    out: &wgpu::Buffer,
+) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+    let cells = count(vocab, c, "embedding gradient values")?;
+    let a = encode_fill(ctx, enc, cells, 0.0, out)?;
+    let total = count(unique, c, "embedding gradient values")?;
+    let (gx, gy) = groups_for(ctx, total, 256);
+    let p = Params {
+        n: unique,
+        c,
+        row_stride: gx,
+        value: 0.0,
+    };
+    let b = dispatch(
+        ctx,
+        enc,
+        K,
+        kernels::EMBEDDING,
+        "scatter_add",
+        bytemuck::bytes_of(&p),
+        &[(1, dy), (2, uniq), (3, out), (4, order), (5, starts)],
+        (gx, gy, 1),
+    );
+    Ok(vec![a, b])
+}
+
+/// Host-to-host gather; an id outside the table is an error naming it.
+pub async fn gather(
+    ctx: &Context,
+    table: &[f32],
+    c: usize,
+    ids: &[u32],
+) -> Result<Vec<f32>, WgpuError> {
+    let vocab = if c == 0 { 0 } else { table.len() / c };
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(WgpuError::Shape(format!(
+            "embedding: token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let n = ids.len();
+    let mut out = run_host(ctx, |enc| {
+        let (tb, ib) = (upload(ctx, "table", table), upload_u32(ctx, "ids", ids));
+        let ob = output(ctx, "rows", (n * c) as u64);
+        let u = encode_gather(ctx, enc, n as u32, c as u32, &tb, &ib, &ob)?;
+        Ok((vec![u, tb, ib], vec![(ob, n * c)]))
+    })
+    .await?;
+    Ok(out.remove(0))
+}
+
+/// Host-to-host gradient of the table for `dy (ids.len(), c)`.
+pub async fn scatter_add(
+    ctx: &Context,
+    ids: &[u32],
+    dy: &[f32],
+    c: usize,
+    vocab: usize,
+) -> Result<Vec<f32>, WgpuError> {
+    if dy.len() != ids.len() * c {
+        return Err(WgpuError::Shape(format!(
+            "embedding backward: dy has {} values, not {} x {c}",
+            dy.len(),
+            ids.len()
+        )));
+    }
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(WgpuError::Shape(format!(
+            "embedding backward: token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let csr = Csr::from_ids(ids);
+    let mut out = run_host(ctx, |enc| {
+        let d = upload(ctx, "dy", dy);
+        let (o, s, u) = (
+            upload_u32(ctx, "order", &csr.order),
+            upload_u32(ctx, "starts", &csr.starts),
+            upload_u32(ctx, "uniq", &csr.uniq),
+        );
+        let ob = output(ctx, "dtable", (vocab * c) as u64);
+        let mut temps = encode_scatter_add(
+            ctx,
+            enc,
+            vocab as u32,
+            c as u32,
+            csr.uniq.len() as u32,
+            &d,
+            [&o, &s, &u],
+            &ob,
+        )?;
+        temps.extend([d, o, s, u]);
+        Ok((temps, vec![(ob, vocab * c)]))
+    })
+    .await?;
+    Ok(out.remove(0))
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use tunelab_core::Shape;
+    use tunelab_core::backend::Backend;
+
+    #[test]
+    fn csr_groups_positions_by_id_in_order() {
+        let c = Csr::from_ids(&[5, 1, 5, 3, 1]);
+        assert_eq!(c.uniq, vec![1, 3, 5]);
+        assert_eq!(c.order, vec![1, 4, 3, 0, 2]);
+        assert_eq!(c.starts, vec![0, 2, 3, 5]);
+    }
+
+    #[test]
+    fn embedding_matches_the_candle_backend() {
+        let Some(ctx) = crate::context::tests::context() else {
+            return;
+        };
+        let cb = tunelab_candle::Candle::cpu();
+        for &(vocab, c, n) in &[(1usize, 1usize, 1usize), (61, 16, 37), (300, 7, 1000)] {
+            let table: Vec<f32> = (0..vocab * c).map(|i| (i as f32 * 0.13).sin()).collect();
+            let ids: Vec<u32> = (0..n).map(|i| ((i * 7 + i / 3) % vocab) as u32).collect();
+            let dy: Vec<f32> = (0..n * c).map(|i| (i as f32 * 0.31).cos()).collect();
+            let tt = cb.upload(&table, &Shape::new([vocab, c])).unwrap();
+            let ti = cb.upload_u32(&ids, &Shape::new([n])).unwrap();
+            let tdy = cb.upload(&dy, &Shape::new([n, c])).unwrap();
+            let want = pollster::block_on(cb.download(&cb.embedding(&tt, &ti).unwrap())).unwrap();
+            assert_eq!(
+                pollster::block_on(gather(&ctx, &table, c, &ids)).unwrap(),
+                want
+            );
+            let want =
+                pollster::block_on(cb.download(&cb.embedding_backward(&ti, &tdy, vocab).unwrap()))
+                    .unwrap();
+            let got = pollster::block_on(scatter_add(&ctx, &ids, &dy, c, vocab)).unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{vocab}x{c} at {i}: {g} vs {w}"
+                );
+            }
+            // Deterministic: the same bits twice.
+            assert_eq!(
+                got,
+                pollster::block_on(scatter_add(&ctx, &ids, &dy, c, vocab)).unwrap()
+            );
+        }
+        let e = pollster::block_on(gather(&ctx, &[0.0; 4], 2, &[2])).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("token id 2 is outside the vocabulary of 2"),
+            "{e}"
+        );
+    }
+}

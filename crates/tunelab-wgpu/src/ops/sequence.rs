@@ -1,0 +1,212 @@
+//! Concatenation and slicing along the sequence axis of `(B, T, C)` (`kernels/sequence.wgsl`).
+
+use super::{dispatch, groups_for, output, run_host, upload};
+use crate::{Context, WgpuError, kernels};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    ta: u32,
+    tb: u32,
+    c: u32,
+    start: u32,
+    row_stride: u32,
+    pad: [u32; 2],
+}
+
+fn total(batch: u32, t: u32, c: u32) -> Result<u32, WgpuError> {
+    batch
+        .checked_mul(t)
+        .and_then(|x| x.checked_mul(c))
+        .ok_or(WgpuError::LimitExceeded {
+            what: "sequence tensor values".into(),
+            requested: u64::from(batch) * u64::from(t) * u64::from(c),
+            available: u64::from(u32::MAX),
+        })
+}
+
+/// Records `out (B, ta + tb, C) = [a, b]`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_concat(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    batch: u32,
+    ta: u32,
+    tb: u32,
+    c: u32,
+    a: &wgpu::Buffer,
+    b: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<wgpu::Buffer, WgpuError> {
+    let n = total(batch, ta + tb, c)?;
+    ctx.check_binding("concat output", u64::from(n) * 4)?;
+    let (gx, gy) = groups_for(ctx, n, 256);
+    let p = Params {
+        batch,
+        ta,
+        tb,
+        c,
+        start: 0,
+        row_stride: gx,
+        pad: [0; 2],
+    };
+    Ok(dispatch(
+        ctx,
+        enc,
+        "sequence.wgsl",
+        kernels::SEQUENCE,
+        "concat_seq",
+        bytemuck::bytes_of(&p),
+        &[(1, a), (2, b), (3, out)],
+        (gx, gy, 1),
+    ))
+}
+
+/// Records `out (B, len, C) = x[:, start..start + len, :]` for `x (B, t, C)`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_slice(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    batch: u32,
+    t: u32,
+    c: u32,
+    start: u32,
+    len: u32,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<wgpu::Buffer, WgpuError> {
+    if start.checked_add(len).is_none_or(|e| e > t) {
+        return Err(WgpuError::Shape(format!(
+            "slice_seq: {start}..{start}+{len} is outside a sequence of {t}"
+        )));
+    }
+    let n = total(batch, len, c)?;
+    ctx.check_binding("slice input", u64::from(total(batch, t, c)?) * 4)?;
+    let (gx, gy) = groups_for(ctx, n, 256);
+    let p = Params {
+        batch,
+        ta: t,
+        tb: len,
+        c,
+        start,
+        row_stride: gx,
+        pad: [0; 2],
+    };
+    Ok(dispatch(
+        ctx,
+        enc,
+        "sequence.wgsl",
+        kernels::SEQUENCE,
+        "slice_seq",
+        bytemuck::bytes_of(&p),
+        &[(1, x), (3, out)],
+        (gx, gy, 1),
+    ))
+}
+
+/// Host-to-host concat of `(batch, ta, c)` and `(batch, tb, c)`.
+pub async fn concat(
+    ctx: &Context,
+    a: &[f32],
+    b: &[f32],
+    batch: usize,
+    c: usize,
+) -> Result<Vec<f32>, WgpuError> {
+    let (ta, tb) = (a.len() / (batch * c).max(1), b.len() / (batch * c).max(1));
+    if ta * batch * c != a.len() || tb * batch * c != b.len() {
+        return Err(WgpuError::Shape(
+            "concat_seq: inputs are not (B, T, C)".into(),
+        ));
+    }
+    let n = a.len() + b.len();
+    let mut out = run_host(ctx, |enc| {
+        let (ab, bb) = (upload(ctx, "a", a), upload(ctx, "b", b));
+        let ob = output(ctx, "out", n as u64);
+        let u = encode_concat(
+            ctx,
+            enc,
+            batch as u32,
+            ta as u32,
+            tb as u32,
+            c as u32,
+            &ab,
+            &bb,
+            &ob,
+        )?;
+        Ok((vec![u, ab, bb], vec![(ob, n)]))
+    })
+    .await?;
+    Ok(out.remove(0))
+}
+
+/// Host-to-host slice of `x (batch, t, c)`.
+pub async fn slice(
+    ctx: &Context,
+    x: &[f32],
+    batch: usize,
+    c: usize,
+    start: usize,
+    len: usize,
+) -> Result<Vec<f32>, WgpuError> {
+    let t = x.len() / (batch * c).max(1);
+    let n = batch * len * c;
+    let mut out = run_host(ctx, |enc| {
+        let xb = upload(ctx, "x", x);
+        let ob = output(ctx, "out", n as u64);
+        let u = encode_slice(
+            ctx,
+            enc,
+            batch as u32,
+            t as u32,
+            c as u32,
+            start as u32,
+            len as u32,
+            &xb,
+            &ob,
+        )?;
+        Ok((vec![u, xb], vec![(ob, n)]))
+    })
+    .await?;
+    Ok(out.remove(0))
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use tunelab_core::Shape;
+    use tunelab_core::backend::Backend;
+
+    #[test]
+    fn concat_and_slice_match_the_candle_backend() {
+        let Some(ctx) = crate::context::tests::context() else {
+            return;
+        };
+        let cb = tunelab_candle::Candle::cpu();
+        for &(b, ta, tb, c) in &[
+            (1usize, 1usize, 1usize, 1usize),
+            (2, 3, 5, 7),
+            (3, 20, 1, 16),
+        ] {
+            let a: Vec<f32> = (0..b * ta * c).map(|i| i as f32).collect();
+            let bb: Vec<f32> = (0..b * tb * c).map(|i| -(i as f32) - 1.0).collect();
+            let (x, y) = (
+                cb.upload(&a, &Shape::new([b, ta, c])).unwrap(),
+                cb.upload(&bb, &Shape::new([b, tb, c])).unwrap(),
+            );
+            let cat = cb.concat_seq(&x, &y).unwrap();
+            let want = pollster::block_on(cb.download(&cat)).unwrap();
+            let got = pollster::block_on(concat(&ctx, &a, &bb, b, c)).unwrap();
+            assert_eq!(got, want);
+            let (start, len) = (ta.min(1), tb.max(1).min(ta + tb - ta.min(1)));
+            let want =
+                pollster::block_on(cb.download(&cb.slice_seq(&cat, start, len).unwrap())).unwrap();
+            assert_eq!(
+                pollster::block_on(slice(&ctx, &got, b, c, start, len)).unwrap(),
+                want
+            );
+        }
+        let e = pollster::block_on(slice(&ctx, &[0.0; 6], 1, 2, 2, 2)).unwrap_err();
+        assert!(e.to_string().contains("outside a sequence of 3"), "{e}");
+    }
+}
