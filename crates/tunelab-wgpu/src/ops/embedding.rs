@@ -158,7 +158,7 @@ pub async fn gather(
     c: usize,
     ids: &[u32],
 ) -> Result<Vec<f32>, WgpuError> {
-    let vocab = if c == 0 { 0 } else { table.len() / c };
+    let vocab = table.len().checked_div(c).unwrap_or(0);
     if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
         return Err(WgpuError::Shape(format!(
             "embedding: token id {bad} is outside the vocabulary of {vocab}"
