@@ -30,6 +30,9 @@ pub const EMBEDDING: &str = include_str!("kernels/embedding.wgsl");
 /// Concatenation and slicing along the sequence axis.
 pub const SEQUENCE: &str = include_str!("kernels/sequence.wgsl");
 
+/// Fused multi-head attention forward and backward with padding and causal masks.
+pub const ATTENTION: &str = include_str!("kernels/attention.wgsl");
+
 /// Every kernel as `(file name, source)`.
 pub const ALL: &[(&str, &str)] = &[
     ("elementwise.wgsl", ELEMENTWISE),
@@ -41,6 +44,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("layer_norm_backward.wgsl", LAYER_NORM_BACKWARD),
     ("embedding.wgsl", EMBEDDING),
     ("sequence.wgsl", SEQUENCE),
+    ("attention.wgsl", ATTENTION),
 ];
 
 #[cfg(all(test, not(target_arch = "wasm32")))]

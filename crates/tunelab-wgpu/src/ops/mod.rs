@@ -1,5 +1,6 @@
 //! Rust side of each kernel: validation of inputs, bind groups and dispatch.
 
+pub mod attention;
 pub mod elementwise;
 pub mod embedding;
 pub mod layer_norm;
@@ -91,12 +92,14 @@ pub(crate) fn upload_u32(ctx: &Context, label: &str, data: &[u32]) -> wgpu::Buff
         })
 }
 
-/// An uninitialised storage buffer of `n` f32 values that can be read back.
+/// A storage buffer of `n` f32 values that can be copied from, into and read back.
 pub(crate) fn output(ctx: &Context, label: &str, n: u64) -> wgpu::Buffer {
     ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: n.max(1) * 4,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     })
 }

@@ -1,0 +1,398 @@
+//! Fused multi-head attention forward and backward (`kernels/attention.wgsl`), with a key
+//! padding mask and a causal mask, returning the row log-sum-exp the backward pass uses.
+
+use super::{dispatch, output, run_host, split_dispatch, upload};
+use crate::{Context, WgpuError, kernels};
+
+/// The problem: `q, k, v` are `(batch, t, heads * d)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    pub batch: u32,
+    pub t: u32,
+    pub heads: u32,
+    pub d: u32,
+    pub causal: bool,
+}
+
+impl Dims {
+    /// Values in `q` (and `k`, `v`, `out`).
+    pub fn len(&self) -> u64 {
+        u64::from(self.batch) * u64::from(self.t) * u64::from(self.heads) * u64::from(self.d)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Rows of the score matrix: `batch * heads * t` (the length of `lse`).
+    pub fn rows(&self) -> u64 {
+        u64::from(self.batch) * u64::from(self.heads) * u64::from(self.t)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    t: u32,
+    heads: u32,
+    d: u32,
+    scale: f32,
+    has_mask: u32,
+    causal: u32,
+    row_stride: u32,
+}
+
+const K: &str = "attention.wgsl";
+const MAX_HEAD_DIM: u32 = 512;
+
+fn params(ctx: &Context, d: &Dims, has_mask: bool) -> Result<(Params, (u32, u32)), WgpuError> {
+    if d.d > MAX_HEAD_DIM {
+        return Err(WgpuError::LimitExceeded {
+            what: "attention head size".into(),
+            requested: u64::from(d.d),
+            available: u64::from(MAX_HEAD_DIM),
+        });
+    }
+    ctx.check_binding("attention q/k/v", d.len() * 4)?;
+    let rows = u32::try_from(d.rows()).map_err(|_| WgpuError::LimitExceeded {
+        what: "attention rows (batch x heads x length)".into(),
+        requested: d.rows(),
+        available: u64::from(u32::MAX),
+    })?;
+    let (gx, gy) = split_dispatch(
+        rows.max(1),
+        ctx.report().limits.max_compute_workgroups_per_dimension,
+    );
+    Ok((
+        Params {
+            batch: d.batch,
+            t: d.t,
+            heads: d.heads,
+            d: d.d,
+            scale: (1.0 / f64::from(d.d.max(1)).sqrt()) as f32,
+            has_mask: u32::from(has_mask),
+            causal: u32::from(d.causal),
+            row_stride: gx,
+        },
+        (gx, gy),
+    ))
+}
+
+/// A one-word stand-in for an absent key mask (bindings cannot be left out).
+fn no_mask(ctx: &Context) -> wgpu::Buffer {
+    upload(ctx, "attention.nomask", &[1.0])
+}
+
+/// Records the forward pass: `out` and `lse (batch, heads, t)`. Returns the temporaries.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_forward(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    d: &Dims,
+    [q, k, v]: [&wgpu::Buffer; 3],
+    key_mask: Option<&wgpu::Buffer>,
+    out: &wgpu::Buffer,
+    lse: &wgpu::Buffer,
+) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+    let (p, (gx, gy)) = params(ctx, d, key_mask.is_some())?;
+    let mut temps = Vec::new();
+    let dummy = no_mask(ctx);
+    let m = key_mask.unwrap_or(&dummy);
+    temps.push(dispatch(
+        ctx,
+        enc,
+        K,
+        kernels::ATTENTION,
+        "attn_forward",
+        bytemuck::bytes_of(&p),
+        &[(1, q), (2, k), (3, v), (4, m), (5, out), (6, lse)],
+        (gx, gy, 1),
+    ));
+    temps.push(dummy);
+    Ok(temps)
+}
+
+/// Records the backward pass into `dq`, `dk`, `dv`. Returns the temporaries.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_backward(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    d: &Dims,
+    [q, k, v, out, lse, d_out]: [&wgpu::Buffer; 6],
+    key_mask: Option<&wgpu::Buffer>,
+    [dq, dk, dv]: [&wgpu::Buffer; 3],
+) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+    let (p, (gx, gy)) = params(ctx, d, key_mask.is_some())?;
+    let rows = d.rows();
+    let stats = output(ctx, "attention.stats", 2 * rows);
+    enc.copy_buffer_to_buffer(lse, 0, &stats, 0, rows.max(1) * 4);
+    let dummy = no_mask(ctx);
+    let m = key_mask.unwrap_or(&dummy);
+    let u = bytemuck::bytes_of(&p);
+    let a = dispatch(
+        ctx,
+        enc,
+        K,
+        kernels::ATTENTION,
+        "attn_rowdot",
+        u,
+        &[(7, d_out), (8, out), (9, &stats)],
+        (gx, gy, 1),
+    );
+    let b = dispatch(
+        ctx,
+        enc,
+        K,
+        kernels::ATTENTION,
+        "attn_backward_q",
+        u,
+        &[
+            (1, q),
+            (2, k),
+            (3, v),
+            (4, m),
+            (5, dq),
+            (7, d_out),
+            (9, &stats),
+        ],
+        (gx, gy, 1),
+    );
+    let c = dispatch(
+        ctx,
+        enc,
+        K,
+        kernels::ATTENTION,
+        "attn_backward_kv",
+        u,
+        &[
+            (1, q),
+            (2, k),
+            (3, v),
+            (4, m),
+            (5, dk),
+            (6, dv),
+            (7, d_out),
+            (9, &stats),
+        ],
+        (gx, gy, 1),
+    );
+    Ok(vec![a, b, c, stats, dummy])
+}
+
+fn check(d: &Dims, q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>) -> Result<(), WgpuError> {
+    let n = d.len() as usize;
+    if q.len() != n || k.len() != n || v.len() != n {
+        return Err(WgpuError::Shape(format!(
+            "attention: {d:?} needs {n} values in q, k and v"
+        )));
+    }
+    if let Some(m) = mask
+        && m.len() as u64 != u64::from(d.batch) * u64::from(d.t)
+    {
+        return Err(WgpuError::Shape(format!(
+            "attention: key mask has {} values, expected {} x {}",
+            m.len(),
+            d.batch,
+            d.t
+        )));
+    }
+    Ok(())
+}
+
+/// Host-to-host forward: `(out, lse)`.
+pub async fn forward(
+    ctx: &Context,
+    d: &Dims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[f32]>,
+) -> Result<(Vec<f32>, Vec<f32>), WgpuError> {
+    check(d, q, k, v, mask)?;
+    let (n, rows) = (d.len() as usize, d.rows() as usize);
+    let mut out = run_host(ctx, |enc| {
+        let ins = [
+            upload(ctx, "q", q),
+            upload(ctx, "k", k),
+            upload(ctx, "v", v),
+        ];
+        let mb = mask.map(|m| upload(ctx, "mask", m));
+        let (ob, lb) = (
+            output(ctx, "out", n as u64),
+            output(ctx, "lse", rows as u64),
+        );
+        let mut temps = encode_forward(
+            ctx,
+            enc,
+            d,
+            [&ins[0], &ins[1], &ins[2]],
+            mb.as_ref(),
+            &ob,
+            &lb,
+        )?;
+        temps.extend(ins);
+        temps.extend(mb);
+        Ok((temps, vec![(ob, n), (lb, rows)]))
+    })
+    .await?;
+    let lse = out.remove(1);
+    Ok((out.remove(0), lse))
+}
+
+/// Host-to-host backward: `(dq, dk, dv)`.
+#[allow(clippy::too_many_arguments)]
+pub async fn backward(
+    ctx: &Context,
+    d: &Dims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    d_out: &[f32],
+    mask: Option<&[f32]>,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), WgpuError> {
+    check(d, q, k, v, mask)?;
+    let n = d.len() as usize;
+    if out.len() != n || d_out.len() != n || lse.len() as u64 != d.rows() {
+        return Err(WgpuError::Shape(
+            "attention backward: out, d_out or lse has the wrong size".into(),
+        ));
+    }
+    let mut res = run_host(ctx, |enc| {
+        let ins = [
+            upload(ctx, "q", q),
+            upload(ctx, "k", k),
+            upload(ctx, "v", v),
+            upload(ctx, "out", out),
+            upload(ctx, "lse", lse),
+            upload(ctx, "d_out", d_out),
+        ];
+        let mb = mask.map(|m| upload(ctx, "mask", m));
+        let outs = [
+            output(ctx, "dq", n as u64),
+            output(ctx, "dk", n as u64),
+            output(ctx, "dv", n as u64),
+        ];
+        let mut temps = encode_backward(
+            ctx,
+            enc,
+            d,
+            [&ins[0], &ins[1], &ins[2], &ins[3], &ins[4], &ins[5]],
+            mb.as_ref(),
+            [&outs[0], &outs[1], &outs[2]],
+        )?;
+        temps.extend(ins);
+        temps.extend(mb);
+        let [a, b, c] = outs;
+        Ok((temps, vec![(a, n), (b, n), (c, n)]))
+    })
+    .await?;
+    let dv = res.remove(2);
+    let dk = res.remove(1);
+    Ok((res.remove(0), dk, dv))
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use tunelab_core::Shape;
+    use tunelab_core::backend::Backend;
+
+    #[test]
+    fn attention_matches_the_candle_backend() {
+        let Some(ctx) = crate::context::tests::context() else {
+            return;
+        };
+        let cb = tunelab_candle::Candle::cpu();
+        let host = |t: &<tunelab_candle::Candle as Backend>::Tensor| {
+            pollster::block_on(cb.download(t)).unwrap()
+        };
+        for &(batch, t, heads, hd, causal, masked) in &[
+            (1u32, 1u32, 1u32, 1u32, false, false),
+            (2, 5, 2, 3, false, true),
+            (1, 7, 3, 4, true, false),
+            (2, 70, 2, 16, true, true),
+            (1, 130, 1, 65, false, true),
+        ] {
+            let d = Dims {
+                batch,
+                t,
+                heads,
+                d: hd,
+                causal,
+            };
+            let n = d.len() as usize;
+            let wave = |seed: f32| -> Vec<f32> {
+                (0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect()
+            };
+            let (q, k, v, dout) = (wave(0.0), wave(1.0), wave(2.0), wave(3.0));
+            let mask: Option<Vec<f32>> = masked.then(|| {
+                (0..batch * t)
+                    .map(|i| {
+                        if i % t >= t - (i / t) - 1 && i % t > 0 {
+                            0.0
+                        } else {
+                            1.0
+                        }
+                    })
+                    .collect()
+            });
+            let sh = Shape::new([batch as usize, t as usize, (heads * hd) as usize]);
+            let (tq, tk, tv, tdo) = (
+                cb.upload(&q, &sh).unwrap(),
+                cb.upload(&k, &sh).unwrap(),
+                cb.upload(&v, &sh).unwrap(),
+                cb.upload(&dout, &sh).unwrap(),
+            );
+            let tm = mask.as_ref().map(|m| {
+                cb.upload(m, &Shape::new([batch as usize, t as usize]))
+                    .unwrap()
+            });
+            let (co, clse) = cb
+                .attention(&tq, &tk, &tv, heads as usize, tm.as_ref(), causal)
+                .unwrap();
+            let (cdq, cdk, cdv) = cb
+                .attention_backward(
+                    &tq,
+                    &tk,
+                    &tv,
+                    &co,
+                    &clse,
+                    &tdo,
+                    heads as usize,
+                    tm.as_ref(),
+                    causal,
+                )
+                .unwrap();
+            let (o, lse) =
+                pollster::block_on(forward(&ctx, &d, &q, &k, &v, mask.as_deref())).unwrap();
+            let (dq, dk, dv) = pollster::block_on(backward(
+                &ctx,
+                &d,
+                &q,
+                &k,
+                &v,
+                &o,
+                &lse,
+                &dout,
+                mask.as_deref(),
+            ))
+            .unwrap();
+            for (got, want, what) in [
+                (&o, host(&co), "out"),
+                (&lse, host(&clse), "lse"),
+                (&dq, host(&cdq), "dq"),
+                (&dk, host(&cdk), "dk"),
+                (&dv, host(&cdv), "dv"),
+            ] {
+                assert_eq!(got.len(), want.len(), "{what}");
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                        "{d:?} mask={masked} {what}[{i}]: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
