@@ -67,6 +67,9 @@ pub struct Context {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     report: AdapterReport,
+    /// The first error the device reported outside an error scope (instead of wgpu's default
+    /// of panicking); taken by the next readback.
+    uncaptured: Arc<Mutex<Option<String>>>,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
 }
 
@@ -139,10 +142,18 @@ impl Context {
             };
         }
 
+        let uncaptured = Arc::new(Mutex::new(None));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut slot) = sink.lock() {
+                slot.get_or_insert_with(|| e.to_string());
+            }
+        }));
         Ok(Self {
             device,
             queue,
             report,
+            uncaptured,
             pipelines: Mutex::new(HashMap::new()),
         })
     }
@@ -185,6 +196,11 @@ impl Context {
                 )
             })
             .clone()
+    }
+
+    /// The first device error reported since the last call, if any.
+    pub(crate) fn take_error(&self) -> Option<String> {
+        self.uncaptured.lock().ok().and_then(|mut e| e.take())
     }
 
     /// Number of pipelines built so far.

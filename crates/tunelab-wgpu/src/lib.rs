@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backend;
 mod context;
 mod error;
 pub mod kernels;
@@ -22,5 +23,6 @@ pub mod ops;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
+pub use backend::{PoolStats, WTensor, Wgpu};
 pub use context::{AdapterReport, Context, ContextOptions, LimitsReport};
 pub use error::WgpuError;

@@ -1,0 +1,277 @@
+//! The whole engine on WebGPU against the candle backend: a tiny BERT (and RoBERTa) with
+//! full fine-tuning, BitFit, LoRA and prompt tuning — logits, every trainable gradient and
+//! ten training steps — and a long loop whose GPU memory must not grow.
+//!
+//! Runs natively on whatever adapter is present (lavapipe without a GPU); skipped without
+//! one unless `TUNELAB_REQUIRE_ADAPTER` is set.
+#![cfg(not(target_arch = "wasm32"))]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use tunelab_candle::Candle;
+use tunelab_core::Shape;
+use tunelab_core::backend::{Backend, IGNORE_INDEX};
+use tunelab_core::models::heads::Task;
+use tunelab_core::models::task_model::TaskModel;
+use tunelab_core::nn::Ctx;
+use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule};
+use tunelab_core::params::ParamStore;
+use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
+use tunelab_core::safetensors_io::read;
+use tunelab_core::tape::Tape;
+use tunelab_core::train;
+use tunelab_wgpu::{Context, Wgpu};
+
+fn wgpu() -> Option<Wgpu> {
+    match pollster::block_on(Context::new(Default::default())) {
+        Ok(ctx) => Some(Wgpu::new(Arc::new(ctx))),
+        Err(e) if std::env::var_os("TUNELAB_REQUIRE_ADAPTER").is_none() => {
+            eprintln!("skipping: {e}");
+            None
+        }
+        Err(e) => panic!("TUNELAB_REQUIRE_ADAPTER is set but: {e}"),
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn methods() -> Vec<Method> {
+    vec![
+        Method::Full,
+        Method::Bitfit,
+        Method::Lora(LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["query".into(), "value".into()],
+        }),
+        Method::Prompt(PromptConfig {
+            num_virtual_tokens: 3,
+            init_token_ids: vec![],
+        }),
+    ]
+}
+
+fn build<B: Backend>(
+    be: &B,
+    arch: &str,
+    task: Task,
+    method: &Method,
+) -> (TaskModel, ParamStore<B>) {
+    let dir = fixture(&format!("tiny-{arch}"));
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let (tensors, _) = read(
+        "model.safetensors",
+        &std::fs::read(dir.join("model.safetensors")).unwrap(),
+    )
+    .unwrap();
+    let mut store = ParamStore::new();
+    let model = TaskModel::load(be, arch, &config, tensors, task, method, 3, &mut store).unwrap();
+    (model, store)
+}
+
+/// A padded batch: 3 rows of lengths 9, 5, 1 (ids 5..61).
+fn batch() -> (Vec<u32>, Vec<f32>, usize, usize) {
+    let (b, t) = (3, 9);
+    let lens = [9, 5, 1];
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    for (r, &l) in lens.iter().enumerate() {
+        for i in 0..t {
+            ids.push(if i < l {
+                5 + ((r * 13 + i * 7) % 56) as u32
+            } else {
+                0
+            });
+            mask.push(if i < l { 1.0 } else { 0.0 });
+        }
+    }
+    (ids, mask, b, t)
+}
+
+fn labels(task: Task, b: usize, t: usize) -> (Vec<u32>, Shape) {
+    match task {
+        Task::SequenceClassification { .. } => {
+            ((0..b as u32).map(|i| i % 3).collect(), Shape::new([b]))
+        }
+        _ => (
+            (0..b * t)
+                .map(|i| {
+                    if i % 4 == 3 {
+                        IGNORE_INDEX
+                    } else {
+                        (i % 3) as u32
+                    }
+                })
+                .collect(),
+            Shape::new([b * t]),
+        ),
+    }
+}
+
+/// Logits and every trainable gradient, named.
+fn forward_backward<B: Backend>(
+    be: &B,
+    model: &TaskModel,
+    store: &ParamStore<B>,
+    task: Task,
+) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+    let (ids, mask, b, t) = batch();
+    let input = model.input(be, store, &ids, &mask, b, t).unwrap();
+    let (lab, sh) = labels(task, b, t);
+    let lab = be.upload_u32(&lab, &sh).unwrap();
+    let mut tape = Tape::new(be.clone());
+    let bound = store.bind(&mut tape);
+    let mut cx = Ctx {
+        tape: &mut tape,
+        bound: &bound,
+        adapters: &model.adapters,
+    };
+    let logits = model.logits(&mut cx, &input).unwrap();
+    let loss = model.loss(&mut cx, logits, &lab, 0.25).unwrap();
+    let lv = pollster::block_on(be.download(tape.value(logits).unwrap())).unwrap();
+    tape.backward(loss).unwrap();
+    let grads = store
+        .grads(&mut tape, &bound)
+        .into_iter()
+        .map(|(id, g)| {
+            (
+                store.get(id).name.clone(),
+                pollster::block_on(be.download(&g.unwrap())).unwrap(),
+            )
+        })
+        .collect();
+    (lv, grads)
+}
+
+fn losses<B: Backend>(be: &B, arch: &str, task: Task, method: &Method, steps: usize) -> Vec<f32> {
+    let (model, mut store) = build(be, arch, task, method);
+    let mut opt = Optimizer::<B>::new(
+        AdamWConfig {
+            lr: 5e-3,
+            ..Default::default()
+        },
+        Schedule::Linear {
+            warmup: 2,
+            total: steps as u32,
+        },
+    );
+    let (ids, mask, b, t) = batch();
+    let (lab, sh) = labels(task, b, t);
+    (0..steps)
+        .map(|_| {
+            let input = model.input(be, &store, &ids, &mask, b, t).unwrap();
+            let lab = be.upload_u32(&lab, &sh).unwrap();
+            pollster::block_on(train::step(
+                be, &model, &mut store, &mut opt, &input, &lab, 0.25, 1.0,
+            ))
+            .unwrap()
+            .loss
+        })
+        .collect()
+}
+
+#[test]
+fn every_method_matches_the_candle_backend() {
+    let Some(wg) = wgpu() else { return };
+    let cb = Candle::cpu();
+    let tasks = [
+        Task::SequenceClassification { num_labels: 3 },
+        Task::TokenClassification { num_labels: 3 },
+        Task::MaskedLm,
+    ];
+    for arch in ["bert", "roberta"] {
+        for task in tasks {
+            for method in methods() {
+                let what = format!("{arch} {task:?} {}", method.name());
+                let (cm, cs) = build(&cb, arch, task, &method);
+                let (wm, ws) = build(&wg, arch, task, &method);
+                let (cl, cg) = forward_backward(&cb, &cm, &cs, task);
+                let (wl, wgr) = forward_backward(&wg, &wm, &ws, task);
+                let d = cl
+                    .iter()
+                    .zip(&wl)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(d < 1e-4, "{what}: logits differ by {d}");
+                assert_eq!(cg.len(), wgr.len(), "{what}");
+                for ((name, a), (_, b)) in cg.iter().zip(&wgr) {
+                    let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
+                    let d = a
+                        .iter()
+                        .zip(b)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        d / scale < 1e-3 || d < 1e-6,
+                        "{what}: gradient of {name} differs by {d} (scale {scale})"
+                    );
+                }
+                let (a, b) = (
+                    losses(&cb, arch, task, &method, 10),
+                    losses(&wg, arch, task, &method, 10),
+                );
+                for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                    assert!((x - y).abs() < 1e-3, "{what}: step {i} loss {x} vs {y}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_memory_does_not_grow_over_200_steps() {
+    let Some(wg) = wgpu() else { return };
+    let task = Task::SequenceClassification { num_labels: 3 };
+    let method = Method::Lora(LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: vec!["query".into(), "value".into()],
+    });
+    let (model, mut store) = build(&wg, "bert", task, &method);
+    let mut opt = Optimizer::<Wgpu>::new(AdamWConfig::default(), Schedule::Constant { warmup: 0 });
+    let (ids, mask, b, t) = batch();
+    let (lab, sh) = labels(task, b, t);
+    let mut after_warmup = None;
+    for step in 0..200 {
+        let input = model.input(&wg, &store, &ids, &mask, b, t).unwrap();
+        let l = wg.upload_u32(&lab, &sh).unwrap();
+        pollster::block_on(train::step(
+            &wg, &model, &mut store, &mut opt, &input, &l, 0.25, 1.0,
+        ))
+        .unwrap();
+        drop((input, l));
+        if step == 5 {
+            after_warmup = Some(wg.pool_stats());
+        }
+    }
+    let (start, end) = (after_warmup.unwrap(), wg.pool_stats());
+    eprintln!("pool after 6 steps: {start:?}; after 200: {end:?}");
+    assert_eq!(end.live_buffers, start.live_buffers, "live buffers grew");
+    assert_eq!(end.live_bytes, start.live_bytes, "live bytes grew");
+    assert!(
+        end.pooled_bytes <= start.pooled_bytes,
+        "the pool grew: {start:?} -> {end:?}"
+    );
+    assert_eq!(
+        end.created, start.created,
+        "buffers were created after warm-up"
+    );
+    wg.release_pool();
+    assert_eq!(wg.pool_stats().pooled_buffers, 0);
+}
+
+#[test]
+fn asking_for_more_than_the_adapter_allows_is_a_typed_error() {
+    let Some(wg) = wgpu() else { return };
+    let max = wg.context().report().limits.max_buffer_size;
+    let huge = Shape::new([(max / 4 + 1) as usize]);
+    let e = wg.zeros(&huge).unwrap_err().to_string();
+    assert!(e.contains("needs") && e.contains("allows at most"), "{e}");
+}
