@@ -68,8 +68,37 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Runs one method in this process.
+/// Runs one method in this process on the candle CPU backend, or on wgpu with `wgpu`.
 pub fn run_one(
+    assets: &std::path::Path,
+    method_name: &str,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    warmup: usize,
+    wgpu: bool,
+) -> anyhow::Result<Result> {
+    if wgpu {
+        let ctx = pollster::block_on(tunelab_wgpu::Context::new(Default::default()))?;
+        let be = tunelab_wgpu::Wgpu::new(std::sync::Arc::new(ctx));
+        let mut r = run_on(&be, assets, method_name, batch, seq, steps, warmup)?;
+        r.method = format!("{method_name}@wgpu");
+        return Ok(r);
+    }
+    run_on(
+        &Candle::cpu(),
+        assets,
+        method_name,
+        batch,
+        seq,
+        steps,
+        warmup,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_on<B: Backend>(
+    be: &B,
     assets: &std::path::Path,
     method_name: &str,
     batch: usize,
@@ -93,10 +122,9 @@ pub fn run_one(
         "model.safetensors",
         &std::fs::read(dir.join("model.safetensors"))?,
     )?;
-    let be = Candle::cpu();
     let mut store = ParamStore::new();
     let model = TaskModel::load(
-        &be,
+        be,
         &card.dir,
         &config,
         tensors,
@@ -105,7 +133,7 @@ pub fn run_one(
         0,
         &mut store,
     )?;
-    let (trainable, total) = store.counts(&be);
+    let (trainable, total) = store.counts(be);
 
     let mut rng = Rng::new(42);
     let vocab = model.encoder.config.vocab_size as u64;
@@ -114,9 +142,9 @@ pub fn run_one(
         .collect();
     let mask = vec![1.0f32; batch * seq];
     let labels: Vec<u32> = (0..batch).map(|i| (i % 2) as u32).collect();
-    let input = model.input(&be, &store, &ids, &mask, batch, seq)?;
+    let input = model.input(be, &store, &ids, &mask, batch, seq)?;
     let labels = be.upload_u32(&labels, &Shape::new([batch]))?;
-    let mut opt = Optimizer::<Candle>::new(
+    let mut opt = Optimizer::<B>::new(
         AdamWConfig {
             lr: 1e-4,
             ..Default::default()
@@ -128,7 +156,7 @@ pub fn run_one(
     for i in 0..warmup + steps {
         let start = Instant::now();
         pollster::block_on(train::step(
-            &be,
+            be,
             &model,
             &mut store,
             &mut opt,

@@ -124,8 +124,8 @@ enum Command {
         /// Write the results as JSON lines here (one per method).
         #[arg(long)]
         json_out: Option<PathBuf>,
-        /// Also measure WGSL matmul GFLOP/s on the wgpu adapter (`--methods none` for only
-        /// that).
+        /// Also measure WGSL matmul GFLOP/s and each method's training step on the wgpu
+        /// adapter (`--methods none` for only the matmuls).
         #[arg(long)]
         wgpu: bool,
         /// Internal: run a single method in this process and print its JSON line.
@@ -225,7 +225,7 @@ fn run() -> anyhow::Result<()> {
         } => {
             if child {
                 let name = methods.first().context("--child needs one method")?;
-                let r = bench::run_one(&assets, name, batch, seq, steps, warmup)?;
+                let r = bench::run_one(&assets, name, batch, seq, steps, warmup, wgpu)?;
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
@@ -245,7 +245,7 @@ fn run() -> anyhow::Result<()> {
                 "{:<8} {:>12} {:>12} {:>11} {:>11} {:>10} {:>10}",
                 "method", "trainable", "total", "median ms", "min ms", "tokens/s", "peak MiB"
             );
-            for name in names {
+            for name in names.clone() {
                 let out = std::process::Command::new(&exe)
                     .args([
                         "bench",
@@ -284,6 +284,45 @@ fn run() -> anyhow::Result<()> {
                 lines.push(line);
             }
             if wgpu {
+                for name in &names {
+                    let mut c = std::process::Command::new(&exe);
+                    c.args([
+                        "bench",
+                        "--child",
+                        "--wgpu",
+                        "--methods",
+                        name,
+                        "--batch",
+                        &batch.to_string(),
+                        "--seq",
+                        &seq.to_string(),
+                        "--steps",
+                        &steps.to_string(),
+                        "--warmup",
+                        &warmup.to_string(),
+                    ])
+                    .arg("--assets")
+                    .arg(&assets);
+                    let out = c.output()?;
+                    anyhow::ensure!(
+                        out.status.success(),
+                        "bench {name} on wgpu failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                    let r: bench::Result = serde_json::from_str(&line)?;
+                    println!(
+                        "{:<8} {:>12} {:>12} {:>11.1} {:>11.1} {:>10.0} {:>10.0}",
+                        r.method,
+                        r.trainable,
+                        r.total,
+                        r.median_ms,
+                        r.min_ms,
+                        r.tokens_per_s,
+                        r.peak_rss_mib
+                    );
+                    lines.push(line);
+                }
                 let (report, rows) = bench::wgpu_matmul(steps.max(3))?;
                 println!(
                     "\nwgpu matmul on {} ({}, {})",

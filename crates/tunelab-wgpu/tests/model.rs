@@ -275,3 +275,122 @@ fn asking_for_more_than_the_adapter_allows_is_a_typed_error() {
     let e = wg.zeros(&huge).unwrap_err().to_string();
     assert!(e.contains("needs") && e.contains("allows at most"), "{e}");
 }
+
+/// The real all-MiniLM-L6-v2 (from `cargo xtask assets`), sequence classification, every
+/// method: logits, gradients and ten steps on WebGPU against candle. Small batch (2 x 8) so
+/// it stays quick on a software adapter.
+#[test]
+fn the_real_minilm_matches_the_candle_backend() {
+    let Some(wg) = wgpu() else { return };
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/all-MiniLM-L6-v2");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run `cargo xtask assets`",
+        dir.display()
+    );
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let cb = Candle::cpu();
+    let task = Task::SequenceClassification { num_labels: 2 };
+    let (b, t) = (2, 8);
+    let ids: Vec<u32> = (0..b * t)
+        .map(|i| 1000 + (i as u32 * 997) % 20000)
+        .collect();
+    let mask: Vec<f32> = (0..b * t)
+        .map(|i| if i >= t + 5 { 0.0 } else { 1.0 })
+        .collect();
+    let lab = vec![0u32, 1];
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn run<B: Backend>(
+        be: &B,
+        config: &str,
+        weights: &[u8],
+        task: Task,
+        method: &Method,
+        ids: &[u32],
+        mask: &[f32],
+        lab: &[u32],
+        b: usize,
+        t: usize,
+    ) -> (Vec<f32>, Vec<(String, Vec<f32>)>, Vec<f32>) {
+        let (tensors, _) = read("model.safetensors", weights).unwrap();
+        let mut store = ParamStore::new();
+        let model =
+            TaskModel::load(be, "minilm", config, tensors, task, method, 1, &mut store).unwrap();
+        let input = model.input(be, &store, ids, mask, b, t).unwrap();
+        let labels = be.upload_u32(lab, &Shape::new([b])).unwrap();
+        let mut tape = Tape::new(be.clone());
+        let bound = store.bind(&mut tape);
+        let mut cx = Ctx {
+            tape: &mut tape,
+            bound: &bound,
+            adapters: &model.adapters,
+        };
+        let logits = model.logits(&mut cx, &input).unwrap();
+        let loss = model.loss(&mut cx, logits, &labels, 0.5).unwrap();
+        let lv = pollster::block_on(be.download(tape.value(logits).unwrap())).unwrap();
+        tape.backward(loss).unwrap();
+        let grads = store
+            .grads(&mut tape, &bound)
+            .into_iter()
+            .map(|(id, g)| {
+                (
+                    store.get(id).name.clone(),
+                    pollster::block_on(be.download(&g.unwrap())).unwrap(),
+                )
+            })
+            .collect();
+        drop(tape);
+        let mut opt = Optimizer::<B>::new(
+            AdamWConfig {
+                lr: 1e-3,
+                ..Default::default()
+            },
+            Schedule::Linear {
+                warmup: 2,
+                total: 10,
+            },
+        );
+        let losses = (0..10)
+            .map(|_| {
+                pollster::block_on(train::step(
+                    be, &model, &mut store, &mut opt, &input, &labels, 0.5, 1.0,
+                ))
+                .unwrap()
+                .loss
+            })
+            .collect();
+        (lv, grads, losses)
+    }
+    for method in methods() {
+        let (cl, cg, closs) = run(
+            &cb, &config, &weights, task, &method, &ids, &mask, &lab, b, t,
+        );
+        let (wl, wgr, wloss) = run(
+            &wg, &config, &weights, task, &method, &ids, &mask, &lab, b, t,
+        );
+        let name = method.name();
+        let d = cl
+            .iter()
+            .zip(&wl)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-4, "{name}: logits differ by {d}");
+        for ((n, a), (_, g)) in cg.iter().zip(&wgr) {
+            let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
+            let d = a
+                .iter()
+                .zip(g)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                d / scale < 1e-3 || d < 1e-6,
+                "{name}: gradient of {n} differs by {d} (scale {scale})"
+            );
+        }
+        for (i, (x, y)) in closs.iter().zip(&wloss).enumerate() {
+            assert!((x - y).abs() < 1e-3, "{name}: step {i} loss {x} vs {y}");
+        }
+    }
+}
