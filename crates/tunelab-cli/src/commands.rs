@@ -51,10 +51,10 @@ fn eval_file(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn eval(
+pub fn eval<B: Backend>(
     model_dir: &Path,
     assets: &Path,
-    device: &str,
+    backend: B,
     task: Option<&str>,
     file: Option<&Path>,
     split: &str,
@@ -67,7 +67,7 @@ pub fn eval(
         store,
         tokenizer,
         manifest,
-    } = job::load_export(model_dir, assets, device)?;
+    } = job::load_export(model_dir, assets, backend)?;
     let path = eval_file(model_dir, assets, task, file, split)?;
     let fmt = Format::from_path(&path.display().to_string())
         .with_context(|| format!("cannot tell the format of {}", path.display()))?;
@@ -168,10 +168,10 @@ fn inputs(texts: &[String], input: Option<&Path>) -> anyhow::Result<Vec<String>>
 }
 
 /// Predictions, one JSON object per text.
-pub fn predict(
+pub fn predict<B: Backend>(
     model_dir: &Path,
     assets: &Path,
-    device: &str,
+    backend: B,
     texts: &[String],
     input: Option<&Path>,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
@@ -181,7 +181,7 @@ pub fn predict(
         store,
         tokenizer,
         manifest,
-    } = job::load_export(model_dir, assets, device)?;
+    } = job::load_export(model_dir, assets, backend)?;
     let names = &manifest.labels.names;
     let mut out = Vec::new();
     for text in inputs(texts, input)? {

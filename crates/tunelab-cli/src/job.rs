@@ -5,6 +5,7 @@ use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tunelab_candle::{Candle, DeviceKind};
+use tunelab_core::backend::Backend;
 use tunelab_core::data::{self, FeatureKind, Features, Format, Labels, Masking, Parsed};
 use tunelab_core::export::{self, ExportManifest};
 use tunelab_core::models::bert::BertConfig;
@@ -17,10 +18,18 @@ use tunelab_core::tokenizer::Tokenizer;
 use tunelab_core::trainer::{TaskKind, TrainConfig, resolve_task};
 use tunelab_core::{Manifest, ModelCard};
 
-/// The backend for `--device`.
+/// The candle backend for `--device cpu | cuda | cuda:N`.
 pub fn backend(device: &str) -> anyhow::Result<Candle> {
     let kind: DeviceKind = device.parse()?;
     Ok(Candle::new(tunelab_candle::device(kind)?))
+}
+
+/// The WebGPU backend (`--device wgpu`): Vulkan, Metal or DX12; `WGPU_BACKEND` narrows it.
+pub fn wgpu_backend() -> anyhow::Result<tunelab_wgpu::Wgpu> {
+    let ctx = pollster::block_on(tunelab_wgpu::Context::new(Default::default()))?;
+    let r = ctx.report();
+    eprintln!("wgpu: {} ({}, {})", r.name, r.backend, r.device_type);
+    Ok(tunelab_wgpu::Wgpu::new(std::sync::Arc::new(ctx)))
 }
 
 /// The assets manifest, if the folder has one (checksums verified).
@@ -198,10 +207,10 @@ pub fn feature_kind(kind: TaskKind) -> FeatureKind {
 
 /// Everything a training run needs.
 #[derive(Debug)]
-pub struct Job {
-    pub backend: Candle,
+pub struct Job<B: Backend> {
+    pub backend: B,
     pub model: TaskModel,
-    pub store: ParamStore<Candle>,
+    pub store: ParamStore<B>,
     pub tokenizer: Tokenizer,
     pub tokenizer_json: PathBuf,
     pub kind: TaskKind,
@@ -231,18 +240,17 @@ pub fn masking(kind: TaskKind, tok: &Tokenizer, p: f32) -> anyhow::Result<Option
 
 /// Builds the model, tokenizer and features for `cfg` (the method's prompt-init text, if any,
 /// is tokenised into `cfg`).
-pub fn prepare(
+pub fn prepare<B: Backend>(
     cfg: &mut TrainConfig,
     assets: &Path,
-    device: &str,
+    backend: B,
     prompt_text: Option<&str>,
-) -> anyhow::Result<Job> {
+) -> anyhow::Result<Job<B>> {
     cfg.validate()?;
     let (kind, _) = resolve_task(&cfg.task).map_err(anyhow::Error::msg)?;
     if cfg.from_scratch.is_some() && cfg.method != Method::Full {
         bail!("--from-scratch trains every weight: use --method full");
     }
-    let backend = backend(device)?;
     let (dir, base_cfg, tokenizer) = model_parts(assets, &cfg.model)?;
     if let (Some(text), Method::Prompt(p)) = (prompt_text, &mut cfg.method) {
         p.init_token_ids = tokenizer.encode_plain(text)?;
@@ -309,25 +317,25 @@ pub fn prepare(
 
 /// A model as a config describes it, before training.
 #[derive(Debug)]
-pub struct Built {
-    pub backend: Candle,
+pub struct Built<B: Backend> {
+    pub backend: B,
     pub model: TaskModel,
-    pub store: ParamStore<Candle>,
+    pub store: ParamStore<B>,
     pub config_json: String,
     pub base_model: String,
 }
 
 /// Loads the pretrained model (or initialises the from-scratch one) with the task's head and
 /// the method applied.
-pub fn build_model(
+pub fn build_model<B: Backend>(
     cfg: &TrainConfig,
     kind: TaskKind,
     labels: &Labels,
     dir: &Path,
     base_cfg: &BertConfig,
     tokenizer: &Tokenizer,
-    backend: Candle,
-) -> anyhow::Result<Built> {
+    backend: B,
+) -> anyhow::Result<Built<B>> {
     let (config_json, tensors, base_model) = match &cfg.from_scratch {
         Some(s) => {
             let json = s.config_json(
@@ -375,16 +383,16 @@ pub fn model_parts(assets: &Path, model: &str) -> anyhow::Result<(PathBuf, BertC
 
 /// A trained model rebuilt from an export folder.
 #[derive(Debug)]
-pub struct Loaded {
-    pub backend: Candle,
+pub struct Loaded<B: Backend> {
+    pub backend: B,
     pub model: TaskModel,
-    pub store: ParamStore<Candle>,
+    pub store: ParamStore<B>,
     pub tokenizer: Tokenizer,
     pub manifest: ExportManifest,
 }
 
 /// Reads an export (ours, or a PEFT adapter folder) and rebuilds the model on its base.
-pub fn load_export(dir: &Path, assets: &Path, device: &str) -> anyhow::Result<Loaded> {
+pub fn load_export<B: Backend>(dir: &Path, assets: &Path, backend: B) -> anyhow::Result<Loaded<B>> {
     let mut files = BTreeMap::new();
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     for e in entries {
@@ -397,7 +405,6 @@ pub fn load_export(dir: &Path, assets: &Path, device: &str) -> anyhow::Result<Lo
     let imported =
         export::import(&files).with_context(|| format!("importing {}", dir.display()))?;
     let m = imported.manifest;
-    let backend = backend(device)?;
     let base_dir = if m.method == Method::Full {
         dir.to_path_buf()
     } else {

@@ -38,7 +38,8 @@ enum Command {
         /// Pause after this many steps in total, saving a checkpoint to resume from.
         #[arg(long, value_name = "STEPS")]
         stop_after: Option<u64>,
-        /// Compute device: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+        /// Compute device: cpu, cuda or cuda:N (candle; CUDA needs a build with --features
+        /// cuda), or wgpu (WebGPU natively: Vulkan, Metal or DX12).
         #[arg(long, default_value = "cpu")]
         device: String,
         #[arg(long, default_value = "assets", env = "TUNELAB_ASSETS")]
@@ -134,6 +135,23 @@ enum Command {
     },
 }
 
+/// Runs `$body` with `$be` bound to the backend `--device` names: `wgpu`, or candle's `cpu`,
+/// `cuda`, `cuda:N`.
+macro_rules! on_device {
+    ($device:expr, $be:ident => $body:expr) => {
+        match $device.as_str() {
+            "wgpu" => {
+                let $be = job::wgpu_backend()?;
+                $body
+            }
+            other => {
+                let $be = job::backend(other)?;
+                $body
+            }
+        }
+    };
+}
+
 /// Prints the error chain (no backtrace) and exits 1.
 fn main() -> std::process::ExitCode {
     match run() {
@@ -155,14 +173,14 @@ fn run() -> anyhow::Result<()> {
             assets,
         } => {
             let cfg = args.resolve()?;
-            train::run(
+            on_device!(device, be => train::run(
                 cfg,
                 &assets,
-                &device,
+                be,
                 resume.as_deref(),
                 args.prompt_init_text.as_deref(),
                 stop_after,
-            )?;
+            )?);
             Ok(())
         }
         Command::Eval {
@@ -175,16 +193,16 @@ fn run() -> anyhow::Result<()> {
             device,
             assets,
         } => {
-            commands::eval(
+            on_device!(device, be => commands::eval(
                 &model_dir,
                 &assets,
-                &device,
+                be,
                 task.as_deref(),
                 file.as_deref(),
                 &split,
                 batch_size,
                 json,
-            )?;
+            )?);
             Ok(())
         }
         Command::Predict {
@@ -194,7 +212,8 @@ fn run() -> anyhow::Result<()> {
             device,
             assets,
         } => {
-            for line in commands::predict(&model_dir, &assets, &device, &text, input.as_deref())? {
+            let lines = on_device!(device, be => commands::predict(&model_dir, &assets, be, &text, input.as_deref())?);
+            for line in lines {
                 println!("{line}");
             }
             Ok(())

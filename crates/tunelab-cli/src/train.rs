@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tunelab_candle::Candle;
+use tunelab_core::backend::Backend;
 use tunelab_core::export::{self, ExportInfo};
 use tunelab_core::trainer::{EvalReport, StepReport, TrainConfig, TrainError, Trainer};
 
@@ -58,8 +58,8 @@ impl Log {
     }
 }
 
-fn export_files(
-    trainer: &Trainer<Candle>,
+fn export_files<B: Backend>(
+    trainer: &Trainer<B>,
     job_info: &ExportInfo,
     tokenizer_json: &Path,
 ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
@@ -87,10 +87,10 @@ fn metrics_line(r: &EvalReport) -> String {
 }
 
 /// Runs (or resumes) training.
-pub fn run(
+pub fn run<B: Backend>(
     mut cfg: TrainConfig,
     assets: &Path,
-    device: &str,
+    backend: B,
     resume: Option<&Path>,
     prompt_text: Option<&str>,
     stop_after: Option<u64>,
@@ -127,7 +127,7 @@ pub fn run(
         config_json,
         base_model,
         files,
-    } = job::prepare(&mut cfg, assets, device, prompt_text)?;
+    } = job::prepare(&mut cfg, assets, backend, prompt_text)?;
     let (trainable, total) = store.counts(&backend);
     let mut trainer = Trainer::new(
         backend,

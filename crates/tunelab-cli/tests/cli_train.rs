@@ -258,3 +258,53 @@ fn divergence_stops_with_the_last_checkpoint_intact() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("exported step"), "{stdout}");
 }
+
+#[test]
+fn training_on_wgpu_gives_the_losses_of_candle() {
+    let d = tmp("wgpu");
+    let data = d.join("train.csv");
+    std::fs::write(&data, TRAIN_CSV).unwrap();
+    let data = data.to_str().unwrap();
+    let (cpu, gpu) = (d.join("cpu"), d.join("gpu"));
+    let run = |out: &Path, device: &str| {
+        tunelab(&[
+            "train",
+            "--task",
+            "classification",
+            "--train-file",
+            data,
+            "--max-len",
+            "16",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "2",
+            "--lr",
+            "1e-3",
+            "--device",
+            device,
+            "--output-dir",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (ok, _, stderr) = run(&cpu, "cpu");
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = run(&gpu, "wgpu");
+    if !ok
+        && stderr.contains("no GPU adapter")
+        && std::env::var_os("TUNELAB_REQUIRE_ADAPTER").is_none()
+    {
+        eprintln!("skipping: {stderr}");
+        return;
+    }
+    assert!(ok, "{stderr}");
+    let (a, b) = (losses(&cpu), losses(&gpu));
+    assert_eq!(a.len(), 2);
+    for ((s1, l1), (s2, l2)) in a.iter().zip(&b) {
+        assert_eq!(s1, s2);
+        assert!(
+            (l1 - l2).abs() < 1e-4,
+            "step {s1}: candle {l1} vs wgpu {l2}"
+        );
+    }
+}
