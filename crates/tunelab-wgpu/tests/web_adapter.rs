@@ -32,3 +32,108 @@ async fn axpby_runs_on_webgpu() {
         assert_eq!(got[i], 2.0 * x[i] + 3.0 * y[i], "i={i}");
     }
 }
+
+/// The engine on the browser's WebGPU against the candle backend compiled to wasm (CPU): a
+/// tiny BERT with LoRA — logits, every trainable gradient, and three training steps.
+#[wasm_bindgen_test]
+async fn a_tiny_bert_trains_on_webgpu_like_on_the_cpu() {
+    use std::sync::Arc;
+    use tunelab_core::Shape;
+    use tunelab_core::backend::Backend;
+    use tunelab_core::models::heads::Task;
+    use tunelab_core::models::task_model::TaskModel;
+    use tunelab_core::nn::Ctx;
+    use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule};
+    use tunelab_core::params::ParamStore;
+    use tunelab_core::peft::{Method, lora::LoraConfig};
+    use tunelab_core::tape::Tape;
+
+    const CONFIG: &str = include_str!("../../../tests/fixtures/tiny-bert/config.json");
+    const WEIGHTS: &[u8] = include_bytes!("../../../tests/fixtures/tiny-bert/model.safetensors");
+
+    async fn run<B: Backend>(be: &B) -> (Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
+        let method = Method::Lora(LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["query".into(), "value".into()],
+        });
+        let (tensors, _) = tunelab_core::safetensors_io::read("tiny", WEIGHTS).unwrap();
+        let mut store = ParamStore::new();
+        let task = Task::SequenceClassification { num_labels: 3 };
+        let model = TaskModel::load(
+            be,
+            "tiny-bert",
+            CONFIG,
+            tensors,
+            task,
+            &method,
+            3,
+            &mut store,
+        )
+        .unwrap();
+        let ids: Vec<u32> = (0..12).map(|i| 5 + (i * 7) % 50).collect();
+        let mask: Vec<f32> = (0..12).map(|i| if i >= 10 { 0.0 } else { 1.0 }).collect();
+        let input = model.input(be, &store, &ids, &mask, 2, 6).unwrap();
+        let labels = be.upload_u32(&[0, 2], &Shape::new([2])).unwrap();
+        let mut tape = Tape::new(be.clone());
+        let bound = store.bind(&mut tape);
+        let mut cx = Ctx {
+            tape: &mut tape,
+            bound: &bound,
+            adapters: &model.adapters,
+        };
+        let logits = model.logits(&mut cx, &input).unwrap();
+        let loss = model.loss(&mut cx, logits, &labels, 0.5).unwrap();
+        let lv = be.download(tape.value(logits).unwrap()).await.unwrap();
+        tape.backward(loss).unwrap();
+        let mut grads = Vec::new();
+        for (_, g) in store.grads(&mut tape, &bound) {
+            grads.push(be.download(&g.unwrap()).await.unwrap());
+        }
+        drop(tape);
+        let mut opt = Optimizer::<B>::new(
+            AdamWConfig {
+                lr: 5e-3,
+                ..Default::default()
+            },
+            Schedule::Constant { warmup: 0 },
+        );
+        let mut losses = Vec::new();
+        for _ in 0..3 {
+            let s = tunelab_core::train::step(
+                be, &model, &mut store, &mut opt, &input, &labels, 0.5, 1.0,
+            )
+            .await
+            .unwrap();
+            losses.push(s.loss);
+        }
+        (lv, grads, losses)
+    }
+
+    let ctx = tunelab_wgpu::Context::new(Default::default())
+        .await
+        .unwrap();
+    let wg = tunelab_wgpu::Wgpu::new(Arc::new(ctx));
+    let (wl, wgr, wloss) = run(&wg).await;
+    let (cl, cg, closs) = run(&tunelab_candle::Candle::cpu()).await;
+    for (a, b) in cl.iter().zip(&wl) {
+        assert!((a - b).abs() < 1e-4, "logits {cl:?} vs {wl:?}");
+    }
+    assert_eq!(cg.len(), wgr.len());
+    for (a, b) in cg.iter().zip(&wgr) {
+        let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            d / scale < 1e-3 || d < 1e-6,
+            "gradient differs by {d} (scale {scale})"
+        );
+    }
+    for (a, b) in closs.iter().zip(&wloss) {
+        assert!((a - b).abs() < 1e-3, "losses {closs:?} vs {wloss:?}");
+    }
+}

@@ -6,9 +6,12 @@
 //! - `test`: every test group, with a summary line.
 //! - `bench`: the training-step benchmark into `docs/benchmarks.md` (`--vs-torch` adds PyTorch).
 //! - `fixtures`: regenerate the PyTorch parity fixtures (needs PyPI; never run by tests).
+//! - `results`: train every method on the sample tasks into `docs/results.md`.
+//! - `check-cuda`: type-check the `cuda` feature with NVIDIA's compiler from PyPI.
 
 mod assets;
 mod bench;
+mod cuda;
 mod fixtures;
 mod results;
 mod serve;
