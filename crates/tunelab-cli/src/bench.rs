@@ -8,7 +8,6 @@
 
 use anyhow::Context as _;
 use std::time::Instant;
-use tunelab_candle::Candle;
 use tunelab_core::Shape;
 use tunelab_core::backend::Backend;
 use tunelab_core::models::heads::Task;
@@ -68,7 +67,9 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Runs one method in this process on the candle CPU backend, or on wgpu with `wgpu`.
+/// Runs one method in this process on candle (`device`: cpu, cuda, cuda:N), or on wgpu with
+/// `wgpu`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_one(
     assets: &std::path::Path,
     method_name: &str,
@@ -77,6 +78,7 @@ pub fn run_one(
     steps: usize,
     warmup: usize,
     wgpu: bool,
+    device: &str,
 ) -> anyhow::Result<Result> {
     if wgpu {
         let ctx = pollster::block_on(tunelab_wgpu::Context::new(Default::default()))?;
@@ -85,15 +87,12 @@ pub fn run_one(
         r.method = format!("{method_name}@wgpu");
         return Ok(r);
     }
-    run_on(
-        &Candle::cpu(),
-        assets,
-        method_name,
-        batch,
-        seq,
-        steps,
-        warmup,
-    )
+    let be = crate::job::backend(device)?;
+    let mut r = run_on(&be, assets, method_name, batch, seq, steps, warmup)?;
+    if device != "cpu" {
+        r.method = format!("{method_name}@{device}");
+    }
+    Ok(r)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -122,6 +122,9 @@ enum Command {
         steps: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// The candle device for the step timings: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
         /// Write the results as JSON lines here (one per method).
         #[arg(long)]
         json_out: Option<PathBuf>,
@@ -240,11 +243,12 @@ fn run() -> anyhow::Result<()> {
             warmup,
             json_out,
             wgpu,
+            device,
             child,
         } => {
             if child {
                 let name = methods.first().context("--child needs one method")?;
-                let r = bench::run_one(&assets, name, batch, seq, steps, warmup, wgpu)?;
+                let r = bench::run_one(&assets, name, batch, seq, steps, warmup, wgpu, &device)?;
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
@@ -279,6 +283,8 @@ fn run() -> anyhow::Result<()> {
                         &steps.to_string(),
                         "--warmup",
                         &warmup.to_string(),
+                        "--device",
+                        &device,
                     ])
                     .arg("--assets")
                     .arg(&assets)

@@ -27,14 +27,23 @@ pub fn run() -> anyhow::Result<()> {
     let venv = venv();
     let python = venv.join("bin/python");
     if !python.is_file() {
-        sh::run(&mut cmd("python3", &["-m", "venv", &venv.to_string_lossy()]))?;
+        sh::run(&mut cmd(
+            "python3",
+            &["-m", "venv", &venv.to_string_lossy()],
+        ))?;
     }
-    let mut pip = cmd(&python.to_string_lossy(), &["-m", "pip", "install", "--quiet"]);
+    let mut pip = cmd(
+        &python.to_string_lossy(),
+        &["-m", "pip", "install", "--quiet"],
+    );
     pip.args(WHEELS);
     sh::run(&mut pip)?;
     let site = sh::output(&mut cmd(
         &python.to_string_lossy(),
-        &["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        &[
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ],
     ))
     .ok_or_else(|| anyhow::anyhow!("cannot find the venv's site-packages"))?;
     let cuda = PathBuf::from(site).join("nvidia/cu13");
@@ -50,7 +59,15 @@ pub fn run() -> anyhow::Result<()> {
     );
     let mut c = cmd(
         "cargo",
-        &["check", "-p", "tunelab-cli", "-p", "tunelab-candle", "--features", "tunelab-cli/cuda"],
+        &[
+            "check",
+            "-p",
+            "tunelab-cli",
+            "-p",
+            "tunelab-candle",
+            "--features",
+            "tunelab-cli/cuda",
+        ],
     );
     c.current_dir(root())
         .env("CUDA_COMPUTE_CAP", "90")
@@ -59,6 +76,9 @@ pub fn run() -> anyhow::Result<()> {
         .env("CUDA_HOME", &cuda)
         .env("PATH", path);
     sh::run(&mut c)?;
-    println!("the cuda feature type-checks (nvcc from {})", cuda.display());
+    println!(
+        "the cuda feature type-checks (nvcc from {})",
+        cuda.display()
+    );
     Ok(())
 }

@@ -42,7 +42,7 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> stats: array<f32>;
 
 const WG: u32 = 64u;
-const F32_MIN: f32 = -3.40282347e38;
+const F32_MIN: f32 = -0x1.fffffep+127f;
 
 var<workgroup> vec_i: array<f32, 512>;   // q_i or k_j (D <= 512)
 var<workgroup> vec_o: array<f32, 512>;   // dO_i or v_j

@@ -51,7 +51,7 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
 
 // The row's log-sum-exp (every thread gets it).
 fn row_lse(row: u32, lid: u32, valid: bool) -> f32 {
-    var m = -3.4028235e38;
+    var m = -0x1.fffffep+127f;
     if (valid) {
         for (var c = lid; c < p.k; c = c + 256u) {
             m = max(m, x[row * p.k + c]);
