@@ -122,6 +122,9 @@ enum Command {
         steps: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// With --wgpu: skip the candle step timings.
+        #[arg(long)]
+        wgpu_only: bool,
         /// The candle device for the step timings: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -243,6 +246,7 @@ fn run() -> anyhow::Result<()> {
             warmup,
             json_out,
             wgpu,
+            wgpu_only,
             device,
             child,
         } => {
@@ -268,7 +272,7 @@ fn run() -> anyhow::Result<()> {
                 "{:<8} {:>12} {:>12} {:>11} {:>11} {:>10} {:>10}",
                 "method", "trainable", "total", "median ms", "min ms", "tokens/s", "peak MiB"
             );
-            for name in names.clone() {
+            for name in names.clone().into_iter().filter(|_| !(wgpu && wgpu_only)) {
                 let out = std::process::Command::new(&exe)
                     .args([
                         "bench",
