@@ -34,7 +34,8 @@ async fn axpby_runs_on_webgpu() {
 }
 
 /// The engine on the browser's WebGPU against the candle backend compiled to wasm (CPU): a
-/// tiny BERT with LoRA — logits, every trainable gradient, and three training steps.
+/// tiny BERT with full fine-tuning, BitFit, LoRA and prompt tuning — logits, every trainable
+/// gradient, and three training steps.
 #[wasm_bindgen_test]
 async fn a_tiny_bert_trains_on_webgpu_like_on_the_cpu() {
     use std::sync::Arc;
@@ -45,19 +46,13 @@ async fn a_tiny_bert_trains_on_webgpu_like_on_the_cpu() {
     use tunelab_core::nn::Ctx;
     use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule};
     use tunelab_core::params::ParamStore;
-    use tunelab_core::peft::{Method, lora::LoraConfig};
+    use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
     use tunelab_core::tape::Tape;
 
     const CONFIG: &str = include_str!("../../../tests/fixtures/tiny-bert/config.json");
     const WEIGHTS: &[u8] = include_bytes!("../../../tests/fixtures/tiny-bert/model.safetensors");
 
-    async fn run<B: Backend>(be: &B) -> (Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
-        let method = Method::Lora(LoraConfig {
-            r: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            target_modules: vec!["query".into(), "value".into()],
-        });
+    async fn run<B: Backend>(be: &B, method: &Method) -> (Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
         let (tensors, _) = tunelab_core::safetensors_io::read("tiny", WEIGHTS).unwrap();
         let mut store = ParamStore::new();
         let task = Task::SequenceClassification { num_labels: 3 };
@@ -67,7 +62,7 @@ async fn a_tiny_bert_trains_on_webgpu_like_on_the_cpu() {
             CONFIG,
             tensors,
             task,
-            &method,
+            method,
             3,
             &mut store,
         )
@@ -115,25 +110,45 @@ async fn a_tiny_bert_trains_on_webgpu_like_on_the_cpu() {
         .await
         .unwrap();
     let wg = tunelab_wgpu::Wgpu::new(Arc::new(ctx));
-    let (wl, wgr, wloss) = run(&wg).await;
-    let (cl, cg, closs) = run(&tunelab_candle::Candle::cpu()).await;
-    for (a, b) in cl.iter().zip(&wl) {
-        assert!((a - b).abs() < 1e-4, "logits {cl:?} vs {wl:?}");
-    }
-    assert_eq!(cg.len(), wgr.len());
-    for (a, b) in cg.iter().zip(&wgr) {
-        let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
-        let d = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            d / scale < 1e-3 || d < 1e-6,
-            "gradient differs by {d} (scale {scale})"
-        );
-    }
-    for (a, b) in closs.iter().zip(&wloss) {
-        assert!((a - b).abs() < 1e-3, "losses {closs:?} vs {wloss:?}");
+    let methods = [
+        Method::Full,
+        Method::Bitfit,
+        Method::Lora(LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["query".into(), "value".into()],
+        }),
+        Method::Prompt(PromptConfig {
+            num_virtual_tokens: 3,
+            init_token_ids: vec![],
+        }),
+    ];
+    for method in &methods {
+        let name = method.name();
+        let (wl, wgr, wloss) = run(&wg, method).await;
+        let (cl, cg, closs) = run(&tunelab_candle::Candle::cpu(), method).await;
+        for (a, b) in cl.iter().zip(&wl) {
+            assert!((a - b).abs() < 1e-4, "{name}: logits {cl:?} vs {wl:?}");
+        }
+        assert_eq!(cg.len(), wgr.len(), "{name}");
+        for (a, b) in cg.iter().zip(&wgr) {
+            let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                d / scale < 1e-3 || d < 1e-6,
+                "{name}: gradient differs by {d} (scale {scale})"
+            );
+        }
+        for (a, b) in closs.iter().zip(&wloss) {
+            assert!(
+                (a - b).abs() < 1e-3,
+                "{name}: losses {closs:?} vs {wloss:?}"
+            );
+        }
     }
 }
