@@ -146,10 +146,14 @@ pub fn run(only: Option<String>) -> anyhow::Result<()> {
                 ""
             }
         );
+        let out = runs_dir.join(&name);
         if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            // Not re-run: keep the earlier result in the table, if there is one.
+            if let Ok(text) = std::fs::read_to_string(out.join("summary.json")) {
+                rows.push((name, r, serde_json::from_str(&text)?));
+            }
             continue;
         }
-        let out = runs_dir.join(&name);
         let mut c = tunelab();
         c.args([
             "train",

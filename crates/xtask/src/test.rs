@@ -98,7 +98,8 @@ fn counted(c: &mut Command, counts: &mut Counts) -> anyhow::Result<()> {
 
 fn cargo(args: &[&str]) -> Command {
     let mut c = cmd("cargo", args);
-    c.current_dir(root());
+    // Assets were ensured above: a test that needs them must not skip silently.
+    c.current_dir(root()).env("TUNELAB_REQUIRE_ASSETS", "1");
     c
 }
 
@@ -175,6 +176,9 @@ pub fn run(groups: Groups) -> anyhow::Result<()> {
     if !setup::is_complete() {
         setup::run()?;
     }
+    // The model and sample data (from the download cache when present): native, wgpu and
+    // end-to-end tests use the real all-MiniLM-L6-v2.
+    assets::ensure(false)?;
     let plan: Vec<(&str, GroupFn)> = [
         ("native", groups.native, native as GroupFn),
         ("wgpu", groups.wgpu, wgpu),
