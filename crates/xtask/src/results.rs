@@ -85,14 +85,7 @@ const RUNS: &[Run] = &[
     Run {
         task: "mlm",
         method: "lora",
-        extra: &[
-            "--max-len",
-            "64",
-            "--max-steps",
-            "60",
-            "--eval-max-examples",
-            "128",
-        ],
+        extra: &["--max-len", "64", "--max-steps", "60"],
     },
     Run {
         task: "mlm",
@@ -102,11 +95,9 @@ const RUNS: &[Run] = &[
             "--max-len",
             "64",
             "--max-steps",
-            "400",
+            "300",
             "--lr",
             "1e-3",
-            "--eval-max-examples",
-            "256",
         ],
     },
 ];
