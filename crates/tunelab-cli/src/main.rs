@@ -272,30 +272,34 @@ fn run() -> anyhow::Result<()> {
                 "{:<8} {:>12} {:>12} {:>11} {:>11} {:>10} {:>10}",
                 "method", "trainable", "total", "median ms", "min ms", "tokens/s", "peak MiB"
             );
-            for name in names.clone().into_iter().filter(|_| !(wgpu && wgpu_only)) {
-                let out = std::process::Command::new(&exe)
+            // Each (method, backend) in its own process, so its peak memory is its own.
+            let mut runs: Vec<(String, bool)> = Vec::new();
+            if !(wgpu && wgpu_only) {
+                runs.extend(names.iter().map(|n| (n.clone(), false)));
+            }
+            if wgpu {
+                runs.extend(names.iter().map(|n| (n.clone(), true)));
+            }
+            for (name, on_wgpu) in runs {
+                let mut c = std::process::Command::new(&exe);
+                c.args(["bench", "--child", "--methods", &name, "--device", &device])
+                    .args(["--batch", &batch.to_string(), "--seq", &seq.to_string()])
                     .args([
-                        "bench",
-                        "--child",
-                        "--methods",
-                        &name,
-                        "--batch",
-                        &batch.to_string(),
-                        "--seq",
-                        &seq.to_string(),
                         "--steps",
                         &steps.to_string(),
                         "--warmup",
                         &warmup.to_string(),
-                        "--device",
-                        &device,
                     ])
                     .arg("--assets")
-                    .arg(&assets)
-                    .output()?;
+                    .arg(&assets);
+                if on_wgpu {
+                    c.arg("--wgpu");
+                }
+                let out = c.output()?;
                 anyhow::ensure!(
                     out.status.success(),
-                    "bench {name} failed: {}",
+                    "bench {name}{} failed: {}",
+                    if on_wgpu { " on wgpu" } else { "" },
                     String::from_utf8_lossy(&out.stderr)
                 );
                 let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -313,45 +317,6 @@ fn run() -> anyhow::Result<()> {
                 lines.push(line);
             }
             if wgpu {
-                for name in &names {
-                    let mut c = std::process::Command::new(&exe);
-                    c.args([
-                        "bench",
-                        "--child",
-                        "--wgpu",
-                        "--methods",
-                        name,
-                        "--batch",
-                        &batch.to_string(),
-                        "--seq",
-                        &seq.to_string(),
-                        "--steps",
-                        &steps.to_string(),
-                        "--warmup",
-                        &warmup.to_string(),
-                    ])
-                    .arg("--assets")
-                    .arg(&assets);
-                    let out = c.output()?;
-                    anyhow::ensure!(
-                        out.status.success(),
-                        "bench {name} on wgpu failed: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                    let r: bench::Result = serde_json::from_str(&line)?;
-                    println!(
-                        "{:<8} {:>12} {:>12} {:>11.1} {:>11.1} {:>10.0} {:>10.0}",
-                        r.method,
-                        r.trainable,
-                        r.total,
-                        r.median_ms,
-                        r.min_ms,
-                        r.tokens_per_s,
-                        r.peak_rss_mib
-                    );
-                    lines.push(line);
-                }
                 let (report, rows) = bench::wgpu_matmul(steps.max(3))?;
                 println!(
                     "\nwgpu matmul on {} ({}, {})",

@@ -30,7 +30,6 @@ pub fn run(vs_torch: bool) -> anyhow::Result<()> {
         ],
     );
     c.args([
-        "--wgpu",
         "--batch",
         &BATCH.to_string(),
         "--seq",
@@ -44,7 +43,28 @@ pub fn run(vs_torch: bool) -> anyhow::Result<()> {
     .arg(&out)
     .current_dir(root());
     sh::run(&mut c)?;
-    let ours = parse(&std::fs::read_to_string(&out)?)?;
+    let mut ours = parse(&std::fs::read_to_string(&out)?)?;
+    // WGSL matmul throughput on this machine's adapter (only the matmuls: a MiniLM step on a
+    // software adapter takes minutes; GPU step timings are in docs/gpu-benchmarks.md).
+    let wgpu_out = root().join("target/bench-wgpu.jsonl");
+    let mut w = cmd(
+        "cargo",
+        &[
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "tunelab-cli",
+            "--",
+            "bench",
+        ],
+    );
+    w.args(["--wgpu", "--wgpu-only", "--methods", "none", "--steps", "3"])
+        .arg("--json-out")
+        .arg(&wgpu_out)
+        .current_dir(root());
+    sh::run(&mut w)?;
+    ours.extend(parse(&std::fs::read_to_string(&wgpu_out)?)?);
 
     let torch = if vs_torch {
         crate::fixtures::ensure_venv()?;

@@ -123,6 +123,13 @@ pub struct Trainer<B: Backend> {
     total: u64,
 }
 
+/// Optimiser steps per epoch: micro-batches of `batch_size`, `grad_accum` per step (the
+/// last step of an epoch may have fewer).
+fn steps_per_epoch(examples: usize, config: &TrainConfig) -> u64 {
+    let micro = examples.div_ceil(config.batch_size) as u64;
+    micro.div_ceil(config.grad_accum as u64).max(1)
+}
+
 /// The logits' argmax per row of a `(N, K)` buffer.
 fn argmax_rows(logits: &[f32], k: usize) -> Vec<usize> {
     logits
@@ -160,11 +167,9 @@ impl<B: Backend> Trainer<B> {
             }
             .into());
         }
-        let micro_per_epoch = train.len().div_ceil(config.batch_size) as u64;
-        let per_epoch = micro_per_epoch.div_ceil(config.grad_accum as u64).max(1);
         let total = config
             .max_steps
-            .unwrap_or(per_epoch * u64::from(config.epochs));
+            .unwrap_or(steps_per_epoch(train.len(), &config) * u64::from(config.epochs));
         let opt = Optimizer::new(
             AdamWConfig {
                 lr: config.lr(),
@@ -199,8 +204,7 @@ impl<B: Backend> Trainer<B> {
 
     /// Optimiser steps per epoch.
     pub fn steps_per_epoch(&self) -> u64 {
-        let micro = self.train.len().div_ceil(self.config.batch_size) as u64;
-        micro.div_ceil(self.config.grad_accum as u64).max(1)
+        steps_per_epoch(self.train.len(), &self.config)
     }
 
     pub fn is_done(&self) -> bool {
