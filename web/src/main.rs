@@ -1,6 +1,10 @@
-//! Entry point of the web app (built by Trunk from `web/index.html`).
+//! Entry point of the web app's page (built by Trunk from `web/index.html`); the training
+//! runs in the worker (`src/worker/`).
 
 mod app;
+mod bridge;
+mod chart;
+mod form;
 
 fn main() {
     console_error_panic_hook::set_once();

@@ -153,6 +153,15 @@ fn check(kind: &str, task_name: &str, m: &str) {
     theirs.sort();
     assert_eq!(ours, theirs, "{case}: trainable parameters");
     assert_eq!(store.counts(&be).0, fx.trainable, "{case}: trainable count");
+    // The web app's live count, from shapes alone, agrees with the loaded model.
+    let config =
+        std::fs::read_to_string(fixtures().join(format!("tiny-{kind}/config.json"))).unwrap();
+    let config = tunelab_core::models::bert::BertConfig::from_json("config.json", &config).unwrap();
+    assert_eq!(
+        tunelab_core::models::task_model::count_params(&config, task, &method(m)).unwrap(),
+        store.counts(&be),
+        "{case}: counted from the config"
+    );
 
     // Logits, loss and every gradient.
     let mut tape = Tape::new(be.clone());

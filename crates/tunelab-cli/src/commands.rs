@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use tunelab_core::backend::Backend;
 use tunelab_core::data::{self, Example, Format};
 use tunelab_core::export::{self, ExportInfo};
-use tunelab_core::nn::Ctx;
-use tunelab_core::tape::Tape;
+use tunelab_core::predict::{self, Prediction};
 use tunelab_core::trainer::{
-    self, EvalOptions, EvalReport, TaskKind, TrainConfig, Trainer, checkpoint, resolve_task,
+    self, EvalOptions, EvalReport, TrainConfig, Trainer, checkpoint, resolve_task,
 };
 
 /// The data an evaluation of `model_dir` uses: `--file`, or the preset's split (the task
@@ -140,13 +139,6 @@ fn print_report(r: &EvalReport, file: &str) {
     }
 }
 
-fn softmax(row: &[f32]) -> Vec<f32> {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
-    let s: f32 = e.iter().sum();
-    e.iter().map(|v| v / s).collect()
-}
-
 /// Texts from `--text` flags and an input file (plain text: one per line; JSONL: `text`).
 fn inputs(texts: &[String], input: Option<&Path>) -> anyhow::Result<Vec<String>> {
     let mut out = texts.to_vec();
@@ -182,73 +174,34 @@ pub fn predict<B: Backend>(
         tokenizer,
         manifest,
     } = job::load_export(model_dir, assets, backend)?;
-    let names = &manifest.labels.names;
     let mut out = Vec::new();
     for text in inputs(texts, input)? {
-        let words: Vec<&str> = text.split_whitespace().collect();
-        let (ids, starts) = match manifest.task {
-            TaskKind::TokenClassification => tokenizer.encode_tagged(&words, manifest.max_len)?,
-            _ => {
-                let ids = tokenizer.encode_text(&text, manifest.max_len)?;
-                let n = ids.len();
-                (ids, vec![0; n])
-            }
-        };
-        let len = ids.len();
-        let input = model.input(&backend, &store, &ids, &vec![1.0; len], 1, len)?;
-        let mut tape = Tape::new(backend.clone());
-        let bound = store.bind_frozen(&mut tape);
-        let mut cx = Ctx {
-            tape: &mut tape,
-            bound: &bound,
-            adapters: &model.adapters,
-        };
-        let logits = model.logits(&mut cx, &input)?;
-        let values = pollster::block_on(backend.download(tape.value(logits)?))?;
-        let v = match manifest.task {
-            TaskKind::Classification => {
-                let p = softmax(&values);
-                let best = (0..p.len()).fold(0, |b, i| if p[i] > p[b] { i } else { b });
-                let scores: serde_json::Map<String, serde_json::Value> = names
-                    .iter()
-                    .zip(&p)
-                    .map(|(n, v)| (n.clone(), (*v as f64).into()))
+        let p = pollster::block_on(predict::predict(
+            &backend,
+            &model,
+            &store,
+            &tokenizer,
+            manifest.task,
+            &manifest.labels,
+            manifest.max_len,
+            &text,
+        ))?;
+        out.push(match p {
+            Prediction::Class {
+                label,
+                score,
+                scores,
+                logits,
+            } => {
+                let scores: serde_json::Map<String, serde_json::Value> = scores
+                    .into_iter()
+                    .map(|(n, v)| (n, f64::from(v).into()))
                     .collect();
-                serde_json::json!({"text": text, "label": names[best], "score": p[best], "scores": scores, "logits": values})
+                serde_json::json!({"text": text, "label": label, "score": score, "scores": scores, "logits": logits})
             }
-            TaskKind::TokenClassification => {
-                let k = names.len();
-                let mut tags = Vec::new();
-                for (t, &w) in starts.iter().enumerate() {
-                    if w != tunelab_core::backend::IGNORE_INDEX {
-                        let row = &values[t * k..(t + 1) * k];
-                        let best = (0..k).fold(0, |b, i| if row[i] > row[b] { i } else { b });
-                        tags.push(serde_json::json!([words[w as usize], names[best]]));
-                    }
-                }
-                serde_json::json!({"text": text, "tags": tags})
-            }
-            TaskKind::MaskedLm => {
-                let v = tokenizer.vocab_size();
-                let vocab = backend.shape(tape.value(logits)?).dims()[2];
-                let mask = tokenizer.mask_id();
-                let mut fills = Vec::new();
-                for (t, id) in ids.iter().enumerate() {
-                    if Some(*id) == mask {
-                        let p = softmax(&values[t * vocab..(t + 1) * vocab]);
-                        let mut order: Vec<usize> = (0..v.min(vocab)).collect();
-                        order.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
-                        let top: Vec<serde_json::Value> = order[..5.min(order.len())]
-                            .iter()
-                            .map(|&i| serde_json::json!([tokenizer.id_to_token(i as u32), p[i]]))
-                            .collect();
-                        fills.push(serde_json::Value::Array(top));
-                    }
-                }
-                serde_json::json!({"text": text, "masks": fills})
-            }
-        };
-        out.push(v);
+            Prediction::Tags { tags } => serde_json::json!({"text": text, "tags": tags}),
+            Prediction::Masks { fills } => serde_json::json!({"text": text, "masks": fills}),
+        });
     }
     Ok(out)
 }

@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tunelab_candle::{Candle, DeviceKind};
 use tunelab_core::backend::Backend;
-use tunelab_core::data::{self, FeatureKind, Features, Format, Labels, Masking, Parsed};
+use tunelab_core::data::{self, Features, Format, Labels, Masking, Parsed};
 use tunelab_core::export::{self, ExportManifest};
 use tunelab_core::models::bert::BertConfig;
-use tunelab_core::models::heads::Task;
 use tunelab_core::models::task_model::TaskModel;
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::Method;
 use tunelab_core::safetensors_io::{self, HostTensor};
+pub use tunelab_core::session::{feature_kind, head_task, masking};
 use tunelab_core::tokenizer::Tokenizer;
 use tunelab_core::trainer::{TaskKind, TrainConfig, resolve_task};
 use tunelab_core::{Manifest, ModelCard};
@@ -103,18 +103,6 @@ pub fn tokenizer(dir: &Path, vocab: usize) -> anyhow::Result<Tokenizer> {
     )?)
 }
 
-pub fn head_task(kind: TaskKind, labels: &Labels) -> Task {
-    match kind {
-        TaskKind::Classification => Task::SequenceClassification {
-            num_labels: labels.len(),
-        },
-        TaskKind::TokenClassification => Task::TokenClassification {
-            num_labels: labels.len(),
-        },
-        TaskKind::MaskedLm => Task::MaskedLm,
-    }
-}
-
 /// Where a run's data comes from.
 #[derive(Debug, Clone)]
 pub struct DataFiles {
@@ -197,14 +185,6 @@ pub fn read_split(path: &Path, cfg: &TrainConfig) -> anyhow::Result<Parsed> {
     Ok(parsed)
 }
 
-pub fn feature_kind(kind: TaskKind) -> FeatureKind {
-    match kind {
-        TaskKind::Classification => FeatureKind::Sequence,
-        TaskKind::TokenClassification => FeatureKind::Token,
-        TaskKind::MaskedLm => FeatureKind::MaskedLm,
-    }
-}
-
 /// Everything a training run needs.
 #[derive(Debug)]
 pub struct Job<B: Backend> {
@@ -222,20 +202,6 @@ pub struct Job<B: Backend> {
     pub config_json: String,
     pub base_model: String,
     pub files: DataFiles,
-}
-
-pub fn masking(kind: TaskKind, tok: &Tokenizer, p: f32) -> anyhow::Result<Option<Masking>> {
-    if kind != TaskKind::MaskedLm {
-        return Ok(None);
-    }
-    let mask_id = tok
-        .mask_id()
-        .context("masked-LM training needs a tokenizer with a [MASK] or <mask> token")?;
-    Ok(Some(Masking {
-        probability: p,
-        mask_id,
-        vocab_size: tok.vocab_size() as u32,
-    }))
 }
 
 /// Builds the model, tokenizer and features for `cfg` (the method's prompt-init text, if any,

@@ -8,7 +8,7 @@
 
 use crate::Shape;
 use crate::backend::{Backend, Result};
-use crate::models::bert::{Bert, Flavor};
+use crate::models::bert::{Bert, BertConfig, Flavor};
 use crate::nn::{Ctx, LayerNorm, Linear};
 use crate::params::{ParamId, ParamStore};
 use crate::rng::Rng;
@@ -61,7 +61,19 @@ pub struct Head {
 }
 
 fn specs(encoder: &Bert, task: Task) -> Vec<(String, Shape, Init)> {
-    let (c, v) = (encoder.config.hidden_size, encoder.config.vocab_size);
+    specs_for(&encoder.config, encoder.flavor, task)
+}
+
+/// The head's tensors (name, shape) for a model config, flavour and task.
+pub fn head_shapes(config: &BertConfig, flavor: Flavor, task: Task) -> Vec<(String, Shape)> {
+    specs_for(config, flavor, task)
+        .into_iter()
+        .map(|(n, s, _)| (n, s))
+        .collect()
+}
+
+fn specs_for(config: &BertConfig, flavor: Flavor, task: Task) -> Vec<(String, Shape, Init)> {
+    let (c, v) = (config.hidden_size, config.vocab_size);
     let lin = |name: &str, out: usize, inp: usize| {
         vec![
             (
@@ -72,7 +84,7 @@ fn specs(encoder: &Bert, task: Task) -> Vec<(String, Shape, Init)> {
             (format!("{name}.bias"), Shape::new([out]), Init::Zero),
         ]
     };
-    match (task, encoder.flavor) {
+    match (task, flavor) {
         (Task::SequenceClassification { num_labels }, Flavor::Bert)
         | (Task::TokenClassification { num_labels }, _) => lin("classifier", num_labels, c),
         (Task::SequenceClassification { num_labels }, Flavor::Roberta) => [

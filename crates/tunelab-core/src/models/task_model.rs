@@ -195,3 +195,84 @@ impl TaskModel {
         cx.tape.cross_entropy(flat, labels, scale)
     }
 }
+
+/// `(trainable, total)` parameters of `config` with `task`'s head and `method` applied,
+/// computed from shapes alone (no weights loaded) — what [`ParamStore::counts`] reports
+/// after [`TaskModel::load`]. The web app shows it live as options change.
+pub fn count_params(
+    config: &BertConfig,
+    task: Task,
+    method: &Method,
+) -> std::result::Result<(usize, usize), ModelError> {
+    let flavor = config.flavor().map_err(|reason| LoadError::Config {
+        file: "config.json".into(),
+        reason,
+    })?;
+    let mut encoder = config.param_specs();
+    if matches!(task, Task::SequenceClassification { .. }) && flavor == Flavor::Bert {
+        encoder.extend(config.pooler_specs());
+    }
+    let head = crate::models::heads::head_shapes(config, flavor, task);
+    let numel = |specs: &[(String, crate::Shape)]| specs.iter().map(|(_, s)| s.numel()).sum();
+    let (enc_n, head_n): (usize, usize) = (numel(&encoder), numel(&head));
+    let total = enc_n + head_n;
+    Ok(match method {
+        Method::Full => (total, total),
+        Method::Bitfit => {
+            let biases: usize = encoder
+                .iter()
+                .filter(|(n, _)| n.ends_with(".bias"))
+                .map(|(_, s)| s.numel())
+                .sum();
+            (biases + head_n, total)
+        }
+        Method::Prompt(p) => {
+            let prompt = p.num_virtual_tokens * config.hidden_size;
+            if p.num_virtual_tokens == 0 {
+                return Err(PeftError::Invalid {
+                    method: "prompt",
+                    reason: "num_virtual_tokens must be at least 1".into(),
+                }
+                .into());
+            }
+            (prompt + head_n, total + prompt)
+        }
+        Method::Lora(l) => {
+            let linears: Vec<(&str, &crate::Shape)> = encoder
+                .iter()
+                .filter(|(n, s)| !n.starts_with("embeddings.") && s.rank() == 2)
+                .filter_map(|(n, s)| n.strip_suffix(".weight").map(|n| (n, s)))
+                .collect();
+            let targets: Vec<_> = linears
+                .iter()
+                .filter(|(n, _)| {
+                    l.target_modules
+                        .iter()
+                        .any(|p| crate::peft::lora::matches(n, p))
+                })
+                .collect();
+            if l.r == 0 {
+                return Err(PeftError::Invalid {
+                    method: "lora",
+                    reason: "r must be at least 1".into(),
+                }
+                .into());
+            }
+            if targets.is_empty() {
+                return Err(PeftError::NoTargets {
+                    patterns: l.target_modules.clone(),
+                    example: linears
+                        .first()
+                        .map(|(n, _)| n.to_string())
+                        .unwrap_or_default(),
+                }
+                .into());
+            }
+            let lora: usize = targets
+                .iter()
+                .map(|(_, s)| l.r * (s.dims()[0] + s.dims()[1]))
+                .sum();
+            (lora + head_n, total + lora)
+        }
+    })
+}

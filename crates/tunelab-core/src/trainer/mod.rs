@@ -43,6 +43,8 @@ pub enum TrainError {
     Step { step: u64, source: StepError },
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error("checkpoint {file}: {reason}")]
     Checkpoint { file: String, reason: String },
 }

@@ -1,0 +1,400 @@
+//! The run's options: the form's state, its URL encoding (shareable links carry the
+//! configuration, never the data), presets, and the memory preflight.
+
+use tunelab_core::data::ParseOptions;
+use tunelab_core::models::bert::BertConfig;
+use tunelab_core::models::heads::Task;
+use tunelab_core::models::task_model::count_params;
+use tunelab_core::peft::Method;
+use tunelab_core::peft::lora::LoraConfig;
+use tunelab_core::peft::prompt::PromptConfig;
+use tunelab_core::trainer::{TaskKind, TrainConfig};
+
+/// Everything the form sets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Form {
+    /// A sample dataset id (`sentiment`, …) or `upload`.
+    pub data: String,
+    pub method: String,
+    pub r: usize,
+    pub alpha: f32,
+    pub targets: String,
+    pub virtual_tokens: usize,
+    pub steps: u64,
+    pub batch: usize,
+    pub max_len: usize,
+    /// Empty: the method's default.
+    pub lr: String,
+    pub eval_every: u64,
+    pub eval_examples: usize,
+    pub save_every: u64,
+    pub seed: u64,
+    pub skip_bad: bool,
+    pub cpu: bool,
+}
+
+impl Default for Form {
+    fn default() -> Self {
+        Self {
+            data: "sentiment".into(),
+            method: "lora".into(),
+            r: 8,
+            alpha: 16.0,
+            targets: "query,value".into(),
+            virtual_tokens: 20,
+            steps: 60,
+            batch: 8,
+            max_len: 64,
+            lr: String::new(),
+            eval_every: 20,
+            eval_examples: 200,
+            save_every: 10,
+            seed: 42,
+            skip_bad: false,
+            cpu: false,
+        }
+    }
+}
+
+/// Classroom presets: name, one-line promise, and the form they set.
+pub fn presets() -> Vec<(&'static str, &'static str, Form)> {
+    let base = Form::default();
+    vec![
+        (
+            "Sentiment in 2 minutes",
+            "Teach the model to tell positive from negative reviews with LoRA.",
+            Form {
+                steps: 40,
+                batch: 8,
+                max_len: 48,
+                eval_every: 20,
+                eval_examples: 100,
+                ..base.clone()
+            },
+        ),
+        (
+            "Spot names and places",
+            "Tag people, places and companies in tweets (NER) with LoRA.",
+            Form {
+                data: "ner".into(),
+                steps: 80,
+                max_len: 48,
+                lr: "0.001".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "Spam or not",
+            "Filter e-mail spam by tuning only the biases (BitFit).",
+            Form {
+                data: "spam".into(),
+                method: "bitfit".into(),
+                steps: 40,
+                max_len: 96,
+                ..base.clone()
+            },
+        ),
+        (
+            "Fill in the blank",
+            "Adapt the language model to 1960s American prose (masked LM).",
+            Form {
+                data: "brown-text".into(),
+                steps: 40,
+                ..base
+            },
+        ),
+    ]
+}
+
+/// Plain-language explanations of the methods.
+pub const METHOD_HELP: &[(&str, &str, &str)] = &[
+    (
+        "lora",
+        "LoRA",
+        "Adds two thin matrices next to chosen weight matrices and trains only those: a few hundred thousand numbers instead of millions. Small to save and share.",
+    ),
+    (
+        "bitfit",
+        "BitFit",
+        "Trains only the bias terms — the small offsets added after each layer — plus the new output layer. The tiniest change that still helps.",
+    ),
+    (
+        "prompt",
+        "Prompt tuning",
+        "Keeps the whole model frozen and learns a few 'virtual words' put in front of every input. Nothing inside the model changes.",
+    ),
+    (
+        "full",
+        "Full fine-tuning",
+        "Trains every weight. Usually the most accurate and the most expensive: the baseline the others are measured against.",
+    ),
+];
+
+impl Form {
+    /// The PEFT method the form describes.
+    pub fn method(&self) -> Method {
+        match self.method.as_str() {
+            "full" => Method::Full,
+            "bitfit" => Method::Bitfit,
+            "prompt" => Method::Prompt(PromptConfig {
+                num_virtual_tokens: self.virtual_tokens,
+                init_token_ids: vec![],
+            }),
+            _ => Method::Lora(LoraConfig {
+                r: self.r,
+                alpha: self.alpha,
+                dropout: 0.0,
+                target_modules: self
+                    .targets
+                    .split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
+            }),
+        }
+    }
+
+    /// The learning rate, if one was typed; an error names the field.
+    pub fn lr(&self) -> Result<Option<f64>, String> {
+        let t = self.lr.trim();
+        if t.is_empty() {
+            return Ok(None);
+        }
+        match t.parse::<f64>() {
+            Ok(v) if v > 0.0 && v.is_finite() => Ok(Some(v)),
+            _ => Err(format!(
+                "learning rate `{t}`: expected a positive number such as 0.0005"
+            )),
+        }
+    }
+
+    pub fn train_config(&self, model: &str, kind: TaskKind) -> Result<TrainConfig, String> {
+        let task = match kind {
+            TaskKind::Classification => "classification",
+            TaskKind::TokenClassification => "token-classification",
+            TaskKind::MaskedLm => "masked-lm",
+        };
+        let cfg = TrainConfig {
+            model: model.to_string(),
+            task: task.into(),
+            max_len: self.max_len,
+            method: self.method(),
+            max_steps: Some(self.steps),
+            batch_size: self.batch,
+            lr: self.lr()?,
+            eval_every: Some(self.eval_every.max(1)),
+            eval_max_examples: Some(self.eval_examples.max(1)),
+            save_every: Some(self.save_every.max(1)),
+            seed: self.seed,
+            columns: ParseOptions {
+                skip_bad: self.skip_bad,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    /// The query string that reproduces this form.
+    pub fn to_query(&self) -> String {
+        let d = Form::default();
+        let mut q: Vec<(String, String)> = Vec::new();
+        let mut put = |k: &str, v: String, dv: String| {
+            if v != dv {
+                q.push((k.into(), v));
+            }
+        };
+        put("data", self.data.clone(), d.data.clone());
+        put("method", self.method.clone(), d.method.clone());
+        put("r", self.r.to_string(), d.r.to_string());
+        put("alpha", self.alpha.to_string(), d.alpha.to_string());
+        put("targets", self.targets.clone(), d.targets.clone());
+        put(
+            "vt",
+            self.virtual_tokens.to_string(),
+            d.virtual_tokens.to_string(),
+        );
+        put("steps", self.steps.to_string(), d.steps.to_string());
+        put("batch", self.batch.to_string(), d.batch.to_string());
+        put("len", self.max_len.to_string(), d.max_len.to_string());
+        put("lr", self.lr.clone(), d.lr.clone());
+        put(
+            "eval",
+            self.eval_every.to_string(),
+            d.eval_every.to_string(),
+        );
+        put(
+            "evaln",
+            self.eval_examples.to_string(),
+            d.eval_examples.to_string(),
+        );
+        put(
+            "save",
+            self.save_every.to_string(),
+            d.save_every.to_string(),
+        );
+        put("seed", self.seed.to_string(), d.seed.to_string());
+        put("skipbad", self.skip_bad.to_string(), d.skip_bad.to_string());
+        put("cpu", self.cpu.to_string(), d.cpu.to_string());
+        q.iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    /// The form a query string describes; unknown keys and unreadable values are ignored.
+    pub fn from_query(query: &str) -> Self {
+        let mut f = Form::default();
+        for pair in query.trim_start_matches('?').split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = decode(v);
+            match k {
+                "data" => f.data = v,
+                "method" if ["lora", "bitfit", "prompt", "full"].contains(&v.as_str()) => {
+                    f.method = v
+                }
+                "r" => f.r = v.parse().unwrap_or(f.r),
+                "alpha" => f.alpha = v.parse().unwrap_or(f.alpha),
+                "targets" => f.targets = v,
+                "vt" => f.virtual_tokens = v.parse().unwrap_or(f.virtual_tokens),
+                "steps" => f.steps = v.parse().unwrap_or(f.steps),
+                "batch" => f.batch = v.parse().unwrap_or(f.batch),
+                "len" => f.max_len = v.parse().unwrap_or(f.max_len),
+                "lr" => f.lr = v,
+                "eval" => f.eval_every = v.parse().unwrap_or(f.eval_every),
+                "evaln" => f.eval_examples = v.parse().unwrap_or(f.eval_examples),
+                "save" => f.save_every = v.parse().unwrap_or(f.save_every),
+                "seed" => f.seed = v.parse().unwrap_or(f.seed),
+                "skipbad" => f.skip_bad = v == "true",
+                "cpu" => f.cpu = v == "true",
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parameter counts for the form's method on a model: `(trainable, total)`.
+pub fn counts(
+    config: &BertConfig,
+    kind: TaskKind,
+    num_labels: usize,
+    method: &Method,
+) -> Result<(usize, usize), String> {
+    let task = match kind {
+        TaskKind::Classification => Task::SequenceClassification {
+            num_labels: num_labels.max(2),
+        },
+        TaskKind::TokenClassification => Task::TokenClassification {
+            num_labels: num_labels.max(2),
+        },
+        TaskKind::MaskedLm => Task::MaskedLm,
+    };
+    count_params(config, task, method).map_err(|e| e.to_string())
+}
+
+/// Estimated device memory of a training step in bytes: weights, gradients and AdamW moments
+/// of the trainable part, and the activations kept for the backward pass.
+pub fn memory_estimate(
+    config: &BertConfig,
+    trainable: usize,
+    total: usize,
+    batch: usize,
+    seq: usize,
+) -> u64 {
+    let (c, i, l, h) = (
+        config.hidden_size as u64,
+        config.intermediate_size as u64,
+        config.num_hidden_layers as u64,
+        config.num_attention_heads as u64,
+    );
+    let (b, t) = (batch as u64, seq as u64);
+    let weights = total as u64 * 4;
+    let training = trainable as u64 * 4 * 3;
+    // Per layer: ~12 hidden-sized and 2 intermediate-sized activations per token, and the
+    // attention probabilities (recomputed in the fused kernel, but budgeted once).
+    let acts = l * b * t * (12 * c + 2 * i) * 4 + l * b * h * t * t * 4;
+    weights + training + acts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Form;
+
+    #[test]
+    fn the_query_string_round_trips_the_form() {
+        let f = Form {
+            data: "ner".into(),
+            method: "prompt".into(),
+            virtual_tokens: 7,
+            steps: 3,
+            lr: "0.01".into(),
+            targets: "query, key".into(),
+            cpu: true,
+            ..Form::default()
+        };
+        let q = f.to_query();
+        assert!(
+            q.contains("method=prompt") && q.contains("targets=query%2C%20key"),
+            "{q}"
+        );
+        assert_eq!(Form::from_query(&q), f);
+        assert_eq!(Form::from_query(""), Form::default());
+        // Unreadable values keep the defaults.
+        assert_eq!(Form::from_query("?steps=lots&method=magic").steps, 60);
+    }
+
+    #[test]
+    fn lora_trains_a_small_fraction_and_memory_grows_with_the_batch() {
+        let cfg = tunelab_core::models::bert::BertConfig::from_json(
+            "c",
+            r#"{"model_type":"bert","vocab_size":30522,"hidden_size":384,"num_hidden_layers":6,
+               "num_attention_heads":12,"intermediate_size":1536,"max_position_embeddings":512}"#,
+        )
+        .unwrap();
+        let f = Form::default();
+        let (t, all) = super::counts(
+            &cfg,
+            tunelab_core::trainer::TaskKind::Classification,
+            2,
+            &f.method(),
+        )
+        .unwrap();
+        // LoRA r=8 on query and value of 6 layers, plus pooler-free classifier head.
+        assert_eq!(t, 6 * 2 * 8 * (384 + 384) + 384 * 2 + 2);
+        assert!(all > 22_000_000);
+        let m8 = super::memory_estimate(&cfg, t, all, 8, 64);
+        let m16 = super::memory_estimate(&cfg, t, all, 16, 64);
+        assert!(m16 > m8 && m8 > all as u64 * 4);
+    }
+}

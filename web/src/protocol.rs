@@ -1,0 +1,218 @@
+//! Messages between the page and the training worker. Each message is one JSON text (serde)
+//! plus, for files, binary payloads posted next to it (never copied into the JSON).
+
+use serde::{Deserialize, Serialize};
+use tunelab_core::predict::Prediction;
+use tunelab_core::trainer::{EvalReport, StepReport, TaskKind, TrainConfig};
+use tunelab_wgpu::AdapterReport;
+
+/// Where the model comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum ModelSource {
+    /// A model of the served assets (fetched once, then read from browser storage).
+    Builtin { id: String, dir: String },
+    /// The user's own files, kept in browser storage under this name.
+    User { name: String },
+}
+
+impl ModelSource {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Builtin { id, .. } => id,
+            Self::User { name } => name,
+        }
+    }
+}
+
+/// One data file as the page read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataFile {
+    pub name: String,
+    pub text: String,
+}
+
+/// Everything a run needs; saved with its checkpoints so a reload can resume it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub model: ModelSource,
+    pub kind: TaskKind,
+    /// The dataset's title (`Sentiment`, or the file name).
+    pub dataset: String,
+    pub train: DataFile,
+    pub validation: Option<DataFile>,
+    /// Label order (the dataset card's, or inferred when absent).
+    pub labels: Option<Vec<String>>,
+    /// Fraction of the training file held out for validation when there is no validation file.
+    pub holdout: f64,
+    pub config: TrainConfig,
+    /// Train on the wasm CPU backend even when WebGPU is there.
+    pub force_cpu: bool,
+}
+
+/// The compute backend a run uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BackendInfo {
+    WebGpu {
+        adapter: AdapterReport,
+    },
+    /// The wasm CPU backend (candle), with the reason WebGPU is not used.
+    Cpu {
+        reason: String,
+    },
+}
+
+/// A step as charted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepPoint {
+    pub report: StepReport,
+    /// Wall time of the step in the worker.
+    pub ms: f64,
+}
+
+/// What the charts show, saved with the checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub steps: Vec<StepPoint>,
+    pub evals: Vec<(u64, EvalReport)>,
+}
+
+impl History {
+    /// Drops points after `step` (a checkpoint older than the history).
+    pub fn truncate(&mut self, step: u64) {
+        self.steps.retain(|p| p.report.step <= step);
+        self.evals.retain(|(s, _)| *s <= step);
+    }
+}
+
+/// A run's state in browser storage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedRun {
+    pub spec: RunSpec,
+    pub step: u64,
+    pub total: u64,
+    pub finished: bool,
+    pub history: History,
+}
+
+/// Page → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// First message: which backend, and whether an interrupted run is saved.
+    Hello {
+        force_cpu: bool,
+    },
+    /// Store the user's model files (posted as payloads `config.json`, `model.safetensors`,
+    /// `tokenizer.json`) under `name`.
+    SaveModel {
+        name: String,
+    },
+    Start {
+        spec: Box<RunSpec>,
+    },
+    /// Continue the run saved in browser storage from its last checkpoint.
+    ResumeSaved,
+    Pause,
+    Continue,
+    Stop,
+    Predict {
+        text: String,
+    },
+    /// Download the trained weights (PEFT format for adapters) as a zip.
+    Export,
+    /// Load an exported adapter (zip payload) onto a model.
+    Import {
+        model: ModelSource,
+    },
+    /// Forget the saved run.
+    Discard,
+    /// Delete every model, dataset, checkpoint and run kept by the app.
+    DeleteAll,
+}
+
+/// The model's facts, shown before training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFacts {
+    pub name: String,
+    pub architecture: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub vocab: usize,
+    pub parameters: usize,
+    pub bytes: u64,
+    /// `config.json`, for counting parameters as options change.
+    pub config_json: String,
+}
+
+/// Worker → page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Ready {
+        backend: BackendInfo,
+        saved: Option<Box<SavedRun>>,
+        /// Models already in browser storage.
+        cached: Vec<String>,
+    },
+    /// Progress of a long operation (downloading, loading, tokenising).
+    Status {
+        message: String,
+    },
+    ModelSaved {
+        facts: ModelFacts,
+    },
+    Started {
+        backend: BackendInfo,
+        total_steps: u64,
+        trainable: usize,
+        parameters: usize,
+        train_examples: usize,
+        validation_examples: usize,
+        labels: Vec<String>,
+        skipped: usize,
+        /// The model came from browser storage (not the network).
+        cached: bool,
+        /// Resumed from a checkpoint: the history so far.
+        resumed: Option<History>,
+    },
+    Step {
+        point: StepPoint,
+    },
+    Eval {
+        step: u64,
+        report: Box<EvalReport>,
+    },
+    Checkpoint {
+        step: u64,
+    },
+    Paused {
+        step: u64,
+    },
+    Continued,
+    Finished {
+        stopped: bool,
+        step: u64,
+    },
+    Prediction {
+        text: String,
+        prediction: Prediction,
+    },
+    /// The zip follows as the payload.
+    Exported {
+        file_name: String,
+        files: Vec<String>,
+    },
+    Imported {
+        method: String,
+        task: TaskKind,
+        labels: Vec<String>,
+    },
+    Discarded,
+    Deleted,
+    Error {
+        message: String,
+    },
+}

@@ -1,0 +1,159 @@
+//! The training worker: a dedicated Web Worker that owns the model, the backend (WebGPU, or
+//! the wasm CPU backend as a fallback) and browser storage, so the page never freezes.
+//! Messages are `[json, payload]` arrays (see `tunelab_web::protocol`).
+
+mod run;
+
+use js_sys::{Array, Object, Reflect, Uint8Array};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use tunelab_web::protocol::{BackendInfo, Event, Request};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
+
+/// What the page asked the running loop to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Run,
+    Pause,
+    Stop,
+}
+
+/// The chosen backend, created once.
+#[derive(Clone)]
+pub enum Engine {
+    Gpu(tunelab_wgpu::Wgpu),
+    Cpu(tunelab_candle::Candle),
+}
+
+/// The worker's state, shared by the message handler and the training loop.
+pub struct State {
+    pub control: Cell<Control>,
+    /// A training loop is running (it owns the model while not paused).
+    pub training: Cell<bool>,
+    pub engine: RefCell<Option<(Engine, BackendInfo)>>,
+    /// The trained (or imported) model while no loop holds it.
+    pub live: RefCell<Option<run::Live>>,
+}
+
+thread_local! {
+    static STATE: Rc<State> = Rc::new(State {
+        control: Cell::new(Control::Run),
+        training: Cell::new(false),
+        engine: RefCell::new(None),
+        live: RefCell::new(None),
+    });
+}
+
+pub fn state() -> Rc<State> {
+    STATE.with(Rc::clone)
+}
+
+fn scope() -> DedicatedWorkerGlobalScope {
+    js_sys::global().unchecked_into()
+}
+
+/// Posts an event; `payload` (bytes) is transferred, not copied.
+pub fn post(event: &Event, payload: Option<Vec<u8>>) {
+    let json = serde_json::to_string(event).unwrap_or_else(|e| {
+        format!(r#"{{"type":"error","message":"cannot encode an event: {e}"}}"#)
+    });
+    let msg = Array::new();
+    msg.push(&JsValue::from_str(&json));
+    match payload {
+        Some(bytes) => {
+            let arr = Uint8Array::from(bytes.as_slice());
+            let buf = arr.buffer();
+            msg.push(&arr);
+            let transfer = Array::of1(&buf);
+            let _ = scope().post_message_with_transfer(&msg, &transfer);
+        }
+        None => {
+            let _ = scope().post_message(&msg);
+        }
+    }
+}
+
+pub fn post_error(message: impl Into<String>) {
+    post(
+        &Event::Error {
+            message: message.into(),
+        },
+        None,
+    );
+}
+
+pub fn status(message: impl Into<String>) {
+    post(
+        &Event::Status {
+            message: message.into(),
+        },
+        None,
+    );
+}
+
+/// Binary payloads of a request, by name.
+pub type Payload = BTreeMap<String, Vec<u8>>;
+
+fn payload(v: &JsValue) -> Payload {
+    let mut out = BTreeMap::new();
+    if let Some(obj) = v.dyn_ref::<Object>() {
+        for key in Object::keys(obj).iter() {
+            if let (Some(name), Ok(val)) = (key.as_string(), Reflect::get(obj, &key)) {
+                if let Some(arr) = val.dyn_ref::<Uint8Array>() {
+                    out.insert(name, arr.to_vec());
+                } else if let Some(buf) = val.dyn_ref::<js_sys::ArrayBuffer>() {
+                    out.insert(name, Uint8Array::new(buf).to_vec());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn on_message(ev: MessageEvent) {
+    let data = ev.data();
+    let arr: Array = data.dyn_into().unwrap_or_default();
+    let Some(json) = arr.get(0).as_string() else {
+        post_error("the worker got a message it does not understand");
+        return;
+    };
+    let files = payload(&arr.get(1));
+    let req: Request = match serde_json::from_str(&json) {
+        Ok(r) => r,
+        Err(e) => {
+            post_error(format!("bad request to the worker: {e}"));
+            return;
+        }
+    };
+    let st = state();
+    match req {
+        // Control messages act at once (the loop reads them between steps).
+        Request::Pause => st.control.set(Control::Pause),
+        Request::Continue => {
+            st.control.set(Control::Run);
+        }
+        Request::Stop => st.control.set(Control::Stop),
+        other => wasm_bindgen_futures::spawn_local(async move {
+            if let Err(e) = run::handle(other, files).await {
+                post_error(e);
+            }
+        }),
+    }
+}
+
+fn main() {
+    console_error_panic_hook::set_once();
+    let handler = Closure::<dyn FnMut(MessageEvent)>::new(on_message);
+    scope().set_onmessage(Some(handler.as_ref().unchecked_ref()));
+    handler.forget();
+    // The page waits for this before it sends anything.
+    post(
+        &Event::Status {
+            message: "worker started".into(),
+        },
+        None,
+    );
+}

@@ -1,0 +1,808 @@
+//! The worker's requests: backend choice, model files (fetched once, then from browser
+//! storage), the training loop with checkpoints, prediction, export and import.
+
+use crate::{Control, Engine, Payload, post, state, status};
+use js_sys::{Promise, Reflect};
+use std::sync::Arc;
+use tunelab_candle::Candle;
+use tunelab_core::backend::Backend;
+use tunelab_core::data::Labels;
+use tunelab_core::export::{self, ExportInfo};
+use tunelab_core::models::bert::BertConfig;
+use tunelab_core::models::task_model::TaskModel;
+use tunelab_core::params::ParamStore;
+use tunelab_core::peft::Method;
+use tunelab_core::session::{self, DataText, ModelFiles, Session};
+use tunelab_core::tokenizer::Tokenizer;
+use tunelab_core::trainer::TaskKind;
+use tunelab_web::protocol::{
+    BackendInfo, Event, History, ModelFacts, ModelSource, RunSpec, SavedRun, StepPoint,
+};
+use tunelab_web::{storage, zipfile};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+
+const SPEC: &str = "run/spec.json";
+const STATE: &str = "run/state.json";
+const CHECKPOINT: &str = "run/checkpoint.safetensors";
+
+/// A trained or imported model, ready for the playground and export.
+pub struct Model<B: Backend> {
+    pub backend: B,
+    pub model: TaskModel,
+    pub store: ParamStore<B>,
+    pub tokenizer: Tokenizer,
+    pub kind: TaskKind,
+    pub labels: Labels,
+    pub max_len: usize,
+    pub method: Method,
+    pub base_model: String,
+    pub base_config_json: String,
+}
+
+/// A session (training, or trained) or an imported model, on either backend.
+pub enum Slot<B: Backend> {
+    Training(Box<Session<B>>, Box<RunSpec>, String),
+    Imported(Box<Model<B>>),
+}
+
+pub enum Live {
+    Gpu(Slot<tunelab_wgpu::Wgpu>),
+    Cpu(Slot<Candle>),
+}
+
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+/// Resolves after `ms` (0: lets queued messages run first).
+pub async fn sleep(ms: i32) {
+    let p = Promise::new(&mut |resolve, _| {
+        let g = js_sys::global();
+        if let Ok(f) = Reflect::get(&g, &"setTimeout".into()) {
+            let f: js_sys::Function = f.unchecked_into();
+            let _ = f.call2(&g, &resolve, &JsValue::from(ms));
+        }
+    });
+    let _ = JsFuture::from(p).await;
+}
+
+fn s<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+/// The backend: WebGPU unless it is missing (or the page asked for the CPU).
+async fn engine(force_cpu: bool) -> (Engine, BackendInfo) {
+    let st = state();
+    if let Some((e, info)) = st.engine.borrow().as_ref() {
+        let cpu_now = matches!(e, Engine::Cpu(_));
+        if cpu_now == force_cpu || (!force_cpu && cpu_now) {
+            return (e.clone(), info.clone());
+        }
+    }
+    let chosen = if force_cpu {
+        (
+            Engine::Cpu(Candle::cpu()),
+            BackendInfo::Cpu {
+                reason: "the CPU backend was chosen".into(),
+            },
+        )
+    } else {
+        match tunelab_wgpu::Context::new(Default::default()).await {
+            Ok(ctx) => {
+                let adapter = ctx.report().clone();
+                (
+                    Engine::Gpu(tunelab_wgpu::Wgpu::new(Arc::new(ctx))),
+                    BackendInfo::WebGpu { adapter },
+                )
+            }
+            Err(e) => (
+                Engine::Cpu(Candle::cpu()),
+                BackendInfo::Cpu {
+                    reason: format!("WebGPU is not available ({e})"),
+                },
+            ),
+        }
+    };
+    *st.engine.borrow_mut() = Some(chosen.clone());
+    chosen
+}
+
+async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
+    let g = js_sys::global();
+    let f: js_sys::Function = Reflect::get(&g, &"fetch".into())
+        .map_err(|_| "no fetch in this worker".to_string())?
+        .unchecked_into();
+    let p: Promise = f
+        .call1(&g, &JsValue::from_str(url))
+        .map_err(|e| format!("fetching {url}: {e:?}"))?
+        .unchecked_into();
+    let resp: web_sys::Response = JsFuture::from(p)
+        .await
+        .map_err(|e| format!("fetching {url}: {e:?}"))?
+        .unchecked_into();
+    if !resp.ok() {
+        return Err(format!("{url}: HTTP {}", resp.status()));
+    }
+    let buf = JsFuture::from(resp.array_buffer().map_err(|e| format!("{e:?}"))?)
+        .await
+        .map_err(|e| format!("{url}: {e:?}"))?;
+    Ok(js_sys::Uint8Array::new(&buf).to_vec())
+}
+
+const MODEL_FILES: [&str; 3] = ["model.safetensors", "tokenizer.json", "config.json"];
+
+/// The model's files from browser storage, or (built-in models) fetched and stored there.
+/// Returns whether they came from storage.
+async fn model_files(source: &ModelSource) -> Result<(ModelFiles, bool), String> {
+    let dir = format!("models/{}", source.name());
+    let mut got = Vec::new();
+    for f in MODEL_FILES {
+        got.push(storage::read(&format!("{dir}/{f}")).await.map_err(s)?);
+    }
+    let cached = got.iter().all(Option::is_some);
+    if !cached {
+        let ModelSource::Builtin { dir: url_dir, .. } = source else {
+            return Err(format!(
+                "the model `{}` is no longer in browser storage; add its files again",
+                source.name()
+            ));
+        };
+        got.clear();
+        for f in MODEL_FILES {
+            status(format!("Downloading {f} of {}…", source.name()));
+            let bytes = fetch_bytes(&format!("assets/{url_dir}/{f}")).await?;
+            // config.json is written last: its presence marks a complete copy.
+            storage::write(&format!("{dir}/{f}"), &bytes)
+                .await
+                .map_err(s)?;
+            got.push(Some(bytes));
+        }
+    }
+    let mut it = got.into_iter().map(Option::unwrap_or_default);
+    let (weights, tokenizer_json, config) = (
+        it.next().unwrap_or_default(),
+        it.next().unwrap_or_default(),
+        it.next().unwrap_or_default(),
+    );
+    Ok((
+        ModelFiles {
+            name: source.name().to_string(),
+            config_json: String::from_utf8_lossy(&config).into_owned(),
+            weights,
+            tokenizer_json,
+        },
+        cached,
+    ))
+}
+
+pub async fn handle(req: tunelab_web::protocol::Request, files: Payload) -> Result<(), String> {
+    use tunelab_web::protocol::Request as R;
+    match req {
+        R::Hello { force_cpu } => hello(force_cpu).await,
+        R::SaveModel { name } => save_model(&name, files).await,
+        R::Start { spec } => start(*spec, None).await,
+        R::ResumeSaved => resume_saved().await,
+        R::Predict { text } => predict(text).await,
+        R::Export => export_zip().await,
+        R::Import { model } => import(model, files).await,
+        R::Discard => {
+            ensure_idle()?;
+            storage::remove("run").await.map_err(s)?;
+            post(&Event::Discarded, None);
+            Ok(())
+        }
+        R::DeleteAll => {
+            ensure_idle()?;
+            for p in storage::list("").await.map_err(s)? {
+                storage::remove(&p).await.map_err(s)?;
+            }
+            *state().live.borrow_mut() = None;
+            post(&Event::Deleted, None);
+            Ok(())
+        }
+        R::Pause | R::Continue | R::Stop => Ok(()),
+    }
+}
+
+fn ensure_idle() -> Result<(), String> {
+    if state().training.get() {
+        return Err("a run is training: stop it first".into());
+    }
+    Ok(())
+}
+
+async fn saved_run() -> Option<SavedRun> {
+    let spec = storage::read_text(SPEC).await.ok()??;
+    let state = storage::read_text(STATE).await.ok()??;
+    let spec: RunSpec = serde_json::from_str(&spec).ok()?;
+    let mut saved: SavedRun = serde_json::from_str(&state).ok()?;
+    saved.spec = spec;
+    Some(saved)
+}
+
+async fn hello(force_cpu: bool) -> Result<(), String> {
+    let (_, backend) = engine(force_cpu).await;
+    let saved = saved_run().await.filter(|r| !r.finished).map(Box::new);
+    let cached = storage::list("models").await.unwrap_or_default();
+    post(
+        &Event::Ready {
+            backend,
+            saved,
+            cached,
+        },
+        None,
+    );
+    Ok(())
+}
+
+async fn save_model(name: &str, files: Payload) -> Result<(), String> {
+    ensure_idle()?;
+    let get = |f: &str| {
+        files
+            .get(f)
+            .cloned()
+            .ok_or_else(|| format!("the model needs {f}; it was not among the files given"))
+    };
+    let m = ModelFiles {
+        name: name.to_string(),
+        config_json: String::from_utf8(get("config.json")?)
+            .map_err(|_| "config.json is not UTF-8 text".to_string())?,
+        weights: get("model.safetensors")?,
+        tokenizer_json: get("tokenizer.json")?,
+    };
+    let (config, _) = m.parts().map_err(s)?;
+    let (tensors, _) =
+        tunelab_core::safetensors_io::read("model.safetensors", &m.weights).map_err(s)?;
+    // The same checks a run makes: every tensor the architecture needs, none extra.
+    let mut store = ParamStore::new();
+    TaskModel::load(
+        &Candle::cpu(),
+        name,
+        &m.config_json,
+        tensors.clone(),
+        tunelab_core::models::heads::Task::MaskedLm,
+        &Method::Full,
+        0,
+        &mut store,
+    )
+    .map_err(s)?;
+    drop(store);
+    let dir = format!("models/{name}");
+    for (f, bytes) in [
+        ("model.safetensors", &m.weights),
+        ("tokenizer.json", &m.tokenizer_json),
+        ("config.json", &m.config_json.as_bytes().to_vec()),
+    ] {
+        storage::write(&format!("{dir}/{f}"), bytes)
+            .await
+            .map_err(s)?;
+    }
+    post(
+        &Event::ModelSaved {
+            facts: facts(name, &config, &m),
+        },
+        None,
+    );
+    Ok(())
+}
+
+fn facts(name: &str, c: &BertConfig, m: &ModelFiles) -> ModelFacts {
+    let parameters = c.param_specs().iter().map(|(_, s)| s.numel()).sum();
+    ModelFacts {
+        name: name.to_string(),
+        architecture: c.model_type.clone(),
+        layers: c.num_hidden_layers,
+        hidden: c.hidden_size,
+        heads: c.num_attention_heads,
+        vocab: c.vocab_size,
+        parameters,
+        bytes: m.weights.len() as u64,
+        config_json: m.config_json.clone(),
+    }
+}
+
+fn text(d: &tunelab_web::protocol::DataFile) -> DataText {
+    DataText {
+        name: d.name.clone(),
+        text: d.text.clone(),
+    }
+}
+
+/// Builds the session for `spec` on `be`.
+fn build<B: Backend>(be: B, spec: &RunSpec, m: &ModelFiles) -> Result<Session<B>, String> {
+    session::prepare(
+        be,
+        &spec.config,
+        spec.kind,
+        m,
+        &text(&spec.train),
+        spec.validation.as_ref().map(text).as_ref(),
+        spec.labels.clone(),
+        spec.holdout,
+    )
+    .map_err(s)
+}
+
+async fn start(spec: RunSpec, checkpoint: Option<(Vec<u8>, History)>) -> Result<(), String> {
+    ensure_idle()?;
+    let st = state();
+    st.training.set(true);
+    st.control.set(Control::Run);
+    let result = start_inner(spec, checkpoint).await;
+    st.training.set(false);
+    result
+}
+
+async fn start_inner(spec: RunSpec, checkpoint: Option<(Vec<u8>, History)>) -> Result<(), String> {
+    let (engine, info) = engine(spec.force_cpu).await;
+    status(format!("Loading {}…", spec.model.name()));
+    let (files, cached) = model_files(&spec.model).await?;
+    let config_json = files.config_json.clone();
+    status("Tokenising the data and building the model…");
+    if checkpoint.is_none() {
+        // A new run replaces the saved one.
+        storage::remove("run").await.map_err(s)?;
+        storage::write(SPEC, serde_json::to_string(&spec).map_err(s)?.as_bytes())
+            .await
+            .map_err(s)?;
+    }
+    match engine {
+        Engine::Gpu(be) => {
+            let sess = build(be, &spec, &files)?;
+            drop(files);
+            train(sess, spec, config_json, info, cached, checkpoint).await
+        }
+        Engine::Cpu(be) => {
+            let sess = build(be, &spec, &files)?;
+            drop(files);
+            train(sess, spec, config_json, info, cached, checkpoint).await
+        }
+    }
+}
+
+async fn resume_saved() -> Result<(), String> {
+    let saved = saved_run()
+        .await
+        .ok_or("there is no interrupted run in browser storage")?;
+    let bytes = storage::read(CHECKPOINT)
+        .await
+        .map_err(s)?
+        .ok_or("the interrupted run has no checkpoint yet; start it again")?;
+    start(saved.spec, Some((bytes, saved.history))).await
+}
+
+async fn save<B: Backend>(
+    sess: &Session<B>,
+    spec: &RunSpec,
+    history: &History,
+    finished: bool,
+) -> Result<(), String> {
+    let t = &sess.trainer;
+    if !finished {
+        let bytes = t.checkpoint().await.map_err(s)?;
+        storage::write(CHECKPOINT, &bytes).await.map_err(s)?;
+    }
+    let run = SavedRun {
+        spec: RunSpec {
+            // The spec (with the data) is stored once, in spec.json.
+            train: tunelab_web::protocol::DataFile {
+                name: spec.train.name.clone(),
+                text: String::new(),
+            },
+            validation: None,
+            ..spec.clone()
+        },
+        step: t.state.step,
+        total: t.total_steps(),
+        finished,
+        history: history.clone(),
+    };
+    storage::write(STATE, serde_json::to_string(&run).map_err(s)?.as_bytes())
+        .await
+        .map_err(s)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn train<B: Held>(
+    mut sess: Session<B>,
+    spec: RunSpec,
+    config_json: String,
+    backend: BackendInfo,
+    cached: bool,
+    checkpoint: Option<(Vec<u8>, History)>,
+) -> Result<(), String> {
+    let st = state();
+    let mut history = History::default();
+    let resumed = match checkpoint {
+        Some((bytes, mut h)) => {
+            sess.trainer
+                .restore("checkpoint.safetensors", &bytes)
+                .map_err(s)?;
+            h.truncate(sess.trainer.state.step);
+            history = h.clone();
+            Some(h)
+        }
+        None => None,
+    };
+    let (trainable, parameters) = sess.trainer.store.counts(&sess.trainer.backend);
+    post(
+        &Event::Started {
+            backend,
+            total_steps: sess.trainer.total_steps(),
+            trainable,
+            parameters,
+            train_examples: sess.trainer.train_features().len(),
+            validation_examples: sess.validation.as_ref().map_or(0, |v| v.len()),
+            labels: sess.trainer.labels.names.clone(),
+            skipped: sess.skipped,
+            cached,
+            resumed,
+        },
+        None,
+    );
+    let mut stopped = false;
+    let mut failure = None;
+    while !sess.trainer.is_done() {
+        match st.control.get() {
+            Control::Stop => {
+                stopped = true;
+                break;
+            }
+            Control::Pause => {
+                let step = sess.trainer.state.step;
+                // While paused the model serves the playground and export.
+                *st.live.borrow_mut() = Some(B::wrap(Slot::Training(
+                    Box::new(sess),
+                    Box::new(spec.clone()),
+                    config_json.clone(),
+                )));
+                post(&Event::Paused { step }, None);
+                while st.control.get() == Control::Pause {
+                    sleep(100).await;
+                }
+                sess = loop {
+                    if let Some(s2) = take_session::<B>() {
+                        break s2;
+                    }
+                    sleep(50).await;
+                };
+                post(&Event::Continued, None);
+                continue;
+            }
+            Control::Run => {}
+        }
+        let t0 = now_ms();
+        let report = match sess.trainer.train_step().await {
+            Ok(r) => r,
+            Err(e) => {
+                failure = Some(format!(
+                    "{e}. The last checkpoint in browser storage is intact; lower the learning rate and start again."
+                ));
+                break;
+            }
+        };
+        let point = StepPoint {
+            report,
+            ms: now_ms() - t0,
+        };
+        history.steps.push(point.clone());
+        post(&Event::Step { point }, None);
+        if sess.trainer.should_eval(&report) {
+            if let Some(val) = &sess.validation {
+                status("Evaluating…");
+                let r = sess.trainer.evaluate(val).await.map_err(s)?;
+                sess.trainer.record_eval(&r);
+                history.evals.push((report.step, r.clone()));
+                post(
+                    &Event::Eval {
+                        step: report.step,
+                        report: Box::new(r),
+                    },
+                    None,
+                );
+            }
+        }
+        if sess.trainer.should_save(&report) && !sess.trainer.is_done() {
+            save(&sess, &spec, &history, false).await?;
+            post(&Event::Checkpoint { step: report.step }, None);
+        }
+        // Lets Pause / Stop in (a CPU step never yields on its own).
+        sleep(0).await;
+    }
+    let step = sess.trainer.state.step;
+    let done = sess.trainer.is_done();
+    if done {
+        save(&sess, &spec, &history, true).await?;
+    }
+    *st.live.borrow_mut() = Some(B::wrap(Slot::Training(
+        Box::new(sess),
+        Box::new(spec),
+        config_json,
+    )));
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    post(&Event::Finished { stopped, step }, None);
+    Ok(())
+}
+
+/// Backends the worker holds: how a slot on each is wrapped and unwrapped.
+pub trait Held: Backend + 'static {
+    fn wrap(slot: Slot<Self>) -> Live;
+    fn unwrap(live: Live) -> Result<Slot<Self>, Live>;
+}
+
+impl Held for tunelab_wgpu::Wgpu {
+    fn wrap(slot: Slot<Self>) -> Live {
+        Live::Gpu(slot)
+    }
+    fn unwrap(live: Live) -> Result<Slot<Self>, Live> {
+        match live {
+            Live::Gpu(s) => Ok(s),
+            other => Err(other),
+        }
+    }
+}
+
+impl Held for Candle {
+    fn wrap(slot: Slot<Self>) -> Live {
+        Live::Cpu(slot)
+    }
+    fn unwrap(live: Live) -> Result<Slot<Self>, Live> {
+        match live {
+            Live::Cpu(s) => Ok(s),
+            other => Err(other),
+        }
+    }
+}
+
+/// Takes the paused session back (`None` while the playground or export borrows it).
+fn take_session<B: Held>() -> Option<Session<B>> {
+    let st = state();
+    let live = st.live.borrow_mut().take()?;
+    match B::unwrap(live) {
+        Ok(Slot::Training(sess, _, _)) => Some(*sess),
+        Ok(other) => {
+            *st.live.borrow_mut() = Some(B::wrap(other));
+            None
+        }
+        Err(other) => {
+            *st.live.borrow_mut() = Some(other);
+            None
+        }
+    }
+}
+
+/// Runs `f` on the live model (taken out of the slot while it runs).
+async fn with_live<F, T>(f: F) -> Result<T, String>
+where
+    F: AsyncLiveFn<T>,
+{
+    let live = state()
+        .live
+        .borrow_mut()
+        .take()
+        .ok_or("no trained model yet: train (or pause the run) or import an adapter first")?;
+    let (live, out) = match live {
+        Live::Gpu(slot) => {
+            let out = f.call(&slot).await;
+            (Live::Gpu(slot), out)
+        }
+        Live::Cpu(slot) => {
+            let out = f.call(&slot).await;
+            (Live::Cpu(slot), out)
+        }
+    };
+    *state().live.borrow_mut() = Some(live);
+    out
+}
+
+/// An async operation generic over the backend.
+trait AsyncLiveFn<T> {
+    async fn call<B: Backend>(&self, slot: &Slot<B>) -> Result<T, String>;
+}
+
+/// The model view of a slot.
+struct View<'a, B: Backend> {
+    backend: &'a B,
+    model: &'a TaskModel,
+    store: &'a ParamStore<B>,
+    tokenizer: &'a Tokenizer,
+    kind: TaskKind,
+    labels: &'a Labels,
+    max_len: usize,
+    method: &'a Method,
+    base_model: &'a str,
+    base_config_json: &'a str,
+}
+
+fn view<B: Backend>(slot: &Slot<B>) -> View<'_, B> {
+    match slot {
+        Slot::Training(sess, spec, config_json) => {
+            let t = &sess.trainer;
+            View {
+                backend: &t.backend,
+                model: &t.model,
+                store: &t.store,
+                tokenizer: &sess.tokenizer,
+                kind: t.kind,
+                labels: &t.labels,
+                max_len: t.config.max_len,
+                method: &t.config.method,
+                base_model: spec.model.name(),
+                base_config_json: config_json,
+            }
+        }
+        Slot::Imported(m) => View {
+            backend: &m.backend,
+            model: &m.model,
+            store: &m.store,
+            tokenizer: &m.tokenizer,
+            kind: m.kind,
+            labels: &m.labels,
+            max_len: m.max_len,
+            method: &m.method,
+            base_model: &m.base_model,
+            base_config_json: &m.base_config_json,
+        },
+    }
+}
+
+struct PredictFn(String);
+impl AsyncLiveFn<tunelab_core::predict::Prediction> for PredictFn {
+    async fn call<B: Backend>(
+        &self,
+        slot: &Slot<B>,
+    ) -> Result<tunelab_core::predict::Prediction, String> {
+        let v = view(slot);
+        tunelab_core::predict::predict(
+            v.backend,
+            v.model,
+            v.store,
+            v.tokenizer,
+            v.kind,
+            v.labels,
+            v.max_len,
+            &self.0,
+        )
+        .await
+        .map_err(s)
+    }
+}
+
+async fn predict(text: String) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err("type some text to try the model on".into());
+    }
+    let prediction = with_live(PredictFn(text.clone())).await?;
+    post(&Event::Prediction { text, prediction }, None);
+    Ok(())
+}
+
+struct ExportFn;
+impl AsyncLiveFn<(String, Vec<(String, Vec<u8>)>)> for ExportFn {
+    async fn call<B: Backend>(
+        &self,
+        slot: &Slot<B>,
+    ) -> Result<(String, Vec<(String, Vec<u8>)>), String> {
+        let v = view(slot);
+        let info = ExportInfo {
+            task: v.kind,
+            labels: v.labels.clone(),
+            base_model: v.base_model.to_string(),
+            max_len: v.max_len,
+            base_config_json: v.base_config_json.to_string(),
+        };
+        let mut files = export::export(v.backend, v.model, v.store, v.method, &info)
+            .await
+            .map_err(s)?;
+        let task = match v.kind {
+            TaskKind::Classification => "classification",
+            TaskKind::TokenClassification => "ner",
+            TaskKind::MaskedLm => "mlm",
+        };
+        Ok((
+            format!("tunelab-{}-{}-{task}.zip", v.base_model, v.method.name()),
+            files,
+        ))
+    }
+}
+
+async fn export_zip() -> Result<(), String> {
+    let (file_name, files) = with_live(ExportFn).await?;
+    let names = files.iter().map(|(n, _)| n.clone()).collect();
+    let zip = zipfile::pack(&files)?;
+    post(
+        &Event::Exported {
+            file_name,
+            files: names,
+        },
+        Some(zip),
+    );
+    Ok(())
+}
+
+async fn import(model: ModelSource, files: Payload) -> Result<(), String> {
+    ensure_idle()?;
+    let (zip_name, zip) = files
+        .into_iter()
+        .next()
+        .ok_or("choose the exported zip to import")?;
+    let files = zipfile::unpack(&zip_name, &zip)?;
+    let imported = export::import(&files).map_err(|e| format!("{zip_name}: {e}"))?;
+    let m = imported.manifest;
+    if m.method == Method::Full {
+        return Err(format!(
+            "{zip_name} is a fully fine-tuned model: add its files as your own model instead"
+        ));
+    }
+    status(format!("Loading {} for the adapter…", model.name()));
+    let (base, _) = model_files(&model).await?;
+    let (engine, _) = engine(false).await;
+    let labels = m.labels.clone();
+    let kind = m.task;
+    let method_name = m.method.name().to_string();
+    let live = match engine {
+        Engine::Gpu(be) => Live::Gpu(Slot::Imported(Box::new(load_adapter(
+            be,
+            &base,
+            &m,
+            &imported.tensors,
+            &zip_name,
+        )?))),
+        Engine::Cpu(be) => Live::Cpu(Slot::Imported(Box::new(load_adapter(
+            be,
+            &base,
+            &m,
+            &imported.tensors,
+            &zip_name,
+        )?))),
+    };
+    *state().live.borrow_mut() = Some(live);
+    post(
+        &Event::Imported {
+            method: method_name,
+            task: kind,
+            labels: labels.names,
+        },
+        None,
+    );
+    Ok(())
+}
+
+fn load_adapter<B: Backend>(
+    be: B,
+    base: &ModelFiles,
+    m: &export::ExportManifest,
+    tensors: &std::collections::BTreeMap<String, tunelab_core::safetensors_io::HostTensor>,
+    file: &str,
+) -> Result<Model<B>, String> {
+    let (_, tokenizer) = base.parts().map_err(s)?;
+    let (weights, _) = tunelab_core::safetensors_io::read(&base.name, &base.weights).map_err(s)?;
+    let mut store = ParamStore::new();
+    let model = TaskModel::load(
+        &be,
+        &base.name,
+        &base.config_json,
+        weights,
+        session::head_task(m.task, &m.labels),
+        &m.method,
+        0,
+        &mut store,
+    )
+    .map_err(s)?;
+    export::apply(&be, &mut store, tensors, file).map_err(s)?;
+    Ok(Model {
+        backend: be,
+        model,
+        store,
+        tokenizer,
+        kind: m.task,
+        labels: m.labels.clone(),
+        max_len: m.max_len,
+        method: m.method.clone(),
+        base_model: m.base_model.clone(),
+        base_config_json: base.config_json.clone(),
+    })
+}

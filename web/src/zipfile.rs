@@ -1,0 +1,61 @@
+//! Zip archives of exported files (stored, not compressed: safetensors barely compress).
+
+use std::collections::BTreeMap;
+use std::io::{Cursor, Read, Write};
+
+/// A zip holding `files` at its top level.
+pub fn pack(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
+    let mut w = zip_stored::ZipWriter::new(Cursor::new(Vec::new()));
+    // A fixed timestamp: wasm has no clock for the zip crate to read.
+    let opts = zip_stored::write::SimpleFileOptions::default()
+        .compression_method(zip_stored::CompressionMethod::Stored)
+        .last_modified_time(zip_stored::DateTime::default())
+        .large_file(files.iter().any(|(_, b)| b.len() >= u32::MAX as usize));
+    for (name, bytes) in files {
+        w.start_file(name.as_str(), opts)
+            .map_err(|e| format!("zip {name}: {e}"))?;
+        w.write_all(bytes).map_err(|e| format!("zip {name}: {e}"))?;
+    }
+    Ok(w.finish().map_err(|e| format!("zip: {e}"))?.into_inner())
+}
+
+/// The files of a zip by their base name (folders inside the zip are flattened).
+pub fn unpack(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let mut z = zip_stored::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| format!("{file}: not a zip archive ({e})"))?;
+    let mut out = BTreeMap::new();
+    for i in 0..z.len() {
+        let mut f = z.by_index(i).map_err(|e| format!("{file}: {e}"))?;
+        if f.is_dir() {
+            continue;
+        }
+        let full = f.name().map_err(|e| format!("{file}: {e}"))?.to_string();
+        let name = full.rsplit('/').next().unwrap_or_default().to_string();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data)
+            .map_err(|e| format!("{file}: {name}: {e}"))?;
+        out.insert(name, data);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pack_then_unpack_gives_the_files_back() {
+        let files = vec![
+            ("adapter_config.json".to_string(), b"{\"r\": 8}".to_vec()),
+            ("adapter_model.safetensors".to_string(), vec![7u8; 1000]),
+        ];
+        let z = super::pack(&files).unwrap();
+        let back = super::unpack("a.zip", &z).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back["adapter_config.json"], files[0].1);
+        assert_eq!(back["adapter_model.safetensors"], files[1].1);
+        assert!(
+            super::unpack("bad.zip", b"not a zip")
+                .unwrap_err()
+                .contains("bad.zip")
+        );
+    }
+}
