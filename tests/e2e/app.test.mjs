@@ -1,51 +1,84 @@
-// Browser end-to-end test of the served app: Playwright drives Debian's Chromium with WebGPU
+// Browser end-to-end tests of the served app: Playwright drives Debian's Chromium with WebGPU
 // (SwiftShader when there is no GPU). Run by `cargo xtask test --e2e`, which builds the app,
-// serves it and sets TUNELAB_URL.
+// serves it and sets TUNELAB_URL. Shapes are small: SwiftShader takes seconds per step.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { readZip, safetensorsKeys } from './zip.mjs';
 
 const url = process.env.TUNELAB_URL;
 const out = process.env.TUNELAB_E2E_OUTPUT ?? join(tmpdir(), 'tunelab-e2e');
 mkdirSync(out, { recursive: true });
 
-let browser;
+const BASE_ARGS = [
+  '--no-sandbox',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--disable-quic',
+];
+
+/** A browser with its own profile (its own OPFS); `webgpu: false` leaves WebGPU off. */
+async function launch({ webgpu = true } = {}) {
+  return chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'tunelab-chromium-')), {
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    acceptDownloads: true,
+    args: webgpu ? [...BASE_ARGS, '--enable-unsafe-webgpu'] : BASE_ARGS,
+  });
+}
+
 let context;
 
 before(async () => {
   assert.ok(url, 'TUNELAB_URL must point at the served app (cargo xtask test --e2e sets it)');
-  context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'tunelab-chromium-')), {
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--enable-unsafe-webgpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--no-first-run',
-      '--disable-quic',
-    ],
-  });
-  browser = context;
+  context = await launch();
 });
 
 after(async () => {
-  await browser?.close();
+  await context?.close();
 });
 
-test('the app shell renders and shows the WebGPU adapter and its limits', async () => {
-  const page = await context.newPage();
+/** Opens the app with a query string and waits for the worker to be ready. */
+async function open(ctx, query = '') {
+  const page = await ctx.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
-  await page.goto(url);
-  await page.getByRole('heading', { name: 'Tunelab' }).waitFor();
+  await page.goto(url + query);
+  await page.getByTestId('status').filter({ hasText: 'Ready.' }).waitFor({ timeout: 120_000 });
+  await page.getByTestId('data-summary').waitFor({ timeout: 60_000 });
+  return { page, errors };
+}
 
+async function waitPhase(page, phases, timeout = 600_000) {
+  const re = new RegExp(`^(${phases.join('|')})$`);
+  await page.getByTestId('phase').filter({ hasText: re }).waitFor({ timeout });
+}
+
+async function losses(page) {
+  const text = await page.getByTestId('losses').textContent();
+  return text
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => {
+      const [step, loss] = l.split(' ');
+      return [Number(step), Number(loss)];
+    });
+}
+
+async function noError(page) {
+  if (await page.getByTestId('error').count()) {
+    assert.fail(`the page shows an error: ${await page.getByTestId('error').textContent()}`);
+  }
+}
+
+test('the app shell renders and shows the WebGPU adapter and its limits', async () => {
+  const { page, errors } = await open(context);
   const status = page.getByTestId('gpu-status');
-  await status.filter({ hasText: /WebGPU (ready|is not available)/ }).waitFor({ timeout: 120_000 });
   await page.screenshot({ path: join(out, 'app-shell.png'), fullPage: true });
   assert.equal(await status.textContent(), 'WebGPU ready');
 
@@ -59,11 +92,9 @@ test('the app shell renders and shows the WebGPU adapter and its limits', async 
     // Without a GPU, Chromium's WebGPU adapter is SwiftShader.
     assert.equal(architecture, 'swiftshader');
   }
-
   const binding = await page.getByTestId('limit-max-storage-buffer-binding-size').textContent();
-  const mib = Number.parseInt(binding, 10);
-  // The app asks for the adapter's real limits: more than WebGPU's 128 MiB default here.
-  assert.ok(mib >= 128, `max storage binding ${binding}`);
+  // The worker asks for the adapter's real limits: more than WebGPU's 128 MiB default here.
+  assert.ok(Number.parseInt(binding, 10) >= 128, `max storage binding ${binding}`);
   const perDim = Number.parseInt(await page.getByTestId('limit-max-compute-workgroups-per-dimension').textContent(), 10);
   assert.ok(perDim >= 65535, `workgroups per dimension ${perDim}`);
   assert.deepEqual(errors, []);
@@ -71,22 +102,199 @@ test('the app shell renders and shows the WebGPU adapter and its limits', async 
 });
 
 test('the default model and the sample datasets are served with the app', async () => {
-  const page = await context.newPage();
-  await page.goto(url);
-  await page.getByTestId('model').first().waitFor({ timeout: 60_000 });
+  const { page } = await open(context);
   const models = await page.getByTestId('model').allTextContents();
   assert.ok(models.some((m) => m.includes('all-MiniLM-L6-v2') && m.includes('22.7M parameters')), models.join('\n'));
+  assert.match(await page.getByTestId('model-facts').textContent(), /bert, 6 layers, hidden 384, 12 heads/);
   const datasets = await page.getByTestId('dataset').allTextContents();
   assert.equal(datasets.length, 5, datasets.join('\n'));
   for (const name of ['Sentiment', 'Topic', 'Spam', 'NER', 'Text']) {
     assert.ok(datasets.some((d) => d.startsWith(name)), `${name} in ${datasets.join(' | ')}`);
   }
-  // The weights themselves are reachable by the app.
-  const head = await page.evaluate(async () => {
-    const r = await fetch('assets/models/all-MiniLM-L6-v2/config.json');
-    return { ok: r.ok, config: await r.json() };
+  // The sample's preview: rows, label counts, and the split.
+  assert.ok((await page.getByTestId('preview').locator('tbody tr').count()) > 3);
+  assert.match(await page.getByTestId('label-counts').textContent(), /negative: \d+ · positive: \d+/);
+  assert.match(await page.getByTestId('data-summary').textContent(), /2400 training and 300 validation/);
+  // Trainable parameters follow the options live.
+  const lora = await page.getByTestId('param-counts').textContent();
+  await page.getByTestId('method-bitfit').check();
+  const bitfit = await page.getByTestId('param-counts').textContent();
+  await page.getByTestId('method-full').check();
+  const full = await page.getByTestId('param-counts').textContent();
+  assert.match(lora, /Trainable parameters: 74\.5k of 22\.79M/);
+  assert.notEqual(bitfit, lora);
+  assert.match(full, /\(100\.00%\)/);
+  // The configuration is in the URL, so the link reproduces it.
+  assert.match(page.url(), /method=full/);
+  await page.close();
+});
+
+test('main path: LoRA on WebGPU trains, charts, evaluates, predicts, exports and imports', async () => {
+  // NER on the small WNUT sample: its loss falls clearly within a few steps.
+  const { page, errors } = await open(context, '?data=ner&steps=4&batch=4&len=32&eval=4&evaln=16&save=2&lr=0.005');
+  assert.match(await page.getByTestId('task').textContent(), /NER/);
+  assert.equal(await page.getByTestId('method-lora').isChecked(), true);
+  await page.getByTestId('train').click();
+  // The loss chart gets its first points while training.
+  await page.getByTestId('loss-chart').locator('path.series.a').waitFor({ timeout: 300_000 });
+  await waitPhase(page, ['finished', 'failed']);
+  await noError(page);
+  await page.screenshot({ path: join(out, 'main-trained.png'), fullPage: true });
+  assert.match(await page.getByTestId('run-backend').textContent(), /^WebGPU/);
+  const l = await losses(page);
+  console.log(`# WebGPU LoRA NER losses: ${l.map((x) => x[1].toFixed(4)).join(' ')}`);
+  assert.equal(l.length, 4);
+  assert.ok(l.every(([, v]) => Number.isFinite(v)));
+  // The loss falls: the last two steps clearly below the first.
+  assert.ok((l[2][1] + l[3][1]) / 2 < l[0][1] - 0.1, `losses ${JSON.stringify(l)}`);
+  // Evaluation: entity F1 overall and per type.
+  const f1 = Number(await page.getByTestId('metric-f1').textContent());
+  assert.ok(f1 >= 0 && f1 <= 1);
+  assert.ok(Number(await page.getByTestId('metric-loss').textContent()) > 0);
+  assert.ok((await page.getByTestId('metric-chart').locator('circle').count()) >= 1);
+  assert.ok((await page.getByTestId('speed').textContent()).includes('tokens/s'));
+
+  // The playground tags each word.
+  await page.getByTestId('playground-text').fill('Barack Obama visited Paris with Google engineers');
+  await page.getByTestId('predict').click();
+  await page.getByTestId('prediction').waitFor({ timeout: 120_000 });
+  const before = await page.getByTestId('prediction').textContent();
+  for (const w of ['Barack', 'Obama', 'Paris', 'Google']) assert.ok(before.includes(w), before);
+
+  // Export: a zip in PEFT's format.
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByTestId('export').click()]);
+  const zipPath = join(out, download.suggestedFilename());
+  await download.saveAs(zipPath);
+  const files = readZip(readFileSync(zipPath));
+  const names = Object.keys(files).sort();
+  assert.deepEqual(names, ['adapter_config.json', 'adapter_model.safetensors', 'tunelab_export.json']);
+  const cfg = JSON.parse(files['adapter_config.json'].toString('utf8'));
+  assert.equal(cfg.peft_type, 'LORA');
+  assert.equal(cfg.r, 8);
+  assert.deepEqual([...cfg.target_modules].sort(), ['query', 'value']);
+  assert.equal(cfg.task_type, 'TOKEN_CLS');
+  const keys = safetensorsKeys(files['adapter_model.safetensors']);
+  assert.ok(keys.includes('base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight'), keys.join('\n'));
+  assert.ok(keys.includes('base_model.model.bert.encoder.layer.5.attention.self.value.lora_B.weight'), keys.join('\n'));
+  assert.ok(keys.every((k) => k.startsWith('base_model.model.')), keys.join('\n'));
+  assert.equal(keys.filter((k) => k.includes('lora_A')).length, 12);
+
+  // Import the download again: the playground gives the same tags.
+  await page.getByTestId('import-file').setInputFiles(zipPath);
+  await page.getByTestId('imported').waitFor({ timeout: 120_000 });
+  assert.match(await page.getByTestId('imported').textContent(), /lora adapter for NER/);
+  assert.equal(await page.getByTestId('prediction').count(), 0, 'the old prediction is cleared');
+  await page.getByTestId('predict').click();
+  await page.getByTestId('prediction').waitFor({ timeout: 120_000 });
+  assert.equal(await page.getByTestId('prediction').textContent(), before);
+  await noError(page);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('reloading mid-run offers to resume, and the run continues exactly', async () => {
+  // The wasm CPU backend is deterministic and fast; two runs of 12 steps.
+  const query = '?steps=12&batch=4&len=32&eval=100&evaln=8&save=3&cpu=true';
+  const { page } = await open(context, query);
+  await page.getByTestId('train').click();
+  await waitPhase(page, ['finished', 'failed'], 300_000);
+  await noError(page);
+  const reference = await losses(page);
+  assert.equal(reference.length, 12);
+
+  // Again, reloading the page after a checkpoint.
+  await page.getByTestId('train').click();
+  await page.getByTestId('checkpoint').filter({ hasText: /step (3|6|9)/ }).waitFor({ timeout: 300_000 });
+  await page.reload();
+  const banner = page.getByTestId('resume-banner');
+  await banner.waitFor({ timeout: 120_000 });
+  assert.match(await banner.textContent(), /stopped at step (3|6|9) of 12/);
+  await page.screenshot({ path: join(out, 'resume-offer.png'), fullPage: true });
+  await page.getByTestId('resume').click();
+  await waitPhase(page, ['finished', 'failed'], 300_000);
+  await noError(page);
+  const resumedAt = Number(await page.getByTestId('resumed-at').textContent());
+  assert.ok([3, 6, 9].includes(resumedAt), `resumed at ${resumedAt}`);
+  const resumed = await losses(page);
+  assert.deepEqual(resumed, reference, 'the resumed run repeats the uninterrupted losses');
+  // Classification's evaluation: accuracy, F1 per class and the confusion matrix.
+  const acc = Number(await page.getByTestId('metric-accuracy').textContent());
+  assert.ok(acc >= 0 && acc <= 1);
+  assert.equal(await page.getByTestId('per-class').locator('tbody tr').count(), 2);
+  assert.equal(await page.getByTestId('confusion').locator('tbody tr').count(), 2);
+  await page.getByTestId('playground-text').fill('An absolutely wonderful film, I loved it.');
+  await page.getByTestId('predict').click();
+  await page.getByTestId('prediction').waitFor({ timeout: 60_000 });
+  assert.match(await page.getByTestId('prediction').textContent(), /^(positive|negative) \(\d+\.\d%\)$/);
+  await page.screenshot({ path: join(out, 'resumed.png'), fullPage: true });
+
+  // "Delete my data" empties browser storage: nothing to resume afterwards.
+  await page.getByTestId('delete-data').click();
+  await page.getByTestId('notice').waitFor({ timeout: 30_000 });
+  const left = await page.evaluate(async () => {
+    const root = await navigator.storage.getDirectory();
+    const names = [];
+    for await (const k of root.keys()) names.push(k);
+    return names;
   });
-  assert.ok(head.ok);
-  assert.equal(head.config.hidden_size, 384);
+  assert.deepEqual(left, []);
+  await page.close();
+});
+
+test('a malformed CSV shows its line number; skipping bad rows counts them', async () => {
+  const { page } = await open(context);
+  const csv = 'text,label\n"a lovely film",positive\n"a dreadful film"\n"fine, really",positive\n"awful",negative\n';
+  await page.getByTestId('data-file').setInputFiles({ name: 'reviews.csv', mimeType: 'text/csv', buffer: Buffer.from(csv) });
+  const err = page.getByTestId('data-error');
+  await err.waitFor({ timeout: 30_000 });
+  const text = await err.textContent();
+  await page.screenshot({ path: join(out, 'bad-csv.png'), fullPage: true });
+  assert.match(text, /reviews\.csv:3:/, text);
+  await page.getByTestId('skip-bad').check();
+  await page.getByTestId('skipped').waitFor({ timeout: 30_000 });
+  assert.match(await page.getByTestId('skipped').textContent(), /Skipped 1 bad row\(s\); the first: reviews\.csv:3:/);
+  assert.match(await page.getByTestId('label-counts').textContent(), /negative: 1 · positive: 2/);
+  await page.close();
+});
+
+test('without WebGPU the wasm CPU backend trains, and the page says so', async () => {
+  const ctx = await launch({ webgpu: false });
+  try {
+    const { page } = await open(ctx, '?steps=3&batch=4&len=32&eval=3&evaln=8');
+    assert.match(await page.getByTestId('gpu-status').textContent(), /wasm CPU backend/);
+    assert.match(await page.getByTestId('cpu-fallback').textContent(), /wasm CPU backend/);
+    await page.getByTestId('train').click();
+    await waitPhase(page, ['finished', 'failed'], 300_000);
+    await noError(page);
+    assert.equal(await page.getByTestId('run-backend').textContent(), 'wasm CPU');
+    const l = await losses(page);
+    assert.equal(l.length, 3);
+    assert.ok(l.every(([, v]) => Number.isFinite(v) && v > 0));
+    await page.getByTestId('metric-accuracy').waitFor();
+    await page.screenshot({ path: join(out, 'cpu-fallback.png'), fullPage: true });
+    await page.close();
+  } finally {
+    await ctx.close();
+  }
+});
+
+test('your own Hugging Face model files can be picked, checked and stored', async () => {
+  const { page } = await open(context);
+  const dir = join(process.env.TUNELAB_ASSETS ?? join(import.meta.dirname, '../../assets'), 'models/all-MiniLM-L6-v2');
+  // A wrong set of files is refused with what is missing.
+  await page.getByTestId('model-files').setInputFiles([join(dir, 'config.json')]);
+  await page.getByTestId('error').filter({ hasText: /needs config\.json, model\.safetensors and tokenizer\.json/ }).waitFor({ timeout: 30_000 });
+  await page.getByTestId('model-files').setInputFiles(['config.json', 'model.safetensors', 'tokenizer.json'].map((f) => join(dir, f)));
+  await page.getByTestId('model-name').filter({ hasText: 'my-model (your files)' }).waitFor({ timeout: 120_000 });
+  assert.match(await page.getByTestId('model-facts').textContent(), /bert, 6 layers, hidden 384, 12 heads/);
+  assert.equal(await page.getByTestId('model-params').textContent(), '22.71M');
+  const stored = await page.evaluate(async () => {
+    const root = await navigator.storage.getDirectory();
+    const dir = await (await root.getDirectoryHandle('models')).getDirectoryHandle('my-model');
+    const names = [];
+    for await (const k of dir.keys()) names.push(k);
+    return names.sort();
+  });
+  assert.deepEqual(stored, ['config.json', 'model.safetensors', 'tokenizer.json']);
   await page.close();
 });

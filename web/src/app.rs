@@ -417,6 +417,8 @@ impl App {
                 task,
                 labels,
             } => {
+                // Earlier predictions belonged to the previous model.
+                self.prediction.set(None);
                 self.imported.set(Some(format!(
                     "Imported a {method} adapter for {} with labels {}.",
                     kind_name(task),
@@ -1325,7 +1327,7 @@ fn DevicePanel(app: App) -> impl IntoView {
             {move || match app.backend.get() {
                 None => view! { <p class="muted" data-testid="gpu-status">"Asking the browser for a WebGPU adapter…"</p> }.into_any(),
                 Some(BackendInfo::Cpu { reason }) => view! {
-                    <p class="error" data-testid="gpu-status">"WebGPU is not available: " {reason}</p>
+                    <p class="warn" data-testid="gpu-status">"Training on the wasm CPU backend: " {reason}</p>
                 }.into_any(),
                 Some(BackendInfo::WebGpu { adapter: r }) => {
                     let l = r.limits.clone();

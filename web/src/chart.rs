@@ -20,22 +20,23 @@ fn fmt(v: f64) -> String {
     }
 }
 
-/// The SVG path of `points` within the plot area, given the axes' ranges.
-pub fn path(points: &[(f64, f64)], (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> String {
+/// `points` in the plot area's coordinates, given the axes' ranges (non-finite ones dropped).
+pub fn scale(points: &[(f64, f64)], (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> Vec<(f64, f64)> {
     let sx = |x: f64| LEFT + (x - x0) / (x1 - x0).max(1e-12) * (W - LEFT - RIGHT);
     let sy = |y: f64| TOP + (1.0 - (y - y0) / (y1 - y0).max(1e-12)) * (H - TOP - BOTTOM);
     points
         .iter()
         .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .map(|&(x, y)| (sx(x), sy(y)))
+        .collect()
+}
+
+/// The SVG path of `points` within the plot area.
+pub fn path(points: &[(f64, f64)], xr: (f64, f64), yr: (f64, f64)) -> String {
+    scale(points, xr, yr)
+        .iter()
         .enumerate()
-        .map(|(i, &(x, y))| {
-            format!(
-                "{}{:.1},{:.1}",
-                if i == 0 { "M" } else { " L" },
-                sx(x),
-                sy(y)
-            )
-        })
+        .map(|(i, (x, y))| format!("{}{x:.1},{y:.1}", if i == 0 { "M" } else { " L" }))
         .collect()
 }
 
@@ -80,10 +81,19 @@ pub fn LineChart(
                     .map(|(name, class, p)| {
                         let d = path(p, xr, yr);
                         let last = p.last().map(|q| fmt(q.1)).unwrap_or_default();
+                        // Sparse series (evaluations) also get a dot per point.
+                        let dots = (p.len() <= 40)
+                            .then(|| {
+                                scale(p, xr, yr)
+                                    .into_iter()
+                                    .map(|(x, y)| view! { <circle class=format!("dot {class}") cx=x cy=y r=2.5 /> })
+                                    .collect_view()
+                            });
                         view! {
                             <path class=format!("series {class}") d=d>
                                 <title>{format!("{name}: last {last}")}</title>
                             </path>
+                            {dots}
                         }
                     })
                     .collect_view();

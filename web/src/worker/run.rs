@@ -99,7 +99,12 @@ async fn engine(force_cpu: bool) -> (Engine, BackendInfo) {
             Err(e) => (
                 Engine::Cpu(Candle::cpu()),
                 BackendInfo::Cpu {
-                    reason: format!("WebGPU is not available ({e})"),
+                    reason: match e.to_string() {
+                        m if m.contains("no GPU adapter") => {
+                            "this browser offers no WebGPU adapter".to_string()
+                        }
+                        m => m,
+                    },
                 },
             ),
         }
@@ -254,13 +259,14 @@ async fn save_model(name: &str, files: Payload) -> Result<(), String> {
     let (config, _) = m.parts().map_err(s)?;
     let (tensors, _) =
         tunelab_core::safetensors_io::read("model.safetensors", &m.weights).map_err(s)?;
+    let parameters = tensors.values().map(|t| t.shape.numel()).sum();
     // The same checks a run makes: every tensor the architecture needs, none extra.
     let mut store = ParamStore::new();
     TaskModel::load(
         &Candle::cpu(),
         name,
         &m.config_json,
-        tensors.clone(),
+        tensors,
         tunelab_core::models::heads::Task::MaskedLm,
         &Method::Full,
         0,
@@ -280,15 +286,15 @@ async fn save_model(name: &str, files: Payload) -> Result<(), String> {
     }
     post(
         &Event::ModelSaved {
-            facts: facts(name, &config, &m),
+            facts: facts(name, &config, &m, parameters),
         },
         None,
     );
     Ok(())
 }
 
-fn facts(name: &str, c: &BertConfig, m: &ModelFiles) -> ModelFacts {
-    let parameters = c.param_specs().iter().map(|(_, s)| s.numel()).sum();
+/// The model's facts; `parameters` counts the checkpoint's tensors.
+fn facts(name: &str, c: &BertConfig, m: &ModelFiles, parameters: usize) -> ModelFacts {
     ModelFacts {
         name: name.to_string(),
         architecture: c.model_type.clone(),
