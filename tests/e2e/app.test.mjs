@@ -196,6 +196,7 @@ test('reloading mid-run offers to resume, and the run continues exactly', async 
   // The wasm CPU backend is deterministic and fast; two runs of 12 steps.
   const query = '?steps=12&batch=4&len=32&eval=100&evaln=8&save=3&cpu=true';
   const { page } = await open(context, query);
+  const pastBefore = await page.getByTestId('past-runs').locator('tbody tr').count();
   await page.getByTestId('train').click();
   await waitPhase(page, ['finished', 'failed'], 300_000);
   await noError(page);
@@ -208,7 +209,7 @@ test('reloading mid-run offers to resume, and the run continues exactly', async 
   await page.reload();
   const banner = page.getByTestId('resume-banner');
   await banner.waitFor({ timeout: 120_000 });
-  assert.match(await banner.textContent(), /stopped at step (3|6|9) of 12/);
+  assert.match(await banner.textContent(), /was interrupted; its last checkpoint, at step (3|6|9) of 12/);
   await page.screenshot({ path: join(out, 'resume-offer.png'), fullPage: true });
   await page.getByTestId('resume').click();
   await waitPhase(page, ['finished', 'failed'], 300_000);
@@ -228,6 +229,8 @@ test('reloading mid-run offers to resume, and the run continues exactly', async 
   assert.match(await page.getByTestId('prediction').textContent(), /^(positive|negative) \(\d+\.\d%\)$/);
   await page.screenshot({ path: join(out, 'resumed.png'), fullPage: true });
 
+  // Both runs are in the history.
+  assert.equal(await page.getByTestId('past-runs').locator('tbody tr').count(), pastBefore + 2);
   // "Delete my data" empties browser storage: nothing to resume afterwards.
   await page.getByTestId('delete-data').click();
   await page.getByTestId('notice').waitFor({ timeout: 30_000 });
@@ -238,6 +241,7 @@ test('reloading mid-run offers to resume, and the run continues exactly', async 
     return names;
   });
   assert.deepEqual(left, []);
+  assert.equal(await page.getByTestId('past-runs').count(), 0);
   await page.close();
 });
 
@@ -257,20 +261,35 @@ test('a malformed CSV shows its line number; skipping bad rows counts them', asy
   await page.close();
 });
 
-test('without WebGPU the wasm CPU backend trains, and the page says so', async () => {
+test('without WebGPU the wasm CPU backend trains, pauses, resumes and stops', async () => {
   const ctx = await launch({ webgpu: false });
   try {
-    const { page } = await open(ctx, '?steps=3&batch=4&len=32&eval=3&evaln=8');
+    const { page } = await open(ctx, '?steps=200&batch=4&len=32&eval=2&evaln=8');
     assert.match(await page.getByTestId('gpu-status').textContent(), /wasm CPU backend/);
     assert.match(await page.getByTestId('cpu-fallback').textContent(), /wasm CPU backend/);
     await page.getByTestId('train').click();
-    await waitPhase(page, ['finished', 'failed'], 300_000);
+    // After the first evaluation: pause, try the model, continue, stop.
+    await page.getByTestId('eval-step').waitFor({ timeout: 300_000 });
+    await page.getByTestId('pause').click();
+    await waitPhase(page, ['paused'], 60_000);
+    const pausedAt = (await losses(page)).length;
+    await page.getByTestId('predict').click();
+    await page.getByTestId('prediction').waitFor({ timeout: 60_000 });
+    assert.match(await page.getByTestId('prediction').textContent(), /^(positive|negative) /);
+    await page.waitForTimeout(1000);
+    assert.equal((await losses(page)).length, pausedAt, 'no steps while paused');
+    await page.getByTestId('continue').click();
+    await waitPhase(page, ['training'], 60_000);
+    await page.getByTestId('step').filter({ hasText: new RegExp(`^${pausedAt + 2} /`) }).waitFor({ timeout: 120_000 });
+    await page.getByTestId('stop').click();
+    await waitPhase(page, ['stopped'], 120_000);
     await noError(page);
     assert.equal(await page.getByTestId('run-backend').textContent(), 'wasm CPU');
     const l = await losses(page);
-    assert.equal(l.length, 3);
+    assert.ok(l.length > pausedAt && l.length < 200, `${l.length} steps`);
     assert.ok(l.every(([, v]) => Number.isFinite(v) && v > 0));
-    await page.getByTestId('metric-accuracy').waitFor();
+    // The history lists the stopped run.
+    assert.match(await page.getByTestId('past-runs').textContent(), /stopped/);
     await page.screenshot({ path: join(out, 'cpu-fallback.png'), fullPage: true });
     await page.close();
   } finally {

@@ -14,8 +14,8 @@ use tunelab_core::session::holdout;
 use tunelab_core::trainer::{EvalReport, TaskKind};
 use tunelab_core::{DatasetCard, Manifest};
 use tunelab_web::protocol::{
-    BackendInfo, DataFile, Event, History, ModelFacts, ModelSource, Request, RunSpec, SavedRun,
-    StepPoint,
+    BackendInfo, DataFile, Event, History, ModelFacts, ModelSource, PastRun, Request, RunSpec,
+    SavedRun, StepPoint,
 };
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
@@ -138,6 +138,7 @@ struct App {
     exported: RwSignal<Option<(String, Vec<String>)>>,
     imported: RwSignal<Option<String>>,
     notice: RwSignal<Option<String>>,
+    past: RwSignal<Vec<PastRun>>,
 }
 
 fn now_ms() -> f64 {
@@ -304,6 +305,7 @@ impl App {
             exported: RwSignal::new(None),
             imported: RwSignal::new(None),
             notice: RwSignal::new(None),
+            past: RwSignal::new(Vec::new()),
         }
     }
 
@@ -320,7 +322,13 @@ impl App {
                     self.status.set(message);
                 }
             }
-            Event::Ready { backend, saved, .. } => {
+            Event::Ready {
+                backend,
+                saved,
+                past,
+                ..
+            } => {
+                self.past.set(past);
                 self.backend.set(Some(backend));
                 self.saved.set(saved.map(|s| *s));
                 self.status.set("Ready.".into());
@@ -391,7 +399,12 @@ impl App {
                 self.run.update(|r| r.phase = Phase::Training);
                 self.status.set("Training.".into());
             }
-            Event::Finished { stopped, step } => {
+            Event::Finished {
+                stopped,
+                step,
+                record,
+            } => {
+                self.past.update(|p| p.push(*record));
                 self.run.update(|r| {
                     r.phase = if stopped {
                         Phase::Stopped
@@ -437,6 +450,7 @@ impl App {
             }
             Event::Deleted => {
                 self.saved.set(None);
+                self.past.set(Vec::new());
                 self.run.set(RunView::default());
                 self.prediction.set(None);
                 self.exported.set(None);
@@ -688,7 +702,7 @@ fn ResumeBanner(app: App) -> impl IntoView {
             <section class="panel banner" data-testid="resume-banner">
                 <h2>"An interrupted run"</h2>
                 <p>{format!(
-                    "{} on {} with {} stopped at step {} of {} when the page was closed. Its last checkpoint is in this browser.",
+                    "{} on {} with {} was interrupted; its last checkpoint, at step {} of {}, is in this browser.",
                     s.spec.model.name(), s.spec.dataset, s.spec.config.method.name(), s.step, s.total
                 )}</p>
                 <button data-testid="resume" on:click=move |_| {
@@ -825,9 +839,14 @@ fn DataPanel(app: App) -> impl IntoView {
                     prop:value=move || app.form.get().data>
                     {move || app.manifest.get().map(|m| m.datasets.iter().map(|d| {
                         let id = d.id.clone();
-                        view! { <option value=id.clone()>{format!("{} — {}", d.title, d.task)}</option> }
+                        let chosen = id.clone();
+                        view! {
+                            <option value=id selected=move || app.form.get().data == chosen>
+                                {format!("{} — {}", d.title, d.task)}
+                            </option>
+                        }
                     }).collect_view())}
-                    <option value="upload">"Your file…"</option>
+                    <option value="upload" selected=move || app.form.get().data == "upload">"Your file…"</option>
                 </select>
             </label>
             <div class="dropzone"
@@ -1136,7 +1155,7 @@ fn TrainPanel(app: App) -> impl IntoView {
                     }.into_any(),
                     Phase::Paused => view! {
                         <button data-testid="continue" on:click=move |_| bridge::send(&Request::Continue)>"Resume"</button>
-                        <button data-testid="stop" on:click=move |_| { bridge::send(&Request::Stop); bridge::send(&Request::Continue); }>"Stop"</button>
+                        <button data-testid="stop" on:click=move |_| bridge::send(&Request::Stop)>"Stop"</button>
                     }.into_any(),
                     _ => ().into_any(),
                 }}
@@ -1175,7 +1194,7 @@ fn TrainPanel(app: App) -> impl IntoView {
                 <LineChart title="Evaluation" y_label="metric" testid="metric-chart" series=metric />
                 <LineChart title="Learning rate" y_label="lr" testid="lr-chart" series=lr />
             </div>
-            <pre class="hidden" data-testid="losses">{move || app.run.get().history.steps.iter().map(|p| format!("{} {}", p.report.step, p.report.loss)).collect::<Vec<_>>().join("\n")}</pre>
+            <pre class="hidden" data-testid="losses">{move || app.run.get().history.steps.iter().map(|p| format!("{} {} {:.1} {}", p.report.step, p.report.loss, p.ms, p.report.tokens)).collect::<Vec<_>>().join("\n")}</pre>
         </section>
     }
 }
@@ -1403,6 +1422,30 @@ fn StoragePanel(app: App) -> impl IntoView {
                     </table>
                 </details>
             })}
+            {move || {
+                let past = app.past.get();
+                (!past.is_empty()).then(|| view! {
+                    <table class="past" data-testid="past-runs">
+                        <thead><tr><th>"Run"</th><th>"Method"</th><th>"Steps"</th><th>"Backend"</th><th>"Result"</th></tr></thead>
+                        <tbody>
+                            {past.into_iter().rev().map(|r| {
+                                let result = ["accuracy", "f1", "perplexity"].iter()
+                                    .find_map(|k| r.metrics.get(*k).map(|v| format!("{k} {v:.3}")))
+                                    .unwrap_or_default();
+                                view! {
+                                    <tr>
+                                        <td>{format!("{} · {}", r.dataset, r.model)}</td>
+                                        <td>{r.method.clone()}</td>
+                                        <td>{format!("{}{}", r.steps, if r.stopped { " (stopped)" } else { "" })}</td>
+                                        <td>{r.backend.clone()}</td>
+                                        <td>{result}</td>
+                                    </tr>
+                                }
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                })
+            }}
             <button class="danger" data-testid="delete-data" on:click=move |_| bridge::send(&Request::DeleteAll)>"Delete my data"</button>
         </section>
     }

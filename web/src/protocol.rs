@@ -96,6 +96,19 @@ pub struct SavedRun {
     pub history: History,
 }
 
+/// A finished (or stopped) run, kept in the browser's run history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PastRun {
+    pub model: String,
+    pub dataset: String,
+    pub method: String,
+    pub steps: u64,
+    pub stopped: bool,
+    pub backend: String,
+    /// The last evaluation's metrics.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
 /// Page → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -156,6 +169,8 @@ pub enum Event {
         saved: Option<Box<SavedRun>>,
         /// Models already in browser storage.
         cached: Vec<String>,
+        /// Earlier runs, oldest first.
+        past: Vec<PastRun>,
     },
     /// Progress of a long operation (downloading, loading, tokenising).
     Status {
@@ -195,6 +210,7 @@ pub enum Event {
     Finished {
         stopped: bool,
         step: u64,
+        record: Box<PastRun>,
     },
     Prediction {
         text: String,

@@ -94,8 +94,13 @@ pub fn run(vs_torch: bool) -> anyhow::Result<()> {
     } else {
         None
     };
-    let report = render(&ours, torch.as_ref());
     let path = root().join("docs/benchmarks.md");
+    // The web app's section (`--web`) is measured separately and kept.
+    let web_part = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.find(WEB_MARK).map(|i| t[i..].to_string()))
+        .unwrap_or_default();
+    let report = format!("{}\n{web_part}", render(&ours, torch.as_ref()));
     std::fs::write(&path, &report)?;
     println!("{report}\nwritten to {}", path.display());
     Ok(())
@@ -205,4 +210,130 @@ fn render(ours: &Rows, torch: Option<&Rows>) -> String {
         }
     }
     s
+}
+
+/// Starts the web app's section of docs/benchmarks.md.
+const WEB_MARK: &str = "<!-- web app: cargo xtask bench --web -->";
+
+/// gzip -9 size of a file.
+fn gzip_size(path: &std::path::Path) -> anyhow::Result<u64> {
+    let o = std::process::Command::new("gzip")
+        .args(["-9", "-c"])
+        .arg(path)
+        .output()
+        .context("running gzip")?;
+    anyhow::ensure!(o.status.success(), "gzip {} failed", path.display());
+    Ok(o.stdout.len() as u64)
+}
+
+/// The web app's benchmark: `tests/e2e/bench.mjs` in Chromium against the served release
+/// build, and the native candle CPU backend on one thread at the same shape.
+pub fn web() -> anyhow::Result<()> {
+    crate::assets::ensure(false)?;
+    crate::serve::build_web()?;
+    let server = crate::serve::Server::start(0)?;
+    let mut c = cmd("node", &["tests/e2e/bench.mjs"]);
+    c.current_dir(root()).env("TUNELAB_URL", server.url());
+    eprintln!("+ {}", sh::show(&c));
+    let o = c.output().context("running tests/e2e/bench.mjs")?;
+    server.stop();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    anyhow::ensure!(
+        o.status.success(),
+        "the browser benchmark failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let b: serde_json::Value = serde_json::from_str(
+        stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .context("no JSON from bench.mjs")?,
+    )?;
+    // Native, one thread, same shape (batch 4 × 128, LoRA on the MiniLM classifier).
+    let native_out = root().join("target/bench-native-1t.jsonl");
+    let mut n = cmd(
+        "cargo",
+        &[
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "tunelab-cli",
+            "--",
+            "bench",
+        ],
+    );
+    n.args([
+        "--batch",
+        "4",
+        "--seq",
+        "128",
+        "--steps",
+        "5",
+        "--warmup",
+        "1",
+        "--methods",
+        "lora",
+    ])
+    .arg("--json-out")
+    .arg(&native_out)
+    .env("RAYON_NUM_THREADS", "1")
+    .current_dir(root());
+    sh::run(&mut n)?;
+    let native = parse(&std::fs::read_to_string(&native_out)?)?;
+    let native_ms = native
+        .get("lora")
+        .and_then(|v| v["median_ms"].as_f64())
+        .unwrap_or(f64::NAN);
+
+    let mut sizes = String::new();
+    let mut total = (0u64, 0u64);
+    let mut files: Vec<_> = std::fs::read_dir(root().join("dist"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm" || x == "js"))
+        .collect();
+    files.sort();
+    for p in files {
+        let raw = std::fs::metadata(&p)?.len();
+        let gz = gzip_size(&p)?;
+        total = (total.0 + raw, total.1 + gz);
+        sizes.push_str(&format!(
+            "| {} | {:.2} | {:.2} |\n",
+            p.file_name().unwrap_or_default().to_string_lossy(),
+            raw as f64 / 1048576.0,
+            gz as f64 / 1048576.0
+        ));
+    }
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let (fs, wg, cpu) = (&b["first_step"], &b["webgpu"], &b["cpu"]);
+    let cpu_ms = f(cpu, "median_ms");
+    let ratio = native_ms / cpu_ms;
+    let section = format!(
+        "{WEB_MARK}\n## Web app (Chromium, headless)\n\nProduced by `cargo xtask bench --web` (`tests/e2e/bench.mjs` drives the release build in Debian's Chromium; without a GPU its WebGPU adapter is SwiftShader, a CPU implementation). Shared 2-core machine; numbers are medians of one run.\n\n### Page load to the first training step\n\nFrom navigation start to the first step's report (the page clicks Train as soon as the data is loaded): all-MiniLM-L6-v2, LoRA, sentiment, batch 8, ≤ 64 tokens, on {}.\n\n| model | ms |\n|---|---:|\n| not cached (fetched, then stored in OPFS; model from {}) | {:.0} |\n| cached (model from {}) | {:.0} |\n\n### Step time at the MiniLM shape, small batch\n\nLoRA (r=8, query/value) on the spam sample, batch 4 × 128 tokens (median tokens per step shown), median over the steps after the first.\n\n| backend | steps | tokens/step | median ms/step |\n|---|---:|---:|---:|\n| {} | {} | {:.0} | {:.0} |\n| {} | {} | {:.0} | {:.0} |\n| native candle CPU, 1 thread (`tunelab bench --batch 4 --seq 128 --methods lora`) | 5 | 512 | {native_ms:.0} |\n\nwasm CPU speed relative to native single-thread: **{ratio:.2}×** (target ≥ 0.5×: {}).\n\n### Bundle size\n\n| file | MiB | gzip -9 MiB |\n|---|---:|---:|\n{sizes}| total | {:.2} | {:.2} |\n",
+        fs["backend"].as_str().unwrap_or("?"),
+        fs["uncached_from"].as_str().unwrap_or("?"),
+        f(fs, "uncached"),
+        fs["cached_from"].as_str().unwrap_or("?"),
+        f(fs, "cached"),
+        wg["backend"].as_str().unwrap_or("?"),
+        wg["steps"],
+        f(wg, "tokens_per_step"),
+        f(wg, "median_ms"),
+        cpu["backend"].as_str().unwrap_or("?"),
+        cpu["steps"],
+        f(cpu, "tokens_per_step"),
+        cpu_ms,
+        if ratio >= 0.5 { "met" } else { "not met" },
+        total.0 as f64 / 1048576.0,
+        total.1 as f64 / 1048576.0,
+    );
+    let path = root().join("docs/benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let head = old.find(WEB_MARK).map_or(old.as_str(), |i| &old[..i]);
+    std::fs::write(&path, format!("{}\n\n{section}", head.trim_end()))?;
+    println!("{section}\nwritten to {}", path.display());
+    Ok(())
 }

@@ -66,6 +66,10 @@ enum Command {
         /// Also run PyTorch + PEFT on the same shape in the same run (sets up a torch venv).
         #[arg(long)]
         vs_torch: bool,
+        /// Only the web app's section: time to the first step, step time on WebGPU and on the
+        /// wasm CPU backend against native single-thread, bundle size.
+        #[arg(long, conflicts_with = "vs_torch")]
+        web: bool,
     },
 }
 
@@ -95,6 +99,12 @@ fn run() -> anyhow::Result<()> {
         Command::Fixtures => fixtures::run(),
         Command::Results { only } => results::run(only),
         Command::CheckCuda => cuda::run(),
-        Command::Bench { vs_torch } => bench::run(vs_torch),
+        Command::Bench { vs_torch, web } => {
+            if web {
+                bench::web()
+            } else {
+                bench::run(vs_torch)
+            }
+        }
     }
 }

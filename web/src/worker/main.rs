@@ -8,7 +8,7 @@ use js_sys::{Array, Object, Reflect, Uint8Array};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use tunelab_web::protocol::{BackendInfo, Event, Request};
+use tunelab_web::protocol::{Event, Request};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
@@ -28,12 +28,15 @@ pub enum Engine {
     Cpu(tunelab_candle::Candle),
 }
 
+pub type GpuResult = Result<(tunelab_wgpu::Wgpu, tunelab_wgpu::AdapterReport), String>;
+
 /// The worker's state, shared by the message handler and the training loop.
 pub struct State {
     pub control: Cell<Control>,
     /// A training loop is running (it owns the model while not paused).
     pub training: Cell<bool>,
-    pub engine: RefCell<Option<(Engine, BackendInfo)>>,
+    /// The WebGPU backend and its adapter, or why there is none (tried once).
+    pub gpu: RefCell<Option<GpuResult>>,
     /// The trained (or imported) model while no loop holds it.
     pub live: RefCell<Option<run::Live>>,
 }
@@ -42,7 +45,7 @@ thread_local! {
     static STATE: Rc<State> = Rc::new(State {
         control: Cell::new(Control::Run),
         training: Cell::new(false),
-        engine: RefCell::new(None),
+        gpu: RefCell::new(None),
         live: RefCell::new(None),
     });
 }

@@ -16,7 +16,7 @@ use tunelab_core::session::{self, DataText, ModelFiles, Session};
 use tunelab_core::tokenizer::Tokenizer;
 use tunelab_core::trainer::TaskKind;
 use tunelab_web::protocol::{
-    BackendInfo, Event, History, ModelFacts, ModelSource, RunSpec, SavedRun, StepPoint,
+    BackendInfo, Event, History, ModelFacts, ModelSource, PastRun, RunSpec, SavedRun, StepPoint,
 };
 use tunelab_web::{storage, zipfile};
 use wasm_bindgen::{JsCast, JsValue};
@@ -25,6 +25,9 @@ use wasm_bindgen_futures::JsFuture;
 const SPEC: &str = "run/spec.json";
 const STATE: &str = "run/state.json";
 const CHECKPOINT: &str = "run/checkpoint.safetensors";
+const PAST: &str = "runs/history.json";
+/// Runs kept in the history.
+const PAST_MAX: usize = 50;
 
 /// A trained or imported model, ready for the playground and export.
 pub struct Model<B: Backend> {
@@ -71,46 +74,38 @@ fn s<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
-/// The backend: WebGPU unless it is missing (or the page asked for the CPU).
+/// The backend: WebGPU unless the browser has no adapter or the page asked for the CPU.
+/// The WebGPU device is created once and kept.
 async fn engine(force_cpu: bool) -> (Engine, BackendInfo) {
-    let st = state();
-    if let Some((e, info)) = st.engine.borrow().as_ref() {
-        let cpu_now = matches!(e, Engine::Cpu(_));
-        if cpu_now == force_cpu || (!force_cpu && cpu_now) {
-            return (e.clone(), info.clone());
-        }
+    let cpu = |reason: String| (Engine::Cpu(Candle::cpu()), BackendInfo::Cpu { reason });
+    if force_cpu {
+        return cpu("the CPU backend was chosen for this run".into());
     }
-    let chosen = if force_cpu {
-        (
-            Engine::Cpu(Candle::cpu()),
-            BackendInfo::Cpu {
-                reason: "the CPU backend was chosen".into(),
-            },
-        )
-    } else {
-        match tunelab_wgpu::Context::new(Default::default()).await {
-            Ok(ctx) => {
-                let adapter = ctx.report().clone();
-                (
-                    Engine::Gpu(tunelab_wgpu::Wgpu::new(Arc::new(ctx))),
-                    BackendInfo::WebGpu { adapter },
-                )
-            }
-            Err(e) => (
-                Engine::Cpu(Candle::cpu()),
-                BackendInfo::Cpu {
-                    reason: match e.to_string() {
-                        m if m.contains("no GPU adapter") => {
-                            "this browser offers no WebGPU adapter".to_string()
-                        }
-                        m => m,
-                    },
-                },
-            ),
+    let st = state();
+    let cached = st.gpu.borrow().clone();
+    let gpu = match cached {
+        Some(g) => g,
+        None => {
+            let g = match tunelab_wgpu::Context::new(Default::default()).await {
+                Ok(ctx) => {
+                    let adapter = ctx.report().clone();
+                    Ok((tunelab_wgpu::Wgpu::new(Arc::new(ctx)), adapter))
+                }
+                Err(e) => Err(match e.to_string() {
+                    m if m.contains("no GPU adapter") => {
+                        "this browser offers no WebGPU adapter".to_string()
+                    }
+                    m => m,
+                }),
+            };
+            *st.gpu.borrow_mut() = Some(g.clone());
+            g
         }
     };
-    *st.engine.borrow_mut() = Some(chosen.clone());
-    chosen
+    match gpu {
+        Ok((be, adapter)) => (Engine::Gpu(be), BackendInfo::WebGpu { adapter }),
+        Err(reason) => cpu(reason),
+    }
 }
 
 async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
@@ -226,6 +221,25 @@ async fn saved_run() -> Option<SavedRun> {
     Some(saved)
 }
 
+async fn past_runs() -> Vec<PastRun> {
+    storage::read_text(PAST)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+async fn record_run(r: &PastRun) -> Result<(), String> {
+    let mut past = past_runs().await;
+    past.push(r.clone());
+    let drop_n = past.len().saturating_sub(PAST_MAX);
+    past.drain(..drop_n);
+    storage::write(PAST, serde_json::to_string(&past).map_err(s)?.as_bytes())
+        .await
+        .map_err(s)
+}
+
 async fn hello(force_cpu: bool) -> Result<(), String> {
     let (_, backend) = engine(force_cpu).await;
     let saved = saved_run().await.filter(|r| !r.finished).map(Box::new);
@@ -235,6 +249,7 @@ async fn hello(force_cpu: bool) -> Result<(), String> {
             backend,
             saved,
             cached,
+            past: past_runs().await,
         },
         None,
     );
@@ -434,7 +449,7 @@ async fn train<B: Held>(
     let (trainable, parameters) = sess.trainer.store.counts(&sess.trainer.backend);
     post(
         &Event::Started {
-            backend,
+            backend: backend.clone(),
             total_steps: sess.trainer.total_steps(),
             trainable,
             parameters,
@@ -473,7 +488,9 @@ async fn train<B: Held>(
                     }
                     sleep(50).await;
                 };
-                post(&Event::Continued, None);
+                if st.control.get() == Control::Run {
+                    post(&Event::Continued, None);
+                }
                 continue;
             }
             Control::Run => {}
@@ -521,6 +538,22 @@ async fn train<B: Held>(
     if done {
         save(&sess, &spec, &history, true).await?;
     }
+    let record = PastRun {
+        model: spec.model.name().to_string(),
+        dataset: spec.dataset.clone(),
+        method: spec.config.method.name().to_string(),
+        steps: step,
+        stopped,
+        backend: match &backend {
+            BackendInfo::WebGpu { adapter } => format!("WebGPU ({})", adapter.architecture),
+            BackendInfo::Cpu { .. } => "wasm CPU".into(),
+        },
+        metrics: history
+            .evals
+            .last()
+            .map(|(_, r)| r.metrics.clone())
+            .unwrap_or_default(),
+    };
     *st.live.borrow_mut() = Some(B::wrap(Slot::Training(
         Box::new(sess),
         Box::new(spec),
@@ -529,7 +562,15 @@ async fn train<B: Held>(
     if let Some(f) = failure {
         return Err(f);
     }
-    post(&Event::Finished { stopped, step }, None);
+    record_run(&record).await?;
+    post(
+        &Event::Finished {
+            stopped,
+            step,
+            record: Box::new(record),
+        },
+        None,
+    );
     Ok(())
 }
 

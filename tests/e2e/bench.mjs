@@ -1,0 +1,71 @@
+// The web app's benchmark (run by `cargo xtask bench --web`, which serves the app and sets
+// TUNELAB_URL): time from page load to the first training step with the model not cached and
+// cached in browser storage, and step times on WebGPU (SwiftShader without a GPU) and on the
+// wasm CPU backend. Prints one JSON object on the last line.
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const url = process.env.TUNELAB_URL;
+if (!url) throw new Error('TUNELAB_URL must point at the served app');
+const gpuSteps = Number(process.env.TUNELAB_BENCH_GPU_STEPS ?? 3);
+const cpuSteps = Number(process.env.TUNELAB_BENCH_CPU_STEPS ?? 6);
+
+const ctx = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'tunelab-bench-')), {
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking', '--no-first-run'],
+});
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : NaN;
+}
+
+/** Opens `query`, clicks Train as soon as it can, waits for `steps` steps; returns timings. */
+async function run(page, query, steps) {
+  await page.goto(url + query);
+  await page.getByTestId('status').filter({ hasText: 'Ready.' }).waitFor({ timeout: 300_000 });
+  await page.getByTestId('data-summary').waitFor({ timeout: 300_000 });
+  await page.getByTestId('train').click();
+  await page.getByTestId('phase').filter({ hasText: /^(finished|failed)$/ }).waitFor({ timeout: 3_600_000 });
+  if (await page.getByTestId('error').count()) throw new Error(await page.getByTestId('error').textContent());
+  // The page lists "step loss ms tokens" per step.
+  const stepMs = (await page.getByTestId('losses').textContent())
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => {
+      const [, , ms, tokens] = l.split(' ').map(Number);
+      return { ms, tokens };
+    });
+  return {
+    first_step_ms: Number(await page.getByTestId('first-step-ms').textContent()),
+    model_from: await page.getByTestId('model-cached').textContent(),
+    backend: await page.getByTestId('run-backend').textContent(),
+    step_ms: stepMs,
+    steps,
+  };
+}
+
+const page = await ctx.newPage();
+const small = '?steps=2&batch=8&len=64&eval=1000&evaln=8&save=1000';
+const uncached = await run(page, small, 2);
+const cached = await run(page, small, 2);
+const shape = (n, cpu) => `?data=spam&steps=${n}&batch=4&len=128&eval=1000&evaln=4&save=1000${cpu ? '&cpu=true' : ''}`;
+const gpu = await run(page, shape(gpuSteps, false), gpuSteps);
+const cpu = await run(page, shape(cpuSteps, true), cpuSteps);
+await ctx.close();
+
+const summary = (r) => ({
+  backend: r.backend,
+  steps: r.step_ms.length,
+  // The first step compiles pipelines and warms caches: excluded.
+  median_ms: median(r.step_ms.slice(1).map((s) => s.ms)),
+  tokens_per_step: median(r.step_ms.slice(1).map((s) => s.tokens)),
+});
+console.log(JSON.stringify({
+  first_step: { uncached: uncached.first_step_ms, uncached_from: uncached.model_from, cached: cached.first_step_ms, cached_from: cached.model_from, backend: uncached.backend },
+  webgpu: summary(gpu),
+  cpu: summary(cpu),
+}));
