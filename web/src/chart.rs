@@ -55,13 +55,16 @@ fn range(v: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo, hi)
 }
 
-/// A chart of `series` (name, colour class, points) against the step.
+/// Series to draw: name, colour class (`a`, `b`, `c`) and points.
+pub type Series = Vec<(String, &'static str, Vec<(f64, f64)>)>;
+
+/// A chart of `series` against the step.
 #[component]
 pub fn LineChart(
     title: &'static str,
     y_label: &'static str,
     testid: &'static str,
-    series: Signal<Vec<(String, &'static str, Vec<(f64, f64)>)>>,
+    series: Signal<Series>,
 ) -> impl IntoView {
     view! {
         <figure class="chart" data-testid=testid>

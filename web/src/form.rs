@@ -287,16 +287,18 @@ fn encode(s: &str) -> String {
 }
 
 fn decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
         }
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
@@ -370,8 +372,9 @@ mod tests {
         );
         assert_eq!(Form::from_query(&q), f);
         assert_eq!(Form::from_query(""), Form::default());
-        // Unreadable values keep the defaults.
+        // Unreadable values keep the defaults; bad escapes and non-ASCII never panic.
         assert_eq!(Form::from_query("?steps=lots&method=magic").steps, 60);
+        assert_eq!(Form::from_query("targets=%zz%C3%A9%").targets, "%zz\u{e9}%");
     }
 
     #[test]

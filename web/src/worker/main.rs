@@ -15,7 +15,7 @@ use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
 /// What the page asked the running loop to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
+pub(crate) enum Control {
     Run,
     Pause,
     Stop,
@@ -23,15 +23,15 @@ pub enum Control {
 
 /// The chosen backend, created once.
 #[derive(Clone)]
-pub enum Engine {
+pub(crate) enum Engine {
     Gpu(tunelab_wgpu::Wgpu),
     Cpu(tunelab_candle::Candle),
 }
 
-pub type GpuResult = Result<(tunelab_wgpu::Wgpu, tunelab_wgpu::AdapterReport), String>;
+pub(crate) type GpuResult = Result<(tunelab_wgpu::Wgpu, tunelab_wgpu::AdapterReport), String>;
 
 /// The worker's state, shared by the message handler and the training loop.
-pub struct State {
+pub(crate) struct State {
     pub control: Cell<Control>,
     /// A training loop is running (it owns the model while not paused).
     pub training: Cell<bool>,
@@ -50,7 +50,7 @@ thread_local! {
     });
 }
 
-pub fn state() -> Rc<State> {
+pub(crate) fn state() -> Rc<State> {
     STATE.with(Rc::clone)
 }
 
@@ -59,7 +59,7 @@ fn scope() -> DedicatedWorkerGlobalScope {
 }
 
 /// Posts an event; `payload` (bytes) is transferred, not copied.
-pub fn post(event: &Event, payload: Option<Vec<u8>>) {
+pub(crate) fn post(event: &Event, payload: Option<Vec<u8>>) {
     let json = serde_json::to_string(event).unwrap_or_else(|e| {
         format!(r#"{{"type":"error","message":"cannot encode an event: {e}"}}"#)
     });
@@ -79,7 +79,7 @@ pub fn post(event: &Event, payload: Option<Vec<u8>>) {
     }
 }
 
-pub fn post_error(message: impl Into<String>) {
+pub(crate) fn post_error(message: impl Into<String>) {
     post(
         &Event::Error {
             message: message.into(),
@@ -88,7 +88,7 @@ pub fn post_error(message: impl Into<String>) {
     );
 }
 
-pub fn status(message: impl Into<String>) {
+pub(crate) fn status(message: impl Into<String>) {
     post(
         &Event::Status {
             message: message.into(),
@@ -98,7 +98,7 @@ pub fn status(message: impl Into<String>) {
 }
 
 /// Binary payloads of a request, by name.
-pub type Payload = BTreeMap<String, Vec<u8>>;
+pub(crate) type Payload = BTreeMap<String, Vec<u8>>;
 
 fn payload(v: &JsValue) -> Payload {
     let mut out = BTreeMap::new();

@@ -30,7 +30,7 @@ const PAST: &str = "runs/history.json";
 const PAST_MAX: usize = 50;
 
 /// A trained or imported model, ready for the playground and export.
-pub struct Model<B: Backend> {
+pub(crate) struct Model<B: Backend> {
     pub backend: B,
     pub model: TaskModel,
     pub store: ParamStore<B>,
@@ -44,12 +44,12 @@ pub struct Model<B: Backend> {
 }
 
 /// A session (training, or trained) or an imported model, on either backend.
-pub enum Slot<B: Backend> {
+pub(crate) enum Slot<B: Backend> {
     Training(Box<Session<B>>, Box<RunSpec>, String),
     Imported(Box<Model<B>>),
 }
 
-pub enum Live {
+pub(crate) enum Live {
     Gpu(Slot<tunelab_wgpu::Wgpu>),
     Cpu(Slot<Candle>),
 }
@@ -59,7 +59,7 @@ fn now_ms() -> f64 {
 }
 
 /// Resolves after `ms` (0: lets queued messages run first).
-pub async fn sleep(ms: i32) {
+pub(crate) async fn sleep(ms: i32) {
     let p = Promise::new(&mut |resolve, _| {
         let g = js_sys::global();
         if let Ok(f) = Reflect::get(&g, &"setTimeout".into()) {
@@ -176,7 +176,10 @@ async fn model_files(source: &ModelSource) -> Result<(ModelFiles, bool), String>
     ))
 }
 
-pub async fn handle(req: tunelab_web::protocol::Request, files: Payload) -> Result<(), String> {
+pub(crate) async fn handle(
+    req: tunelab_web::protocol::Request,
+    files: Payload,
+) -> Result<(), String> {
     use tunelab_web::protocol::Request as R;
     match req {
         R::Hello { force_cpu } => hello(force_cpu).await,
@@ -511,20 +514,20 @@ async fn train<B: Held>(
         };
         history.steps.push(point.clone());
         post(&Event::Step { point }, None);
-        if sess.trainer.should_eval(&report) {
-            if let Some(val) = &sess.validation {
-                status("Evaluating…");
-                let r = sess.trainer.evaluate(val).await.map_err(s)?;
-                sess.trainer.record_eval(&r);
-                history.evals.push((report.step, r.clone()));
-                post(
-                    &Event::Eval {
-                        step: report.step,
-                        report: Box::new(r),
-                    },
-                    None,
-                );
-            }
+        if sess.trainer.should_eval(&report)
+            && let Some(val) = &sess.validation
+        {
+            status("Evaluating…");
+            let r = sess.trainer.evaluate(val).await.map_err(s)?;
+            sess.trainer.record_eval(&r);
+            history.evals.push((report.step, r.clone()));
+            post(
+                &Event::Eval {
+                    step: report.step,
+                    report: Box::new(r),
+                },
+                None,
+            );
         }
         if sess.trainer.should_save(&report) && !sess.trainer.is_done() {
             save(&sess, &spec, &history, false).await?;
@@ -575,7 +578,7 @@ async fn train<B: Held>(
 }
 
 /// Backends the worker holds: how a slot on each is wrapped and unwrapped.
-pub trait Held: Backend + 'static {
+pub(crate) trait Held: Backend + 'static {
     fn wrap(slot: Slot<Self>) -> Live;
     fn unwrap(live: Live) -> Result<Slot<Self>, Live>;
 }
@@ -741,7 +744,7 @@ impl AsyncLiveFn<(String, Vec<(String, Vec<u8>)>)> for ExportFn {
             max_len: v.max_len,
             base_config_json: v.base_config_json.to_string(),
         };
-        let mut files = export::export(v.backend, v.model, v.store, v.method, &info)
+        let files = export::export(v.backend, v.model, v.store, v.method, &info)
             .await
             .map_err(s)?;
         let task = match v.kind {
