@@ -975,6 +975,7 @@ fn MethodPanel(app: App) -> impl IntoView {
                     <div class="options">
                         {num_input(app, "rank r", "lora-r", |f| f.r.to_string(), |f, v| f.r = v.parse().unwrap_or(f.r))}
                         {num_input(app, "alpha", "lora-alpha", |f| f.alpha.to_string(), |f, v| f.alpha = v.parse().unwrap_or(f.alpha))}
+                        {num_input(app, "dropout", "lora-dropout", |f| f.dropout.to_string(), |f, v| f.dropout = v.parse().unwrap_or(f.dropout))}
                         {num_input(app, "target modules", "lora-targets", |f| f.targets.clone(), |f, v| f.targets = v.to_string())}
                     </div>
                 }.into_any(),

@@ -18,6 +18,7 @@ pub struct Form {
     pub method: String,
     pub r: usize,
     pub alpha: f32,
+    pub dropout: f32,
     pub targets: String,
     pub virtual_tokens: usize,
     pub steps: u64,
@@ -40,6 +41,7 @@ impl Default for Form {
             method: "lora".into(),
             r: 8,
             alpha: 16.0,
+            dropout: 0.0,
             targets: "query,value".into(),
             virtual_tokens: 20,
             steps: 60,
@@ -143,7 +145,7 @@ impl Form {
             _ => Method::Lora(LoraConfig {
                 r: self.r,
                 alpha: self.alpha,
-                dropout: 0.0,
+                dropout: self.dropout,
                 target_modules: self
                     .targets
                     .split(',')
@@ -209,6 +211,7 @@ impl Form {
         put("method", self.method.clone(), d.method.clone());
         put("r", self.r.to_string(), d.r.to_string());
         put("alpha", self.alpha.to_string(), d.alpha.to_string());
+        put("dropout", self.dropout.to_string(), d.dropout.to_string());
         put("targets", self.targets.clone(), d.targets.clone());
         put(
             "vt",
@@ -256,6 +259,7 @@ impl Form {
                 }
                 "r" => f.r = v.parse().unwrap_or(f.r),
                 "alpha" => f.alpha = v.parse().unwrap_or(f.alpha),
+                "dropout" => f.dropout = v.parse().unwrap_or(f.dropout),
                 "targets" => f.targets = v,
                 "vt" => f.virtual_tokens = v.parse().unwrap_or(f.virtual_tokens),
                 "steps" => f.steps = v.parse().unwrap_or(f.steps),

@@ -104,6 +104,7 @@ fn minilm_matches_pytorch_hidden_states_and_mean_pooling() {
         tape: &mut tape,
         bound: &bound,
         adapters: &adapters,
+        dropout: None,
     };
     let h = model.encode(&mut cx, &input, None).unwrap();
     let hidden = pollster::block_on(be.download(tape.value(h).unwrap())).unwrap();

@@ -170,6 +170,7 @@ fn check(kind: &str, task_name: &str, m: &str) {
         tape: &mut tape,
         bound: &bound,
         adapters: &model.adapters,
+        dropout: None,
     };
     let logits = model.logits(&mut cx, &input).unwrap();
     let loss = model.loss(&mut cx, logits, &labels_t, scale).unwrap();

@@ -23,10 +23,14 @@ fn tiny() -> PathBuf {
 }
 
 fn lora() -> Method {
+    lora_dropout(0.0)
+}
+
+fn lora_dropout(dropout: f32) -> Method {
     Method::Lora(LoraConfig {
         r: 4,
         alpha: 8.0,
-        dropout: 0.0,
+        dropout,
         target_modules: vec!["query".into(), "value".into()],
     })
 }
@@ -218,8 +222,47 @@ fn grad_accumulation_equals_the_large_batch() {
 
 #[test]
 fn a_resumed_run_repeats_the_uninterrupted_one() {
-    // Masked LM with LoRA: exercises the masking RNG, the shuffled order across an epoch
-    // boundary (12 examples / batch 4 = 3 steps per epoch), the schedule and AdamW moments.
+    resume_repeats(lora());
+}
+
+#[test]
+fn a_resumed_run_with_lora_dropout_draws_the_same_masks() {
+    resume_repeats(lora_dropout(0.3));
+}
+
+#[test]
+fn lora_dropout_changes_training_steps_but_not_evaluation() {
+    let cfg = TrainConfig {
+        batch_size: 4,
+        max_steps: Some(2),
+        lr: Some(5e-3),
+        warmup_steps: Some(0),
+        seed: 3,
+        ..Default::default()
+    };
+    let kind = TaskKind::Classification;
+    let mut plain = trainer(kind, lora(), cfg.clone(), 8);
+    let mut dropped = trainer(kind, lora_dropout(0.5), cfg, 8);
+    let val = features(kind, 8);
+    // Evaluation never drops: the same model gives the same loss.
+    let e0 = pollster::block_on(plain.evaluate(&val)).unwrap().metrics["loss"];
+    let e1 = pollster::block_on(dropped.evaluate(&val)).unwrap().metrics["loss"];
+    assert_eq!(e0, e1);
+    // B starts at zero, so the first step's loss is the same; its update is not.
+    let a = pollster::block_on(plain.train_step()).unwrap();
+    let b = pollster::block_on(dropped.train_step()).unwrap();
+    assert_eq!(a.loss, b.loss);
+    assert!(max_diff(&trainable_values(&plain), &trainable_values(&dropped)) > 1e-6);
+    let a = pollster::block_on(plain.train_step()).unwrap();
+    let b = pollster::block_on(dropped.train_step()).unwrap();
+    assert_ne!(a.loss, b.loss, "dropout changes the training forward pass");
+}
+
+/// Masked LM: exercises the masking RNG, the shuffled order across an epoch boundary
+/// (12 examples / batch 4 = 3 steps per epoch), the schedule, AdamW moments and (with
+/// dropout) the dropout masks.
+fn resume_repeats(method: Method) {
+    let lora = || method.clone();
     let cfg = TrainConfig {
         batch_size: 4,
         max_steps: Some(7),
@@ -398,6 +441,7 @@ fn logits(t: &Trainer<Candle>, model: &TaskModel, store: &ParamStore<Candle>) ->
         tape: &mut tape,
         bound: &bound,
         adapters: &model.adapters,
+        dropout: None,
     };
     let l = model.logits(&mut cx, &input).unwrap();
     pollster::block_on(t.backend.download(tape.value(l).unwrap())).unwrap()

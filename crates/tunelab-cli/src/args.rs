@@ -60,7 +60,7 @@ pub struct TrainArgs {
     /// LoRA alpha (updates are scaled by alpha / r). [default: 16]
     #[arg(long, help_heading = "Method")]
     pub lora_alpha: Option<f32>,
-    /// LoRA dropout (recorded in the adapter config; training runs without dropout).
+    /// LoRA dropout on the update's input while training (PEFT's `lora_dropout`).
     #[arg(long, help_heading = "Method")]
     pub lora_dropout: Option<f32>,
     /// LoRA target modules (comma-separated names or name suffixes). [default: query,value]

@@ -3,6 +3,7 @@
 
 use crate::backend::{Backend, Result};
 use crate::params::{Bound, ParamId};
+use crate::rng::Rng;
 use crate::tape::{Tape, Var};
 use std::collections::HashMap;
 
@@ -13,6 +14,8 @@ pub struct LoraModule {
     pub a: ParamId,
     pub b: ParamId,
     pub scale: f32,
+    /// Dropout on the update's input while training (PEFT's `lora_dropout`).
+    pub dropout: f32,
 }
 
 /// What PEFT methods attach to named layers.
@@ -28,6 +31,8 @@ pub struct Ctx<'a, B: Backend> {
     pub tape: &'a mut Tape<B>,
     pub bound: &'a Bound,
     pub adapters: &'a Adapters,
+    /// Training: the random stream for dropout. `None` (evaluation, prediction) disables it.
+    pub dropout: Option<&'a mut Rng>,
 }
 
 impl<B: Backend> Ctx<'_, B> {
@@ -53,6 +58,16 @@ impl Linear {
             None => Ok(y),
             Some(l) => {
                 let (a, bm) = (cx.p(l.a), cx.p(l.b));
+                let x = match cx.dropout.as_deref_mut() {
+                    Some(rng) if l.dropout > 0.0 => {
+                        let shape = cx.tape.shape(x)?;
+                        let mask = dropout_mask(rng, shape.numel(), l.dropout);
+                        let mask = cx.tape.backend().upload(&mask, &shape)?;
+                        let mask = cx.tape.leaf(mask, false);
+                        cx.tape.mul(x, mask)?
+                    }
+                    _ => x,
+                };
                 let down = cx.tape.matmul(x, a, false, true)?; // (.., r)
                 let up = cx.tape.matmul(down, bm, false, true)?; // (.., out)
                 let up = cx.tape.scale(up, l.scale)?;
@@ -60,6 +75,21 @@ impl Linear {
             }
         }
     }
+}
+
+/// Inverted dropout's mask: each element kept with probability `1 - p` and scaled by
+/// `1 / (1 - p)`, so the expectation is unchanged.
+pub fn dropout_mask(rng: &mut Rng, n: usize, p: f32) -> Vec<f32> {
+    let keep = 1.0 - p;
+    (0..n)
+        .map(|_| {
+            if rng.uniform() < keep {
+                1.0 / keep
+            } else {
+                0.0
+            }
+        })
+        .collect()
 }
 
 /// `nn.LayerNorm` over the last dim.
@@ -74,5 +104,19 @@ impl LayerNorm {
     pub fn forward<B: Backend>(&self, cx: &mut Ctx<'_, B>, x: Var) -> Result<Var> {
         let (g, b) = (cx.p(self.weight), cx.p(self.bias));
         cx.tape.layer_norm(x, g, b, self.eps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dropout_masks_keep_the_expectation() {
+        let mut rng = crate::rng::Rng::new(5);
+        let m = super::dropout_mask(&mut rng, 100_000, 0.25);
+        let zeros = m.iter().filter(|&&v| v == 0.0).count() as f64 / m.len() as f64;
+        let mean = m.iter().map(|&v| f64::from(v)).sum::<f64>() / m.len() as f64;
+        assert!((zeros - 0.25).abs() < 0.01, "dropped {zeros}");
+        assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
+        assert!(m.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
     }
 }

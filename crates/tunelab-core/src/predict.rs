@@ -76,6 +76,7 @@ pub async fn predict<B: Backend>(
         tape: &mut tape,
         bound: &bound,
         adapters: &model.adapters,
+        dropout: None,
     };
     let logits = model.logits(&mut cx, &input)?;
     let value = tape.value(logits)?;

@@ -38,6 +38,8 @@ pub enum StepError {
 pub struct Micro<T> {
     pub input: EncoderInput<T>,
     pub labels: T,
+    /// Seeds this micro-batch's dropout masks; `None` trains without dropout.
+    pub dropout_seed: Option<u64>,
 }
 
 /// Forward, loss (`scale * sum CE`), backward, global-norm clipping at `max_grad_norm`
@@ -56,6 +58,7 @@ pub async fn step<B: Backend>(
     let micro = [Micro {
         input: input.clone(),
         labels: labels.clone(),
+        dropout_seed: None,
     }];
     step_accumulated(backend, model, store, opt, &micro, scale, max_grad_norm).await
 }
@@ -78,10 +81,12 @@ pub async fn step_accumulated<B: Backend>(
     for m in micro {
         let mut tape = Tape::new(backend.clone());
         let bound = store.bind(&mut tape);
+        let mut rng = m.dropout_seed.map(crate::rng::Rng::new);
         let mut cx = Ctx {
             tape: &mut tape,
             bound: &bound,
             adapters: &model.adapters,
+            dropout: rng.as_mut(),
         };
         let logits = model.logits(&mut cx, &m.input)?;
         let loss = model.loss(&mut cx, logits, &m.labels, scale)?;

@@ -131,6 +131,7 @@ fn forward_backward<B: Backend>(
         tape: &mut tape,
         bound: &bound,
         adapters: &model.adapters,
+        dropout: None,
     };
     let logits = model.logits(&mut cx, &input).unwrap();
     let loss = model.loss(&mut cx, logits, &lab, 0.25).unwrap();
@@ -326,6 +327,7 @@ fn the_real_minilm_matches_the_candle_backend() {
             tape: &mut tape,
             bound: &bound,
             adapters: &model.adapters,
+            dropout: None,
         };
         let logits = model.logits(&mut cx, &input).unwrap();
         let loss = model.loss(&mut cx, logits, &labels, 0.5).unwrap();

@@ -77,6 +77,7 @@ async fn a_tiny_bert_trains_on_webgpu_like_on_the_cpu() {
             tape: &mut tape,
             bound: &bound,
             adapters: &model.adapters,
+            dropout: None,
         };
         let logits = model.logits(&mut cx, &input).unwrap();
         let loss = model.loss(&mut cx, logits, &labels, 0.5).unwrap();

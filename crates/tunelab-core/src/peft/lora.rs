@@ -44,6 +44,12 @@ pub fn apply<B: Backend>(cfg: &LoraConfig, t: &mut Target<'_, B>) -> Result<Appl
             reason: "r must be at least 1".into(),
         });
     }
+    if !(0.0..1.0).contains(&cfg.dropout) {
+        return Err(PeftError::Invalid {
+            method: "lora",
+            reason: format!("dropout must be in [0, 1), got {}", cfg.dropout),
+        });
+    }
     let targets: Vec<String> = t
         .linear_names
         .iter()
@@ -90,6 +96,7 @@ pub fn apply<B: Backend>(cfg: &LoraConfig, t: &mut Target<'_, B>) -> Result<Appl
                 a,
                 b,
                 scale: cfg.alpha / cfg.r as f32,
+                dropout: cfg.dropout,
             },
         );
     }

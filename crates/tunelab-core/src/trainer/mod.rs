@@ -222,7 +222,11 @@ impl<B: Backend> Trainer<B> {
         self.train.len().div_ceil(self.config.batch_size)
     }
 
-    fn upload(&self, b: &MicroBatch) -> Result<Micro<B::Tensor>, BackendError> {
+    fn uses_dropout(&self) -> bool {
+        self.model.adapters.lora.values().any(|l| l.dropout > 0.0)
+    }
+
+    fn upload(&mut self, b: &MicroBatch) -> Result<Micro<B::Tensor>, BackendError> {
         let input =
             self.model
                 .input(&self.backend, &self.store, &b.ids, &b.mask, b.batch, b.len)?;
@@ -231,7 +235,14 @@ impl<B: Backend> Trainer<B> {
             _ => Shape::new([b.batch * b.len]),
         };
         let labels = self.backend.upload_u32(&b.labels, &shape)?;
-        Ok(Micro { input, labels })
+        // Dropout masks come from the trainer's (checkpointed) random stream, so a resumed run
+        // draws the same masks.
+        let dropout_seed = self.uses_dropout().then(|| self.rng.next_u64());
+        Ok(Micro {
+            input,
+            labels,
+            dropout_seed,
+        })
     }
 
     /// One optimiser step over up to `grad_accum` micro-batches (never crossing an epoch
@@ -406,6 +417,7 @@ pub async fn evaluate<B: Backend>(
             tape: &mut tape,
             bound: &bound,
             adapters: &model.adapters,
+            dropout: None,
         };
         let logits = model.logits(&mut cx, &input)?;
         let l = model.loss(&mut cx, logits, &label_t, 1.0)?;
