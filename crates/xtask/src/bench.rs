@@ -13,10 +13,8 @@ const SEQ: usize = 128;
 const STEPS: usize = 10;
 const WARMUP: usize = 2;
 
-pub fn run(vs_torch: bool) -> anyhow::Result<()> {
-    crate::assets::ensure(false)?;
-    let out = root().join("target/bench-tunelab.jsonl");
-    std::fs::create_dir_all(root().join("target"))?;
+/// `tunelab bench` from a release build (arguments follow).
+fn tunelab_bench() -> std::process::Command {
     let mut c = cmd(
         "cargo",
         &[
@@ -29,6 +27,15 @@ pub fn run(vs_torch: bool) -> anyhow::Result<()> {
             "bench",
         ],
     );
+    c.current_dir(root());
+    c
+}
+
+pub fn run(vs_torch: bool) -> anyhow::Result<()> {
+    crate::assets::ensure(false)?;
+    let out = root().join("target/bench-tunelab.jsonl");
+    std::fs::create_dir_all(root().join("target"))?;
+    let mut c = tunelab_bench();
     c.args([
         "--batch",
         &BATCH.to_string(),
@@ -47,18 +54,7 @@ pub fn run(vs_torch: bool) -> anyhow::Result<()> {
     // WGSL matmul throughput on this machine's adapter (only the matmuls: a MiniLM step on a
     // software adapter takes minutes; GPU step timings are in docs/gpu-benchmarks.md).
     let wgpu_out = root().join("target/bench-wgpu.jsonl");
-    let mut w = cmd(
-        "cargo",
-        &[
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "tunelab-cli",
-            "--",
-            "bench",
-        ],
-    );
+    let mut w = tunelab_bench();
     w.args(["--wgpu", "--wgpu-only", "--methods", "none", "--steps", "3"])
         .arg("--json-out")
         .arg(&wgpu_out)
@@ -253,18 +249,7 @@ pub fn web() -> anyhow::Result<()> {
     )?;
     // Native, one thread, same shape (batch 4 × 128, LoRA on the MiniLM classifier).
     let native_out = root().join("target/bench-native-1t.jsonl");
-    let mut n = cmd(
-        "cargo",
-        &[
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "tunelab-cli",
-            "--",
-            "bench",
-        ],
-    );
+    let mut n = tunelab_bench();
     n.args([
         "--batch",
         "4",
