@@ -89,8 +89,10 @@ test('the app shell renders and shows the WebGPU adapter and its limits', async 
   assert.equal(backend, 'BrowserWebGpu');
   assert.ok(vendor.length > 0, 'the adapter vendor is shown');
   if (!process.env.TUNELAB_E2E_REAL_GPU) {
-    // Without a GPU, Chromium's WebGPU adapter is SwiftShader.
+    // Without a GPU, Chromium's WebGPU adapter is SwiftShader, and training defaults to the
+    // (much faster) wasm CPU backend, saying why.
     assert.equal(architecture, 'swiftshader');
+    assert.match(await page.getByTestId('gpu-note').textContent(), /software renderer, slower than the CPU backend/);
   }
   const binding = await page.getByTestId('limit-max-storage-buffer-binding-size').textContent();
   // The worker asks for the adapter's real limits: more than WebGPU's 128 MiB default here.
@@ -131,7 +133,7 @@ test('the default model and the sample datasets are served with the app', async 
 
 test('main path: LoRA on WebGPU trains, charts, evaluates, predicts, exports and imports', async () => {
   // NER on the small WNUT sample: its loss falls clearly within a few steps.
-  const { page, errors } = await open(context, '?data=ner&steps=4&batch=4&len=32&eval=4&evaln=16&save=2&lr=0.005');
+  const { page, errors } = await open(context, '?data=ner&steps=4&batch=4&len=32&eval=4&evaln=16&save=2&lr=0.005&gpu=true');
   assert.match(await page.getByTestId('task').textContent(), /NER/);
   assert.equal(await page.getByTestId('method-lora').isChecked(), true);
   await page.getByTestId('train').click();

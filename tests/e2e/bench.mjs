@@ -53,8 +53,8 @@ const small = '?steps=2&batch=8&len=64&eval=1000&evaln=8&save=1000';
 // The wasm CPU backend first: its step is short, so these show the loading cost itself.
 const cpuUncached = await run(page, small + '&cpu=true', 2);
 const cpuCached = await run(page, small + '&cpu=true', 2);
-const uncached = await run(page, small, 2);
-const shape = (n, cpu) => `?data=spam&steps=${n}&batch=4&len=128&eval=1000&evaln=4&save=1000${cpu ? '&cpu=true' : ''}`;
+const uncached = await run(page, small + '&gpu=true', 2);
+const shape = (n, cpu) => `?data=spam&steps=${n}&batch=4&len=128&eval=1000&evaln=4&save=1000${cpu ? '&cpu=true' : '&gpu=true'}`;
 const gpu = await run(page, shape(gpuSteps, false), gpuSteps);
 const cpu = await run(page, shape(cpuSteps, true), cpuSteps);
 await ctx.close();

@@ -32,6 +32,8 @@ pub struct Form {
     pub seed: u64,
     pub skip_bad: bool,
     pub cpu: bool,
+    /// WebGPU even on a software adapter.
+    pub gpu: bool,
 }
 
 impl Default for Form {
@@ -54,6 +56,7 @@ impl Default for Form {
             seed: 42,
             skip_bad: false,
             cpu: false,
+            gpu: false,
         }
     }
 }
@@ -240,6 +243,7 @@ impl Form {
         put("seed", self.seed.to_string(), d.seed.to_string());
         put("skipbad", self.skip_bad.to_string(), d.skip_bad.to_string());
         put("cpu", self.cpu.to_string(), d.cpu.to_string());
+        put("gpu", self.gpu.to_string(), d.gpu.to_string());
         q.iter()
             .map(|(k, v)| format!("{k}={}", encode(v)))
             .collect::<Vec<_>>()
@@ -272,6 +276,7 @@ impl Form {
                 "seed" => f.seed = v.parse().unwrap_or(f.seed),
                 "skipbad" => f.skip_bad = v == "true",
                 "cpu" => f.cpu = v == "true",
+                "gpu" => f.gpu = v == "true",
                 _ => {}
             }
         }

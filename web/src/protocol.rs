@@ -48,6 +48,9 @@ pub struct RunSpec {
     pub config: TrainConfig,
     /// Train on the wasm CPU backend even when WebGPU is there.
     pub force_cpu: bool,
+    /// Train on WebGPU even when the adapter is a software renderer (slower than the CPU).
+    #[serde(default)]
+    pub force_gpu: bool,
 }
 
 /// The compute backend a run uses.
@@ -57,9 +60,11 @@ pub enum BackendInfo {
     WebGpu {
         adapter: AdapterReport,
     },
-    /// The wasm CPU backend (candle), with the reason WebGPU is not used.
+    /// The wasm CPU backend (candle), with the reason WebGPU is not used and the adapter, if
+    /// there is one.
     Cpu {
         reason: String,
+        adapter: Option<AdapterReport>,
     },
 }
 
@@ -116,6 +121,7 @@ pub enum Request {
     /// First message: which backend, and whether an interrupted run is saved.
     Hello {
         force_cpu: bool,
+        force_gpu: bool,
     },
     /// Store the user's model files (posted as payloads `config.json`, `model.safetensors`,
     /// `tokenizer.json`) under `name`.

@@ -74,13 +74,10 @@ fn s<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
-/// The backend: WebGPU unless the browser has no adapter or the page asked for the CPU.
-/// The WebGPU device is created once and kept.
-async fn engine(force_cpu: bool) -> (Engine, BackendInfo) {
-    let cpu = |reason: String| (Engine::Cpu(Candle::cpu()), BackendInfo::Cpu { reason });
-    if force_cpu {
-        return cpu("the CPU backend was chosen for this run".into());
-    }
+/// The backend: WebGPU, unless the browser has no adapter, the adapter is a software
+/// renderer (SwiftShader, WARP, lavapipe: the wasm CPU backend is much faster; `force_gpu`
+/// overrides), or the page asked for the CPU. The WebGPU device is created once and kept.
+async fn engine(force_cpu: bool, force_gpu: bool) -> (Engine, BackendInfo) {
     let st = state();
     let cached = st.gpu.borrow().clone();
     let gpu = match cached {
@@ -102,9 +99,30 @@ async fn engine(force_cpu: bool) -> (Engine, BackendInfo) {
             g
         }
     };
+    let cpu = |reason: String, adapter: Option<tunelab_wgpu::AdapterReport>| {
+        (
+            Engine::Cpu(Candle::cpu()),
+            BackendInfo::Cpu { reason, adapter },
+        )
+    };
     match gpu {
+        Err(reason) => cpu(reason, None),
+        Ok((_, adapter)) if force_cpu => cpu(
+            "the CPU backend was chosen for this run".into(),
+            Some(adapter),
+        ),
+        Ok((_, adapter)) if adapter.device_type == "Cpu" && !force_gpu => cpu(
+            format!(
+                "the browser's WebGPU adapter ({}) is a software renderer, slower than the CPU backend",
+                if adapter.architecture.is_empty() {
+                    adapter.vendor.clone()
+                } else {
+                    adapter.architecture.clone()
+                }
+            ),
+            Some(adapter),
+        ),
         Ok((be, adapter)) => (Engine::Gpu(be), BackendInfo::WebGpu { adapter }),
-        Err(reason) => cpu(reason),
     }
 }
 
@@ -182,7 +200,10 @@ pub(crate) async fn handle(
 ) -> Result<(), String> {
     use tunelab_web::protocol::Request as R;
     match req {
-        R::Hello { force_cpu } => hello(force_cpu).await,
+        R::Hello {
+            force_cpu,
+            force_gpu,
+        } => hello(force_cpu, force_gpu).await,
         R::SaveModel { name } => save_model(&name, files).await,
         R::Start { spec } => start(*spec, None).await,
         R::ResumeSaved => resume_saved().await,
@@ -243,8 +264,8 @@ async fn record_run(r: &PastRun) -> Result<(), String> {
         .map_err(s)
 }
 
-async fn hello(force_cpu: bool) -> Result<(), String> {
-    let (_, backend) = engine(force_cpu).await;
+async fn hello(force_cpu: bool, force_gpu: bool) -> Result<(), String> {
+    let (_, backend) = engine(force_cpu, force_gpu).await;
     let saved = saved_run().await.filter(|r| !r.finished).map(Box::new);
     let cached = storage::list("models").await.unwrap_or_default();
     post(
@@ -359,7 +380,7 @@ async fn start(spec: RunSpec, checkpoint: Option<(Vec<u8>, History)>) -> Result<
 }
 
 async fn start_inner(spec: RunSpec, checkpoint: Option<(Vec<u8>, History)>) -> Result<(), String> {
-    let (engine, info) = engine(spec.force_cpu).await;
+    let (engine, info) = engine(spec.force_cpu, spec.force_gpu).await;
     status(format!("Loading {}…", spec.model.name()));
     let (files, cached) = model_files(&spec.model).await?;
     let config_json = files.config_json.clone();
@@ -789,7 +810,7 @@ async fn import(model: ModelSource, files: Payload) -> Result<(), String> {
     }
     status(format!("Loading {} for the adapter…", model.name()));
     let (base, _) = model_files(&model).await?;
-    let (engine, _) = engine(false).await;
+    let (engine, _) = engine(false, false).await;
     let labels = m.labels.clone();
     let kind = m.task;
     let method_name = m.method.name().to_string();
