@@ -263,10 +263,10 @@ test('a malformed CSV shows its line number; skipping bad rows counts them', asy
   await page.close();
 });
 
-test('without WebGPU the wasm CPU backend trains, pauses, resumes and stops', async () => {
+test('without WebGPU the wasm CPU backend trains BitFit, pauses, resumes, stops and exports', async () => {
   const ctx = await launch({ webgpu: false });
   try {
-    const { page } = await open(ctx, '?steps=200&batch=4&len=32&eval=2&evaln=8');
+    const { page } = await open(ctx, '?method=bitfit&steps=200&batch=4&len=32&eval=2&evaln=8');
     assert.match(await page.getByTestId('gpu-status').textContent(), /wasm CPU backend/);
     assert.match(await page.getByTestId('cpu-fallback').textContent(), /wasm CPU backend/);
     await page.getByTestId('train').click();
@@ -292,6 +292,17 @@ test('without WebGPU the wasm CPU backend trains, pauses, resumes and stops', as
     assert.ok(l.every(([, v]) => Number.isFinite(v) && v > 0));
     // The history lists the stopped run.
     assert.match(await page.getByTestId('past-runs').textContent(), /stopped/);
+    // BitFit exports the changed tensors under Hugging Face names.
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByTestId('export').click()]);
+    const zipPath = join(out, `cpu-${download.suggestedFilename()}`);
+    await download.saveAs(zipPath);
+    const files = readZip(readFileSync(zipPath));
+    assert.deepEqual(Object.keys(files).sort(), ['bitfit.safetensors', 'tunelab_export.json']);
+    const keys = safetensorsKeys(files['bitfit.safetensors']);
+    assert.ok(keys.includes('bert.encoder.layer.0.attention.self.query.bias'), keys.join('\n'));
+    assert.ok(keys.includes('classifier.weight'), keys.join('\n'));
+    assert.ok(keys.every((k) => k.endsWith('.bias') || k.startsWith('classifier.')), keys.join('\n'));
+    assert.equal(JSON.parse(files['tunelab_export.json'].toString('utf8')).method.method, 'bitfit');
     await page.screenshot({ path: join(out, 'cpu-fallback.png'), fullPage: true });
     await page.close();
   } finally {
