@@ -48,7 +48,8 @@ async function open(ctx, query = '') {
   const page = await ctx.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
-  await page.goto(url + query);
+  // The page itself says when it is ready; the load event can lag on a busy 2-core machine.
+  await page.goto(url + query, { waitUntil: 'domcontentloaded', timeout: 120_000 });
   await page.getByTestId('status').filter({ hasText: 'Ready.' }).waitFor({ timeout: 120_000 });
   await page.getByTestId('data-summary').waitFor({ timeout: 60_000 });
   return { page, errors };
@@ -218,7 +219,7 @@ test('reloading mid-run offers to resume, and the run continues exactly', async 
   await page.getByTestId('train').click();
   // Reload right after the first checkpoint, well before the end.
   await page.waitForFunction(() => /step \d+/.test(document.querySelector('[data-testid=checkpoint]').textContent), null, { timeout: 300_000 });
-  await page.reload();
+  await page.reload({ waitUntil: 'domcontentloaded', timeout: 120_000 });
   const banner = page.getByTestId('resume-banner');
   await banner.waitFor({ timeout: 120_000 });
   const at = Number((await banner.textContent()).match(/was interrupted; its last checkpoint, at step (\d+) of 30/)?.[1]);
