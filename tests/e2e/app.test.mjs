@@ -3,7 +3,7 @@
 // serves it and sets TUNELAB_URL. Shapes are small: SwiftShader takes seconds per step.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -22,14 +22,22 @@ const BASE_ARGS = [
   '--disable-quic',
 ];
 
-/** A browser with its own profile (its own OPFS); `webgpu: false` leaves WebGPU off. */
+/** A browser with its own profile (its own OPFS); `webgpu: false` leaves WebGPU off. Closing
+ * it removes the profile (the model stored in OPFS is 90 MB). */
 async function launch({ webgpu = true } = {}) {
-  return chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'tunelab-chromium-')), {
+  const profile = mkdtempSync(join(tmpdir(), 'tunelab-chromium-'));
+  const ctx = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
     acceptDownloads: true,
     args: webgpu ? [...BASE_ARGS, '--enable-unsafe-webgpu'] : BASE_ARGS,
   });
+  const close = ctx.close.bind(ctx);
+  ctx.close = async () => {
+    await close();
+    rmSync(profile, { recursive: true, force: true });
+  };
+  return ctx;
 }
 
 let context;

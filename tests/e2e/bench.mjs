@@ -2,7 +2,7 @@
 // TUNELAB_URL): time from page load to the first training step with the model not cached and
 // cached in browser storage, and step times on WebGPU (SwiftShader without a GPU) and on the
 // wasm CPU backend. Prints one JSON object on the last line.
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -12,7 +12,8 @@ if (!url) throw new Error('TUNELAB_URL must point at the served app');
 const gpuSteps = Number(process.env.TUNELAB_BENCH_GPU_STEPS ?? 3);
 const cpuSteps = Number(process.env.TUNELAB_BENCH_CPU_STEPS ?? 6);
 
-const ctx = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'tunelab-bench-')), {
+const profile = mkdtempSync(join(tmpdir(), 'tunelab-bench-'));
+const ctx = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   headless: true,
   args: ['--no-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking', '--no-first-run'],
@@ -58,6 +59,7 @@ const shape = (n, cpu) => `?data=spam&steps=${n}&batch=4&len=128&eval=1000&evaln
 const gpu = await run(page, shape(gpuSteps, false), gpuSteps);
 const cpu = await run(page, shape(cpuSteps, true), cpuSteps);
 await ctx.close();
+rmSync(profile, { recursive: true, force: true });
 
 const summary = (r) => ({
   backend: r.backend,

@@ -28,11 +28,27 @@ fn tunelab(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn tmp(name: &str) -> PathBuf {
+/// A scratch folder, removed when the test ends (runs write hundreds of MB).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmp(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("tunelab-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
 }
 
 const TRAIN_CSV: &str = "text,label\n\
