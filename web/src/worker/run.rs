@@ -436,7 +436,15 @@ async fn save<B: Backend>(
                 text: String::new(),
             },
             validation: None,
-            ..spec.clone()
+            // Field by field: `..spec.clone()` would copy the data texts at every checkpoint.
+            model: spec.model.clone(),
+            kind: spec.kind,
+            dataset: spec.dataset.clone(),
+            labels: spec.labels.clone(),
+            holdout: spec.holdout,
+            config: spec.config.clone(),
+            force_cpu: spec.force_cpu,
+            force_gpu: spec.force_gpu,
         },
         step: t.state.step,
         total: t.total_steps(),
