@@ -204,6 +204,13 @@ impl Backend for Candle {
                 format!("inner dims differ: {:?} @ {:?}", a.dims(), b.dims()),
             ));
         }
+        // In wasm this crate's SIMD128 kernel beats gemm's (see `sgemm`); natively gemm's
+        // AVX kernels win.
+        if cfg!(target_arch = "wasm32") && self.device.is_cpu() {
+            if let Some(y) = crate::sgemm::matmul(&a, &b).c()? {
+                return Ok(y);
+            }
+        }
         if b.rank() == 2 && a.rank() > 2 {
             // Shared weight: fold the batch into the rows for one large gemm.
             let dims = a.dims().to_vec();

@@ -10,6 +10,7 @@
 //! ```
 
 mod backend;
+pub mod sgemm;
 
 pub use backend::Candle;
 use std::str::FromStr;

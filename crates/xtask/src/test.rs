@@ -144,6 +144,10 @@ fn wasm(counts: &mut Counts) -> anyhow::Result<()> {
         "tunelab-wgpu",
         "--test",
         "web_adapter",
+        "-p",
+        "tunelab-candle",
+        "--test",
+        "wasm_cpu",
     ]);
     c.env("CHROMEDRIVER", "/usr/bin/chromedriver")
         .env(

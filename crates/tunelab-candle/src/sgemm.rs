@@ -1,0 +1,469 @@
+//! Single-precision matrix product for the CPU backend compiled to WebAssembly.
+//!
+//! Natively candle's matmul (the `gemm` crate) dispatches to AVX2/AVX-512 kernels and is the
+//! faster choice. In wasm, `gemm`'s SIMD128 kernel keeps 12 accumulators plus its operands
+//! live, more than the 16 vector registers the browser's compiler has on x86-64; this product
+//! keeps a 4 × 8 register tile (8 accumulators) and measured 1.2–1.3× `gemm`'s throughput at
+//! the MiniLM training shapes in V8 (see `docs/benchmarks.md`).
+//!
+//! The loop nest is the classic one: blocks of `NC` columns of `b` and `KC` of the inner
+//! dimension are packed into `NR`-wide panels, blocks of `MC` rows of `a` into `MR`-tall
+//! panels, and a register-tile kernel multiplies one panel pair. Natively the same loops run
+//! with a plain-Rust kernel, so the blocking and packing are tested on every target.
+
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+
+/// A read-only strided matrix: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// Rows of `a` per register tile.
+const MR: usize = 4;
+/// Columns of `b` per register tile (two SIMD128 vectors).
+const NR: usize = 8;
+/// Inner-dimension block: an `MR × KC` panel of `a` stays in L1.
+const KC: usize = 256;
+/// Rows of `a` per packed block.
+const MC: usize = 128;
+/// Columns of `b` per packed block: a `KC × NC` block (1 MiB) stays in L2.
+const NC: usize = 1024;
+
+/// Why a product cannot be computed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SgemmError {
+    #[error("matmul operand `{name}` needs {need} values, it has {len}")]
+    OutOfBounds {
+        name: &'static str,
+        need: usize,
+        len: usize,
+    },
+    #[error("matmul output has {len} values, {m} × {n} expected")]
+    Output { len: usize, m: usize, n: usize },
+}
+
+/// The largest index a strided `rows × cols` view reads, plus one.
+fn extent(rows: usize, cols: usize, m: MatRef) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * m.rs + (cols - 1) * m.cs + 1
+    }
+}
+
+/// `c = a @ b`: `a` is `m × k`, `b` is `k × n`, `c` is `m × n`, row-major and contiguous.
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+) -> Result<(), SgemmError> {
+    for (name, rows, cols, x) in [("a", m, k, a), ("b", k, n, b)] {
+        let need = extent(rows, cols, x);
+        if need > x.data.len() {
+            return Err(SgemmError::OutOfBounds {
+                name,
+                need,
+                len: x.data.len(),
+            });
+        }
+    }
+    if c.len() != m * n {
+        return Err(SgemmError::Output { len: c.len(), m, n });
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return Ok(());
+    }
+    let mut bp = vec![0f32; KC * n.min(NC).div_ceil(NR) * NR];
+    let mut ap = vec![0f32; KC * m.min(MC).div_ceil(MR) * MR];
+    let mut tile = [0f32; MR * NR];
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            pack_b(b, pc, kc, jc, nc, &mut bp);
+            for ic in (0..m).step_by(MC) {
+                let mc = MC.min(m - ic);
+                pack_a(a, ic, mc, pc, kc, &mut ap);
+                for jr in (0..nc).step_by(NR) {
+                    let nr = NR.min(nc - jr);
+                    let b_panel = &bp[(jr / NR) * kc * NR..][..kc * NR];
+                    for ir in (0..mc).step_by(MR) {
+                        let mr = MR.min(mc - ir);
+                        let a_panel = &ap[(ir / MR) * kc * MR..][..kc * MR];
+                        kernel(kc, a_panel, b_panel, &mut tile);
+                        let (i0, j0) = (ic + ir, jc + jr);
+                        for (i, t) in tile.chunks_exact(NR).take(mr).enumerate() {
+                            let row = &mut c[(i0 + i) * n + j0..][..nr];
+                            if pc == 0 {
+                                row.copy_from_slice(&t[..nr]);
+                            } else {
+                                for (r, v) in row.iter_mut().zip(t) {
+                                    *r += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Packs `b[pc..pc+kc, jc..jc+nc]` into `NR`-wide panels, each `kc × NR` row-major, the last
+/// one zero-padded.
+fn pack_b(b: MatRef, pc: usize, kc: usize, jc: usize, nc: usize, out: &mut [f32]) {
+    for (pi, jr) in (0..nc).step_by(NR).enumerate() {
+        let nr = NR.min(nc - jr);
+        let panel = &mut out[pi * kc * NR..][..kc * NR];
+        for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+            let base = (pc + p) * b.rs + (jc + jr) * b.cs;
+            if b.cs == 1 {
+                dst[..nr].copy_from_slice(&b.data[base..base + nr]);
+            } else {
+                for (j, d) in dst[..nr].iter_mut().enumerate() {
+                    *d = b.data[base + j * b.cs];
+                }
+            }
+            dst[nr..].fill(0.0);
+        }
+    }
+}
+
+/// Packs `a[ic..ic+mc, pc..pc+kc]` into `MR`-tall panels, each `kc × MR` (column of the panel
+/// after column), the last one zero-padded.
+fn pack_a(a: MatRef, ic: usize, mc: usize, pc: usize, kc: usize, out: &mut [f32]) {
+    for (pi, ir) in (0..mc).step_by(MR).enumerate() {
+        let mr = MR.min(mc - ir);
+        let panel = &mut out[pi * kc * MR..][..kc * MR];
+        for i in 0..MR {
+            if i < mr {
+                let base = (ic + ir + i) * a.rs + pc * a.cs;
+                for p in 0..kc {
+                    panel[p * MR + i] = a.data[base + p * a.cs];
+                }
+            } else {
+                for p in 0..kc {
+                    panel[p * MR + i] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// `tile = a_panel @ b_panel` over `kc` steps, in SIMD128 registers. Safe code: the
+/// compiler turns the four-lane gathers and extractions into single vector loads and stores.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn kernel(kc: usize, ap: &[f32], bp: &[f32], tile: &mut [f32; MR * NR]) {
+    use core::arch::wasm32::{f32x4, f32x4_add, f32x4_extract_lane, f32x4_mul, f32x4_splat};
+    let mut acc = [[f32x4_splat(0.0); NR / 4]; MR];
+    for (a, b) in ap[..kc * MR]
+        .chunks_exact(MR)
+        .zip(bp[..kc * NR].chunks_exact(NR))
+    {
+        let b0 = f32x4(b[0], b[1], b[2], b[3]);
+        let b1 = f32x4(b[4], b[5], b[6], b[7]);
+        for (row, &ai) in acc.iter_mut().zip(a) {
+            let ai = f32x4_splat(ai);
+            row[0] = f32x4_add(row[0], f32x4_mul(ai, b0));
+            row[1] = f32x4_add(row[1], f32x4_mul(ai, b1));
+        }
+    }
+    for (t, v) in tile.chunks_exact_mut(4).zip(acc.iter().flatten()) {
+        t[0] = f32x4_extract_lane::<0>(*v);
+        t[1] = f32x4_extract_lane::<1>(*v);
+        t[2] = f32x4_extract_lane::<2>(*v);
+        t[3] = f32x4_extract_lane::<3>(*v);
+    }
+}
+
+/// The same product in plain Rust (native builds, where this module is only tested).
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+#[inline(always)]
+fn kernel(kc: usize, ap: &[f32], bp: &[f32], tile: &mut [f32; MR * NR]) {
+    let mut acc = [0f32; MR * NR];
+    for (a, b) in ap[..kc * MR]
+        .chunks_exact(MR)
+        .zip(bp[..kc * NR].chunks_exact(NR))
+    {
+        for (i, ai) in a.iter().enumerate() {
+            for (c, bj) in acc[i * NR..][..NR].iter_mut().zip(b) {
+                *c += ai * bj;
+            }
+        }
+    }
+    *tile = acc;
+}
+
+/// The one stride that walks `dims` as a single flattened dim, if they collapse (dims of
+/// size 1 are skipped).
+fn collapsed_stride(dims: &[usize], strides: &[usize]) -> Option<usize> {
+    let mut walk = dims.iter().zip(strides).filter(|(d, _)| **d != 1).rev();
+    let Some((&d0, &s0)) = walk.next() else {
+        return Some(0);
+    };
+    let mut next = s0 * d0;
+    for (&d, &s) in walk {
+        if s != next {
+            return None;
+        }
+        next = s * d;
+    }
+    Some(s0)
+}
+
+fn f32_slice<'a>(storage: &'a Storage) -> Option<&'a [f32]> {
+    match storage {
+        Storage::Cpu(CpuStorage::F32(v)) => Some(v),
+        _ => None,
+    }
+}
+
+/// `a @ b` on CPU f32 tensors with this crate's kernel: `b` 2-D (a shared weight; `a`'s
+/// leading dims fold into rows) or both of one rank with equal batch dims. `Ok(None)` when
+/// the tensors are not CPU f32 or their strides do not collapse; the caller then uses
+/// candle's matmul.
+pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    if a.dtype() != DType::F32 || b.dtype() != DType::F32 || a.rank() < 2 || b.rank() < 2 {
+        return Ok(None);
+    }
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let (Some(da), Some(db)) = (f32_slice(&sa), f32_slice(&sb)) else {
+        return Ok(None);
+    };
+    let Some(plan) = Plan::new(la, lb) else {
+        return Ok(None);
+    };
+    let mut out = vec![0f32; plan.batch * plan.m * plan.n];
+    if out.is_empty() {
+        drop((sa, sb));
+        return Tensor::from_vec(out, plan.out_dims, a.device()).map(Some);
+    }
+    for (i, c) in out.chunks_exact_mut(plan.m * plan.n).enumerate() {
+        let oa = la.start_offset() + i * plan.a_batch;
+        let ob = lb.start_offset() + i * plan.b_batch;
+        let a = MatRef {
+            data: &da[oa.min(da.len())..],
+            rs: plan.a_rs,
+            cs: plan.a_cs,
+        };
+        let b = MatRef {
+            data: &db[ob.min(db.len())..],
+            rs: plan.b_rs,
+            cs: plan.b_cs,
+        };
+        sgemm(plan.m, plan.n, plan.k, a, b, c).map_err(candle_core::Error::wrap)?;
+    }
+    drop((sa, sb));
+    Tensor::from_vec(out, plan.out_dims, a.device()).map(Some)
+}
+
+/// How two layouts map onto a batch of 2-D products.
+struct Plan {
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a_batch: usize,
+    a_rs: usize,
+    a_cs: usize,
+    b_batch: usize,
+    b_rs: usize,
+    b_cs: usize,
+    out_dims: Vec<usize>,
+}
+
+impl Plan {
+    fn new(la: &Layout, lb: &Layout) -> Option<Self> {
+        let (da, sa) = (la.dims(), la.stride());
+        let (dbm, sbm) = (lb.dims(), lb.stride());
+        let (ra, rb) = (da.len(), dbm.len());
+        let k = da[ra - 1];
+        if dbm[rb - 2] != k {
+            return None;
+        }
+        let n = dbm[rb - 1];
+        let mut out_dims = da[..ra - 1].to_vec();
+        out_dims.push(n);
+        if rb == 2 {
+            // Every leading dim of `a` is a row.
+            let m = da[..ra - 1].iter().product();
+            let a_rs = collapsed_stride(&da[..ra - 1], &sa[..ra - 1])?;
+            return Some(Plan {
+                batch: 1,
+                m,
+                n,
+                k,
+                a_batch: 0,
+                a_rs,
+                a_cs: sa[ra - 1],
+                b_batch: 0,
+                b_rs: sbm[0],
+                b_cs: sbm[1],
+                out_dims,
+            });
+        }
+        if ra != rb || da[..ra - 2] != dbm[..rb - 2] {
+            return None;
+        }
+        let batch = da[..ra - 2].iter().product();
+        let a_batch = collapsed_stride(&da[..ra - 2], &sa[..ra - 2])?;
+        let b_batch = collapsed_stride(&dbm[..rb - 2], &sbm[..rb - 2])?;
+        Some(Plan {
+            batch,
+            m: da[ra - 2],
+            n,
+            k,
+            a_batch,
+            a_rs: sa[ra - 2],
+            a_cs: sa[ra - 1],
+            b_batch,
+            b_rs: sbm[rb - 2],
+            b_cs: sbm[rb - 1],
+            out_dims,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use candle_core::Device;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                (s >> 8) as f32 / 16_777_216.0 - 0.5
+            })
+            .collect()
+    }
+
+    /// Element-by-element product in f64.
+    fn reference(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|p| f64::from(a.data[i * a.rs + p * a.cs] * b.data[p * b.rs + j * b.cs]))
+                    .sum();
+                c[i * n + j] = s as f32;
+            }
+        }
+        c
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], k: usize) {
+        assert_eq!(got.len(), want.len());
+        let tol = 1e-6 * (k as f32).max(1.0) * 4.0;
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol, "element {i}: {g} vs {w} (tol {tol})");
+        }
+    }
+
+    #[test]
+    fn matches_the_reference_across_block_edges_and_layouts() {
+        // Sizes around MR, NR, KC, MC and NC, and both storage orders of each operand.
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 7, 5),
+            (4, 8, 256),
+            (5, 9, 257),
+            (130, 17, 300),
+            (9, 1030, 33),
+            (2, 3, 0),
+        ] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let av = values(m * k, 1);
+                let bv = values(k * n, 2);
+                let a = if ta {
+                    MatRef { data: &av, rs: 1, cs: m }
+                } else {
+                    MatRef { data: &av, rs: k, cs: 1 }
+                };
+                let b = if tb {
+                    MatRef { data: &bv, rs: 1, cs: k }
+                } else {
+                    MatRef { data: &bv, rs: n, cs: 1 }
+                };
+                let mut c = vec![f32::NAN; m * n];
+                sgemm(m, n, k, a, b, &mut c).unwrap();
+                assert_close(&c, &reference(m, n, k, a, b), k);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_operands_are_errors() {
+        let a = vec![0f32; 5];
+        let b = vec![0f32; 6];
+        let ar = MatRef { data: &a, rs: 3, cs: 1 };
+        let br = MatRef { data: &b, rs: 2, cs: 1 };
+        let err = sgemm(2, 2, 3, ar, br, &mut [0.0; 4]).unwrap_err();
+        assert_eq!(
+            err,
+            SgemmError::OutOfBounds { name: "a", need: 6, len: 5 }
+        );
+        let ar = MatRef { data: &b, rs: 3, cs: 1 };
+        let err = sgemm(2, 2, 3, ar, br, &mut [0.0; 3]).unwrap_err();
+        assert_eq!(err, SgemmError::Output { len: 3, m: 2, n: 2 });
+    }
+
+    #[test]
+    fn tensor_products_match_candle() {
+        let dev = Device::Cpu;
+        let t = |n: usize, seed: u32, dims: &[usize]| {
+            Tensor::from_vec(values(n, seed), dims, &dev).unwrap()
+        };
+        // Shared weight, transposed as a linear layer reads it, with a batch folded into rows.
+        let x = t(2 * 5 * 7, 3, &[2, 5, 7]);
+        let w = t(6 * 7, 4, &[6, 7]);
+        // Batched products on transposed views (attention's shapes).
+        let q = t(2 * 3 * 5 * 4, 5, &[2, 3, 5, 4]);
+        let k = t(2 * 3 * 5 * 4, 6, &[2, 3, 5, 4]);
+        // A view with an offset: a narrowed tensor.
+        let big = t(10 * 7, 7, &[10, 7]);
+        let narrowed = big.narrow(0, 3, 4).unwrap();
+        let cases = [
+            (x.clone(), w.t().unwrap()),
+            (x.clone(), w.t().unwrap().contiguous().unwrap()),
+            (q.clone(), k.t().unwrap()),
+            (q.t().unwrap(), k.clone()),
+            (narrowed, w.t().unwrap()),
+        ];
+        for (a, b) in cases {
+            // candle's matmul does not broadcast a 2-D right operand: fold the rows first.
+            let want = if b.rank() == 2 && a.rank() > 2 {
+                let mut dims = a.dims().to_vec();
+                let k = dims.pop().unwrap();
+                let rows: usize = dims.iter().product();
+                dims.push(b.dims()[1]);
+                let a2 = a.contiguous().unwrap().reshape((rows, k)).unwrap();
+                a2.matmul(&b).unwrap().reshape(dims).unwrap()
+            } else {
+                a.matmul(&b).unwrap()
+            };
+            let got = matmul(&a, &b).unwrap().expect("a supported layout");
+            assert_eq!(got.dims(), want.dims());
+            let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+            let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+            assert_close(&got, &want, 7);
+        }
+        // Rows that do not collapse into one stride, and batch dims that do not match, are
+        // left to candle.
+        assert!(matmul(&x.transpose(0, 1).unwrap(), &w.t().unwrap()).unwrap().is_none());
+        let other = t(3 * 4 * 6, 8, &[3, 4, 6]);
+        assert!(matmul(&q, &other).unwrap().is_none());
+    }
+}

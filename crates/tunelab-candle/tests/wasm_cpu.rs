@@ -1,0 +1,150 @@
+//! The CPU backend compiled to wasm (the browser's fallback), in headless Chromium
+//! (`cargo xtask test --wasm`): its SIMD128 matmul against an f64 reference, and a tiny BERT's
+//! logits, loss and every trainable gradient against the PyTorch fixtures.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
+#![cfg(target_arch = "wasm32")]
+
+use tunelab_candle::Candle;
+use tunelab_candle::sgemm::{MatRef, sgemm};
+use tunelab_core::Shape;
+use tunelab_core::backend::{Backend, IGNORE_INDEX};
+use tunelab_core::models::heads::Task;
+use tunelab_core::models::task_model::TaskModel;
+use tunelab_core::nn::Ctx;
+use tunelab_core::params::ParamStore;
+use tunelab_core::peft::{Method, lora::LoraConfig};
+use tunelab_core::safetensors_io::read;
+use tunelab_core::tape::Tape;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            (s >> 8) as f32 / 16_777_216.0 - 0.5
+        })
+        .collect()
+}
+
+#[wasm_bindgen_test]
+fn simd_matmul_matches_an_f64_reference() {
+    // Sizes around the 4 × 8 register tile and the 256 / 128 / 1024 blocks, both storage
+    // orders of each operand.
+    for &(m, n, k) in &[(1, 1, 1), (3, 7, 5), (5, 9, 257), (130, 17, 300), (9, 1030, 33)] {
+        for (ta, tb) in [(false, false), (true, true), (false, true)] {
+            let (av, bv) = (values(m * k, 1), values(k * n, 2));
+            let a = if ta {
+                MatRef { data: &av, rs: 1, cs: m }
+            } else {
+                MatRef { data: &av, rs: k, cs: 1 }
+            };
+            let b = if tb {
+                MatRef { data: &bv, rs: 1, cs: k }
+            } else {
+                MatRef { data: &bv, rs: n, cs: 1 }
+            };
+            let mut c = vec![f32::NAN; m * n];
+            sgemm(m, n, k, a, b, &mut c).unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|p| {
+                            f64::from(av[i * a.rs + p * a.cs]) * f64::from(bv[p * b.rs + j * b.cs])
+                        })
+                        .sum();
+                    let got = f64::from(c[i * n + j]);
+                    assert!(
+                        (got - want).abs() < 1e-5 * k as f64,
+                        "{m}x{n}x{k} ta={ta} tb={tb} ({i},{j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (f64::from(*g) - f64::from(*w)).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|w| f64::from(*w).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// The PyTorch + PEFT parity fixtures' LoRA row, on the wasm CPU backend.
+#[wasm_bindgen_test]
+async fn a_tiny_bert_matches_pytorch_in_wasm() {
+    const CONFIG: &str = include_str!("../../../tests/fixtures/tiny-bert/config.json");
+    const WEIGHTS: &[u8] = include_bytes!("../../../tests/fixtures/tiny-bert/model.safetensors");
+    const FIXTURE: &[u8] = include_bytes!("../../../tests/fixtures/parity-bert-lora.safetensors");
+    let be = Candle::cpu();
+    let (fx, _) = read("fixture", FIXTURE).unwrap();
+    let ints = tunelab_core::safetensors_io::read_ints("fixture", FIXTURE).unwrap();
+    let (tensors, _) = read("model.safetensors", WEIGHTS).unwrap();
+    let method = Method::Lora(LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: vec!["query".into(), "value".into()],
+    });
+    let task = Task::SequenceClassification { num_labels: 3 };
+    let mut store = ParamStore::new();
+    let model =
+        TaskModel::load(&be, "tiny-bert", CONFIG, tensors, task, &method, 0, &mut store).unwrap();
+    for (name, t) in &fx {
+        if let Some(param) = name.strip_prefix("init.") {
+            let id = store.id(param).unwrap();
+            store.set_value(id, be.upload(&t.data, &t.shape).unwrap());
+        }
+    }
+    let ids: Vec<u32> = ints["input_ids"].iter().map(|&x| x as u32).collect();
+    let mask: Vec<f32> = ints["attention_mask"].iter().map(|&x| x as f32).collect();
+    let labels: Vec<u32> = ints["labels"]
+        .iter()
+        .map(|&x| if x < 0 { IGNORE_INDEX } else { x as u32 })
+        .collect();
+    let bsz = fx["logits"].shape.dims()[0];
+    let input = model
+        .input(&be, &store, &ids, &mask, bsz, ids.len() / bsz)
+        .unwrap();
+    let labels_t = be.upload_u32(&labels, &Shape::new([labels.len()])).unwrap();
+    let scale = 1.0 / labels.len() as f32;
+
+    let mut tape = Tape::new(be.clone());
+    let bound = store.bind(&mut tape);
+    let mut cx = Ctx {
+        tape: &mut tape,
+        bound: &bound,
+        adapters: &model.adapters,
+        dropout: None,
+    };
+    let logits = model.logits(&mut cx, &input).unwrap();
+    let loss = model.loss(&mut cx, logits, &labels_t, scale).unwrap();
+    let got = be.download(tape.value(logits).unwrap()).await.unwrap();
+    let diff = got
+        .iter()
+        .zip(&fx["logits"].data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "logits max abs diff {diff}");
+    let l = be.download(tape.value(loss).unwrap()).await.unwrap()[0];
+    assert!((l - fx["loss"].data[0]).abs() < 1e-5, "loss {l}");
+    tape.backward(loss).unwrap();
+    let grads = store.grads(&mut tape, &bound);
+    let mut checked = 0;
+    for (id, g) in &grads {
+        let name = &store.get(*id).name;
+        let g = be.download(g.as_ref().unwrap()).await.unwrap();
+        let want = &fx[&format!("grad.{name}")].data;
+        let e = rel_err(&g, want);
+        assert!(e < 1e-3, "gradient of {name}: relative error {e}");
+        checked += 1;
+    }
+    let expected = fx.keys().filter(|k| k.starts_with("grad.")).count();
+    assert_eq!(checked, expected, "every trainable tensor PyTorch has gets a gradient");
+}
