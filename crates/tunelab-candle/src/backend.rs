@@ -12,15 +12,34 @@ use tunelab_core::backend::{AdamW, Backend, BackendError, IGNORE_INDEX, LayerNor
 #[derive(Debug, Clone)]
 pub struct Candle {
     device: Device,
+    /// On the CPU, use the fused kernels of [`crate::cpu`] (and the SIMD128 matmul in wasm).
+    fused: bool,
 }
 
 impl Candle {
     pub fn new(device: Device) -> Self {
-        Self { device }
+        Self {
+            device,
+            fused: true,
+        }
     }
 
     pub fn cpu() -> Self {
         Self::new(Device::Cpu)
+    }
+
+    /// The CPU with candle's tensor ops only, as the CUDA device runs them: tests check the
+    /// GPU path's math, and the fused CPU kernels, against it.
+    pub fn cpu_composite() -> Self {
+        Self {
+            device: Device::Cpu,
+            fused: false,
+        }
+    }
+
+    /// Whether this op runs a fused CPU kernel.
+    fn fused(&self) -> bool {
+        self.fused && self.device.is_cpu()
     }
 
     pub fn device(&self) -> &Device {
@@ -78,6 +97,22 @@ fn merge_heads(x: &Tensor) -> Result<Tensor> {
 }
 
 impl Candle {
+    /// `a @ b` (batched when both have batch dims): in wasm on the CPU through this crate's
+    /// SIMD128 kernel, which beats gemm's there (see `sgemm`); elsewhere candle's (gemm's AVX
+    /// kernels natively, cuBLAS on CUDA).
+    fn mm(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if cfg!(target_arch = "wasm32")
+            && self.fused()
+            && let Some(y) = crate::sgemm::matmul(a, b).c()?
+        {
+            return Ok(y);
+        }
+        match a.matmul(b) {
+            Ok(y) => Ok(y),
+            Err(_) => a.contiguous().c()?.matmul(&b.contiguous().c()?).c(),
+        }
+    }
+
     /// Scaled scores `(B, H, T, T)` with padding and causal masks added.
     fn scores(
         &self,
@@ -118,6 +153,16 @@ impl Candle {
             s = s.broadcast_add(&bias).c()?;
         }
         Ok(s)
+    }
+
+    fn check_key_mask(&self, mask: Option<&Tensor>, b: usize, t: usize) -> Result<()> {
+        match mask {
+            Some(m) if m.dims() != [b, t] => Err(shape_err(
+                "attention",
+                format!("key mask has shape {:?}, expected [{b}, {t}]", m.dims()),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn labels_mask(&self, labels: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -204,12 +249,8 @@ impl Backend for Candle {
                 format!("inner dims differ: {:?} @ {:?}", a.dims(), b.dims()),
             ));
         }
-        // In wasm this crate's SIMD128 kernel beats gemm's (see `sgemm`); natively gemm's
-        // AVX kernels win.
-        if cfg!(target_arch = "wasm32") && self.device.is_cpu() {
-            if let Some(y) = crate::sgemm::matmul(&a, &b).c()? {
-                return Ok(y);
-            }
+        if cfg!(target_arch = "wasm32") && self.fused() {
+            return self.mm(&a, &b);
         }
         if b.rank() == 2 && a.rank() > 2 {
             // Shared weight: fold the batch into the rows for one large gemm.
@@ -226,10 +267,7 @@ impl Backend for Candle {
             out[last] = b.dims()[1];
             y.reshape(out).c()
         } else {
-            match a.matmul(&b) {
-                Ok(y) => Ok(y),
-                Err(_) => a.contiguous().c()?.matmul(&b.contiguous().c()?).c(),
-            }
+            self.mm(&a, &b)
         }
     }
 
@@ -271,10 +309,22 @@ impl Backend for Candle {
     }
 
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+        if self.fused() {
+            return crate::cpu::gelu(x).c();
+        }
         x.gelu_erf().c()
     }
 
     fn gelu_backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        if self.fused() {
+            if x.dims() != dy.dims() {
+                return Err(shape_err(
+                    "gelu_backward",
+                    format!("x {:?} and dy {:?} differ", x.dims(), dy.dims()),
+                ));
+            }
+            return crate::cpu::gelu_backward(x, dy).c();
+        }
         // gelu'(x) = Phi(x) + x * phi(x)
         let cdf = x
             .affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)
@@ -323,6 +373,10 @@ impl Backend for Candle {
                 ),
             ));
         }
+        if self.fused() {
+            let (y, mean, rstd) = crate::cpu::layer_norm(x, gamma, beta, eps).c()?;
+            return Ok((y, LayerNormSaved { mean, rstd }));
+        }
         let mean = x.mean_keepdim(D::Minus1).c()?;
         let xc = x.broadcast_sub(&mean).c()?;
         let var = xc.sqr().c()?.mean_keepdim(D::Minus1).c()?;
@@ -350,6 +404,15 @@ impl Backend for Candle {
         saved: &LayerNormSaved<Tensor>,
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        if self.fused() {
+            if x.dims() != dy.dims() {
+                return Err(shape_err(
+                    "layer_norm_backward",
+                    format!("x {:?} and dy {:?} differ", x.dims(), dy.dims()),
+                ));
+            }
+            return crate::cpu::layer_norm_backward(x, gamma, &saved.mean, &saved.rstd, dy).c();
+        }
         let xhat = x
             .broadcast_sub(&saved.mean)
             .c()?
@@ -395,6 +458,15 @@ impl Backend for Candle {
             split_heads(k, heads)?,
             split_heads(v, heads)?,
         );
+        if self.fused() {
+            let (b, _, t, d) = qh.dims4().c()?;
+            self.check_key_mask(key_mask, b, t)?;
+            let s = self.mm(&qh, &kh.t().c()?)?;
+            let scale = 1.0 / (d as f32).sqrt();
+            let (p, lse) = crate::cpu::attention_softmax(&s, scale, key_mask, causal).c()?;
+            let out = merge_heads(&self.mm(&p, &vh)?)?;
+            return Ok((out, lse));
+        }
         let s = self.scores(&qh, &kh, key_mask, causal)?;
         let max = s.max_keepdim(D::Minus1).c()?;
         let lse = s
@@ -432,6 +504,21 @@ impl Backend for Candle {
         );
         let (oh, doh) = (split_heads(out, heads)?, split_heads(d_out, heads)?);
         let d = qh.dims()[3];
+        if self.fused() {
+            let (b, _, t, _) = qh.dims4().c()?;
+            self.check_key_mask(key_mask, b, t)?;
+            let s = self.mm(&qh, &kh.t().c()?)?;
+            let dp = self.mm(&doh, &vh.t().c()?)?;
+            let row = crate::cpu::row_dot(&doh, &oh).c()?;
+            let scale = 1.0 / (d as f32).sqrt();
+            let (p, ds) =
+                crate::cpu::attention_softmax_backward(&s, lse, &dp, &row, scale, key_mask, causal)
+                    .c()?;
+            let dv = self.mm(&p.t().c()?, &doh)?;
+            let dq = self.mm(&ds, &kh)?;
+            let dk = self.mm(&ds.t().c()?, &qh)?;
+            return Ok((merge_heads(&dq)?, merge_heads(&dk)?, merge_heads(&dv)?));
+        }
         let scale = 1.0 / (d as f64).sqrt();
         let s = self.scores(&qh, &kh, key_mask, causal)?;
         let p = s

@@ -10,6 +10,7 @@
 //! ```
 
 mod backend;
+pub mod cpu;
 pub mod sgemm;
 
 pub use backend::Candle;

@@ -220,7 +220,7 @@ fn collapsed_stride(dims: &[usize], strides: &[usize]) -> Option<usize> {
     Some(s0)
 }
 
-fn f32_slice<'a>(storage: &'a Storage) -> Option<&'a [f32]> {
+fn f32_slice(storage: &Storage) -> Option<&[f32]> {
     match storage {
         Storage::Cpu(CpuStorage::F32(v)) => Some(v),
         _ => None,
@@ -388,14 +388,30 @@ mod tests {
                 let av = values(m * k, 1);
                 let bv = values(k * n, 2);
                 let a = if ta {
-                    MatRef { data: &av, rs: 1, cs: m }
+                    MatRef {
+                        data: &av,
+                        rs: 1,
+                        cs: m,
+                    }
                 } else {
-                    MatRef { data: &av, rs: k, cs: 1 }
+                    MatRef {
+                        data: &av,
+                        rs: k,
+                        cs: 1,
+                    }
                 };
                 let b = if tb {
-                    MatRef { data: &bv, rs: 1, cs: k }
+                    MatRef {
+                        data: &bv,
+                        rs: 1,
+                        cs: k,
+                    }
                 } else {
-                    MatRef { data: &bv, rs: n, cs: 1 }
+                    MatRef {
+                        data: &bv,
+                        rs: n,
+                        cs: 1,
+                    }
                 };
                 let mut c = vec![f32::NAN; m * n];
                 sgemm(m, n, k, a, b, &mut c).unwrap();
@@ -408,14 +424,30 @@ mod tests {
     fn bad_operands_are_errors() {
         let a = vec![0f32; 5];
         let b = vec![0f32; 6];
-        let ar = MatRef { data: &a, rs: 3, cs: 1 };
-        let br = MatRef { data: &b, rs: 2, cs: 1 };
+        let ar = MatRef {
+            data: &a,
+            rs: 3,
+            cs: 1,
+        };
+        let br = MatRef {
+            data: &b,
+            rs: 2,
+            cs: 1,
+        };
         let err = sgemm(2, 2, 3, ar, br, &mut [0.0; 4]).unwrap_err();
         assert_eq!(
             err,
-            SgemmError::OutOfBounds { name: "a", need: 6, len: 5 }
+            SgemmError::OutOfBounds {
+                name: "a",
+                need: 6,
+                len: 5
+            }
         );
-        let ar = MatRef { data: &b, rs: 3, cs: 1 };
+        let ar = MatRef {
+            data: &b,
+            rs: 3,
+            cs: 1,
+        };
         let err = sgemm(2, 2, 3, ar, br, &mut [0.0; 3]).unwrap_err();
         assert_eq!(err, SgemmError::Output { len: 3, m: 2, n: 2 });
     }
@@ -462,7 +494,11 @@ mod tests {
         }
         // Rows that do not collapse into one stride, and batch dims that do not match, are
         // left to candle.
-        assert!(matmul(&x.transpose(0, 1).unwrap(), &w.t().unwrap()).unwrap().is_none());
+        assert!(
+            matmul(&x.transpose(0, 1).unwrap(), &w.t().unwrap())
+                .unwrap()
+                .is_none()
+        );
         let other = t(3 * 4 * 6, 8, &[3, 4, 6]);
         assert!(matmul(&q, &other).unwrap().is_none());
     }

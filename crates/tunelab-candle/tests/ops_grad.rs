@@ -593,3 +593,93 @@ fn tape_frees_intermediates_and_skips_frozen_work() {
         "{err}"
     );
 }
+
+/// The fused CPU kernels (GELU, layer norm, attention with its masks) against candle's
+/// composite ops, which CUDA runs: the same values forward and backward.
+#[test]
+fn fused_cpu_kernels_match_the_composite_ops() {
+    let (fused, plain) = (Candle::cpu(), Candle::cpu_composite());
+    let up = |be: &Candle, dims: &[usize], seed: u64| {
+        let s = Shape::new(dims);
+        be.upload(&data(s.numel(), seed), &s).unwrap()
+    };
+    let same = |name: &str, a: &candle_core::Tensor, b: &candle_core::Tensor, tol: f32| {
+        assert_eq!(a.dims(), b.dims(), "{name}: shapes");
+        let (a, b) = (host(a), host(b));
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()),
+                "{name}[{i}]: fused {x} vs composite {y}"
+            );
+        }
+    };
+    // Scaled up so GELU sees its tails, odd sizes so no loop is a multiple of 8.
+    let x: Vec<_> = [&fused, &plain]
+        .iter()
+        .map(|be| be.scale(&up(be, &[3, 5, 13], 1), 4.0).unwrap())
+        .collect();
+    let dy: Vec<_> = [&fused, &plain]
+        .iter()
+        .map(|be| up(be, &[3, 5, 13], 2))
+        .collect();
+    same(
+        "gelu",
+        &fused.gelu(&x[0]).unwrap(),
+        &plain.gelu(&x[1]).unwrap(),
+        1e-6,
+    );
+    same(
+        "gelu_backward",
+        &fused.gelu_backward(&x[0], &dy[0]).unwrap(),
+        &plain.gelu_backward(&x[1], &dy[1]).unwrap(),
+        1e-6,
+    );
+    let g: Vec<_> = [&fused, &plain].iter().map(|be| up(be, &[13], 3)).collect();
+    let bta: Vec<_> = [&fused, &plain].iter().map(|be| up(be, &[13], 4)).collect();
+    let (yf, sf) = fused.layer_norm(&x[0], &g[0], &bta[0], 1e-5).unwrap();
+    let (yp, sp) = plain.layer_norm(&x[1], &g[1], &bta[1], 1e-5).unwrap();
+    same("layer_norm", &yf, &yp, 1e-5);
+    same("layer_norm mean", &sf.mean, &sp.mean, 1e-6);
+    same("layer_norm rstd", &sf.rstd, &sp.rstd, 1e-5);
+    let bf = fused
+        .layer_norm_backward(&x[0], &g[0], &sf, &dy[0])
+        .unwrap();
+    let bp = plain
+        .layer_norm_backward(&x[1], &g[1], &sp, &dy[1])
+        .unwrap();
+    same("layer_norm dx", &bf.0, &bp.0, 1e-5);
+    same("layer_norm dgamma", &bf.1, &bp.1, 1e-5);
+    same("layer_norm dbeta", &bf.2, &bp.2, 1e-5);
+
+    // Attention, batch 2 × 9 tokens × 2 heads of 6, the second sequence padded after 5.
+    let mut m = vec![1f32; 18];
+    m[14..].fill(0.0);
+    for causal in [false, true] {
+        for masked in [false, true] {
+            let qkv: Vec<Vec<_>> = [&fused, &plain]
+                .iter()
+                .map(|be| (0..4).map(|i| up(be, &[2, 9, 12], 10 + i)).collect())
+                .collect();
+            let masks: Vec<_> = [&fused, &plain]
+                .iter()
+                .map(|be| be.upload(&m, &Shape::new([2, 9])).unwrap())
+                .collect();
+            let name = format!("attention causal={causal} masked={masked}");
+            let run = |be: &Candle, v: &[candle_core::Tensor], mask: &candle_core::Tensor| {
+                let mask = masked.then_some(mask);
+                let (out, lse) = be.attention(&v[0], &v[1], &v[2], 2, mask, causal).unwrap();
+                let grads = be
+                    .attention_backward(&v[0], &v[1], &v[2], &out, &lse, &v[3], 2, mask, causal)
+                    .unwrap();
+                (out, lse, grads)
+            };
+            let (of, lf, gf) = run(&fused, &qkv[0], &masks[0]);
+            let (op, lp, gp) = run(&plain, &qkv[1], &masks[1]);
+            same(&format!("{name} out"), &of, &op, 1e-5);
+            same(&format!("{name} lse"), &lf, &lp, 1e-5);
+            same(&format!("{name} dq"), &gf.0, &gp.0, 1e-5);
+            same(&format!("{name} dk"), &gf.1, &gp.1, 1e-5);
+            same(&format!("{name} dv"), &gf.2, &gp.2, 1e-5);
+        }
+    }
+}
