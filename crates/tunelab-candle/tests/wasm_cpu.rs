@@ -33,18 +33,40 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 fn simd_matmul_matches_an_f64_reference() {
     // Sizes around the 4 × 8 register tile and the 256 / 128 / 1024 blocks, both storage
     // orders of each operand.
-    for &(m, n, k) in &[(1, 1, 1), (3, 7, 5), (5, 9, 257), (130, 17, 300), (9, 1030, 33)] {
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (3, 7, 5),
+        (5, 9, 257),
+        (130, 17, 300),
+        (9, 1030, 33),
+    ] {
         for (ta, tb) in [(false, false), (true, true), (false, true)] {
             let (av, bv) = (values(m * k, 1), values(k * n, 2));
             let a = if ta {
-                MatRef { data: &av, rs: 1, cs: m }
+                MatRef {
+                    data: &av,
+                    rs: 1,
+                    cs: m,
+                }
             } else {
-                MatRef { data: &av, rs: k, cs: 1 }
+                MatRef {
+                    data: &av,
+                    rs: k,
+                    cs: 1,
+                }
             };
             let b = if tb {
-                MatRef { data: &bv, rs: 1, cs: k }
+                MatRef {
+                    data: &bv,
+                    rs: 1,
+                    cs: k,
+                }
             } else {
-                MatRef { data: &bv, rs: n, cs: 1 }
+                MatRef {
+                    data: &bv,
+                    rs: n,
+                    cs: 1,
+                }
             };
             let mut c = vec![f32::NAN; m * n];
             sgemm(m, n, k, a, b, &mut c).unwrap();
@@ -94,8 +116,17 @@ async fn a_tiny_bert_matches_pytorch_in_wasm() {
     });
     let task = Task::SequenceClassification { num_labels: 3 };
     let mut store = ParamStore::new();
-    let model =
-        TaskModel::load(&be, "tiny-bert", CONFIG, tensors, task, &method, 0, &mut store).unwrap();
+    let model = TaskModel::load(
+        &be,
+        "tiny-bert",
+        CONFIG,
+        tensors,
+        task,
+        &method,
+        0,
+        &mut store,
+    )
+    .unwrap();
     for (name, t) in &fx {
         if let Some(param) = name.strip_prefix("init.") {
             let id = store.id(param).unwrap();
@@ -146,5 +177,8 @@ async fn a_tiny_bert_matches_pytorch_in_wasm() {
         checked += 1;
     }
     let expected = fx.keys().filter(|k| k.starts_with("grad.")).count();
-    assert_eq!(checked, expected, "every trainable tensor PyTorch has gets a gradient");
+    assert_eq!(
+        checked, expected,
+        "every trainable tensor PyTorch has gets a gradient"
+    );
 }
