@@ -146,6 +146,18 @@ test('the default model and the sample datasets are served with the app', async 
   assert.match(full, /\(100\.00%\)/);
   // The configuration is in the URL, so the link reproduces it.
   assert.match(page.url(), /method=full/);
+  // A value typed wrong is shown as an error under its field; the form keeps its last good
+  // value (and the URL says so), the typed text stays, and a good value clears the error.
+  await page.getByTestId('steps').fill('lots');
+  await page.getByTestId('steps').press('Tab');
+  assert.match(await page.getByTestId('steps-error').textContent(), /steps `lots`: expected a whole number of at least 1/);
+  assert.equal(await page.getByTestId('steps').inputValue(), 'lots');
+  assert.doesNotMatch(page.url(), /steps=/);
+  await page.getByTestId('steps').fill('25');
+  await page.getByTestId('steps').press('Tab');
+  assert.equal(await page.getByTestId('steps-error').count(), 0);
+  for (let i = 0; i < 50 && !/steps=25/.test(page.url()); i++) await page.waitForTimeout(100);
+  assert.match(page.url(), /steps=25/);
   await page.close();
 });
 

@@ -910,17 +910,34 @@ fn DataPanel(app: App) -> impl IntoView {
     }
 }
 
+/// A text field bound to one form field by its query key. Text that does not parse leaves
+/// the form unchanged, stays in the box, and shows what was expected under it.
 fn num_input(
     app: App,
     label: &'static str,
     testid: &'static str,
+    key: &'static str,
     get: fn(&Form) -> String,
-    set: fn(&mut Form, &str),
 ) -> impl IntoView {
+    let error = RwSignal::new(None::<String>);
     view! {
         <label class="field">{label}
             <input data-testid=testid prop:value=move || app.form.with(get)
-                on:change=move |ev| { let v = event_target_value(&ev); app.form.update(|f| set(f, &v)); } />
+                class:invalid=move || error.with(Option::is_some)
+                on:change=move |ev| {
+                    let v = event_target_value(&ev);
+                    let mut next = app.form.get_untracked();
+                    match next.set(key, &v) {
+                        Ok(()) => {
+                            error.set(None);
+                            app.form.set(next);
+                        }
+                        Err(e) => error.set(Some(e)),
+                    }
+                } />
+            {move || error.get().map(|e| view! {
+                <span class="field-error" data-testid=format!("{testid}-error")>{e}</span>
+            })}
         </label>
     }
 }
@@ -979,27 +996,27 @@ fn MethodPanel(app: App) -> impl IntoView {
             {move || match app.form.get().method.as_str() {
                 "lora" => view! {
                     <div class="options">
-                        {num_input(app, "rank r", "lora-r", |f| f.r.to_string(), |f, v| f.r = v.parse().unwrap_or(f.r))}
-                        {num_input(app, "alpha", "lora-alpha", |f| f.alpha.to_string(), |f, v| f.alpha = v.parse().unwrap_or(f.alpha))}
-                        {num_input(app, "dropout", "lora-dropout", |f| f.dropout.to_string(), |f, v| f.dropout = v.parse().unwrap_or(f.dropout))}
-                        {num_input(app, "target modules", "lora-targets", |f| f.targets.clone(), |f, v| f.targets = v.to_string())}
+                        {num_input(app, "rank r", "lora-r", "r", |f| f.r.to_string())}
+                        {num_input(app, "alpha", "lora-alpha", "alpha", |f| f.alpha.to_string())}
+                        {num_input(app, "dropout", "lora-dropout", "dropout", |f| f.dropout.to_string())}
+                        {num_input(app, "target modules", "lora-targets", "targets", |f| f.targets.clone())}
                     </div>
                 }.into_any(),
                 "prompt" => view! {
                     <div class="options">
-                        {num_input(app, "virtual tokens", "prompt-tokens", |f| f.virtual_tokens.to_string(), |f, v| f.virtual_tokens = v.parse().unwrap_or(f.virtual_tokens))}
+                        {num_input(app, "virtual tokens", "prompt-tokens", "vt", |f| f.virtual_tokens.to_string())}
                     </div>
                 }.into_any(),
                 _ => ().into_any(),
             }}
             <div class="options">
-                {num_input(app, "steps", "steps", |f| f.steps.to_string(), |f, v| f.steps = v.parse().unwrap_or(f.steps))}
-                {num_input(app, "batch", "batch", |f| f.batch.to_string(), |f, v| f.batch = v.parse().unwrap_or(f.batch))}
-                {num_input(app, "max tokens", "max-len", |f| f.max_len.to_string(), |f, v| f.max_len = v.parse().unwrap_or(f.max_len))}
-                {num_input(app, "learning rate (empty: method default)", "lr", |f| f.lr.clone(), |f, v| f.lr = v.to_string())}
-                {num_input(app, "evaluate every", "eval-every", |f| f.eval_every.to_string(), |f, v| f.eval_every = v.parse().unwrap_or(f.eval_every))}
-                {num_input(app, "eval examples", "eval-examples", |f| f.eval_examples.to_string(), |f, v| f.eval_examples = v.parse().unwrap_or(f.eval_examples))}
-                {num_input(app, "checkpoint every", "save-every", |f| f.save_every.to_string(), |f, v| f.save_every = v.parse().unwrap_or(f.save_every))}
+                {num_input(app, "steps", "steps", "steps", |f| f.steps.to_string())}
+                {num_input(app, "batch", "batch", "batch", |f| f.batch.to_string())}
+                {num_input(app, "max tokens", "max-len", "len", |f| f.max_len.to_string())}
+                {num_input(app, "learning rate (empty: method default)", "lr", "lr", |f| f.lr.clone())}
+                {num_input(app, "evaluate every", "eval-every", "eval", |f| f.eval_every.to_string())}
+                {num_input(app, "eval examples", "eval-examples", "evaln", |f| f.eval_examples.to_string())}
+                {num_input(app, "checkpoint every", "save-every", "save", |f| f.save_every.to_string())}
             </div>
             <p data-testid="param-counts">{move || match counts.get() {
                 None => "Trainable parameters: —".to_string(),

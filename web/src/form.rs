@@ -255,32 +255,82 @@ impl Form {
         let mut f = Form::default();
         for pair in query.trim_start_matches('?').split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = decode(v);
-            match k {
-                "data" => f.data = v,
-                "method" if ["lora", "bitfit", "prompt", "full"].contains(&v.as_str()) => {
-                    f.method = v
-                }
-                "r" => f.r = v.parse().unwrap_or(f.r),
-                "alpha" => f.alpha = v.parse().unwrap_or(f.alpha),
-                "dropout" => f.dropout = v.parse().unwrap_or(f.dropout),
-                "targets" => f.targets = v,
-                "vt" => f.virtual_tokens = v.parse().unwrap_or(f.virtual_tokens),
-                "steps" => f.steps = v.parse().unwrap_or(f.steps),
-                "batch" => f.batch = v.parse().unwrap_or(f.batch),
-                "len" => f.max_len = v.parse().unwrap_or(f.max_len),
-                "lr" => f.lr = v,
-                "eval" => f.eval_every = v.parse().unwrap_or(f.eval_every),
-                "evaln" => f.eval_examples = v.parse().unwrap_or(f.eval_examples),
-                "save" => f.save_every = v.parse().unwrap_or(f.save_every),
-                "seed" => f.seed = v.parse().unwrap_or(f.seed),
-                "skipbad" => f.skip_bad = v == "true",
-                "cpu" => f.cpu = v == "true",
-                "gpu" => f.gpu = v == "true",
-                _ => {}
-            }
+            // A shared link with a bad value still opens, with that field's default.
+            let _ = f.set(k, &decode(v));
         }
         f
+    }
+
+    /// Sets one field from text, by its query key (the form's inputs use the same keys). On
+    /// an error the form is unchanged and the message names the field and what it expects.
+    pub fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
+        fn whole<T: std::str::FromStr + PartialOrd + From<u8>>(
+            label: &str,
+            v: &str,
+            min: u8,
+        ) -> Result<T, String> {
+            match v.trim().parse::<T>() {
+                Ok(n) if n >= T::from(min) => Ok(n),
+                _ => Err(format!(
+                    "{label} `{v}`: expected a whole number of at least {min}"
+                )),
+            }
+        }
+        fn real(label: &str, v: &str, ok: fn(f32) -> bool, expected: &str) -> Result<f32, String> {
+            match v.trim().parse::<f32>() {
+                Ok(x) if x.is_finite() && ok(x) => Ok(x),
+                _ => Err(format!("{label} `{v}`: expected {expected}")),
+            }
+        }
+        fn flag(label: &str, v: &str) -> Result<bool, String> {
+            match v {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(format!("{label} `{v}`: expected true or false")),
+            }
+        }
+        match key {
+            "data" => self.data = v.to_string(),
+            "method" => {
+                if !["lora", "bitfit", "prompt", "full"].contains(&v) {
+                    return Err(format!(
+                        "method `{v}`: expected lora, bitfit, prompt or full"
+                    ));
+                }
+                self.method = v.to_string();
+            }
+            "r" => self.r = whole("rank r", v, 1)?,
+            "alpha" => self.alpha = real("alpha", v, |x| x > 0.0, "a positive number such as 16")?,
+            "dropout" => {
+                self.dropout = real(
+                    "dropout",
+                    v,
+                    |x| (0.0..1.0).contains(&x),
+                    "a number from 0 up to (not including) 1, such as 0.1",
+                )?
+            }
+            "targets" => self.targets = v.to_string(),
+            "vt" => self.virtual_tokens = whole("virtual tokens", v, 1)?,
+            "steps" => self.steps = whole("steps", v, 1)?,
+            "batch" => self.batch = whole("batch", v, 1)?,
+            "len" => self.max_len = whole("max tokens", v, 1)?,
+            "lr" => {
+                let before = std::mem::replace(&mut self.lr, v.trim().to_string());
+                if let Err(e) = self.lr() {
+                    self.lr = before;
+                    return Err(e);
+                }
+            }
+            "eval" => self.eval_every = whole("evaluate every", v, 1)?,
+            "evaln" => self.eval_examples = whole("eval examples", v, 1)?,
+            "save" => self.save_every = whole("checkpoint every", v, 1)?,
+            "seed" => self.seed = whole("seed", v, 0)?,
+            "skipbad" => self.skip_bad = flag("skip bad rows", v)?,
+            "cpu" => self.cpu = flag("cpu", v)?,
+            "gpu" => self.gpu = flag("gpu", v)?,
+            _ => return Err(format!("`{key}` is not a field of the form")),
+        }
+        Ok(())
     }
 }
 
@@ -383,7 +433,40 @@ mod tests {
         assert_eq!(Form::from_query(""), Form::default());
         // Unreadable values keep the defaults; bad escapes and non-ASCII never panic.
         assert_eq!(Form::from_query("?steps=lots&method=magic").steps, 60);
+        assert_eq!(Form::from_query("?steps=0&dropout=1").dropout, 0.0);
         assert_eq!(Form::from_query("targets=%zz%C3%A9%").targets, "%zz\u{e9}%");
+    }
+
+    #[test]
+    fn a_field_typed_wrong_is_an_error_naming_it_and_changes_nothing() {
+        let mut f = Form::default();
+        for (key, value, says) in [
+            (
+                "steps",
+                "lots",
+                "steps `lots`: expected a whole number of at least 1",
+            ),
+            ("steps", "0", "at least 1"),
+            ("batch", "-2", "batch `-2`"),
+            ("r", "2.5", "rank r `2.5`"),
+            ("alpha", "0", "alpha `0`: expected a positive number"),
+            ("dropout", "1", "up to (not including) 1"),
+            ("dropout", "NaN", "dropout `NaN`"),
+            ("lr", "fast", "learning rate `fast`"),
+            ("lr", "-1", "learning rate `-1`"),
+            ("method", "magic", "method `magic`"),
+            ("cpu", "yes", "expected true or false"),
+            ("nope", "1", "`nope` is not a field"),
+        ] {
+            let err = f.set(key, value).unwrap_err();
+            assert!(err.contains(says), "{key}={value}: {err}");
+            assert_eq!(f, Form::default(), "{key}={value} changed the form");
+        }
+        f.set("steps", " 12 ").unwrap();
+        f.set("dropout", "0.25").unwrap();
+        f.set("lr", "").unwrap();
+        f.set("lr", "3e-4").unwrap();
+        assert_eq!((f.steps, f.dropout, f.lr.as_str()), (12, 0.25, "3e-4"));
     }
 
     #[test]
