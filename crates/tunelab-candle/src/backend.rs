@@ -278,10 +278,16 @@ impl Backend for Candle {
                 format!("bias {:?} does not match {:?}", bias.dims(), x.dims()),
             ));
         }
+        if self.fused() {
+            return crate::cpu::add_rows(x, bias).c();
+        }
         x.broadcast_add(bias).c()
     }
 
     fn sum_to_last(&self, x: &Tensor) -> Result<Tensor> {
+        if self.fused() {
+            return crate::cpu::sum_rows(x).c();
+        }
         let c = x.dims().last().copied().unwrap_or(1);
         x.reshape(((), c)).c()?.sum(0).c()
     }

@@ -9,6 +9,38 @@
 //! backend's tests, and against candle's composite ops below.
 
 use candle_core::{CpuStorage, Result, Storage, Tensor};
+#[cfg(not(target_arch = "wasm32"))]
+use rayon::prelude::*;
+
+/// Row chunks of a slice, in parallel natively (rayon's pool: `RAYON_NUM_THREADS` threads) and
+/// in order in wasm; both iterators have the same `zip`/`enumerate`/`for_each` shape.
+#[cfg(not(target_arch = "wasm32"))]
+macro_rules! rows {
+    ($v:expr, $n:expr) => {
+        $v.par_chunks($n).with_min_len(16)
+    };
+}
+#[cfg(not(target_arch = "wasm32"))]
+macro_rules! rows_mut {
+    ($v:expr, $n:expr) => {
+        $v.par_chunks_mut($n).with_min_len(16)
+    };
+}
+#[cfg(target_arch = "wasm32")]
+macro_rules! rows {
+    ($v:expr, $n:expr) => {
+        $v.chunks($n)
+    };
+}
+#[cfg(target_arch = "wasm32")]
+macro_rules! rows_mut {
+    ($v:expr, $n:expr) => {
+        $v.chunks_mut($n)
+    };
+}
+
+/// Elements are processed in blocks of this many per parallel task.
+const BLOCK: usize = 4096;
 
 /// Runs `f` on the row-major values of `t` (made contiguous first).
 pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
@@ -87,12 +119,16 @@ fn erf_and_gauss(z: f32) -> (f32, f32) {
 /// GELU (the erf form): `x Φ(x)`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     let y = with_slice(x, |xs| {
-        xs.iter()
-            .map(|&x| {
-                let (e, _) = erf_and_gauss(x * std::f32::consts::FRAC_1_SQRT_2);
-                0.5 * x * (1.0 + e)
-            })
-            .collect()
+        let mut y = vec![0f32; xs.len()];
+        rows_mut!(y, BLOCK)
+            .zip(rows!(xs, BLOCK))
+            .for_each(|(out, xs)| {
+                for (o, &x) in out.iter_mut().zip(xs) {
+                    let (e, _) = erf_and_gauss(x * std::f32::consts::FRAC_1_SQRT_2);
+                    *o = 0.5 * x * (1.0 + e);
+                }
+            });
+        y
     })?;
     tensor(y, x.dims())
 }
@@ -102,13 +138,16 @@ pub fn gelu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     let d = with_slice(x, |xs| {
         with_slice(dy, |dys| {
-            xs.iter()
-                .zip(dys)
-                .map(|(&x, &dy)| {
-                    let (e, g) = erf_and_gauss(x * std::f32::consts::FRAC_1_SQRT_2);
-                    dy * (0.5 * (1.0 + e) + x * g * INV_SQRT_2PI)
-                })
-                .collect()
+            let mut d = vec![0f32; xs.len()];
+            rows_mut!(d, BLOCK)
+                .zip(rows!(xs, BLOCK).zip(rows!(dys, BLOCK)))
+                .for_each(|(out, (xs, dys))| {
+                    for ((o, &x), &dy) in out.iter_mut().zip(xs).zip(dys) {
+                        let (e, g) = erf_and_gauss(x * std::f32::consts::FRAC_1_SQRT_2);
+                        *o = dy * (0.5 * (1.0 + e) + x * g * INV_SQRT_2PI);
+                    }
+                });
+            d
         })
     })??;
     tensor(d, x.dims())
@@ -285,20 +324,23 @@ pub fn attention_softmax(
     let (p, lse) = with_slice(scores, |s| {
         let mut p = vec![0f32; s.len()];
         let mut lse = vec![0f32; b * h * t];
-        let rows = s.chunks_exact(t2).zip(p.chunks_exact_mut(t2));
-        for (r, (sr, pr)) in rows.enumerate() {
-            mask.apply(r / (h * t), r % t, sr, scale, 0.0, pr);
-            let max = lane_max(pr);
-            for o in pr.iter_mut() {
-                *o = exp(*o - max);
-            }
-            let sum = lane_sum(pr);
-            let inv = 1.0 / sum;
-            for o in pr.iter_mut() {
-                *o *= inv;
-            }
-            lse[r] = max + sum.ln();
-        }
+        rows_mut!(p, t2)
+            .zip(rows_mut!(lse, 1))
+            .zip(rows!(s, t2))
+            .enumerate()
+            .for_each(|(r, ((pr, l), sr))| {
+                mask.apply(r / (h * t), r % t, sr, scale, 0.0, pr);
+                let max = lane_max(pr);
+                for o in pr.iter_mut() {
+                    *o = exp(*o - max);
+                }
+                let sum = lane_sum(pr);
+                let inv = 1.0 / sum;
+                for o in pr.iter_mut() {
+                    *o *= inv;
+                }
+                l[0] = max + sum.ln();
+            });
         (p, lse)
     })?;
     Ok((tensor(p, &[b, h, t, t2])?, tensor(lse, &[b, h, t])?))
@@ -323,22 +365,52 @@ pub fn attention_softmax_backward(
         with_slice(dp, |dps| {
             let mut p = vec![0f32; s.len()];
             let mut ds = vec![0f32; s.len()];
-            let rows = s
-                .chunks_exact(t2)
-                .zip(dps.chunks_exact(t2))
-                .zip(p.chunks_exact_mut(t2).zip(ds.chunks_exact_mut(t2)));
-            for (r, ((sr, dpr), (pr, dsr))) in rows.enumerate() {
-                mask.apply(r / (h * t), r % t, sr, scale, -lse[r], pr);
-                let d = rowdot[r];
-                for ((o, g), &dv) in pr.iter_mut().zip(dsr.iter_mut()).zip(dpr) {
-                    *o = exp(*o);
-                    *g = scale * *o * (dv - d);
-                }
-            }
+            rows_mut!(p, t2)
+                .zip(rows_mut!(ds, t2))
+                .zip(rows!(s, t2).zip(rows!(dps, t2)))
+                .enumerate()
+                .for_each(|(r, ((pr, dsr), (sr, dpr)))| {
+                    mask.apply(r / (h * t), r % t, sr, scale, -lse[r], pr);
+                    let d = rowdot[r];
+                    for ((o, g), &dv) in pr.iter_mut().zip(dsr.iter_mut()).zip(dpr) {
+                        *o = exp(*o);
+                        *g = scale * *o * (dv - d);
+                    }
+                });
             (p, ds)
         })
     })??;
     Ok((tensor(p, &[b, h, t, t2])?, tensor(ds, &[b, h, t, t2])?))
+}
+
+/// `x + bias` with `bias` `(C)` added to every row of the last dim.
+pub fn add_rows(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let c = x.dims().last().copied().unwrap_or(1).max(1);
+    let y = with_slice(x, |xs| {
+        with_slice(bias, |b| {
+            let mut y = Vec::with_capacity(xs.len());
+            for row in xs.chunks_exact(c) {
+                y.extend(row.iter().zip(b).map(|(v, bi)| v + bi));
+            }
+            y
+        })
+    })??;
+    tensor(y, x.dims())
+}
+
+/// The sum over every row of the last dim: `(.., C) -> (C)` (a bias's gradient).
+pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
+    let c = x.dims().last().copied().unwrap_or(1).max(1);
+    let out = with_slice(x, |xs| {
+        let mut acc = vec![0f32; c];
+        for row in xs.chunks_exact(c) {
+            for (a, v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+        acc
+    })?;
+    tensor(out, &[c])
 }
 
 /// Per-row dot product over the last dim of two same-shaped tensors, shaped `[.., 1]`.

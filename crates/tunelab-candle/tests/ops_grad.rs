@@ -650,6 +650,18 @@ fn fused_cpu_kernels_match_the_composite_ops() {
     same("layer_norm dx", &bf.0, &bp.0, 1e-5);
     same("layer_norm dgamma", &bf.1, &bp.1, 1e-5);
     same("layer_norm dbeta", &bf.2, &bp.2, 1e-5);
+    same(
+        "add_bias",
+        &fused.add_bias(&x[0], &g[0]).unwrap(),
+        &plain.add_bias(&x[1], &g[1]).unwrap(),
+        0.0,
+    );
+    same(
+        "sum_to_last",
+        &fused.sum_to_last(&x[0]).unwrap(),
+        &plain.sum_to_last(&x[1]).unwrap(),
+        1e-5,
+    );
 
     // Attention, batch 2 × 9 tokens × 2 heads of 6, the second sequence padded after 5.
     let mut m = vec![1f32; 18];
