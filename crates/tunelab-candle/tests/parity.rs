@@ -12,12 +12,10 @@ use tunelab_core::Shape;
 use tunelab_core::backend::{Backend, IGNORE_INDEX};
 use tunelab_core::models::heads::Task;
 use tunelab_core::models::task_model::TaskModel;
-use tunelab_core::nn::Ctx;
 use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule};
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
 use tunelab_core::safetensors_io::{HostTensor, read};
-use tunelab_core::tape::Tape;
 use tunelab_core::train;
 
 fn fixtures() -> PathBuf {
@@ -164,16 +162,10 @@ fn check(kind: &str, task_name: &str, m: &str) {
     );
 
     // Logits, loss and every gradient.
-    let mut tape = Tape::new(be.clone());
-    let bound = store.bind(&mut tape);
-    let mut cx = Ctx {
-        tape: &mut tape,
-        bound: &bound,
-        adapters: &model.adapters,
-        dropout: None,
-    };
-    let logits = model.logits(&mut cx, &input).unwrap();
-    let loss = model.loss(&mut cx, logits, &labels_t, scale).unwrap();
+    let f = model
+        .forward(&be, &store, &input, Some((&labels_t, scale)), true)
+        .unwrap();
+    let (mut tape, bound, logits, loss) = (f.tape, f.bound, f.logits, f.loss.unwrap());
     let got = host(tape.value(logits).unwrap());
     let want = &fx.floats["logits"].data;
     let diff = got

@@ -435,16 +435,10 @@ fn logits(t: &Trainer<Candle>, model: &TaskModel, store: &ParamStore<Candle>) ->
     let input = model
         .input(&t.backend, store, &b.ids, &b.mask, b.batch, b.len)
         .unwrap();
-    let mut tape = tunelab_core::tape::Tape::new(t.backend.clone());
-    let bound = store.bind_frozen(&mut tape);
-    let mut cx = tunelab_core::nn::Ctx {
-        tape: &mut tape,
-        bound: &bound,
-        adapters: &model.adapters,
-        dropout: None,
-    };
-    let l = model.logits(&mut cx, &input).unwrap();
-    pollster::block_on(t.backend.download(tape.value(l).unwrap())).unwrap()
+    let f = model
+        .forward(&t.backend, store, &input, None, false)
+        .unwrap();
+    pollster::block_on(t.backend.download(f.tape.value(f.logits).unwrap())).unwrap()
 }
 
 #[test]

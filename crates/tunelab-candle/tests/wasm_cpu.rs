@@ -5,87 +5,20 @@
 #![cfg(target_arch = "wasm32")]
 
 use tunelab_candle::Candle;
-use tunelab_candle::sgemm::{MatRef, sgemm};
 use tunelab_core::Shape;
 use tunelab_core::backend::{Backend, IGNORE_INDEX};
 use tunelab_core::models::heads::Task;
 use tunelab_core::models::task_model::TaskModel;
-use tunelab_core::nn::Ctx;
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::{Method, lora::LoraConfig};
 use tunelab_core::safetensors_io::read;
-use tunelab_core::tape::Tape;
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-            (s >> 8) as f32 / 16_777_216.0 - 0.5
-        })
-        .collect()
-}
-
 #[wasm_bindgen_test]
 fn simd_matmul_matches_an_f64_reference() {
-    // Sizes around the 4 × 8 register tile and the 256 / 128 / 1024 blocks, both storage
-    // orders of each operand.
-    for &(m, n, k) in &[
-        (1, 1, 1),
-        (3, 7, 5),
-        (5, 9, 257),
-        (130, 17, 300),
-        (9, 1030, 33),
-    ] {
-        for (ta, tb) in [(false, false), (true, true), (false, true)] {
-            let (av, bv) = (values(m * k, 1), values(k * n, 2));
-            let a = if ta {
-                MatRef {
-                    data: &av,
-                    rs: 1,
-                    cs: m,
-                }
-            } else {
-                MatRef {
-                    data: &av,
-                    rs: k,
-                    cs: 1,
-                }
-            };
-            let b = if tb {
-                MatRef {
-                    data: &bv,
-                    rs: 1,
-                    cs: k,
-                }
-            } else {
-                MatRef {
-                    data: &bv,
-                    rs: n,
-                    cs: 1,
-                }
-            };
-            let mut c = vec![f32::NAN; m * n];
-            sgemm(m, n, k, a, b, &mut c).unwrap();
-            for i in 0..m {
-                for j in 0..n {
-                    let want: f64 = (0..k)
-                        .map(|p| {
-                            f64::from(av[i * a.rs + p * a.cs]) * f64::from(bv[p * b.rs + j * b.cs])
-                        })
-                        .sum();
-                    let got = f64::from(c[i * n + j]);
-                    assert!(
-                        (got - want).abs() < 1e-5 * k as f64,
-                        "{m}x{n}x{k} ta={ta} tb={tb} ({i},{j}): {got} vs {want}"
-                    );
-                }
-            }
-        }
-    }
+    tunelab_candle::sgemm::self_check().unwrap();
 }
 
 fn rel_err(got: &[f32], want: &[f32]) -> f64 {
@@ -146,16 +79,10 @@ async fn a_tiny_bert_matches_pytorch_in_wasm() {
     let labels_t = be.upload_u32(&labels, &Shape::new([labels.len()])).unwrap();
     let scale = 1.0 / labels.len() as f32;
 
-    let mut tape = Tape::new(be.clone());
-    let bound = store.bind(&mut tape);
-    let mut cx = Ctx {
-        tape: &mut tape,
-        bound: &bound,
-        adapters: &model.adapters,
-        dropout: None,
-    };
-    let logits = model.logits(&mut cx, &input).unwrap();
-    let loss = model.loss(&mut cx, logits, &labels_t, scale).unwrap();
+    let f = model
+        .forward(&be, &store, &input, Some((&labels_t, scale)), true)
+        .unwrap();
+    let (mut tape, bound, logits, loss) = (f.tape, f.bound, f.logits, f.loss.unwrap());
     let got = be.download(tape.value(logits).unwrap()).await.unwrap();
     let diff = got
         .iter()

@@ -5,9 +5,7 @@
 use crate::backend::{Backend, IGNORE_INDEX};
 use crate::data::Labels;
 use crate::models::task_model::TaskModel;
-use crate::nn::Ctx;
 use crate::params::ParamStore;
-use crate::tape::Tape;
 use crate::tokenizer::Tokenizer;
 use crate::trainer::{TaskKind, TrainError};
 use serde::{Deserialize, Serialize};
@@ -70,16 +68,8 @@ pub async fn predict<B: Backend>(
     };
     let len = ids.len();
     let input = model.input(backend, store, &ids, &vec![1.0; len], 1, len)?;
-    let mut tape = Tape::new(backend.clone());
-    let bound = store.bind_frozen(&mut tape);
-    let mut cx = Ctx {
-        tape: &mut tape,
-        bound: &bound,
-        adapters: &model.adapters,
-        dropout: None,
-    };
-    let logits = model.logits(&mut cx, &input)?;
-    let value = tape.value(logits)?;
+    let f = model.forward(backend, store, &input, None, false)?;
+    let value = f.tape.value(f.logits)?;
     let values = backend.download(value).await?;
     let names = &labels.names;
     Ok(match task {

@@ -14,12 +14,10 @@ use tunelab_core::Shape;
 use tunelab_core::backend::{Backend, IGNORE_INDEX};
 use tunelab_core::models::heads::Task;
 use tunelab_core::models::task_model::TaskModel;
-use tunelab_core::nn::Ctx;
 use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule};
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
 use tunelab_core::safetensors_io::read;
-use tunelab_core::tape::Tape;
 use tunelab_core::train;
 use tunelab_wgpu::{Context, Wgpu};
 
@@ -125,16 +123,10 @@ fn forward_backward<B: Backend>(
     let input = model.input(be, store, &ids, &mask, b, t).unwrap();
     let (lab, sh) = labels(task, b, t);
     let lab = be.upload_u32(&lab, &sh).unwrap();
-    let mut tape = Tape::new(be.clone());
-    let bound = store.bind(&mut tape);
-    let mut cx = Ctx {
-        tape: &mut tape,
-        bound: &bound,
-        adapters: &model.adapters,
-        dropout: None,
-    };
-    let logits = model.logits(&mut cx, &input).unwrap();
-    let loss = model.loss(&mut cx, logits, &lab, 0.25).unwrap();
+    let f = model
+        .forward(be, store, &input, Some((&lab, 0.25)), true)
+        .unwrap();
+    let (mut tape, bound, logits, loss) = (f.tape, f.bound, f.logits, f.loss.unwrap());
     let lv = pollster::block_on(be.download(tape.value(logits).unwrap())).unwrap();
     tape.backward(loss).unwrap();
     let grads = store
@@ -321,16 +313,10 @@ fn the_real_minilm_matches_the_candle_backend() {
             TaskModel::load(be, "minilm", config, tensors, task, method, 1, &mut store).unwrap();
         let input = model.input(be, &store, ids, mask, b, t).unwrap();
         let labels = be.upload_u32(lab, &Shape::new([b])).unwrap();
-        let mut tape = Tape::new(be.clone());
-        let bound = store.bind(&mut tape);
-        let mut cx = Ctx {
-            tape: &mut tape,
-            bound: &bound,
-            adapters: &model.adapters,
-            dropout: None,
-        };
-        let logits = model.logits(&mut cx, &input).unwrap();
-        let loss = model.loss(&mut cx, logits, &labels, 0.5).unwrap();
+        let f = model
+            .forward(be, &store, &input, Some((&labels, 0.5)), true)
+            .unwrap();
+        let (mut tape, bound, logits, loss) = (f.tape, f.bound, f.logits, f.loss.unwrap());
         let lv = pollster::block_on(be.download(tape.value(logits).unwrap())).unwrap();
         tape.backward(loss).unwrap();
         let grads = store

@@ -43,11 +43,9 @@ async fn a_tiny_bert_trains_on_webgpu_like_on_the_cpu() {
     use tunelab_core::backend::Backend;
     use tunelab_core::models::heads::Task;
     use tunelab_core::models::task_model::TaskModel;
-    use tunelab_core::nn::Ctx;
     use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule};
     use tunelab_core::params::ParamStore;
     use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
-    use tunelab_core::tape::Tape;
 
     const CONFIG: &str = include_str!("../../../tests/fixtures/tiny-bert/config.json");
     const WEIGHTS: &[u8] = include_bytes!("../../../tests/fixtures/tiny-bert/model.safetensors");
@@ -71,16 +69,10 @@ async fn a_tiny_bert_trains_on_webgpu_like_on_the_cpu() {
         let mask: Vec<f32> = (0..12).map(|i| if i >= 10 { 0.0 } else { 1.0 }).collect();
         let input = model.input(be, &store, &ids, &mask, 2, 6).unwrap();
         let labels = be.upload_u32(&[0, 2], &Shape::new([2])).unwrap();
-        let mut tape = Tape::new(be.clone());
-        let bound = store.bind(&mut tape);
-        let mut cx = Ctx {
-            tape: &mut tape,
-            bound: &bound,
-            adapters: &model.adapters,
-            dropout: None,
-        };
-        let logits = model.logits(&mut cx, &input).unwrap();
-        let loss = model.loss(&mut cx, logits, &labels, 0.5).unwrap();
+        let f = model
+            .forward(be, &store, &input, Some((&labels, 0.5)), true)
+            .unwrap();
+        let (mut tape, bound, logits, loss) = (f.tape, f.bound, f.logits, f.loss.unwrap());
         let lv = be.download(tape.value(logits).unwrap()).await.unwrap();
         tape.backward(loss).unwrap();
         let mut grads = Vec::new();

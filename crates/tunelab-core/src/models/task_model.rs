@@ -5,11 +5,11 @@ use crate::backend::{Backend, BackendError, Result};
 use crate::models::bert::{Bert, BertConfig, EncoderInput, Flavor};
 use crate::models::heads::{Head, Task};
 use crate::nn::{Adapters, Ctx};
-use crate::params::{ParamId, ParamStore};
+use crate::params::{Bound, ParamId, ParamStore};
 use crate::peft::{Method, PeftError, Target};
 use crate::rng::Rng;
 use crate::safetensors_io::{HostTensor, LoadError};
-use crate::tape::Var;
+use crate::tape::{Tape, Var};
 use std::collections::BTreeMap;
 
 /// Anything that stops a model from being built.
@@ -178,6 +178,43 @@ impl TaskModel {
         self.head.forward(cx, &self.encoder, h)
     }
 
+    /// One forward pass without dropout on a fresh tape: the logits and, given `labels` and
+    /// the loss scale, the loss. With `grads` the trainable parameters are gradient leaves
+    /// (then `tape.backward(loss)` and [`ParamStore::grads`]); otherwise every parameter is
+    /// frozen and no backward work is kept (evaluation, prediction).
+    pub fn forward<B: Backend>(
+        &self,
+        backend: &B,
+        store: &ParamStore<B>,
+        input: &EncoderInput<B::Tensor>,
+        labels: Option<(&B::Tensor, f32)>,
+        grads: bool,
+    ) -> Result<Forward<B>> {
+        let mut tape = Tape::new(backend.clone());
+        let bound = if grads {
+            store.bind(&mut tape)
+        } else {
+            store.bind_frozen(&mut tape)
+        };
+        let mut cx = Ctx {
+            tape: &mut tape,
+            bound: &bound,
+            adapters: &self.adapters,
+            dropout: None,
+        };
+        let logits = self.logits(&mut cx, input)?;
+        let loss = match labels {
+            Some((labels, scale)) => Some(self.loss(&mut cx, logits, labels, scale)?),
+            None => None,
+        };
+        Ok(Forward {
+            tape,
+            bound,
+            logits,
+            loss,
+        })
+    }
+
     /// `scale * sum CE` over every row of `logits` flattened to `(N, K)` against `labels (N,)`
     /// ([`crate::backend::IGNORE_INDEX`] skipped).
     pub fn loss<B: Backend>(
@@ -193,6 +230,26 @@ impl TaskModel {
             .tape
             .reshape(logits, &Shape::new([s.numel() / k.max(1), k]))?;
         cx.tape.cross_entropy(flat, labels, scale)
+    }
+}
+
+/// What [`TaskModel::forward`] recorded.
+#[allow(missing_debug_implementations)] // the tape holds backend tensors
+pub struct Forward<B: Backend> {
+    pub tape: Tape<B>,
+    pub bound: Bound,
+    pub logits: Var,
+    /// Present when labels were given.
+    pub loss: Option<Var>,
+}
+
+impl<B: Backend> Forward<B> {
+    /// The loss's variable; an error when the pass had no labels.
+    pub fn loss(&self) -> Result<Var> {
+        self.loss.ok_or_else(|| BackendError::Shape {
+            op: "loss",
+            msg: "the forward pass was run without labels".into(),
+        })
     }
 }
 

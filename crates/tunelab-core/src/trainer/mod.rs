@@ -21,11 +21,9 @@ use crate::data::{
 };
 use crate::metrics::{Confusion, EntityScores, LossMeter, Prf};
 use crate::models::task_model::{ModelError, TaskModel};
-use crate::nn::Ctx;
 use crate::optim::{AdamWConfig, Optimizer};
 use crate::params::ParamStore;
 use crate::rng::Rng;
-use crate::tape::Tape;
 use crate::train::{Micro, StepError, step_accumulated};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -411,17 +409,9 @@ pub async fn evaluate<B: Backend>(
             _ => Shape::new([b.batch * b.len]),
         };
         let label_t = backend.upload_u32(&b.labels, &shape)?;
-        let mut tape = Tape::new(backend.clone());
-        let bound = store.bind_frozen(&mut tape);
-        let mut cx = Ctx {
-            tape: &mut tape,
-            bound: &bound,
-            adapters: &model.adapters,
-            dropout: None,
-        };
-        let logits = model.logits(&mut cx, &input)?;
-        let l = model.loss(&mut cx, logits, &label_t, 1.0)?;
-        let l = backend.download(tape.value(l)?).await?[0];
+        let f = model.forward(backend, store, &input, Some((&label_t, 1.0)), false)?;
+        let (tape, logits) = (&f.tape, f.logits);
+        let l = backend.download(tape.value(f.loss()?)?).await?[0];
         loss.add(f64::from(l), b.loss_tokens as u64);
         match kind {
             TaskKind::MaskedLm => {}
