@@ -5,6 +5,8 @@
 //! gradient and 10 AdamW steps' losses for a random-init tiny BERT and RoBERTa.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
 
+mod common;
+use common::rel_err;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tunelab_candle::Candle;
@@ -91,16 +93,6 @@ fn model(kind: &str, task: Task, m: &str, fx: &Fixture) -> (TaskModel, ParamStor
         }
     }
     (model, store)
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (f64::from(*g) - f64::from(*w)).powi(2))
-        .sum();
-    let den: f64 = want.iter().map(|w| f64::from(*w).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
 }
 
 /// `task`: `seq`, `token` or `mlm`.

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
 #![cfg(target_arch = "wasm32")]
 
+mod common;
+use common::rel_err;
 use tunelab_candle::Candle;
 use tunelab_core::Shape;
 use tunelab_core::backend::{Backend, IGNORE_INDEX};
@@ -19,16 +21,6 @@ wasm_bindgen_test_configure!(run_in_browser);
 #[wasm_bindgen_test]
 fn simd_matmul_matches_an_f64_reference() {
     tunelab_candle::sgemm::self_check().unwrap();
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (f64::from(*g) - f64::from(*w)).powi(2))
-        .sum();
-    let den: f64 = want.iter().map(|w| f64::from(*w).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
 }
 
 /// The PyTorch + PEFT parity fixtures' LoRA row, on the wasm CPU backend.
