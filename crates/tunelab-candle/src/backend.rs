@@ -123,15 +123,9 @@ impl Candle {
     ) -> Result<Tensor> {
         let (b, _h, t, d) = q.dims4().c()?;
         let scale = 1.0 / (d as f64).sqrt();
+        self.check_key_mask(mask, b, t)?;
         let mut s = q.matmul(&k.t().c()?).c()?.affine(scale, 0.0).c()?;
         if let Some(m) = mask {
-            let dims = m.dims();
-            if dims != [b, t] {
-                return Err(shape_err(
-                    "attention",
-                    format!("key mask has shape {dims:?}, expected [{b}, {t}]"),
-                ));
-            }
             // (1 - m) * MIN: the additive mask transformers builds from an attention mask.
             let bias = m
                 .affine(-1.0, 1.0)
@@ -249,19 +243,13 @@ impl Backend for Candle {
                 format!("inner dims differ: {:?} @ {:?}", a.dims(), b.dims()),
             ));
         }
-        if cfg!(target_arch = "wasm32") && self.fused() {
-            return self.mm(&a, &b);
-        }
         if b.rank() == 2 && a.rank() > 2 {
-            // Shared weight: fold the batch into the rows for one large gemm.
+            // Shared weight: fold the batch into the rows for one large product.
             let dims = a.dims().to_vec();
             let rows: usize = dims[..dims.len() - 1].iter().product();
-            // gemm reads a transposed 2-D weight through its strides: no copy of it.
+            // gemm and sgemm read a transposed 2-D weight through its strides: no copy of it.
             let a2 = a.contiguous().c()?.reshape((rows, ka)).c()?;
-            let y = match a2.matmul(&b) {
-                Ok(y) => y,
-                Err(_) => a2.matmul(&b.contiguous().c()?).c()?,
-            };
+            let y = self.mm(&a2, &b)?;
             let mut out = dims;
             let last = out.len() - 1;
             out[last] = b.dims()[1];
@@ -322,13 +310,13 @@ impl Backend for Candle {
     }
 
     fn gelu_backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        if x.dims() != dy.dims() {
+            return Err(shape_err(
+                "gelu_backward",
+                format!("x {:?} and dy {:?} differ", x.dims(), dy.dims()),
+            ));
+        }
         if self.fused() {
-            if x.dims() != dy.dims() {
-                return Err(shape_err(
-                    "gelu_backward",
-                    format!("x {:?} and dy {:?} differ", x.dims(), dy.dims()),
-                ));
-            }
             return crate::cpu::gelu_backward(x, dy).c();
         }
         // gelu'(x) = Phi(x) + x * phi(x)
@@ -410,13 +398,13 @@ impl Backend for Candle {
         saved: &LayerNormSaved<Tensor>,
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        if x.dims() != dy.dims() {
+            return Err(shape_err(
+                "layer_norm_backward",
+                format!("x {:?} and dy {:?} differ", x.dims(), dy.dims()),
+            ));
+        }
         if self.fused() {
-            if x.dims() != dy.dims() {
-                return Err(shape_err(
-                    "layer_norm_backward",
-                    format!("x {:?} and dy {:?} differ", x.dims(), dy.dims()),
-                ));
-            }
             return crate::cpu::layer_norm_backward(x, gamma, &saved.mean, &saved.rstd, dy).c();
         }
         let xhat = x

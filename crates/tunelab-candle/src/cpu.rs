@@ -42,21 +42,38 @@ macro_rules! rows_mut {
 /// Elements are processed in blocks of this many per parallel task.
 const BLOCK: usize = 4096;
 
-/// Runs `f` on the row-major values of `t` (made contiguous first).
-pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(CpuStorage::F32(v)) => {
-            let start = layout.start_offset();
-            Ok(f(&v[start..start + t.elem_count()]))
-        }
-        _ => Err(candle_core::Error::Msg(format!(
-            "expected a CPU f32 tensor, found {:?} on {:?}",
-            t.dtype(),
-            t.device().location()
-        ))),
+/// Runs `f` on the row-major values of each of `ts` (made contiguous first).
+pub fn with_slices<const N: usize, R>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> Result<R> {
+    let ts = ts.map(Tensor::contiguous);
+    let mut owned = Vec::with_capacity(N);
+    for t in ts {
+        owned.push(t?);
     }
+    let guards: Vec<_> = owned.iter().map(Tensor::storage_and_layout).collect();
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for ((slot, t), (storage, layout)) in slices.iter_mut().zip(&owned).zip(&guards) {
+        match &**storage {
+            Storage::Cpu(CpuStorage::F32(v)) => {
+                let start = layout.start_offset();
+                *slot = &v[start..start + t.elem_count()];
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(format!(
+                    "expected a CPU f32 tensor, found {:?} on {:?}",
+                    t.dtype(),
+                    t.device().location()
+                )));
+            }
+        }
+    }
+    Ok(f(slices))
+}
+
+fn len_err(op: &str, what: &str, got: usize, want: usize) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{op}: {what} has {got} values, expected {want}"))
 }
 
 /// A new CPU tensor of `dims` holding `values`.
@@ -118,7 +135,7 @@ fn erf_and_gauss(z: f32) -> (f32, f32) {
 
 /// GELU (the erf form): `x Φ(x)`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    let y = with_slice(x, |xs| {
+    let y = with_slices([x], |[xs]| {
         let mut y = vec![0f32; xs.len()];
         rows_mut!(y, BLOCK)
             .zip(rows!(xs, BLOCK))
@@ -136,20 +153,18 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// `dy * gelu'(x)`, `gelu'(x) = Φ(x) + x φ(x)`.
 pub fn gelu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    let d = with_slice(x, |xs| {
-        with_slice(dy, |dys| {
-            let mut d = vec![0f32; xs.len()];
-            rows_mut!(d, BLOCK)
-                .zip(rows!(xs, BLOCK).zip(rows!(dys, BLOCK)))
-                .for_each(|(out, (xs, dys))| {
-                    for ((o, &x), &dy) in out.iter_mut().zip(xs).zip(dys) {
-                        let (e, g) = erf_and_gauss(x * std::f32::consts::FRAC_1_SQRT_2);
-                        *o = dy * (0.5 * (1.0 + e) + x * g * INV_SQRT_2PI);
-                    }
-                });
-            d
-        })
-    })??;
+    let d = with_slices([x, dy], |[xs, dys]| {
+        let mut d = vec![0f32; xs.len()];
+        rows_mut!(d, BLOCK)
+            .zip(rows!(xs, BLOCK).zip(rows!(dys, BLOCK)))
+            .for_each(|(out, (xs, dys))| {
+                for ((o, &x), &dy) in out.iter_mut().zip(xs).zip(dys) {
+                    let (e, g) = erf_and_gauss(x * std::f32::consts::FRAC_1_SQRT_2);
+                    *o = dy * (0.5 * (1.0 + e) + x * g * INV_SQRT_2PI);
+                }
+            });
+        d
+    })?;
     tensor(d, x.dims())
 }
 
@@ -162,25 +177,26 @@ pub fn layer_norm(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let c = x.dims().last().copied().unwrap_or(1).max(1);
     let rows = x.elem_count() / c;
-    let (y, mean, rstd) = with_slice(x, |xs| {
-        with_slice(gamma, |g| {
-            with_slice(beta, |b| {
-                let mut y = vec![0f32; xs.len()];
-                let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
-                for (r, (xr, yr)) in xs.chunks_exact(c).zip(y.chunks_exact_mut(c)).enumerate() {
-                    let mu = xr.iter().sum::<f32>() / c as f32;
-                    let var = xr.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
-                    let rs = 1.0 / (var + eps).sqrt();
-                    for (((o, &v), &gi), &bi) in yr.iter_mut().zip(xr).zip(g).zip(b) {
-                        *o = (v - mu) * rs * gi + bi;
-                    }
-                    mean[r] = mu;
-                    rstd[r] = rs;
-                }
-                (y, mean, rstd)
-            })
-        })
-    })???;
+    for (what, t) in [("gamma", gamma), ("beta", beta)] {
+        if t.elem_count() != c {
+            return Err(len_err("layer_norm", what, t.elem_count(), c));
+        }
+    }
+    let (y, mean, rstd) = with_slices([x, gamma, beta], |[xs, g, b]| {
+        let mut y = vec![0f32; xs.len()];
+        let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
+        for (r, (xr, yr)) in xs.chunks_exact(c).zip(y.chunks_exact_mut(c)).enumerate() {
+            let mu = xr.iter().sum::<f32>() / c as f32;
+            let var = xr.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+            let rs = 1.0 / (var + eps).sqrt();
+            for (((o, &v), &gi), &bi) in yr.iter_mut().zip(xr).zip(g).zip(b) {
+                *o = (v - mu) * rs * gi + bi;
+            }
+            mean[r] = mu;
+            rstd[r] = rs;
+        }
+        (y, mean, rstd)
+    })?;
     let mut stat_dims = x.dims().to_vec();
     if let Some(last) = stat_dims.last_mut() {
         *last = 1;
@@ -201,41 +217,44 @@ pub fn layer_norm_backward(
     dy: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let c = x.dims().last().copied().unwrap_or(1).max(1);
-    let (dx, dg, db) = with_slice(x, |xs| {
-        with_slice(dy, |dys| {
-            with_slice(gamma, |g| {
-                with_slice(mean, |mu| {
-                    with_slice(rstd, |rs| {
-                        let mut dx = vec![0f32; xs.len()];
-                        let (mut dg, mut db) = (vec![0f32; c], vec![0f32; c]);
-                        let mut xhat = vec![0f32; c];
-                        let mut dxhat = vec![0f32; c];
-                        let rows = xs
-                            .chunks_exact(c)
-                            .zip(dys.chunks_exact(c))
-                            .zip(dx.chunks_exact_mut(c));
-                        for (r, ((xr, dyr), dxr)) in rows.enumerate() {
-                            let (m, s) = (mu[r], rs[r]);
-                            let (mut m1, mut m2) = (0f32, 0f32);
-                            for i in 0..c {
-                                xhat[i] = (xr[i] - m) * s;
-                                dxhat[i] = dyr[i] * g[i];
-                                m1 += dxhat[i];
-                                m2 += dxhat[i] * xhat[i];
-                                dg[i] += dyr[i] * xhat[i];
-                                db[i] += dyr[i];
-                            }
-                            let (m1, m2) = (m1 / c as f32, m2 / c as f32);
-                            for i in 0..c {
-                                dxr[i] = (dxhat[i] - m1 - xhat[i] * m2) * s;
-                            }
-                        }
-                        (dx, dg, db)
-                    })
-                })
-            })
-        })
-    })?????;
+    let rows = x.elem_count() / c;
+    for (what, t, want) in [
+        ("dy", dy, x.elem_count()),
+        ("gamma", gamma, c),
+        ("mean", mean, rows),
+        ("rstd", rstd, rows),
+    ] {
+        if t.elem_count() != want {
+            return Err(len_err("layer_norm_backward", what, t.elem_count(), want));
+        }
+    }
+    let (dx, dg, db) = with_slices([x, dy, gamma, mean, rstd], |[xs, dys, g, mu, rs]| {
+        let mut dx = vec![0f32; xs.len()];
+        let (mut dg, mut db) = (vec![0f32; c], vec![0f32; c]);
+        let mut xhat = vec![0f32; c];
+        let mut dxhat = vec![0f32; c];
+        let rows = xs
+            .chunks_exact(c)
+            .zip(dys.chunks_exact(c))
+            .zip(dx.chunks_exact_mut(c));
+        for (r, ((xr, dyr), dxr)) in rows.enumerate() {
+            let (m, s) = (mu[r], rs[r]);
+            let (mut m1, mut m2) = (0f32, 0f32);
+            for i in 0..c {
+                xhat[i] = (xr[i] - m) * s;
+                dxhat[i] = dyr[i] * g[i];
+                m1 += dxhat[i];
+                m2 += dxhat[i] * xhat[i];
+                dg[i] += dyr[i] * xhat[i];
+                db[i] += dyr[i];
+            }
+            let (m1, m2) = (m1 / c as f32, m2 / c as f32);
+            for i in 0..c {
+                dxr[i] = (dxhat[i] - m1 - xhat[i] * m2) * s;
+            }
+        }
+        (dx, dg, db)
+    })?;
     Ok((tensor(dx, x.dims())?, tensor(dg, &[c])?, tensor(db, &[c])?))
 }
 
@@ -249,9 +268,14 @@ struct ScoreMask {
 }
 
 impl ScoreMask {
-    fn new(key_mask: Option<&Tensor>, causal: bool, t: usize) -> Result<Self> {
+    fn new(key_mask: Option<&Tensor>, causal: bool, b: usize, t: usize) -> Result<Self> {
+        if let Some(m) = key_mask
+            && m.elem_count() != b * t
+        {
+            return Err(len_err("attention", "key mask", m.elem_count(), b * t));
+        }
         let keys = key_mask
-            .map(|m| with_slice(m, |m| m.iter().map(|v| (1.0 - v) * f32::MIN).collect()))
+            .map(|m| with_slices([m], |[m]| m.iter().map(|v| (1.0 - v) * f32::MIN).collect()))
             .transpose()?;
         Ok(Self { keys, causal, t })
     }
@@ -320,8 +344,8 @@ pub fn attention_softmax(
     causal: bool,
 ) -> Result<(Tensor, Tensor)> {
     let (b, h, t, t2) = scores.dims4()?;
-    let mask = ScoreMask::new(key_mask, causal, t2)?;
-    let (p, lse) = with_slice(scores, |s| {
+    let mask = ScoreMask::new(key_mask, causal, b, t2)?;
+    let (p, lse) = with_slices([scores], |[s]| {
         let mut p = vec![0f32; s.len()];
         let mut lse = vec![0f32; b * h * t];
         rows_mut!(p, t2)
@@ -358,50 +382,56 @@ pub fn attention_softmax_backward(
     causal: bool,
 ) -> Result<(Tensor, Tensor)> {
     let (b, h, t, t2) = scores.dims4()?;
-    let mask = ScoreMask::new(key_mask, causal, t2)?;
-    let lse = with_slice(lse, <[f32]>::to_vec)?;
-    let rowdot = with_slice(rowdot, <[f32]>::to_vec)?;
-    let (p, ds) = with_slice(scores, |s| {
-        with_slice(dp, |dps| {
-            let mut p = vec![0f32; s.len()];
-            let mut ds = vec![0f32; s.len()];
-            rows_mut!(p, t2)
-                .zip(rows_mut!(ds, t2))
-                .zip(rows!(s, t2).zip(rows!(dps, t2)))
-                .enumerate()
-                .for_each(|(r, ((pr, dsr), (sr, dpr)))| {
-                    mask.apply(r / (h * t), r % t, sr, scale, -lse[r], pr);
-                    let d = rowdot[r];
-                    for ((o, g), &dv) in pr.iter_mut().zip(dsr.iter_mut()).zip(dpr) {
-                        *o = exp(*o);
-                        *g = scale * *o * (dv - d);
-                    }
-                });
-            (p, ds)
-        })
-    })??;
+    let mask = ScoreMask::new(key_mask, causal, b, t2)?;
+    for (what, x, want) in [
+        ("lse", lse, b * h * t),
+        ("dp", dp, scores.elem_count()),
+        ("rowdot", rowdot, b * h * t),
+    ] {
+        if x.elem_count() != want {
+            return Err(len_err("attention backward", what, x.elem_count(), want));
+        }
+    }
+    let (p, ds) = with_slices([scores, dp, lse, rowdot], |[s, dps, lse, rowdot]| {
+        let mut p = vec![0f32; s.len()];
+        let mut ds = vec![0f32; s.len()];
+        rows_mut!(p, t2)
+            .zip(rows_mut!(ds, t2))
+            .zip(rows!(s, t2).zip(rows!(dps, t2)))
+            .enumerate()
+            .for_each(|(r, ((pr, dsr), (sr, dpr)))| {
+                mask.apply(r / (h * t), r % t, sr, scale, -lse[r], pr);
+                let d = rowdot[r];
+                for ((o, g), &dv) in pr.iter_mut().zip(dsr.iter_mut()).zip(dpr) {
+                    *o = exp(*o);
+                    *g = scale * *o * (dv - d);
+                }
+            });
+        (p, ds)
+    })?;
     Ok((tensor(p, &[b, h, t, t2])?, tensor(ds, &[b, h, t, t2])?))
 }
 
 /// `x + bias` with `bias` `(C)` added to every row of the last dim.
 pub fn add_rows(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let c = x.dims().last().copied().unwrap_or(1).max(1);
-    let y = with_slice(x, |xs| {
-        with_slice(bias, |b| {
-            let mut y = Vec::with_capacity(xs.len());
-            for row in xs.chunks_exact(c) {
-                y.extend(row.iter().zip(b).map(|(v, bi)| v + bi));
-            }
-            y
-        })
-    })??;
+    if bias.elem_count() != c {
+        return Err(len_err("add_bias", "bias", bias.elem_count(), c));
+    }
+    let y = with_slices([x, bias], |[xs, b]| {
+        let mut y = Vec::with_capacity(xs.len());
+        for row in xs.chunks_exact(c) {
+            y.extend(row.iter().zip(b).map(|(v, bi)| v + bi));
+        }
+        y
+    })?;
     tensor(y, x.dims())
 }
 
 /// The sum over every row of the last dim: `(.., C) -> (C)` (a bias's gradient).
 pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
     let c = x.dims().last().copied().unwrap_or(1).max(1);
-    let out = with_slice(x, |xs| {
+    let out = with_slices([x], |[xs]| {
         let mut acc = vec![0f32; c];
         for row in xs.chunks_exact(c) {
             for (a, v) in acc.iter_mut().zip(row) {
@@ -416,14 +446,15 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
 /// Per-row dot product over the last dim of two same-shaped tensors, shaped `[.., 1]`.
 pub fn row_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let c = a.dims().last().copied().unwrap_or(1).max(1);
-    let out = with_slice(a, |x| {
-        with_slice(b, |y| {
-            x.chunks_exact(c)
-                .zip(y.chunks_exact(c))
-                .map(|(u, v)| u.iter().zip(v).map(|(p, q)| p * q).sum())
-                .collect::<Vec<f32>>()
-        })
-    })??;
+    if b.elem_count() != a.elem_count() {
+        return Err(len_err("row_dot", "b", b.elem_count(), a.elem_count()));
+    }
+    let out = with_slices([a, b], |[x, y]| {
+        x.chunks_exact(c)
+            .zip(y.chunks_exact(c))
+            .map(|(u, v)| u.iter().zip(v).map(|(p, q)| p * q).sum())
+            .collect::<Vec<f32>>()
+    })?;
     let mut dims = a.dims().to_vec();
     if let Some(last) = dims.last_mut() {
         *last = 1;
@@ -483,6 +514,36 @@ mod tests {
         }
         assert_eq!(erf_and_gauss(10.0).0, 1.0);
         assert_eq!(erf_and_gauss(-10.0).0, -1.0);
+    }
+
+    #[test]
+    fn mismatched_sizes_are_errors_not_panics() {
+        let dev = candle_core::Device::Cpu;
+        let t = |dims: &[usize]| Tensor::zeros(dims, candle_core::DType::F32, &dev).unwrap();
+        let x = t(&[2, 3, 4]);
+        let msg = |r: Result<Tensor>| r.unwrap_err().to_string();
+        assert!(msg(add_rows(&x, &t(&[3]))).contains("add_bias: bias has 3 values, expected 4"));
+        assert!(msg(row_dot(&x, &t(&[2, 3]))).contains("row_dot: b has 6 values, expected 24"));
+        let err = layer_norm_backward(&x, &t(&[5]), &t(&[2, 3, 1]), &t(&[2, 3, 1]), &x)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gamma has 5 values, expected 4"), "{err}");
+        let err = layer_norm(&x, &t(&[4]), &t(&[2]), 1e-5)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("beta has 2 values, expected 4"), "{err}");
+        let s = t(&[2, 1, 3, 3]);
+        let err = attention_softmax(&s, 1.0, Some(&t(&[2, 2])), false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key mask has 4 values, expected 6"), "{err}");
+        let err =
+            attention_softmax_backward(&s, &t(&[2, 1, 2]), &s, &t(&[2, 1, 3]), 1.0, None, false)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("lse has 4 values, expected 6"), "{err}");
+        let u = Tensor::zeros(3, candle_core::DType::U32, &dev).unwrap();
+        assert!(msg(gelu(&u)).contains("expected a CPU f32 tensor"));
     }
 
     #[test]
