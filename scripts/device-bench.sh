@@ -4,8 +4,10 @@
 # On a machine with an NVIDIA GPU, its Vulkan driver and CUDA: builds `tunelab` twice (the
 # default build, whose `--device wgpu` / `bench --wgpu` use Vulkan; and `--features cuda`)
 # and runs, side by side:
-#   - WGSL matmul GFLOP/s at square and transformer shapes (bench --wgpu);
-#   - the training step of every PEFT method on the MiniLM shape on wgpu and on candle-CUDA.
+#   - WGSL matmul GFLOP/s at square and transformer shapes (bench --wgpu), and cuBLAS fp32
+#     (candle's CUDA matmul, TF32 off) at the same shapes (bench --device cuda --matmul);
+#   - the training step of every PEFT method on the MiniLM shape on wgpu and on candle-CUDA;
+#   - the GPU time per WGSL kernel of each wgpu step (timestamp queries, bench --profile).
 # Results go to stdout and to $OUT_DIR (default target/device-bench) as JSON lines.
 #
 # Machines without a Rust toolchain can run prebuilt binaries instead:
@@ -36,12 +38,13 @@ fi
 command -v nvidia-smi >/dev/null && nvidia-smi -L || true
 
 echo "== wgpu (Vulkan): training steps and matmul"
-WGPU_BACKEND=${WGPU_BACKEND:-vulkan} "$TUNELAB_BIN" bench --wgpu --methods "$METHODS" \
-  --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --json-out "$OUT_DIR/wgpu.jsonl"
+WGPU_BACKEND=${WGPU_BACKEND:-vulkan} "$TUNELAB_BIN" bench --wgpu --wgpu-only --profile \
+  --methods "$METHODS" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" \
+  --json-out "$OUT_DIR/wgpu.jsonl"
 
 if [[ -n "${TUNELAB_CUDA_BIN:-}" ]]; then
-  echo "== candle-CUDA: training steps"
-  "$TUNELAB_CUDA_BIN" bench --device cuda --methods "$METHODS" \
+  echo "== candle-CUDA: training steps and cuBLAS fp32 matmul"
+  "$TUNELAB_CUDA_BIN" bench --device cuda --matmul --methods "$METHODS" \
     --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --json-out "$OUT_DIR/cuda.jsonl"
 else
   echo "== candle-CUDA skipped: no nvcc and no TUNELAB_CUDA_BIN"

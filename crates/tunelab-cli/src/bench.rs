@@ -59,6 +59,13 @@ pub struct Result {
     pub min_ms: f64,
     pub tokens_per_s: f64,
     pub peak_rss_mib: f64,
+    /// With `--profile` on wgpu: GPU time per kernel per step, largest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<Vec<tunelab_wgpu::KernelTime>>,
+    /// With `--profile` on wgpu: the summed GPU time of a step's passes, in ms (the rest of
+    /// the step's wall time is recording, submission and waiting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_ms_per_step: Option<f64>,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -84,17 +91,28 @@ pub fn run_one(
     steps: usize,
     warmup: usize,
     wgpu: bool,
+    profile: bool,
     device: &str,
 ) -> anyhow::Result<Result> {
     if wgpu {
         let ctx = pollster::block_on(tunelab_wgpu::Context::new(Default::default()))?;
         let be = tunelab_wgpu::Wgpu::new(std::sync::Arc::new(ctx));
-        let mut r = run_on(&be, assets, method_name, batch, seq, steps, warmup)?;
+        let profiler = profile.then(|| be.context());
+        let mut r = run_on(
+            &be,
+            assets,
+            method_name,
+            batch,
+            seq,
+            steps,
+            warmup,
+            profiler,
+        )?;
         r.method = format!("{method_name}@wgpu");
         return Ok(r);
     }
     let be = crate::job::backend(device)?;
-    let mut r = run_on(&be, assets, method_name, batch, seq, steps, warmup)?;
+    let mut r = run_on(&be, assets, method_name, batch, seq, steps, warmup, None)?;
     if device != "cpu" {
         r.method = format!("{method_name}@{device}");
     }
@@ -110,6 +128,7 @@ fn run_on<B: Backend>(
     seq: usize,
     steps: usize,
     warmup: usize,
+    profiler: Option<&tunelab_wgpu::Context>,
 ) -> anyhow::Result<Result> {
     let (_, method) = methods()
         .into_iter()
@@ -171,22 +190,50 @@ fn run_on<B: Backend>(
         Schedule::Constant { warmup: 0 },
     );
 
-    let mut times = Vec::new();
-    for i in 0..warmup + steps {
-        let start = Instant::now();
+    let mut step = |store: &mut ParamStore<B>| {
         pollster::block_on(train::step(
             be,
             &model,
-            &mut store,
+            store,
             &mut opt,
             &input,
             &labels,
             1.0 / batch as f32,
             1.0,
-        ))?;
+        ))
+    };
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        let start = Instant::now();
+        step(&mut store)?;
         if i >= warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
+    }
+    // Profiled steps run after the timed ones, so timestamp queries do not touch the timings.
+    let (mut kernels, mut gpu_ms_per_step) = (None, None);
+    if let Some(ctx) = profiler {
+        ctx.start_profiling()?;
+        for _ in 0..steps {
+            step(&mut store)?;
+            pollster::block_on(ctx.collect_profile())?;
+        }
+        let (rows, untimed) = ctx.stop_profiling();
+        anyhow::ensure!(
+            untimed == 0,
+            "{untimed} passes were not timed: a step records more passes than one profiling round holds"
+        );
+        let per = steps.max(1) as f64;
+        gpu_ms_per_step = Some(rows.iter().map(|k| k.total_ms).sum::<f64>() / per);
+        kernels = Some(
+            rows.into_iter()
+                .map(|k| tunelab_wgpu::KernelTime {
+                    passes: (k.passes as f64 / per).round() as u64,
+                    total_ms: k.total_ms / per,
+                    kernel: k.kernel,
+                })
+                .collect(),
+        );
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
@@ -199,6 +246,8 @@ fn run_on<B: Backend>(
         min_ms: times[0],
         tokens_per_s: (batch * seq) as f64 / (median / 1e3),
         peak_rss_mib: peak_rss_mib(),
+        kernels,
+        gpu_ms_per_step,
     })
 }
 
@@ -211,14 +260,26 @@ pub struct MatmulResult {
     pub gflops: f64,
 }
 
-/// WGSL matmul GFLOP/s at square shapes and at the MiniLM training shapes (batch 8 × 128
-/// tokens: projections, the MLP, and the weight-gradient product `dY^T X`).
-pub fn wgpu_matmul(
-    iters: usize,
-) -> anyhow::Result<(tunelab_wgpu::AdapterReport, Vec<MatmulResult>)> {
-    use tunelab_wgpu::ops::matmul::{Dims, bench};
-    let ctx = pollster::block_on(tunelab_wgpu::Context::new(Default::default()))?;
-    let d = |batch, m, n, k, ta, tb, b_shared| Dims {
+/// A matmul shape of the benchmark: `C[b] = op(A[b]) · op(B[b])`, `C` is `m × n`.
+#[derive(Debug, Clone, Copy)]
+struct MatmulShape {
+    batch: u32,
+    m: u32,
+    n: u32,
+    k: u32,
+    /// `A` is stored `k × m` (the weight gradient's `dYᵀ`).
+    ta: bool,
+    /// `B` is stored `n × k` (a PyTorch-layout weight).
+    tb: bool,
+    /// One `B` for every batch entry.
+    b_shared: bool,
+}
+
+/// Square shapes and the MiniLM training shapes (batch 8 × 128 tokens: projections, the MLP,
+/// the weight-gradient product `dYᵀ X` and attention scores). `big` adds 2048³, where GPUs
+/// approach their peak (seconds per product on a software adapter, so left out there).
+fn matmul_shapes(big: bool) -> Vec<(&'static str, MatmulShape)> {
+    let d = |batch, m, n, k, ta, tb, b_shared| MatmulShape {
         batch,
         m,
         n,
@@ -227,7 +288,7 @@ pub fn wgpu_matmul(
         tb,
         b_shared,
     };
-    let shapes = [
+    let mut shapes = vec![
         ("square 256", d(1, 256, 256, 256, false, false, true)),
         ("square 512", d(1, 512, 512, 512, false, false, true)),
         ("square 1024", d(1, 1024, 1024, 1024, false, false, true)),
@@ -252,15 +313,95 @@ pub fn wgpu_matmul(
             d(96, 128, 128, 32, false, true, false),
         ),
     ];
+    if big {
+        shapes.insert(
+            3,
+            ("square 2048", d(1, 2048, 2048, 2048, false, false, true)),
+        );
+    }
+    shapes
+}
+
+fn matmul_result(what: &str, s: &MatmulShape, secs: f64) -> MatmulResult {
+    let flops = 2.0 * f64::from(s.batch) * f64::from(s.m) * f64::from(s.n) * f64::from(s.k);
+    MatmulResult {
+        shape: format!("{}x{}x{}x{}", s.batch, s.m, s.n, s.k),
+        what: what.to_string(),
+        median_ms: secs * 1e3,
+        gflops: flops / secs / 1e9,
+    }
+}
+
+/// Matmul GFLOP/s on a candle device (`cpu`, `cuda`, `cuda:N`) at [`matmul_shapes`]: on CUDA
+/// that is cuBLAS in full fp32 (candle leaves TF32 off), the baseline of the WGSL matmul.
+/// Each sample times `reps` products then waits for the device; the median of `iters`
+/// samples is reported.
+pub fn candle_matmul(device: &str, iters: usize) -> anyhow::Result<Vec<MatmulResult>> {
+    use candle_core::{DType, Tensor};
+    let dev = crate::job::candle_device(device)?;
     let mut out = Vec::new();
-    for (what, dims) in shapes {
+    for (what, s) in matmul_shapes(dev.is_cuda()) {
+        let (b, m, n, k) = (s.batch as usize, s.m as usize, s.n as usize, s.k as usize);
+        let a = if s.ta {
+            Tensor::randn(0f32, 1.0, (b, k, m), &dev)?.transpose(1, 2)?
+        } else {
+            Tensor::randn(0f32, 1.0, (b, m, k), &dev)?
+        };
+        let bb = if s.b_shared { 1 } else { b };
+        let w = if s.tb {
+            Tensor::randn(0f32, 1.0, (bb, n, k), &dev)?.transpose(1, 2)?
+        } else {
+            Tensor::randn(0f32, 1.0, (bb, k, n), &dev)?
+        };
+        let w = if s.b_shared {
+            w.broadcast_as((b, k, n))?
+        } else {
+            w
+        };
+        let (a, w) = if b == 1 {
+            (a.squeeze(0)?, w.squeeze(0)?)
+        } else {
+            (a, w)
+        };
+        anyhow::ensure!(a.dtype() == DType::F32);
+        let reps = 20;
+        let mut samples = Vec::new();
+        for i in 0..iters + 1 {
+            let start = Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(a.matmul(&w)?);
+            }
+            dev.synchronize()?;
+            if i > 0 {
+                samples.push(start.elapsed().as_secs_f64() / reps as f64);
+            }
+        }
+        samples.sort_by(f64::total_cmp);
+        out.push(matmul_result(what, &s, samples[samples.len() / 2]));
+    }
+    Ok(out)
+}
+
+/// WGSL matmul GFLOP/s at [`matmul_shapes`], on device-resident buffers.
+pub fn wgpu_matmul(
+    iters: usize,
+) -> anyhow::Result<(tunelab_wgpu::AdapterReport, Vec<MatmulResult>)> {
+    use tunelab_wgpu::ops::matmul::{Dims, bench};
+    let ctx = pollster::block_on(tunelab_wgpu::Context::new(Default::default()))?;
+    let software = ctx.report().device_type == "Cpu";
+    let mut out = Vec::new();
+    for (what, s) in matmul_shapes(!software) {
+        let dims = Dims {
+            batch: s.batch,
+            m: s.m,
+            n: s.n,
+            k: s.k,
+            ta: s.ta,
+            tb: s.tb,
+            b_shared: s.b_shared,
+        };
         let secs = bench(&ctx, &dims, iters)?;
-        out.push(MatmulResult {
-            shape: format!("{}x{}x{}x{}", dims.batch, dims.m, dims.n, dims.k),
-            what: what.to_string(),
-            median_ms: secs * 1e3,
-            gflops: dims.flops() / secs / 1e9,
-        });
+        out.push(matmul_result(what, &s, secs));
     }
     Ok((ctx.report().clone(), out))
 }

@@ -20,8 +20,13 @@ use tunelab_core::{Manifest, ModelCard};
 
 /// The candle backend for `--device cpu | cuda | cuda:N`.
 pub fn backend(device: &str) -> anyhow::Result<Candle> {
+    Ok(Candle::new(candle_device(device)?))
+}
+
+/// The candle device `--device cpu | cuda | cuda:N` names.
+pub fn candle_device(device: &str) -> anyhow::Result<candle_core::Device> {
     let kind: DeviceKind = device.parse()?;
-    Ok(Candle::new(tunelab_candle::device(kind)?))
+    Ok(tunelab_candle::device(kind)?)
 }
 
 /// The WebGPU backend (`--device wgpu`): Vulkan, Metal or DX12; `WGPU_BACKEND` narrows it.

@@ -140,6 +140,14 @@ enum Command {
         /// adapter (`--methods none` for only the matmuls).
         #[arg(long)]
         wgpu: bool,
+        /// With --wgpu: after the timed steps, run as many again with GPU timestamps on every
+        /// compute pass and report the GPU time per kernel (needs timestamp queries).
+        #[arg(long)]
+        profile: bool,
+        /// Also measure matmul GFLOP/s on the candle `--device` at the shapes of the wgpu
+        /// matmul table (on CUDA this is cuBLAS fp32, the WebGPU target's baseline).
+        #[arg(long)]
+        matmul: bool,
         /// Internal: run a single method in this process and print its JSON line.
         #[arg(long, hide = true)]
         child: bool,
@@ -252,12 +260,16 @@ fn run() -> anyhow::Result<()> {
             json_out,
             wgpu,
             wgpu_only,
+            profile,
+            matmul,
             device,
             child,
         } => {
             if child {
                 let name = methods.first().context("--child needs one method")?;
-                let r = bench::run_one(&assets, name, batch, seq, steps, warmup, wgpu, &device)?;
+                let r = bench::run_one(
+                    &assets, name, batch, seq, steps, warmup, wgpu, profile, &device,
+                )?;
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
@@ -299,6 +311,9 @@ fn run() -> anyhow::Result<()> {
                     .arg(&assets);
                 if on_wgpu {
                     c.arg("--wgpu");
+                    if profile {
+                        c.arg("--profile");
+                    }
                 }
                 let out = c.output()?;
                 anyhow::ensure!(
@@ -319,7 +334,20 @@ fn run() -> anyhow::Result<()> {
                     r.tokens_per_s,
                     r.peak_rss_mib
                 );
+                if let (Some(kernels), Some(gpu)) = (&r.kernels, r.gpu_ms_per_step) {
+                    print_profile(kernels, gpu, r.median_ms);
+                }
                 lines.push(line);
+            }
+            if matmul {
+                let rows = bench::candle_matmul(&device, steps.max(3))?;
+                println!("\ncandle matmul on {device}");
+                print_matmuls(&rows);
+                for r in &rows {
+                    lines.push(serde_json::to_string(
+                        &serde_json::json!({"candle_matmul": r, "device": device}),
+                    )?);
+                }
             }
             if wgpu {
                 let (report, rows) = bench::wgpu_matmul(steps.max(3))?;
@@ -327,15 +355,8 @@ fn run() -> anyhow::Result<()> {
                     "\nwgpu matmul on {} ({}, {})",
                     report.name, report.backend, report.device_type
                 );
-                println!(
-                    "{:<46} {:>16} {:>11} {:>9}",
-                    "shape", "BxMxNxK", "median ms", "GFLOP/s"
-                );
+                print_matmuls(&rows);
                 for r in &rows {
-                    println!(
-                        "{:<46} {:>16} {:>11.2} {:>9.1}",
-                        r.what, r.shape, r.median_ms, r.gflops
-                    );
                     lines.push(serde_json::to_string(
                         &serde_json::json!({"wgpu_matmul": r, "adapter": report.name}),
                     )?);
@@ -347,6 +368,40 @@ fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn print_matmuls(rows: &[bench::MatmulResult]) {
+    println!(
+        "{:<46} {:>16} {:>11} {:>9}",
+        "shape", "BxMxNxK", "median ms", "GFLOP/s"
+    );
+    for r in rows {
+        println!(
+            "{:<46} {:>16} {:>11.3} {:>9.1}",
+            r.what, r.shape, r.median_ms, r.gflops
+        );
+    }
+}
+
+/// The kernels of a profiled wgpu step, largest GPU time first.
+fn print_profile(kernels: &[tunelab_wgpu::KernelTime], gpu_ms: f64, wall_ms: f64) {
+    println!(
+        "  GPU time {gpu_ms:.2} ms of a {wall_ms:.2} ms step ({:.0}%); per step:",
+        100.0 * gpu_ms / wall_ms
+    );
+    println!(
+        "  {:<28} {:>7} {:>10} {:>6}",
+        "kernel", "passes", "GPU ms", "%"
+    );
+    for k in kernels.iter().take(16) {
+        println!(
+            "  {:<28} {:>7} {:>10.3} {:>6.1}",
+            k.kernel,
+            k.passes,
+            k.total_ms,
+            100.0 * k.total_ms / gpu_ms.max(f64::MIN_POSITIVE)
+        );
     }
 }
 

@@ -71,6 +71,34 @@ pub struct Context {
     /// of panicking); taken by the next readback.
     uncaptured: Arc<Mutex<Option<String>>>,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
+    /// GPU time per kernel while profiling ([`Context::start_profiling`]).
+    profiler: Mutex<Option<Profiler>>,
+}
+
+/// Timestamp pairs one query set holds (WebGPU allows 4096 queries per set).
+const PAIRS_PER_SET: u32 = 2048;
+/// Query sets one profiling round may use before [`Context::collect_profile`] must run.
+const MAX_SETS: usize = 8;
+
+/// Begin/end timestamps of each compute pass, written by the GPU into query sets.
+struct Profiler {
+    /// Pair `i` is in set `i / PAIRS_PER_SET`; sets are made as a round needs them.
+    sets: Vec<wgpu::QuerySet>,
+    /// The kernel entry of each recorded pass, in query-pair order.
+    labels: Vec<&'static str>,
+    /// Passes recorded after the query set was full (not timed).
+    untimed: u64,
+    totals: HashMap<&'static str, KernelTime>,
+}
+
+/// The GPU time one kernel entry point took while profiling.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KernelTime {
+    pub kernel: String,
+    /// Compute passes that ran it.
+    pub passes: u64,
+    /// Summed GPU time between each pass's begin and end timestamps, in milliseconds.
+    pub total_ms: f64,
 }
 
 impl std::fmt::Debug for Context {
@@ -105,7 +133,10 @@ impl Context {
         // Ask for everything the adapter has: the defaults (128 MiB bindings) are too small
         // for real models.
         let limits = adapter.limits();
-        let features = adapter.features() & wgpu::Features::SHADER_F16;
+        // Timestamp queries are only used when profiling is asked for, but a device can only
+        // have the features it was created with.
+        let features =
+            adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("tunelab"),
@@ -155,6 +186,7 @@ impl Context {
             report,
             uncaptured,
             pipelines: Mutex::new(HashMap::new()),
+            profiler: Mutex::new(None),
         })
     }
 
@@ -196,6 +228,146 @@ impl Context {
                 )
             })
             .clone()
+    }
+
+    /// Starts timing every compute pass on the GPU (timestamp queries). Fails with
+    /// [`WgpuError::Unsupported`] where the adapter has no timestamp queries (e.g. browsers
+    /// that have not enabled `timestamp-query`).
+    pub fn start_profiling(&self) -> Result<(), WgpuError> {
+        if !self
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return Err(WgpuError::Unsupported(format!(
+                "profiling needs timestamp queries, which {} does not offer",
+                self.report.name
+            )));
+        }
+        *lock(&self.profiler) = Some(Profiler {
+            sets: Vec::new(),
+            labels: Vec::new(),
+            untimed: 0,
+            totals: HashMap::new(),
+        });
+        Ok(())
+    }
+
+    /// Stops profiling and returns the GPU time per kernel entry point since the last
+    /// [`Context::reset_profile`] (collected rounds only), largest first, and the number of
+    /// passes that were not timed because a round overflowed.
+    pub fn stop_profiling(&self) -> (Vec<KernelTime>, u64) {
+        let Some(p) = lock(&self.profiler).take() else {
+            return (Vec::new(), 0);
+        };
+        for set in &p.sets {
+            set.destroy();
+        }
+        let mut rows: Vec<KernelTime> = p.totals.into_values().collect();
+        rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+        (rows, p.untimed)
+    }
+
+    /// Forgets the times collected so far (e.g. those of warm-up steps).
+    pub fn reset_profile(&self) {
+        if let Some(p) = lock(&self.profiler).as_mut() {
+            p.totals.clear();
+            p.untimed = 0;
+        }
+    }
+
+    /// Begins a compute pass named `label`, timed on the GPU while profiling.
+    pub(crate) fn begin_pass<'e>(
+        &self,
+        encoder: &'e mut wgpu::CommandEncoder,
+        label: &'static str,
+    ) -> wgpu::ComputePass<'e> {
+        let mut timed = None;
+        if let Some(p) = lock(&self.profiler).as_mut() {
+            let n = p.labels.len() as u32;
+            let set = (n / PAIRS_PER_SET) as usize;
+            if set == p.sets.len() && set < MAX_SETS {
+                p.sets
+                    .push(self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("profile"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: PAIRS_PER_SET * 2,
+                    }));
+            }
+            match p.sets.get(set) {
+                Some(s) => {
+                    p.labels.push(label);
+                    timed = Some((s.clone(), (n % PAIRS_PER_SET) * 2));
+                }
+                None => p.untimed += 1,
+            }
+        }
+        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(label),
+            timestamp_writes: timed
+                .as_ref()
+                .map(|(set, at)| wgpu::ComputePassTimestampWrites {
+                    query_set: set,
+                    beginning_of_pass_write_index: Some(*at),
+                    end_of_pass_write_index: Some(at + 1),
+                }),
+        })
+    }
+
+    /// Reads back the timestamps of the passes submitted since the last call and adds them
+    /// to the per-kernel totals. Call it after the profiled work was submitted (a training
+    /// step's scalar readback submits it).
+    pub async fn collect_profile(&self) -> Result<(), WgpuError> {
+        let (sets, labels) = match lock(&self.profiler).as_mut() {
+            Some(p) if !p.labels.is_empty() => (p.sets.clone(), std::mem::take(&mut p.labels)),
+            _ => return Ok(()),
+        };
+        let bytes = labels.len() as u64 * 16;
+        let resolved = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile.resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("profile"),
+            });
+        // Set i's pairs land at byte i * PAIRS_PER_SET * 16 (a multiple of the 256-byte
+        // alignment resolves need).
+        for (i, set) in sets.iter().enumerate() {
+            let first = i as u32 * PAIRS_PER_SET;
+            let pairs = (labels.len() as u32)
+                .saturating_sub(first)
+                .min(PAIRS_PER_SET);
+            if pairs > 0 {
+                encoder.resolve_query_set(set, 0..pairs * 2, &resolved, u64::from(first) * 16);
+            }
+        }
+        self.queue.submit([encoder.finish()]);
+        // Timestamps are little-endian u64 ticks; read_f32 copies the bytes as 32-bit words.
+        let words = self.read_f32(&resolved, labels.len() * 4).await;
+        resolved.destroy();
+        let ticks: Vec<u64> = words?
+            .chunks_exact(2)
+            .map(|w| u64::from(w[0].to_bits()) | (u64::from(w[1].to_bits()) << 32))
+            .collect();
+        let period_ns = f64::from(self.queue.get_timestamp_period());
+        let mut guard = lock(&self.profiler);
+        let Some(p) = guard.as_mut() else {
+            return Ok(());
+        };
+        for (label, pair) in labels.iter().zip(ticks.chunks_exact(2)) {
+            let t = p.totals.entry(label).or_insert_with(|| KernelTime {
+                kernel: label.to_string(),
+                ..Default::default()
+            });
+            t.passes += 1;
+            // A driver may write end < begin for an empty pass; count it as zero.
+            t.total_ms += pair[1].saturating_sub(pair[0]) as f64 * period_ns / 1e6;
+        }
+        Ok(())
     }
 
     /// The first device error reported since the last call, if any.
@@ -284,6 +456,13 @@ impl Context {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
 #[cfg(all(test, not(target_arch = "wasm32")))]
 pub(crate) mod tests {
     /// Opens a context on whatever adapter is present. Where the test group asks for a GPU
@@ -322,5 +501,74 @@ pub(crate) mod tests {
                 r.limits.max_storage_buffer_binding_size
             )
         );
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod profile_tests {
+    use crate::WgpuError;
+    use crate::ops::elementwise::{Op, encode};
+
+    /// Every pass recorded while profiling is timed and counted under its kernel, across
+    /// more passes than one query set holds; nothing is counted after stopping.
+    #[test]
+    fn profiling_times_every_pass_per_kernel() {
+        let Some(ctx) = super::tests::context() else {
+            return;
+        };
+        if let Err(e) = ctx.start_profiling() {
+            // Adapters without timestamp queries refuse with a typed error.
+            assert!(matches!(e, WgpuError::Unsupported(_)), "{e}");
+            return;
+        }
+        let n = 1000u32;
+        let a = crate::ops::upload(&ctx, "a", &vec![1.0; n as usize]);
+        let out = crate::ops::output(&ctx, "out", u64::from(n));
+        let (adds, scales) = (super::PAIRS_PER_SET as usize + 5, 7);
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let mut temps = Vec::new();
+        for i in 0..adds + scales {
+            let op = if i < adds { Op::Add } else { Op::Scale };
+            temps.push(encode(&ctx, &mut enc, op, n, 2.0, 0.0, &a, Some(&a), &out).unwrap());
+        }
+        ctx.queue.submit([enc.finish()]);
+        pollster::block_on(ctx.collect_profile()).unwrap();
+        // Collected rounds may be discarded (warm-up) and profiling goes on afterwards.
+        ctx.reset_profile();
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        for _ in 0..3 {
+            temps.push(encode(&ctx, &mut enc, Op::Add, n, 1.0, 0.0, &a, Some(&a), &out).unwrap());
+        }
+        ctx.queue.submit([enc.finish()]);
+        pollster::block_on(ctx.collect_profile()).unwrap();
+        let (rows, untimed) = ctx.stop_profiling();
+        assert_eq!(untimed, 0);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].kernel.as_str(), rows[0].passes), ("add", 3));
+        assert!(rows[0].total_ms.is_finite() && rows[0].total_ms >= 0.0);
+
+        // The first round, kept this time: both kernels, every pass.
+        ctx.start_profiling().unwrap();
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        for i in 0..adds + scales {
+            let op = if i < adds { Op::Add } else { Op::Scale };
+            temps.push(encode(&ctx, &mut enc, op, n, 2.0, 0.0, &a, Some(&a), &out).unwrap());
+        }
+        ctx.queue.submit([enc.finish()]);
+        pollster::block_on(ctx.collect_profile()).unwrap();
+        let (rows, untimed) = ctx.stop_profiling();
+        assert_eq!(untimed, 0);
+        let passes: Vec<(&str, u64)> = rows.iter().map(|r| (r.kernel.as_str(), r.passes)).collect();
+        assert!(passes.contains(&("add", adds as u64)), "{passes:?}");
+        assert!(passes.contains(&("scale", scales as u64)), "{passes:?}");
+        // A stopped profiler records nothing.
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        temps.push(encode(&ctx, &mut enc, Op::Add, n, 1.0, 0.0, &a, Some(&a), &out).unwrap());
+        ctx.queue.submit([enc.finish()]);
+        pollster::block_on(ctx.collect_profile()).unwrap();
+        assert_eq!(ctx.stop_profiling(), (Vec::new(), 0));
+        for t in temps {
+            t.destroy();
+        }
     }
 }

@@ -18,6 +18,9 @@ pub enum WgpuError {
         requested: u64,
         available: u64,
     },
+    /// The adapter lacks an optional feature the request needs.
+    #[error("not supported here: {0}")]
+    Unsupported(String),
     /// Inputs of an op do not agree.
     #[error("{0}")]
     Shape(String),

@@ -24,5 +24,5 @@ pub mod ops;
 pub mod web;
 
 pub use backend::{PoolStats, WTensor, Wgpu};
-pub use context::{AdapterReport, Context, ContextOptions, LimitsReport};
+pub use context::{AdapterReport, Context, ContextOptions, KernelTime, LimitsReport};
 pub use error::WgpuError;

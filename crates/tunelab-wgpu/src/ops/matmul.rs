@@ -124,10 +124,7 @@ pub fn encode(
         }
     };
     let mut uniforms = Vec::new();
-    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: Some("matmul"),
-        timestamp_writes: None,
-    });
+    let mut pass = ctx.begin_pass(encoder, "matmul");
     pass.set_pipeline(&pipeline);
     let mut batch0 = 0;
     while batch0 < d.batch {
