@@ -256,6 +256,9 @@ fn run_on<B: Backend>(
 pub struct MatmulResult {
     pub shape: String,
     pub what: String,
+    /// The kernel: `wgsl-64` / `wgsl-128` (tile edge), `candle` (cuBLAS on CUDA).
+    #[serde(default)]
+    pub kernel: String,
     pub median_ms: f64,
     pub gflops: f64,
 }
@@ -322,11 +325,12 @@ fn matmul_shapes(big: bool) -> Vec<(&'static str, MatmulShape)> {
     shapes
 }
 
-fn matmul_result(what: &str, s: &MatmulShape, secs: f64) -> MatmulResult {
+fn matmul_result(what: &str, kernel: &str, s: &MatmulShape, secs: f64) -> MatmulResult {
     let flops = 2.0 * f64::from(s.batch) * f64::from(s.m) * f64::from(s.n) * f64::from(s.k);
     MatmulResult {
         shape: format!("{}x{}x{}x{}", s.batch, s.m, s.n, s.k),
         what: what.to_string(),
+        kernel: kernel.to_string(),
         median_ms: secs * 1e3,
         gflops: flops / secs / 1e9,
     }
@@ -377,16 +381,22 @@ pub fn candle_matmul(device: &str, iters: usize) -> anyhow::Result<Vec<MatmulRes
             }
         }
         samples.sort_by(f64::total_cmp);
-        out.push(matmul_result(what, &s, samples[samples.len() / 2]));
+        out.push(matmul_result(
+            what,
+            "candle",
+            &s,
+            samples[samples.len() / 2],
+        ));
     }
     Ok(out)
 }
 
-/// WGSL matmul GFLOP/s at [`matmul_shapes`], on device-resident buffers.
+/// WGSL matmul GFLOP/s at [`matmul_shapes`], on device-resident buffers: on GPUs both tile
+/// sizes, on software adapters the one the backend picks.
 pub fn wgpu_matmul(
     iters: usize,
 ) -> anyhow::Result<(tunelab_wgpu::AdapterReport, Vec<MatmulResult>)> {
-    use tunelab_wgpu::ops::matmul::{Dims, bench};
+    use tunelab_wgpu::ops::matmul::{Dims, Tiling, bench};
     let ctx = pollster::block_on(tunelab_wgpu::Context::new(Default::default()))?;
     let software = ctx.report().device_type == "Cpu";
     let mut out = Vec::new();
@@ -400,8 +410,15 @@ pub fn wgpu_matmul(
             tb: s.tb,
             b_shared: s.b_shared,
         };
-        let secs = bench(&ctx, &dims, iters)?;
-        out.push(matmul_result(what, &s, secs));
+        let tilings: &[(Tiling, &str)] = if software {
+            &[(Tiling::Auto, "wgsl-auto")]
+        } else {
+            &[(Tiling::Small, "wgsl-64"), (Tiling::Big, "wgsl-128")]
+        };
+        for &(tiling, kernel) in tilings {
+            let secs = bench(&ctx, &dims, tiling, iters)?;
+            out.push(matmul_result(what, kernel, &s, secs));
+        }
     }
     Ok((ctx.report().clone(), out))
 }

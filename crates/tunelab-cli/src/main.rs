@@ -373,13 +373,13 @@ fn run() -> anyhow::Result<()> {
 
 fn print_matmuls(rows: &[bench::MatmulResult]) {
     println!(
-        "{:<46} {:>16} {:>11} {:>9}",
-        "shape", "BxMxNxK", "median ms", "GFLOP/s"
+        "{:<46} {:>16} {:>10} {:>11} {:>9}",
+        "shape", "BxMxNxK", "kernel", "median ms", "GFLOP/s"
     );
     for r in rows {
         println!(
-            "{:<46} {:>16} {:>11.3} {:>9.1}",
-            r.what, r.shape, r.median_ms, r.gflops
+            "{:<46} {:>16} {:>10} {:>11.3} {:>9.1}",
+            r.what, r.shape, r.kernel, r.median_ms, r.gflops
         );
     }
 }

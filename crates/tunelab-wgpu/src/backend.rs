@@ -497,7 +497,7 @@ impl Backend for Wgpu {
         let (rows, c) = Self::rows_cols(x);
         let mut st = self.lock();
         let out = self.tensor(&mut st, Shape::new([c]), DType::F32)?;
-        let u = reduce::encode_sum_to_last(
+        let us = reduce::encode_sum_to_last(
             &self.ctx,
             self.encoder(&mut st),
             u32_of("sum_to_last", rows)?,
@@ -506,7 +506,7 @@ impl Backend for Wgpu {
             out.b(),
         )
         .map_err(dev)?;
-        st.temps.push(u);
+        st.temps.extend(us);
         Ok(out)
     }
 

@@ -33,6 +33,31 @@ pub const SEQUENCE: &str = include_str!("kernels/sequence.wgsl");
 /// Fused multi-head attention forward and backward with padding and causal masks.
 pub const ATTENTION: &str = include_str!("kernels/attention.wgsl");
 
+/// Attention for head sizes 16, 32 and 64, as written (D = 32); see [`attention_tiled`].
+pub const ATTENTION_TILED: &str = include_str!("kernels/attention_tiled.wgsl");
+
+/// The head sizes [`attention_tiled`] is compiled for.
+pub const ATTENTION_TILED_HEAD_SIZES: [u32; 3] = [16, 32, 64];
+
+/// `attention_tiled.wgsl` compiled for head size `d` as `(pipeline-cache name, source)`, or
+/// None for head sizes it does not cover (the general `attention.wgsl` serves those).
+pub fn attention_tiled(d: u32) -> Option<(&'static str, &'static str)> {
+    use std::sync::OnceLock;
+    static SOURCES: OnceLock<[String; 3]> = OnceLock::new();
+    const NAMES: [&str; 3] = [
+        "attention_tiled.wgsl(D=16)",
+        "attention_tiled.wgsl(D=32)",
+        "attention_tiled.wgsl(D=64)",
+    ];
+    let slot = ATTENTION_TILED_HEAD_SIZES.iter().position(|&x| x == d)?;
+    let sources = SOURCES.get_or_init(|| {
+        ATTENTION_TILED_HEAD_SIZES.map(|d| {
+            ATTENTION_TILED.replacen("const D: u32 = 32u;", &format!("const D: u32 = {d}u;"), 1)
+        })
+    });
+    Some((NAMES[slot], sources[slot].as_str()))
+}
+
 /// Every kernel as `(file name, source)`.
 pub const ALL: &[(&str, &str)] = &[
     ("elementwise.wgsl", ELEMENTWISE),
@@ -45,6 +70,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("embedding.wgsl", EMBEDDING),
     ("sequence.wgsl", SEQUENCE),
     ("attention.wgsl", ATTENTION),
+    ("attention_tiled.wgsl", ATTENTION_TILED),
 ];
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
@@ -65,6 +91,25 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
             assert!(!module.entry_points.is_empty(), "{name} has no entry point");
         }
+    }
+
+    /// Each head size's specialisation of the tiled attention kernel validates too, and
+    /// really is specialised.
+    #[test]
+    fn tiled_attention_specialisations_validate() {
+        for d in super::ATTENTION_TILED_HEAD_SIZES {
+            let (name, source) = super::attention_tiled(d).unwrap();
+            assert!(source.contains(&format!("const D: u32 = {d}u;")), "{name}");
+            let module = naga::front::wgsl::parse_str(source)
+                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::empty(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        }
+        assert!(super::attention_tiled(48).is_none());
     }
 
     #[test]

@@ -64,19 +64,35 @@ fn ln_backward_dx(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     }
 }
 
-// dparams holds dgamma (c values) then dbeta (c values).
-@compute @workgroup_size(256)
-fn ln_backward_params(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let j = (wg.y * p.row_stride + wg.x) * 256u + lid;
+// Partial sums of dgamma and dbeta over chunks of rows: workgroup (column block, chunk),
+// 64 columns x 4 lanes; lane l sums rows chunk_start + l, + 4, ... in order, then the four
+// lanes are added in order. dparams[chunk * 2c + j] = dgamma partial, [chunk * 2c + c + j] =
+// dbeta partial; reduce.wgsl's sum_to_last adds the chunks (fixed order: deterministic).
+// Here `row_stride` holds the rows per chunk.
+var<workgroup> lanes_g: array<f32, 256>;
+var<workgroup> lanes_b: array<f32, 256>;
+
+@compute @workgroup_size(64, 4, 1)
+fn ln_backward_params(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = wg.x * 64u + lid.x;
+    let r0 = wg.y * p.row_stride;
+    let r1 = min(r0 + p.row_stride, p.rows);
+    var dg = 0.0;
+    var db = 0.0;
     if (j < p.c) {
-        var dg = 0.0;
-        var db = 0.0;
-        for (var r = 0u; r < p.rows; r = r + 1u) {
+        for (var r = r0 + lid.y; r < r1; r = r + 4u) {
             let d = dy[r * p.c + j];
             dg = dg + d * (x[r * p.c + j] - mean_in[r]) * rstd_in[r];
             db = db + d;
         }
-        dparams[j] = dg;
-        dparams[p.c + j] = db;
+    }
+    lanes_g[lid.y * 64u + lid.x] = dg;
+    lanes_b[lid.y * 64u + lid.x] = db;
+    workgroupBarrier();
+    if (lid.y == 0u && j < p.c) {
+        let x0 = lid.x;
+        let o = wg.y * 2u * p.c;
+        dparams[o + j] = lanes_g[x0] + lanes_g[64u + x0] + lanes_g[128u + x0] + lanes_g[192u + x0];
+        dparams[o + p.c + j] = lanes_b[x0] + lanes_b[64u + x0] + lanes_b[128u + x0] + lanes_b[192u + x0];
     }
 }

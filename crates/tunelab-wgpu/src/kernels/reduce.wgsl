@@ -2,6 +2,9 @@
 //
 // add_bias:    out[r, c] = x[r, c] + bias[c]              one thread per element
 // sum_to_last: out[c] = sum_r x[r, c]                      one thread per column, rows in order
+// col_partials: out[chunk, c] = sum of x[r, c] over the chunk's `n` rows: workgroup (column
+//              block, chunk), 64 columns x 4 lanes, lane l summing rows start + l, + 4, ...
+//              in order, then the lanes in order; sum_to_last then adds the chunks.
 // sum_squares: partial[w] = sum of x^2 over workgroup w's 256 * 8 values (fixed tree order),
 //              then the same entry again over the partials (`square = 0`) until one remains.
 // Every sum runs in a fixed order, so results are deterministic.
@@ -39,6 +42,27 @@ fn sum_to_last(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
             s = s + x[r * p.cols + c];
         }
         out[c] = s;
+    }
+}
+
+var<workgroup> lanes: array<f32, 256>;
+
+@compute @workgroup_size(64, 4, 1)
+fn col_partials(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let c = wg.x * 64u + lid.x;
+    let r0 = wg.y * p.n;
+    let r1 = min(r0 + p.n, p.rows);
+    var s = 0.0;
+    if (c < p.cols) {
+        for (var r = r0 + lid.y; r < r1; r = r + 4u) {
+            s = s + x[r * p.cols + c];
+        }
+    }
+    lanes[lid.y * 64u + lid.x] = s;
+    workgroupBarrier();
+    if (lid.y == 0u && c < p.cols) {
+        let i = lid.x;
+        out[wg.y * p.cols + c] = lanes[i] + lanes[64u + i] + lanes[128u + i] + lanes[192u + i];
     }
 }
 

@@ -77,6 +77,52 @@ fn params(ctx: &Context, d: &Dims, has_mask: bool) -> Result<(Params, (u32, u32)
     ))
 }
 
+/// Query (or key) rows per workgroup of `attention_tiled.wgsl`.
+const TILED_ROWS: u32 = 32;
+
+/// The kernel for `d`: `attention_tiled.wgsl` compiled for the head size where it has a
+/// specialisation (one thread per row), else the general `attention.wgsl` (one workgroup per
+/// row), with the params and workgroup counts of its forward and backward-q/kv passes.
+fn kernel(ctx: &Context, d: &Dims, has_mask: bool) -> Result<Kernel, WgpuError> {
+    let (mut p, groups) = params(ctx, d, has_mask)?;
+    match kernels::attention_tiled(d.d) {
+        Some((name, source)) if d.t > 0 => {
+            let blocks =
+                u64::from(d.batch) * u64::from(d.heads) * u64::from(d.t.div_ceil(TILED_ROWS));
+            let blocks = u32::try_from(blocks).map_err(|_| WgpuError::LimitExceeded {
+                what: "attention row blocks (batch x heads x length / 32)".into(),
+                requested: blocks,
+                available: u64::from(u32::MAX),
+            })?;
+            let (gx, gy) = split_dispatch(
+                blocks.max(1),
+                ctx.report().limits.max_compute_workgroups_per_dimension,
+            );
+            p.row_stride = gx;
+            Ok(Kernel {
+                name,
+                source,
+                params: p,
+                groups: (gx, gy),
+            })
+        }
+        _ => Ok(Kernel {
+            name: K,
+            source: kernels::ATTENTION,
+            params: p,
+            groups,
+        }),
+    }
+}
+
+/// The attention pipeline chosen for a shape, its params and workgroup counts.
+struct Kernel {
+    name: &'static str,
+    source: &'static str,
+    params: Params,
+    groups: (u32, u32),
+}
+
 /// A one-word stand-in for an absent key mask (bindings cannot be left out).
 fn no_mask(ctx: &Context) -> wgpu::Buffer {
     upload(ctx, "attention.nomask", &[1.0])
@@ -93,15 +139,20 @@ pub fn encode_forward(
     out: &wgpu::Buffer,
     lse: &wgpu::Buffer,
 ) -> Result<Vec<wgpu::Buffer>, WgpuError> {
-    let (p, (gx, gy)) = params(ctx, d, key_mask.is_some())?;
+    let Kernel {
+        name,
+        source,
+        params: p,
+        groups: (gx, gy),
+    } = kernel(ctx, d, key_mask.is_some())?;
     let mut temps = Vec::new();
     let dummy = no_mask(ctx);
     let m = key_mask.unwrap_or(&dummy);
     temps.push(dispatch(
         ctx,
         enc,
-        K,
-        kernels::ATTENTION,
+        name,
+        source,
         "attn_forward",
         bytemuck::bytes_of(&p),
         &[(1, q), (2, k), (3, v), (4, m), (5, out), (6, lse)],
@@ -122,6 +173,12 @@ pub fn encode_backward(
     [dq, dk, dv]: [&wgpu::Buffer; 3],
 ) -> Result<Vec<wgpu::Buffer>, WgpuError> {
     let (p, (gx, gy)) = params(ctx, d, key_mask.is_some())?;
+    let Kernel {
+        name,
+        source,
+        params: tp,
+        groups: (tx, ty),
+    } = kernel(ctx, d, key_mask.is_some())?;
     let rows = d.rows();
     let stats = output(ctx, "attention.stats", 2 * rows);
     enc.copy_buffer_to_buffer(lse, 0, &stats, 0, rows.max(1) * 4);
@@ -138,11 +195,12 @@ pub fn encode_backward(
         &[(7, d_out), (8, out), (9, &stats)],
         (gx, gy, 1),
     );
+    let u = bytemuck::bytes_of(&tp);
     let b = dispatch(
         ctx,
         enc,
-        K,
-        kernels::ATTENTION,
+        name,
+        source,
         "attn_backward_q",
         u,
         &[
@@ -154,13 +212,13 @@ pub fn encode_backward(
             (7, d_out),
             (9, &stats),
         ],
-        (gx, gy, 1),
+        (tx, ty, 1),
     );
     let c = dispatch(
         ctx,
         enc,
-        K,
-        kernels::ATTENTION,
+        name,
+        source,
         "attn_backward_kv",
         u,
         &[
@@ -173,7 +231,7 @@ pub fn encode_backward(
             (7, d_out),
             (9, &stats),
         ],
-        (gx, gy, 1),
+        (tx, ty, 1),
     );
     Ok(vec![a, b, c, stats, dummy])
 }
@@ -313,6 +371,10 @@ mod tests {
             (1, 7, 3, 4, true, false),
             (2, 70, 2, 16, true, true),
             (1, 130, 1, 65, false, true),
+            // The tiled kernel's head sizes: rows past a 32-row block, keys past a block.
+            (2, 37, 3, 32, true, true),
+            (1, 33, 2, 64, false, true),
+            (1, 129, 1, 32, false, false),
         ] {
             let d = Dims {
                 batch,

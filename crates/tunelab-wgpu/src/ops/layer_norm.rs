@@ -1,7 +1,7 @@
 //! Layer norm forward and backward (`kernels/layer_norm.wgsl`,
 //! `kernels/layer_norm_backward.wgsl`).
 
-use super::{dispatch, groups_for, output, run_host, upload};
+use super::{dispatch, output, run_host, upload};
 use crate::{Context, WgpuError, kernels};
 
 #[repr(C)]
@@ -81,9 +81,23 @@ pub fn encode_backward(
         &[(1, x), (2, gamma), (3, mean), (4, rstd), (5, dy), (6, dx)],
         (gx, gy, 1),
     );
-    let (cx, cy) = groups_for(ctx, c, 256);
+    // dgamma and dbeta: partial sums over chunks of rows (many workgroups), then the
+    // chunks' column sums into dparams.
+    let chunk = super::reduce::chunk_rows(ctx, rows);
+    let chunks = rows.div_ceil(chunk).max(1);
+    let blocks = super::reduce::column_blocks(ctx, "layer_norm_backward", c)?;
+    let cols = c.checked_mul(2).ok_or(WgpuError::LimitExceeded {
+        what: "layer_norm_backward columns".into(),
+        requested: u64::from(c) * 2,
+        available: u64::from(u32::MAX),
+    })?;
+    let partials = output(
+        ctx,
+        "layer_norm.partials",
+        u64::from(chunks) * u64::from(cols),
+    );
     let pc = Params {
-        row_stride: cx,
+        row_stride: chunk,
         ..p
     };
     let b = dispatch(
@@ -93,10 +107,11 @@ pub fn encode_backward(
         kernels::LAYER_NORM_BACKWARD,
         "ln_backward_params",
         bytemuck::bytes_of(&pc),
-        &[(1, x), (3, mean), (4, rstd), (5, dy), (7, dparams)],
-        (cx, cy, 1),
+        &[(1, x), (3, mean), (4, rstd), (5, dy), (7, &partials)],
+        (blocks, chunks, 1),
     );
-    Ok(vec![a, b])
+    let sums = super::reduce::encode_column_sums(ctx, enc, chunks, cols, &partials, dparams)?;
+    Ok(vec![a, b, sums, partials])
 }
 
 /// Host-to-host forward: `(y, mean, rstd)`.

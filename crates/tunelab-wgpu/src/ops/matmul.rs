@@ -8,7 +8,42 @@
 use crate::{Context, WgpuError, kernels};
 use wgpu::util::DeviceExt;
 
-const TILE: u32 = 64;
+/// Which kernel computes a product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tiling {
+    /// [`Tiling::Big`] where the product has enough 128 × 128 tiles to keep a large GPU
+    /// busy, else [`Tiling::Small`].
+    Auto,
+    /// 64 × 64 tiles, 4 × 4 outputs per thread (`matmul`).
+    Small,
+    /// 128 × 128 tiles, 8 × 8 outputs per thread (`matmul_big`).
+    Big,
+}
+
+/// Products with at least this many 128 × 128 tiles use the big-tile kernel under
+/// [`Tiling::Auto`] (fewer would leave many of a large GPU's multiprocessors idle).
+pub const BIG_MIN_TILES: u64 = 192;
+
+impl Tiling {
+    /// Tile edge and entry point for `d`.
+    fn kernel(self, d: &Dims) -> (u32, &'static str) {
+        let big = match self {
+            Tiling::Small => false,
+            Tiling::Big => true,
+            Tiling::Auto => {
+                let tiles = u64::from(d.batch)
+                    * u64::from(d.m.div_ceil(128))
+                    * u64::from(d.n.div_ceil(128));
+                tiles >= BIG_MIN_TILES
+            }
+        };
+        if big {
+            (128, "matmul_big")
+        } else {
+            (64, "matmul")
+        }
+    }
+}
 
 /// The problem: `batch` products of `(m, k) @ (k, n)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,15 +128,31 @@ pub fn encode(
     bias: Option<&wgpu::Buffer>,
     c: &wgpu::Buffer,
 ) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+    encode_tiled(ctx, encoder, d, Tiling::Auto, a, b, bias, c)
+}
+
+/// [`encode`] with the kernel chosen by `tiling`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_tiled(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    d: &Dims,
+    tiling: Tiling,
+    a: &wgpu::Buffer,
+    b: &wgpu::Buffer,
+    bias: Option<&wgpu::Buffer>,
+    c: &wgpu::Buffer,
+) -> Result<Vec<wgpu::Buffer>, WgpuError> {
     check(ctx, d)?;
     if d.c_len() == 0 {
         return Ok(Vec::new());
     }
     let device = &ctx.device;
-    let pipeline = ctx.pipeline("matmul.wgsl", kernels::MATMUL, "matmul");
+    let (tile, entry) = tiling.kernel(d);
+    let pipeline = ctx.pipeline("matmul.wgsl", kernels::MATMUL, entry);
     let layout = pipeline.get_bind_group_layout(0);
     let max = ctx.report().limits.max_compute_workgroups_per_dimension;
-    let gx = d.n.div_ceil(TILE);
+    let gx = d.n.div_ceil(tile);
     if gx > max {
         return Err(WgpuError::LimitExceeded {
             what: format!("matmul with N = {} (workgroups along N)", d.n),
@@ -109,7 +160,7 @@ pub fn encode(
             available: u64::from(max),
         });
     }
-    let row_tiles = d.m.div_ceil(TILE);
+    let row_tiles = d.m.div_ceil(tile);
     let dummy;
     let bias_buf = match bias {
         Some(b) => b,
@@ -124,7 +175,7 @@ pub fn encode(
         }
     };
     let mut uniforms = Vec::new();
-    let mut pass = ctx.begin_pass(encoder, "matmul");
+    let mut pass = ctx.begin_pass(encoder, entry);
     pass.set_pipeline(&pipeline);
     let mut batch0 = 0;
     while batch0 < d.batch {
@@ -210,6 +261,18 @@ pub async fn matmul(
     b: &[f32],
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>, WgpuError> {
+    matmul_tiled(ctx, d, Tiling::Auto, a, b, bias).await
+}
+
+/// [`matmul`] with the kernel chosen by `tiling`.
+pub async fn matmul_tiled(
+    ctx: &Context,
+    d: &Dims,
+    tiling: Tiling,
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>, WgpuError> {
     if a.len() as u64 != d.a_len() || b.len() as u64 != d.b_len() {
         return Err(WgpuError::Shape(format!(
             "matmul: {d:?} needs A of {} and B of {} values, got {} and {}",
@@ -242,7 +305,7 @@ pub async fn matmul(
                 mapped_at_creation: false,
             });
             let mut enc = ctx.device.create_command_encoder(&Default::default());
-            let uniforms = encode(ctx, &mut enc, d, &ab, &bb, biasb.as_ref(), &cb)?;
+            let uniforms = encode_tiled(ctx, &mut enc, d, tiling, &ab, &bb, biasb.as_ref(), &cb)?;
             ctx.queue.submit([enc.finish()]);
             for u in uniforms {
                 u.destroy();
@@ -264,7 +327,7 @@ pub async fn matmul(
 /// submissions (after a warm-up), each recording enough back-to-back dispatches to take about
 /// 20 ms, so the per-submission latency does not count as kernel time.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn bench(ctx: &Context, d: &Dims, iters: usize) -> Result<f64, WgpuError> {
+pub fn bench(ctx: &Context, d: &Dims, tiling: Tiling, iters: usize) -> Result<f64, WgpuError> {
     check(ctx, d)?;
     let fill = |n: u64| -> Vec<f32> { (0..n).map(|i| ((i % 97) as f32) * 0.01).collect() };
     let ab = storage(ctx, "bench.a", &fill(d.a_len()));
@@ -280,7 +343,7 @@ pub fn bench(ctx: &Context, d: &Dims, iters: usize) -> Result<f64, WgpuError> {
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         let mut uniforms = Vec::new();
         for _ in 0..reps {
-            uniforms.extend(encode(ctx, &mut enc, d, &ab, &bb, None, &cb)?);
+            uniforms.extend(encode_tiled(ctx, &mut enc, d, tiling, &ab, &bb, None, &cb)?);
         }
         ctx.queue.submit([enc.finish()]);
         ctx.device
@@ -351,6 +414,9 @@ mod tests {
             (2, 65, 63, 17),
             (3, 1, 130, 33),
             (1, 70, 1, 129),
+            // Edges of the 128-tile kernel: one row/column past a tile, K not a multiple of 8.
+            (1, 129, 257, 13),
+            (2, 127, 128, 8),
         ];
         for &(batch, m, n, k) in &shapes {
             for (ta, tb, shared, with_bias) in [
@@ -376,13 +442,16 @@ mod tests {
                     .collect();
                 let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 1.0).collect();
                 let bias = with_bias.then_some(bias.as_slice());
-                let got = pollster::block_on(matmul(&ctx, &d, &a, &b, bias)).unwrap();
                 let want = reference(&d, &a, &b, bias);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                        "{d:?} bias={with_bias} at {i}: {g} vs {w}"
-                    );
+                for tiling in [Tiling::Small, Tiling::Big] {
+                    let got =
+                        pollster::block_on(matmul_tiled(&ctx, &d, tiling, &a, &b, bias)).unwrap();
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                            "{tiling:?} {d:?} bias={with_bias} at {i}: {g} vs {w}"
+                        );
+                    }
                 }
             }
         }

@@ -60,8 +60,87 @@ pub fn encode_add_bias(
     ))
 }
 
-/// Records `out (cols,) = sum over rows of x (rows, cols)`.
+/// Rows per chunk of the column sums' first pass.
+const CHUNK_ROWS: u32 = 64;
+
+/// Rows per chunk for `rows` rows: [`CHUNK_ROWS`], doubled until the chunks fit one dispatch
+/// dimension.
+pub(crate) fn chunk_rows(ctx: &Context, rows: u32) -> u32 {
+    let max = ctx
+        .report()
+        .limits
+        .max_compute_workgroups_per_dimension
+        .max(1);
+    let mut chunk = CHUNK_ROWS;
+    while rows.div_ceil(chunk) > max {
+        chunk *= 2;
+    }
+    chunk
+}
+
+/// Column blocks of 64 for the chunked column sums (one dispatch dimension).
+pub(crate) fn column_blocks(ctx: &Context, what: &str, cols: u32) -> Result<u32, WgpuError> {
+    let blocks = cols.div_ceil(64);
+    let max = ctx.report().limits.max_compute_workgroups_per_dimension;
+    if blocks > max {
+        return Err(WgpuError::LimitExceeded {
+            what: format!("{what}: column blocks of 64 for {cols} columns"),
+            requested: u64::from(blocks),
+            available: u64::from(max),
+        });
+    }
+    Ok(blocks.max(1))
+}
+
+/// Records `out (cols,) = sum over rows of x (rows, cols)`: for more than 64 rows, partial
+/// sums over chunks of rows (64 columns x 4 lanes per workgroup) then the chunks' sum, so
+/// the work spreads over many workgroups. Returns the temporaries.
 pub fn encode_sum_to_last(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    rows: u32,
+    cols: u32,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+    let n = len(rows, cols)?;
+    ctx.check_binding("sum_to_last input", u64::from(n) * 4)?;
+    if rows <= CHUNK_ROWS {
+        return Ok(vec![encode_column_sums(ctx, enc, rows, cols, x, out)?]);
+    }
+    let chunk = chunk_rows(ctx, rows);
+    let chunks = rows.div_ceil(chunk);
+    let blocks = column_blocks(ctx, "sum_to_last", cols)?;
+    let partials = output(
+        ctx,
+        "sum_to_last.partials",
+        u64::from(chunks) * u64::from(cols),
+    );
+    let p = Params {
+        rows,
+        cols,
+        n: chunk,
+        row_stride: 0,
+        square: 0,
+        pad: [0; 3],
+    };
+    let first = dispatch(
+        ctx,
+        enc,
+        K,
+        kernels::REDUCE,
+        "col_partials",
+        bytemuck::bytes_of(&p),
+        &[(1, x), (3, &partials)],
+        (blocks, chunks, 1),
+    );
+    let second = encode_column_sums(ctx, enc, chunks, cols, &partials, out)?;
+    Ok(vec![first, second, partials])
+}
+
+/// Records `out (cols,) = sum over rows of x (rows, cols)` with one thread per column,
+/// adding the rows in order (for few rows, and for the chunk partials). Returns the uniform.
+pub(crate) fn encode_column_sums(
     ctx: &Context,
     enc: &mut wgpu::CommandEncoder,
     rows: u32,
@@ -70,7 +149,6 @@ pub fn encode_sum_to_last(
     out: &wgpu::Buffer,
 ) -> Result<wgpu::Buffer, WgpuError> {
     let n = len(rows, cols)?;
-    ctx.check_binding("sum_to_last input", u64::from(n) * 4)?;
     let (gx, gy) = groups_for(ctx, cols, 256);
     let p = Params {
         rows,
@@ -203,8 +281,9 @@ pub async fn sum_to_last(ctx: &Context, x: &[f32], cols: usize) -> Result<Vec<f3
     let mut out = run_host(ctx, |enc| {
         let xb = upload(ctx, "x", x);
         let ob = output(ctx, "out", cols as u64);
-        let u = encode_sum_to_last(ctx, enc, rows, cols as u32, &xb, &ob)?;
-        Ok((vec![u, xb], vec![(ob, cols)]))
+        let mut temps = encode_sum_to_last(ctx, enc, rows, cols as u32, &xb, &ob)?;
+        temps.push(xb);
+        Ok((temps, vec![(ob, cols)]))
     })
     .await?;
     Ok(out.remove(0))
