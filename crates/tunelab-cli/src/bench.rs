@@ -66,6 +66,20 @@ pub struct Result {
     /// the step's wall time is recording, submission and waiting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_ms_per_step: Option<f64>,
+    /// CPU time the stepping thread spent per timed step (Linux), in ms: on a GPU backend
+    /// that is recording and submitting the step's commands, not waiting for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cpu_ms: Option<f64>,
+}
+
+/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, Linux).
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn peak_rss_mib() -> f64 {
@@ -203,13 +217,19 @@ fn run_on<B: Backend>(
         ))
     };
     let mut times = Vec::new();
+    let mut cpu_ns = 0u64;
     for i in 0..warmup + steps {
+        let cpu0 = thread_cpu_ns();
         let start = Instant::now();
         step(&mut store)?;
         if i >= warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
+            if let (Some(a), Some(b)) = (cpu0, thread_cpu_ns()) {
+                cpu_ns += b.saturating_sub(a);
+            }
         }
     }
+    let host_cpu_ms = (cpu_ns > 0).then(|| cpu_ns as f64 / 1e6 / steps.max(1) as f64);
     // Profiled steps run after the timed ones, so timestamp queries do not touch the timings.
     let (mut kernels, mut gpu_ms_per_step) = (None, None);
     if let Some(ctx) = profiler {
@@ -248,6 +268,7 @@ fn run_on<B: Backend>(
         peak_rss_mib: peak_rss_mib(),
         kernels,
         gpu_ms_per_step,
+        host_cpu_ms,
     })
 }
 

@@ -334,6 +334,9 @@ fn run() -> anyhow::Result<()> {
                     r.tokens_per_s,
                     r.peak_rss_mib
                 );
+                if on_wgpu && let Some(cpu) = r.host_cpu_ms {
+                    println!("  CPU time of the stepping thread: {cpu:.2} ms per step");
+                }
                 if let (Some(kernels), Some(gpu)) = (&r.kernels, r.gpu_ms_per_step) {
                     print_profile(kernels, gpu, r.median_ms);
                 }

@@ -12,7 +12,8 @@
 //!   check and the deterministic scatter-add's sort need no readback.
 
 use crate::ops::{
-    self, attention, elementwise::Op, embedding, layer_norm, loss, matmul, optim, reduce, sequence,
+    self, Recorder, attention, elementwise::Op, embedding, layer_norm, loss, matmul, optim, reduce,
+    sequence,
 };
 use crate::{Context, WgpuError};
 use std::collections::HashMap;
@@ -85,9 +86,8 @@ pub struct PoolStats {
 
 #[derive(Debug, Default)]
 struct State {
-    encoder: Option<wgpu::CommandEncoder>,
-    /// Uniforms and scratch buffers of recorded dispatches: destroyed after the submission.
-    temps: Vec<wgpu::Buffer>,
+    /// The pending commands, with their uniforms and scratch buffers.
+    encoder: Option<Recorder>,
     free: HashMap<u64, Vec<wgpu::Buffer>>,
     live_buffers: usize,
     live_bytes: u64,
@@ -192,14 +192,8 @@ impl Wgpu {
         })
     }
 
-    fn encoder<'a>(&self, st: &'a mut State) -> &'a mut wgpu::CommandEncoder {
-        st.encoder.get_or_insert_with(|| {
-            self.ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("step"),
-                })
-        })
+    fn encoder<'a>(&self, st: &'a mut State) -> &'a mut Recorder {
+        st.encoder.get_or_insert_with(|| Recorder::new(&self.ctx))
     }
 
     /// Submits what was recorded; retired buffers become reusable; scratch buffers are freed.
@@ -210,10 +204,7 @@ impl Wgpu {
 
     fn flush_locked(&self, st: &mut State) {
         if let Some(enc) = st.encoder.take() {
-            self.ctx.queue.submit([enc.finish()]);
-        }
-        for t in st.temps.drain(..) {
-            t.destroy();
+            enc.submit(&self.ctx);
         }
         let retired: Vec<(u64, wgpu::Buffer)> = match self.retired.lock() {
             Ok(mut r) => r.drain(..).collect(),
@@ -277,7 +268,7 @@ impl Wgpu {
         let mut st = self.lock();
         let out = self.tensor(&mut st, a.shape.clone(), DType::F32)?;
         if n > 0 {
-            let u = ops::elementwise::encode(
+            ops::elementwise::encode(
                 &self.ctx,
                 self.encoder(&mut st),
                 op,
@@ -289,7 +280,6 @@ impl Wgpu {
                 out.b(),
             )
             .map_err(dev)?;
-            st.temps.push(u);
         }
         Ok(out)
     }
@@ -453,7 +443,7 @@ impl Backend for Wgpu {
             self.encoder(&mut st).clear_buffer(out.b(), 0, Some(size));
             return Ok(out);
         }
-        let us = matmul::encode(
+        matmul::encode(
             &self.ctx,
             self.encoder(&mut st),
             &dims,
@@ -463,7 +453,6 @@ impl Backend for Wgpu {
             out.b(),
         )
         .map_err(dev)?;
-        st.temps.extend(us);
         Ok(out)
     }
 
@@ -478,7 +467,7 @@ impl Backend for Wgpu {
         let mut st = self.lock();
         let out = self.tensor(&mut st, x.shape.clone(), DType::F32)?;
         if rows * c > 0 {
-            let u = reduce::encode_add_bias(
+            reduce::encode_add_bias(
                 &self.ctx,
                 self.encoder(&mut st),
                 u32_of("add_bias", rows)?,
@@ -488,7 +477,6 @@ impl Backend for Wgpu {
                 out.b(),
             )
             .map_err(dev)?;
-            st.temps.push(u);
         }
         Ok(out)
     }
@@ -497,7 +485,7 @@ impl Backend for Wgpu {
         let (rows, c) = Self::rows_cols(x);
         let mut st = self.lock();
         let out = self.tensor(&mut st, Shape::new([c]), DType::F32)?;
-        let us = reduce::encode_sum_to_last(
+        reduce::encode_sum_to_last(
             &self.ctx,
             self.encoder(&mut st),
             u32_of("sum_to_last", rows)?,
@@ -506,7 +494,6 @@ impl Backend for Wgpu {
             out.b(),
         )
         .map_err(dev)?;
-        st.temps.extend(us);
         Ok(out)
     }
 
@@ -573,7 +560,7 @@ impl Backend for Wgpu {
         let y = self.tensor(&mut st, x.shape.clone(), DType::F32)?;
         let mean = self.tensor(&mut st, Shape::new([rows]), DType::F32)?;
         let rstd = self.tensor(&mut st, Shape::new([rows]), DType::F32)?;
-        let u = layer_norm::encode_forward(
+        layer_norm::encode_forward(
             &self.ctx,
             self.encoder(&mut st),
             u32_of("layer_norm", rows)?,
@@ -583,7 +570,6 @@ impl Backend for Wgpu {
             [y.b(), mean.b(), rstd.b()],
         )
         .map_err(dev)?;
-        st.temps.push(u);
         Ok((y, LayerNormSaved { mean, rstd }))
     }
 
@@ -602,7 +588,7 @@ impl Backend for Wgpu {
         let dbeta = self.tensor(&mut st, Shape::new([c]), DType::F32)?;
         let dparams = ops::output(&self.ctx, "ln.dparams", 2 * c as u64);
         let enc = self.encoder(&mut st);
-        let us = layer_norm::encode_backward(
+        layer_norm::encode_backward(
             &self.ctx,
             enc,
             u32_of("layer_norm_backward", rows)?,
@@ -617,8 +603,7 @@ impl Backend for Wgpu {
             enc.copy_buffer_to_buffer(&dparams, 0, dgamma.b(), 0, bytes);
             enc.copy_buffer_to_buffer(&dparams, bytes, dbeta.b(), 0, bytes);
         }
-        st.temps.extend(us);
-        st.temps.push(dparams);
+        enc.keep(dparams);
         Ok((dx, dgamma, dbeta))
     }
 
@@ -639,7 +624,7 @@ impl Backend for Wgpu {
             Shape::new([d.batch as usize, heads, d.t as usize]),
             DType::F32,
         )?;
-        let us = attention::encode_forward(
+        attention::encode_forward(
             &self.ctx,
             self.encoder(&mut st),
             &d,
@@ -649,7 +634,6 @@ impl Backend for Wgpu {
             lse.b(),
         )
         .map_err(dev)?;
-        st.temps.extend(us);
         Ok((out, lse))
     }
 
@@ -670,7 +654,7 @@ impl Backend for Wgpu {
         let dq = self.tensor(&mut st, q.shape.clone(), DType::F32)?;
         let dk = self.tensor(&mut st, q.shape.clone(), DType::F32)?;
         let dv = self.tensor(&mut st, q.shape.clone(), DType::F32)?;
-        let us = attention::encode_backward(
+        attention::encode_backward(
             &self.ctx,
             self.encoder(&mut st),
             &d,
@@ -679,7 +663,6 @@ impl Backend for Wgpu {
             [dq.b(), dk.b(), dv.b()],
         )
         .map_err(dev)?;
-        st.temps.extend(us);
         Ok((dq, dk, dv))
     }
 
@@ -710,7 +693,7 @@ impl Backend for Wgpu {
         let mut st = self.lock();
         let out = self.tensor(&mut st, Shape::new(dims), DType::F32)?;
         if n * c > 0 {
-            let u = embedding::encode_gather(
+            embedding::encode_gather(
                 &self.ctx,
                 self.encoder(&mut st),
                 u32_of(op, n)?,
@@ -720,7 +703,6 @@ impl Backend for Wgpu {
                 out.b(),
             )
             .map_err(dev)?;
-            st.temps.push(u);
         }
         Ok(out)
     }
@@ -754,7 +736,7 @@ impl Backend for Wgpu {
             ops::upload_u32(&self.ctx, "starts", &csr.starts),
             ops::upload_u32(&self.ctx, "uniq", &csr.uniq),
         ];
-        let us = embedding::encode_scatter_add(
+        embedding::encode_scatter_add(
             &self.ctx,
             self.encoder(&mut st),
             u32_of(op, vocab)?,
@@ -765,8 +747,10 @@ impl Backend for Wgpu {
             out.b(),
         )
         .map_err(dev)?;
-        st.temps.extend(us);
-        st.temps.extend(bufs);
+        let enc = self.encoder(&mut st);
+        for b in bufs {
+            enc.keep(b);
+        }
         Ok(out)
     }
 
@@ -788,7 +772,7 @@ impl Backend for Wgpu {
             DType::F32,
         )?;
         if out.numel() > 0 {
-            let u = sequence::encode_concat(
+            sequence::encode_concat(
                 &self.ctx,
                 self.encoder(&mut st),
                 u32_of("concat_seq", ad[0])?,
@@ -800,7 +784,6 @@ impl Backend for Wgpu {
                 out.b(),
             )
             .map_err(dev)?;
-            st.temps.push(u);
         }
         Ok(out)
     }
@@ -816,7 +799,7 @@ impl Backend for Wgpu {
         let mut st = self.lock();
         let out = self.tensor(&mut st, Shape::new([d[0], len, d[2]]), DType::F32)?;
         if out.numel() > 0 {
-            let u = sequence::encode_slice(
+            sequence::encode_slice(
                 &self.ctx,
                 self.encoder(&mut st),
                 u32_of("slice_seq", d[0])?,
@@ -828,7 +811,6 @@ impl Backend for Wgpu {
                 out.b(),
             )
             .map_err(dev)?;
-            st.temps.push(u);
         }
         Ok(out)
     }
@@ -837,7 +819,7 @@ impl Backend for Wgpu {
         let (rows, k) = self.ce_dims(logits, labels)?;
         let mut st = self.lock();
         let out = self.tensor(&mut st, Shape::new([1]), DType::F32)?;
-        let us = loss::encode_sum(
+        loss::encode_sum(
             &self.ctx,
             self.encoder(&mut st),
             rows,
@@ -847,7 +829,6 @@ impl Backend for Wgpu {
             out.b(),
         )
         .map_err(dev)?;
-        st.temps.extend(us);
         Ok(out)
     }
 
@@ -860,7 +841,7 @@ impl Backend for Wgpu {
         let (rows, k) = self.ce_dims(logits, labels)?;
         let mut st = self.lock();
         let out = self.tensor(&mut st, logits.shape.clone(), DType::F32)?;
-        let u = loss::encode_backward(
+        loss::encode_backward(
             &self.ctx,
             self.encoder(&mut st),
             rows,
@@ -871,7 +852,6 @@ impl Backend for Wgpu {
             out.b(),
         )
         .map_err(dev)?;
-        st.temps.push(u);
         Ok(out)
     }
 
@@ -879,9 +859,8 @@ impl Backend for Wgpu {
         let n = u32_of("sum_squares", x.numel())?;
         let mut st = self.lock();
         let out = self.tensor(&mut st, Shape::new([1]), DType::F32)?;
-        let us = reduce::encode_sum_squares(&self.ctx, self.encoder(&mut st), n, x.b(), out.b())
+        reduce::encode_sum_squares(&self.ctx, self.encoder(&mut st), n, x.b(), out.b())
             .map_err(dev)?;
-        st.temps.extend(us);
         Ok(out)
     }
 
@@ -903,7 +882,7 @@ impl Backend for Wgpu {
         let m2 = self.tensor(&mut st, param.shape.clone(), DType::F32)?;
         let v2 = self.tensor(&mut st, param.shape.clone(), DType::F32)?;
         if n > 0 {
-            let u = optim::encode(
+            optim::encode(
                 &self.ctx,
                 self.encoder(&mut st),
                 n,
@@ -913,7 +892,6 @@ impl Backend for Wgpu {
                 [p2.b(), m2.b(), v2.b()],
             )
             .map_err(dev)?;
-            st.temps.push(u);
         }
         Ok((p2, m2, v2))
     }

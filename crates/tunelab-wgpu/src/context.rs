@@ -73,6 +73,10 @@ pub struct Context {
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
     /// GPU time per kernel while profiling ([`Context::start_profiling`]).
     profiler: Mutex<Option<Profiler>>,
+    /// Uniform pages not in use by a recorder (`ops::Recorder`).
+    uniform_pages: Mutex<Vec<wgpu::Buffer>>,
+    /// A storage buffer holding 1.0, bound where an optional input is absent.
+    one: std::sync::OnceLock<wgpu::Buffer>,
 }
 
 /// Timestamp pairs one query set holds (WebGPU allows 4096 queries per set).
@@ -187,6 +191,8 @@ impl Context {
             uncaptured,
             pipelines: Mutex::new(HashMap::new()),
             profiler: Mutex::new(None),
+            uniform_pages: Mutex::new(Vec::new()),
+            one: std::sync::OnceLock::new(),
         })
     }
 
@@ -370,6 +376,37 @@ impl Context {
         Ok(())
     }
 
+    /// A read-only storage buffer holding the single value 1.0: bound in place of an absent
+    /// optional input (a key mask of all ones, a bias the kernel does not read), since
+    /// bindings cannot be left out.
+    pub(crate) fn one(&self) -> wgpu::Buffer {
+        self.one
+            .get_or_init(|| crate::ops::upload(self, "one", &[1.0]))
+            .clone()
+    }
+
+    /// A uniform page from the pool, or a new one.
+    pub(crate) fn uniform_page(&self) -> wgpu::Buffer {
+        lock(&self.uniform_pages).pop().unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("uniforms"),
+                size: crate::ops::UNIFORM_PAGE,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// Takes back pages whose recorder was submitted.
+    pub(crate) fn return_uniform_pages(&self, pages: impl IntoIterator<Item = wgpu::Buffer>) {
+        lock(&self.uniform_pages).extend(pages);
+    }
+
+    /// Uniform pages in the pool (for tests).
+    pub fn pooled_uniform_pages(&self) -> usize {
+        lock(&self.uniform_pages).len()
+    }
+
     /// The first device error reported since the last call, if any.
     pub(crate) fn take_error(&self) -> Option<String> {
         self.uncaptured.lock().ok().and_then(|mut e| e.take())
@@ -507,6 +544,7 @@ pub(crate) mod tests {
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod profile_tests {
     use crate::WgpuError;
+    use crate::ops::Recorder;
     use crate::ops::elementwise::{Op, encode};
 
     /// Every pass recorded while profiling is timed and counted under its kernel, across
@@ -525,21 +563,20 @@ mod profile_tests {
         let a = crate::ops::upload(&ctx, "a", &vec![1.0; n as usize]);
         let out = crate::ops::output(&ctx, "out", u64::from(n));
         let (adds, scales) = (super::PAIRS_PER_SET as usize + 5, 7);
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        let mut temps = Vec::new();
+        let mut enc = Recorder::new(&ctx);
         for i in 0..adds + scales {
             let op = if i < adds { Op::Add } else { Op::Scale };
-            temps.push(encode(&ctx, &mut enc, op, n, 2.0, 0.0, &a, Some(&a), &out).unwrap());
+            encode(&ctx, &mut enc, op, n, 2.0, 0.0, &a, Some(&a), &out).unwrap();
         }
-        ctx.queue.submit([enc.finish()]);
+        enc.submit(&ctx);
         pollster::block_on(ctx.collect_profile()).unwrap();
         // Collected rounds may be discarded (warm-up) and profiling goes on afterwards.
         ctx.reset_profile();
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let mut enc = Recorder::new(&ctx);
         for _ in 0..3 {
-            temps.push(encode(&ctx, &mut enc, Op::Add, n, 1.0, 0.0, &a, Some(&a), &out).unwrap());
+            encode(&ctx, &mut enc, Op::Add, n, 1.0, 0.0, &a, Some(&a), &out).unwrap();
         }
-        ctx.queue.submit([enc.finish()]);
+        enc.submit(&ctx);
         pollster::block_on(ctx.collect_profile()).unwrap();
         let (rows, untimed) = ctx.stop_profiling();
         assert_eq!(untimed, 0);
@@ -549,12 +586,12 @@ mod profile_tests {
 
         // The first round, kept this time: both kernels, every pass.
         ctx.start_profiling().unwrap();
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let mut enc = Recorder::new(&ctx);
         for i in 0..adds + scales {
             let op = if i < adds { Op::Add } else { Op::Scale };
-            temps.push(encode(&ctx, &mut enc, op, n, 2.0, 0.0, &a, Some(&a), &out).unwrap());
+            encode(&ctx, &mut enc, op, n, 2.0, 0.0, &a, Some(&a), &out).unwrap();
         }
-        ctx.queue.submit([enc.finish()]);
+        enc.submit(&ctx);
         pollster::block_on(ctx.collect_profile()).unwrap();
         let (rows, untimed) = ctx.stop_profiling();
         assert_eq!(untimed, 0);
@@ -562,13 +599,10 @@ mod profile_tests {
         assert!(passes.contains(&("add", adds as u64)), "{passes:?}");
         assert!(passes.contains(&("scale", scales as u64)), "{passes:?}");
         // A stopped profiler records nothing.
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        temps.push(encode(&ctx, &mut enc, Op::Add, n, 1.0, 0.0, &a, Some(&a), &out).unwrap());
-        ctx.queue.submit([enc.finish()]);
+        let mut enc = Recorder::new(&ctx);
+        encode(&ctx, &mut enc, Op::Add, n, 1.0, 0.0, &a, Some(&a), &out).unwrap();
+        enc.submit(&ctx);
         pollster::block_on(ctx.collect_profile()).unwrap();
         assert_eq!(ctx.stop_profiling(), (Vec::new(), 0));
-        for t in temps {
-            t.destroy();
-        }
     }
 }

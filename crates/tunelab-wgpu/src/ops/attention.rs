@@ -1,7 +1,7 @@
 //! Fused multi-head attention forward and backward (`kernels/attention.wgsl`), with a key
 //! padding mask and a causal mask, returning the row log-sum-exp the backward pass uses.
 
-use super::{dispatch, output, run_host, split_dispatch, upload};
+use super::{Recorder, dispatch, output, run_host, split_dispatch, upload};
 use crate::{Context, WgpuError, kernels};
 
 /// The problem: `q, k, v` are `(batch, t, heads * d)`.
@@ -123,32 +123,26 @@ struct Kernel {
     groups: (u32, u32),
 }
 
-/// A one-word stand-in for an absent key mask (bindings cannot be left out).
-fn no_mask(ctx: &Context) -> wgpu::Buffer {
-    upload(ctx, "attention.nomask", &[1.0])
-}
-
-/// Records the forward pass: `out` and `lse (batch, heads, t)`. Returns the temporaries.
+/// Records the forward pass: `out` and `lse (batch, heads, t)`.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_forward(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     d: &Dims,
     [q, k, v]: [&wgpu::Buffer; 3],
     key_mask: Option<&wgpu::Buffer>,
     out: &wgpu::Buffer,
     lse: &wgpu::Buffer,
-) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+) -> Result<(), WgpuError> {
     let Kernel {
         name,
         source,
         params: p,
         groups: (gx, gy),
     } = kernel(ctx, d, key_mask.is_some())?;
-    let mut temps = Vec::new();
-    let dummy = no_mask(ctx);
+    let dummy = ctx.one();
     let m = key_mask.unwrap_or(&dummy);
-    temps.push(dispatch(
+    dispatch(
         ctx,
         enc,
         name,
@@ -157,21 +151,20 @@ pub fn encode_forward(
         bytemuck::bytes_of(&p),
         &[(1, q), (2, k), (3, v), (4, m), (5, out), (6, lse)],
         (gx, gy, 1),
-    ));
-    temps.push(dummy);
-    Ok(temps)
+    );
+    Ok(())
 }
 
-/// Records the backward pass into `dq`, `dk`, `dv`. Returns the temporaries.
+/// Records the backward pass into `dq`, `dk`, `dv`.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     d: &Dims,
     [q, k, v, out, lse, d_out]: [&wgpu::Buffer; 6],
     key_mask: Option<&wgpu::Buffer>,
     [dq, dk, dv]: [&wgpu::Buffer; 3],
-) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+) -> Result<(), WgpuError> {
     let (p, (gx, gy)) = params(ctx, d, key_mask.is_some())?;
     let Kernel {
         name,
@@ -182,10 +175,10 @@ pub fn encode_backward(
     let rows = d.rows();
     let stats = output(ctx, "attention.stats", 2 * rows);
     enc.copy_buffer_to_buffer(lse, 0, &stats, 0, rows.max(1) * 4);
-    let dummy = no_mask(ctx);
+    let dummy = ctx.one();
     let m = key_mask.unwrap_or(&dummy);
     let u = bytemuck::bytes_of(&p);
-    let a = dispatch(
+    dispatch(
         ctx,
         enc,
         K,
@@ -196,7 +189,7 @@ pub fn encode_backward(
         (gx, gy, 1),
     );
     let u = bytemuck::bytes_of(&tp);
-    let b = dispatch(
+    dispatch(
         ctx,
         enc,
         name,
@@ -214,7 +207,7 @@ pub fn encode_backward(
         ],
         (tx, ty, 1),
     );
-    let c = dispatch(
+    dispatch(
         ctx,
         enc,
         name,
@@ -233,7 +226,8 @@ pub fn encode_backward(
         ],
         (tx, ty, 1),
     );
-    Ok(vec![a, b, c, stats, dummy])
+    enc.keep(stats);
+    Ok(())
 }
 
 fn check(d: &Dims, q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>) -> Result<(), WgpuError> {
@@ -278,7 +272,7 @@ pub async fn forward(
             output(ctx, "out", n as u64),
             output(ctx, "lse", rows as u64),
         );
-        let mut temps = encode_forward(
+        encode_forward(
             ctx,
             enc,
             d,
@@ -287,7 +281,7 @@ pub async fn forward(
             &ob,
             &lb,
         )?;
-        temps.extend(ins);
+        let mut temps = Vec::from(ins);
         temps.extend(mb);
         Ok((temps, vec![(ob, n), (lb, rows)]))
     })
@@ -331,7 +325,7 @@ pub async fn backward(
             output(ctx, "dk", n as u64),
             output(ctx, "dv", n as u64),
         ];
-        let mut temps = encode_backward(
+        encode_backward(
             ctx,
             enc,
             d,
@@ -339,7 +333,7 @@ pub async fn backward(
             mb.as_ref(),
             [&outs[0], &outs[1], &outs[2]],
         )?;
-        temps.extend(ins);
+        let mut temps = Vec::from(ins);
         temps.extend(mb);
         let [a, b, c] = outs;
         Ok((temps, vec![(a, n), (b, n), (c, n)]))

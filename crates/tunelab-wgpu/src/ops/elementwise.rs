@@ -4,7 +4,7 @@
 //! [`encode`] records one op into a caller's encoder on device buffers; [`run`] and
 //! [`axpby`] are host-to-host conveniences (tests, examples).
 
-use super::split_dispatch;
+use super::{Recorder, dispatch, split_dispatch};
 use crate::{Context, WgpuError, kernels};
 use wgpu::util::DeviceExt;
 
@@ -63,12 +63,11 @@ struct Params {
     beta: f32,
 }
 
-/// Records `out = op(a, b)` over `n` values into `encoder`. Returns the uniform buffer the
-/// dispatch uses (destroy it after submitting).
+/// Records `out = op(a, b)` over `n` values into `encoder`.
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Recorder,
     op: Op,
     n: u32,
     alpha: f32,
@@ -76,7 +75,7 @@ pub fn encode(
     a: &wgpu::Buffer,
     b: Option<&wgpu::Buffer>,
     out: &wgpu::Buffer,
-) -> Result<wgpu::Buffer, WgpuError> {
+) -> Result<(), WgpuError> {
     ctx.check_binding(op.entry(), u64::from(n) * 4)?;
     let groups = n.div_ceil(WORKGROUP);
     let (gx, gy) = split_dispatch(
@@ -89,47 +88,24 @@ pub fn encode(
         alpha,
         beta,
     };
-    let device = &ctx.device;
-    let pipeline = ctx.pipeline("elementwise.wgsl", kernels::ELEMENTWISE, op.entry());
-    let ubuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("elementwise.params"),
-        contents: bytemuck::bytes_of(&params),
-        usage: wgpu::BufferUsages::UNIFORM,
-    });
-    let mut entries = vec![
-        wgpu::BindGroupEntry {
-            binding: 0,
-            resource: ubuf.as_entire_binding(),
-        },
-        wgpu::BindGroupEntry {
-            binding: 1,
-            resource: a.as_entire_binding(),
-        },
-    ];
+    let mut buffers = vec![(1, a)];
     if op.binary() {
         let b =
             b.ok_or_else(|| WgpuError::Shape(format!("{}: needs a second input", op.entry())))?;
-        entries.push(wgpu::BindGroupEntry {
-            binding: 2,
-            resource: b.as_entire_binding(),
-        });
+        buffers.push((2, b));
     }
-    entries.push(wgpu::BindGroupEntry {
-        binding: 3,
-        resource: out.as_entire_binding(),
-    });
-    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some(op.entry()),
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &entries,
-    });
-    {
-        let mut pass = ctx.begin_pass(encoder, op.entry());
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
-    }
-    Ok(ubuf)
+    buffers.push((3, out));
+    dispatch(
+        ctx,
+        encoder,
+        "elementwise.wgsl",
+        kernels::ELEMENTWISE,
+        op.entry(),
+        bytemuck::bytes_of(&params),
+        &buffers,
+        (gx, gy, 1),
+    );
+    Ok(())
 }
 
 fn storage(ctx: &Context, label: &str, data: &[f32], extra: wgpu::BufferUsages) -> wgpu::Buffer {
@@ -196,14 +172,13 @@ pub async fn run(
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             });
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            let u = encode(ctx, &mut enc, op, n, alpha, beta, &ab, bb.as_ref(), &ob)?;
-            ctx.queue.submit([enc.finish()]);
-            u.destroy();
-            ab.destroy();
+            let mut enc = Recorder::new(ctx);
+            encode(ctx, &mut enc, op, n, alpha, beta, &ab, bb.as_ref(), &ob)?;
+            enc.keep(ab);
             if let Some(bb) = bb {
-                bb.destroy();
+                enc.keep(bb);
             }
+            enc.submit(ctx);
             Ok(ob)
         })
         .await??;

@@ -4,7 +4,7 @@
 //! order. The host sorts the ids once ([`Csr::from_ids`]; ids are uploaded from the host, so
 //! they are known there), and the kernel needs no atomics.
 
-use super::{dispatch, groups_for, output, run_host, upload, upload_u32};
+use super::{Recorder, dispatch, groups_for, output, run_host, upload, upload_u32};
 use crate::{Context, WgpuError, kernels};
 
 #[repr(C)]
@@ -59,13 +59,13 @@ fn count(a: u32, b: u32, what: &str) -> Result<u32, WgpuError> {
 /// Records `out (n, c) = table[ids]`.
 pub fn encode_gather(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     n: u32,
     c: u32,
     table: &wgpu::Buffer,
     ids: &wgpu::Buffer,
     out: &wgpu::Buffer,
-) -> Result<wgpu::Buffer, WgpuError> {
+) -> Result<(), WgpuError> {
     let total = count(n, c, "embedding output values")?;
     ctx.check_binding("embedding output", u64::from(total) * 4)?;
     let (gx, gy) = groups_for(ctx, total, 256);
@@ -75,7 +75,7 @@ pub fn encode_gather(
         row_stride: gx,
         value: 0.0,
     };
-    Ok(dispatch(
+    dispatch(
         ctx,
         enc,
         K,
@@ -84,17 +84,18 @@ pub fn encode_gather(
         bytemuck::bytes_of(&p),
         &[(1, table), (2, ids), (3, out)],
         (gx, gy, 1),
-    ))
+    );
+    Ok(())
 }
 
 /// Records `out[..n] = value`.
 pub fn encode_fill(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     n: u32,
     value: f32,
     out: &wgpu::Buffer,
-) -> Result<wgpu::Buffer, WgpuError> {
+) -> Result<(), WgpuError> {
     ctx.check_binding("fill", u64::from(n) * 4)?;
     let (gx, gy) = groups_for(ctx, n, 256);
     let p = Params {
@@ -103,7 +104,7 @@ pub fn encode_fill(
         row_stride: gx,
         value,
     };
-    Ok(dispatch(
+    dispatch(
         ctx,
         enc,
         K,
@@ -112,7 +113,8 @@ pub fn encode_fill(
         bytemuck::bytes_of(&p),
         &[(3, out)],
         (gx, gy, 1),
-    ))
+    );
+    Ok(())
 }
 
 /// Records the gradient `out (vocab, c)`: zero, then each distinct id's rows of `dy` summed.
@@ -120,16 +122,16 @@ pub fn encode_fill(
 #[allow(clippy::too_many_arguments)]
 pub fn encode_scatter_add(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     vocab: u32,
     c: u32,
     unique: u32,
     dy: &wgpu::Buffer,
     [order, starts, uniq]: [&wgpu::Buffer; 3],
     out: &wgpu::Buffer,
-) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+) -> Result<(), WgpuError> {
     let cells = count(vocab, c, "embedding gradient values")?;
-    let a = encode_fill(ctx, enc, cells, 0.0, out)?;
+    encode_fill(ctx, enc, cells, 0.0, out)?;
     let total = count(unique, c, "embedding gradient values")?;
     let (gx, gy) = groups_for(ctx, total, 256);
     let p = Params {
@@ -138,7 +140,7 @@ pub fn encode_scatter_add(
         row_stride: gx,
         value: 0.0,
     };
-    let b = dispatch(
+    dispatch(
         ctx,
         enc,
         K,
@@ -148,7 +150,7 @@ pub fn encode_scatter_add(
         &[(1, dy), (2, uniq), (3, out), (4, order), (5, starts)],
         (gx, gy, 1),
     );
-    Ok(vec![a, b])
+    Ok(())
 }
 
 /// Host-to-host gather; an id outside the table is an error naming it.
@@ -168,8 +170,8 @@ pub async fn gather(
     let mut out = run_host(ctx, |enc| {
         let (tb, ib) = (upload(ctx, "table", table), upload_u32(ctx, "ids", ids));
         let ob = output(ctx, "rows", (n * c) as u64);
-        let u = encode_gather(ctx, enc, n as u32, c as u32, &tb, &ib, &ob)?;
-        Ok((vec![u, tb, ib], vec![(ob, n * c)]))
+        encode_gather(ctx, enc, n as u32, c as u32, &tb, &ib, &ob)?;
+        Ok((vec![tb, ib], vec![(ob, n * c)]))
     })
     .await?;
     Ok(out.remove(0))
@@ -204,7 +206,7 @@ pub async fn scatter_add(
             upload_u32(ctx, "uniq", &csr.uniq),
         );
         let ob = output(ctx, "dtable", (vocab * c) as u64);
-        let mut temps = encode_scatter_add(
+        encode_scatter_add(
             ctx,
             enc,
             vocab as u32,
@@ -214,8 +216,7 @@ pub async fn scatter_add(
             [&o, &s, &u],
             &ob,
         )?;
-        temps.extend([d, o, s, u]);
-        Ok((temps, vec![(ob, vocab * c)]))
+        Ok((vec![d, o, s, u], vec![(ob, vocab * c)]))
     })
     .await?;
     Ok(out.remove(0))

@@ -1,7 +1,7 @@
 //! Layer norm forward and backward (`kernels/layer_norm.wgsl`,
 //! `kernels/layer_norm_backward.wgsl`).
 
-use super::{dispatch, output, run_host, upload};
+use super::{Recorder, dispatch, output, run_host, upload};
 use crate::{Context, WgpuError, kernels};
 
 #[repr(C)]
@@ -39,15 +39,15 @@ fn row_params(
 #[allow(clippy::too_many_arguments)]
 pub fn encode_forward(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     rows: u32,
     c: u32,
     eps: f32,
     [x, gamma, beta]: [&wgpu::Buffer; 3],
     [y, mean, rstd]: [&wgpu::Buffer; 3],
-) -> Result<wgpu::Buffer, WgpuError> {
+) -> Result<(), WgpuError> {
     let (p, (gx, gy)) = row_params(ctx, rows, c, eps)?;
-    Ok(dispatch(
+    dispatch(
         ctx,
         enc,
         "layer_norm.wgsl",
@@ -56,22 +56,23 @@ pub fn encode_forward(
         bytemuck::bytes_of(&p),
         &[(1, x), (2, gamma), (3, beta), (4, y), (5, mean), (6, rstd)],
         (gx, gy, 1),
-    ))
+    );
+    Ok(())
 }
 
 /// Records `dx` and `dparams` (`dgamma` then `dbeta`, `2c` values). Returns the uniforms.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     rows: u32,
     c: u32,
     [x, gamma, mean, rstd, dy]: [&wgpu::Buffer; 5],
     dx: &wgpu::Buffer,
     dparams: &wgpu::Buffer,
-) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+) -> Result<(), WgpuError> {
     let (p, (gx, gy)) = row_params(ctx, rows, c, 0.0)?;
-    let a = dispatch(
+    dispatch(
         ctx,
         enc,
         "layer_norm_backward.wgsl",
@@ -100,7 +101,7 @@ pub fn encode_backward(
         row_stride: chunk,
         ..p
     };
-    let b = dispatch(
+    dispatch(
         ctx,
         enc,
         "layer_norm_backward.wgsl",
@@ -110,8 +111,9 @@ pub fn encode_backward(
         &[(1, x), (3, mean), (4, rstd), (5, dy), (7, &partials)],
         (blocks, chunks, 1),
     );
-    let sums = super::reduce::encode_column_sums(ctx, enc, chunks, cols, &partials, dparams)?;
-    Ok(vec![a, b, sums, partials])
+    super::reduce::encode_column_sums(ctx, enc, chunks, cols, &partials, dparams)?;
+    enc.keep(partials);
+    Ok(())
 }
 
 /// Host-to-host forward: `(y, mean, rstd)`.
@@ -142,7 +144,7 @@ pub async fn forward(
             output(ctx, "mean", rows as u64),
             output(ctx, "rstd", rows as u64),
         ];
-        let u = encode_forward(
+        encode_forward(
             ctx,
             enc,
             rows as u32,
@@ -152,9 +154,7 @@ pub async fn forward(
             [&outs[0], &outs[1], &outs[2]],
         )?;
         let [y, m, r] = outs;
-        let mut temps = vec![u];
-        temps.extend(ins);
-        Ok((temps, vec![(y, x.len()), (m, rows), (r, rows)]))
+        Ok((Vec::from(ins), vec![(y, x.len()), (m, rows), (r, rows)]))
     })
     .await?;
     let r = out.remove(2);
@@ -188,7 +188,7 @@ pub async fn backward(
         ];
         let dx = output(ctx, "dx", x.len() as u64);
         let dp = output(ctx, "dparams", 2 * c as u64);
-        let mut temps = encode_backward(
+        encode_backward(
             ctx,
             enc,
             rows as u32,
@@ -197,8 +197,7 @@ pub async fn backward(
             &dx,
             &dp,
         )?;
-        temps.extend(ins);
-        Ok((temps, vec![(dx, x.len()), (dp, 2 * c)]))
+        Ok((Vec::from(ins), vec![(dx, x.len()), (dp, 2 * c)]))
     })
     .await?;
     let dp = out.remove(1);

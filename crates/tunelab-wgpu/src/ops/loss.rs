@@ -1,7 +1,7 @@
 //! Fused softmax cross-entropy with an ignore index (`kernels/loss.wgsl`); the sum over rows
 //! reuses the deterministic sum pass of `reduce.wgsl`.
 
-use super::{dispatch, output, reduce, run_host, upload, upload_u32};
+use super::{Recorder, dispatch, output, reduce, run_host, upload, upload_u32};
 use crate::{Context, WgpuError, kernels};
 
 #[repr(C)]
@@ -35,16 +35,16 @@ fn params(ctx: &Context, rows: u32, k: u32, scale: f32) -> Result<(Params, (u32,
 /// temporaries to destroy after submitting.
 pub fn encode_sum(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     rows: u32,
     k: u32,
     logits: &wgpu::Buffer,
     labels: &wgpu::Buffer,
     out: &wgpu::Buffer,
-) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+) -> Result<(), WgpuError> {
     let (p, (gx, gy)) = params(ctx, rows, k, 1.0)?;
     let per_row = output(ctx, "ce.rows", u64::from(rows));
-    let u = dispatch(
+    dispatch(
         ctx,
         enc,
         "loss.wgsl",
@@ -54,26 +54,25 @@ pub fn encode_sum(
         &[(1, logits), (2, labels), (3, &per_row)],
         (gx, gy, 1),
     );
-    let mut temps = reduce::encode_sum(ctx, enc, rows, &per_row, out)?;
-    temps.push(u);
-    temps.push(per_row);
-    Ok(temps)
+    reduce::encode_sum(ctx, enc, rows, &per_row, out)?;
+    enc.keep(per_row);
+    Ok(())
 }
 
 /// Records `dx = scale * (softmax(logits) - onehot(labels))`, zero on ignored rows.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     rows: u32,
     k: u32,
     scale: f32,
     logits: &wgpu::Buffer,
     labels: &wgpu::Buffer,
     dx: &wgpu::Buffer,
-) -> Result<wgpu::Buffer, WgpuError> {
+) -> Result<(), WgpuError> {
     let (p, (gx, gy)) = params(ctx, rows, k, scale)?;
-    Ok(dispatch(
+    dispatch(
         ctx,
         enc,
         "loss.wgsl",
@@ -82,7 +81,8 @@ pub fn encode_backward(
         bytemuck::bytes_of(&p),
         &[(1, logits), (2, labels), (3, dx)],
         (gx, gy, 1),
-    ))
+    );
+    Ok(())
 }
 
 fn check(logits: &[f32], labels: &[u32], k: usize) -> Result<u32, WgpuError> {
@@ -110,9 +110,8 @@ pub async fn cross_entropy_sum(
             upload_u32(ctx, "labels", labels),
         );
         let ob = output(ctx, "loss", 1);
-        let mut temps = encode_sum(ctx, enc, rows, k as u32, &lb, &yb, &ob)?;
-        temps.extend([lb, yb]);
-        Ok((temps, vec![(ob, 1)]))
+        encode_sum(ctx, enc, rows, k as u32, &lb, &yb, &ob)?;
+        Ok((vec![lb, yb], vec![(ob, 1)]))
     })
     .await?;
     Ok(out[0][0])
@@ -133,8 +132,8 @@ pub async fn cross_entropy_backward(
             upload_u32(ctx, "labels", labels),
         );
         let ob = output(ctx, "dx", logits.len() as u64);
-        let u = encode_backward(ctx, enc, rows, k as u32, scale, &lb, &yb, &ob)?;
-        Ok((vec![u, lb, yb], vec![(ob, logits.len())]))
+        encode_backward(ctx, enc, rows, k as u32, scale, &lb, &yb, &ob)?;
+        Ok((vec![lb, yb], vec![(ob, logits.len())]))
     })
     .await?;
     Ok(out.remove(0))

@@ -5,6 +5,7 @@
 //! uses it); [`matmul`] is the host-to-host convenience used by tests; [`bench`] times it on
 //! device-resident buffers.
 
+use super::{Recorder, dispatch};
 use crate::{Context, WgpuError, kernels};
 use wgpu::util::DeviceExt;
 
@@ -117,17 +118,16 @@ fn check(ctx: &Context, d: &Dims) -> Result<(), WgpuError> {
 
 /// Records `C = op(A) @ op(B) (+ bias)` into `encoder`. Buffers hold f32; `bias` has `n`
 /// values or is None. Shapes that need more than the per-dimension workgroup limit are split
-/// into several dispatches. Returns the uniform buffers the dispatches use (destroy them
-/// after submitting).
+/// into several dispatches.
 pub fn encode(
     ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Recorder,
     d: &Dims,
     a: &wgpu::Buffer,
     b: &wgpu::Buffer,
     bias: Option<&wgpu::Buffer>,
     c: &wgpu::Buffer,
-) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+) -> Result<(), WgpuError> {
     encode_tiled(ctx, encoder, d, Tiling::Auto, a, b, bias, c)
 }
 
@@ -135,22 +135,19 @@ pub fn encode(
 #[allow(clippy::too_many_arguments)]
 pub fn encode_tiled(
     ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Recorder,
     d: &Dims,
     tiling: Tiling,
     a: &wgpu::Buffer,
     b: &wgpu::Buffer,
     bias: Option<&wgpu::Buffer>,
     c: &wgpu::Buffer,
-) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+) -> Result<(), WgpuError> {
     check(ctx, d)?;
     if d.c_len() == 0 {
-        return Ok(Vec::new());
+        return Ok(());
     }
-    let device = &ctx.device;
     let (tile, entry) = tiling.kernel(d);
-    let pipeline = ctx.pipeline("matmul.wgsl", kernels::MATMUL, entry);
-    let layout = pipeline.get_bind_group_layout(0);
     let max = ctx.report().limits.max_compute_workgroups_per_dimension;
     let gx = d.n.div_ceil(tile);
     if gx > max {
@@ -161,22 +158,9 @@ pub fn encode_tiled(
         });
     }
     let row_tiles = d.m.div_ceil(tile);
-    let dummy;
-    let bias_buf = match bias {
-        Some(b) => b,
-        None => {
-            dummy = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("matmul.nobias"),
-                size: 4,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            });
-            &dummy
-        }
-    };
-    let mut uniforms = Vec::new();
-    let mut pass = ctx.begin_pass(encoder, entry);
-    pass.set_pipeline(&pipeline);
+    // The kernel reads the bias only when has_bias is set.
+    let one = ctx.one();
+    let bias_buf = bias.unwrap_or(&one);
     let mut batch0 = 0;
     while batch0 < d.batch {
         let nb = (d.batch - batch0).min(max);
@@ -197,45 +181,21 @@ pub fn encode_tiled(
                 batch0,
                 pad: 0,
             };
-            let ubuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("matmul.params"),
-                contents: bytemuck::bytes_of(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-            let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("matmul"),
-                layout: &layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: ubuf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: a.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: b.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 3,
-                        resource: bias_buf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 4,
-                        resource: c.as_entire_binding(),
-                    },
-                ],
-            });
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(gx, nr, nb);
-            uniforms.push(ubuf);
+            dispatch(
+                ctx,
+                encoder,
+                "matmul.wgsl",
+                kernels::MATMUL,
+                entry,
+                bytemuck::bytes_of(&params),
+                &[(1, a), (2, b), (3, bias_buf), (4, c)],
+                (gx, nr, nb),
+            );
             row0 += nr;
         }
         batch0 += nb;
     }
-    Ok(uniforms)
+    Ok(())
 }
 
 fn storage(ctx: &Context, label: &str, data: &[f32]) -> wgpu::Buffer {
@@ -304,17 +264,14 @@ pub async fn matmul_tiled(
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             });
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            let uniforms = encode_tiled(ctx, &mut enc, d, tiling, &ab, &bb, biasb.as_ref(), &cb)?;
-            ctx.queue.submit([enc.finish()]);
-            for u in uniforms {
-                u.destroy();
-            }
-            ab.destroy();
-            bb.destroy();
+            let mut enc = Recorder::new(ctx);
+            encode_tiled(ctx, &mut enc, d, tiling, &ab, &bb, biasb.as_ref(), &cb)?;
+            enc.keep(ab);
+            enc.keep(bb);
             if let Some(x) = biasb {
-                x.destroy();
+                enc.keep(x);
             }
+            enc.submit(ctx);
             Ok(cb)
         })
         .await??;
@@ -340,20 +297,15 @@ pub fn bench(ctx: &Context, d: &Dims, tiling: Tiling, iters: usize) -> Result<f6
     });
     let run = |reps: usize| -> Result<f64, WgpuError> {
         let start = std::time::Instant::now();
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        let mut uniforms = Vec::new();
+        let mut enc = Recorder::new(ctx);
         for _ in 0..reps {
-            uniforms.extend(encode_tiled(ctx, &mut enc, d, tiling, &ab, &bb, None, &cb)?);
+            encode_tiled(ctx, &mut enc, d, tiling, &ab, &bb, None, &cb)?;
         }
-        ctx.queue.submit([enc.finish()]);
+        enc.submit(ctx);
         ctx.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| WgpuError::Device(e.to_string()))?;
-        let t = start.elapsed().as_secs_f64();
-        for u in uniforms {
-            u.destroy();
-        }
-        Ok(t)
+        Ok(start.elapsed().as_secs_f64())
     };
     run(1)?;
     let one = run(1)?;

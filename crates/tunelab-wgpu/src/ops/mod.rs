@@ -13,31 +13,123 @@ pub mod sequence;
 use crate::{Context, WgpuError};
 use wgpu::util::DeviceExt;
 
+/// Bytes of one pooled uniform page.
+pub(crate) const UNIFORM_PAGE: u64 = 64 << 10;
+
+/// A command encoder together with what its commands need until they are submitted: the
+/// dispatches' uniform values, packed at aligned offsets into pooled pages (written with one
+/// `write_buffer` per page when submitting, instead of one new buffer per dispatch), and
+/// scratch buffers, destroyed after submitting. Derefs to the `wgpu::CommandEncoder`.
+///
+/// Pages go back to the context's pool after the submission; the next recorder's writes to
+/// them are queued after it, so a page is never overwritten before the GPU has read it.
+pub struct Recorder {
+    encoder: wgpu::CommandEncoder,
+    /// Pages in use and the bytes each will hold.
+    pages: Vec<(wgpu::Buffer, Vec<u8>)>,
+    temps: Vec<wgpu::Buffer>,
+}
+
+impl Recorder {
+    pub fn new(ctx: &Context) -> Self {
+        Self {
+            encoder: ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("tunelab"),
+                }),
+            pages: Vec::new(),
+            temps: Vec::new(),
+        }
+    }
+
+    /// Places `bytes` (a uniform struct) in a page: `(page, offset, size)` to bind.
+    fn uniform(&mut self, ctx: &Context, bytes: &[u8]) -> (wgpu::Buffer, u64, u64) {
+        let align = u64::from(ctx.device.limits().min_uniform_buffer_offset_alignment).max(16);
+        // WGSL rounds uniform structs up to 16 bytes.
+        let size = (bytes.len() as u64).div_ceil(16).max(1) * 16;
+        let fits =
+            |data: &Vec<u8>| (data.len() as u64).next_multiple_of(align) + size <= UNIFORM_PAGE;
+        let (page, mut data) = match self.pages.pop() {
+            Some(last) if fits(&last.1) => last,
+            full => {
+                self.pages.extend(full);
+                (ctx.uniform_page(), Vec::new())
+            }
+        };
+        let offset = (data.len() as u64).next_multiple_of(align);
+        data.resize(offset as usize, 0);
+        data.extend_from_slice(bytes);
+        data.resize((offset + size) as usize, 0);
+        self.pages.push((page.clone(), data));
+        (page, offset, size)
+    }
+
+    /// Keeps `buffer` alive until the commands are submitted, then destroys it.
+    pub(crate) fn keep(&mut self, buffer: wgpu::Buffer) {
+        self.temps.push(buffer);
+    }
+
+    /// Writes the uniform pages, submits the commands, returns the pages to the pool and
+    /// destroys the scratch buffers.
+    pub fn submit(self, ctx: &Context) {
+        for (page, data) in &self.pages {
+            if !data.is_empty() {
+                ctx.queue.write_buffer(page, 0, data);
+            }
+        }
+        ctx.queue.submit([self.encoder.finish()]);
+        ctx.return_uniform_pages(self.pages.into_iter().map(|(page, _)| page));
+        for t in self.temps {
+            t.destroy();
+        }
+    }
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("uniform_pages", &self.pages.len())
+            .field("scratch_buffers", &self.temps.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Recorder {
+    type Target = wgpu::CommandEncoder;
+    fn deref(&self) -> &wgpu::CommandEncoder {
+        &self.encoder
+    }
+}
+
+impl std::ops::DerefMut for Recorder {
+    fn deref_mut(&mut self) -> &mut wgpu::CommandEncoder {
+        &mut self.encoder
+    }
+}
+
 /// Records one dispatch of `entry` with `uniform` at binding 0 and `buffers` at bindings
-/// 1, 2, ... (in order; the entry point must use exactly these). Returns the uniform buffer
-/// (destroy it after submitting).
+/// 1, 2, ... (in order; the entry point must use exactly these).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn dispatch(
     ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
+    rec: &mut Recorder,
     kernel: &'static str,
     source: &'static str,
     entry: &'static str,
     uniform: &[u8],
     buffers: &[(u32, &wgpu::Buffer)],
     groups: (u32, u32, u32),
-) -> wgpu::Buffer {
+) {
     let pipeline = ctx.pipeline(kernel, source, entry);
-    let ubuf = ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(entry),
-            contents: uniform,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+    let (page, offset, size) = rec.uniform(ctx, uniform);
     let mut entries = vec![wgpu::BindGroupEntry {
         binding: 0,
-        resource: ubuf.as_entire_binding(),
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &page,
+            offset,
+            size: wgpu::BufferSize::new(size),
+        }),
     }];
     for (binding, b) in buffers {
         entries.push(wgpu::BindGroupEntry {
@@ -50,13 +142,10 @@ pub(crate) fn dispatch(
         layout: &pipeline.get_bind_group_layout(0),
         entries: &entries,
     });
-    {
-        let mut pass = ctx.begin_pass(encoder, entry);
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
-    }
-    ubuf
+    let mut pass = ctx.begin_pass(rec, entry);
+    pass.set_pipeline(&pipeline);
+    pass.set_bind_group(0, &bind, &[]);
+    pass.dispatch_workgroups(groups.0, groups.1, groups.2);
 }
 
 /// A storage buffer holding `data` (one padding word when empty: bindings cannot be empty).
@@ -114,17 +203,17 @@ pub(crate) fn groups_for(ctx: &Context, n: u32, per_group: u32) -> (u32, u32) {
 pub(crate) async fn run_host(
     ctx: &Context,
     record: impl FnOnce(
-        &mut wgpu::CommandEncoder,
+        &mut Recorder,
     ) -> Result<(Vec<wgpu::Buffer>, Vec<(wgpu::Buffer, usize)>), WgpuError>,
 ) -> Result<Vec<Vec<f32>>, WgpuError> {
     let outputs = ctx
         .checked(|| -> Result<Vec<(wgpu::Buffer, usize)>, WgpuError> {
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            let mut enc = Recorder::new(ctx);
             let (temps, outs) = record(&mut enc)?;
-            ctx.queue.submit([enc.finish()]);
             for t in temps {
-                t.destroy();
+                enc.keep(t);
             }
+            enc.submit(ctx);
             Ok(outs)
         })
         .await??;
@@ -150,6 +239,51 @@ pub fn split_dispatch(groups: u32, max_per_dim: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::split_dispatch;
+
+    /// Uniform values packed into pooled pages reach the right dispatch, across more
+    /// dispatches than one page holds, and again when a second recorder reuses the pages.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn recorder_packs_uniforms_into_reused_pages() {
+        use super::elementwise::{Op, encode};
+        let Some(ctx) = crate::context::tests::context() else {
+            return;
+        };
+        let a = super::upload(&ctx, "a", &[1.0, 2.0, 3.0]);
+        // Elementwise params take 16 bytes; each sits at the device's uniform alignment.
+        let align = u64::from(ctx.device.limits().min_uniform_buffer_offset_alignment).max(16);
+        let n = (super::UNIFORM_PAGE / align) as usize + 10;
+        let outs: Vec<wgpu::Buffer> = (0..n).map(|_| super::output(&ctx, "out", 3)).collect();
+        let mut pages_after_first = 0;
+        for round in 0..2 {
+            let mut rec = super::Recorder::new(&ctx);
+            for (i, out) in outs.iter().enumerate() {
+                let alpha = (i + round * n) as f32;
+                encode(&ctx, &mut rec, Op::Scale, 3, alpha, 0.0, &a, None, out).unwrap();
+            }
+            rec.submit(&ctx);
+            let checked = (0..n).filter(|i| i % 97 == 0 || *i + 20 >= n);
+            for (i, out) in checked.map(|i| (i, &outs[i])) {
+                let alpha = (i + round * n) as f32;
+                let got = pollster::block_on(ctx.read_f32(out, 3)).unwrap();
+                assert_eq!(
+                    got,
+                    vec![alpha, 2.0 * alpha, 3.0 * alpha],
+                    "round {round} #{i}"
+                );
+            }
+            if round == 0 {
+                pages_after_first = ctx.pooled_uniform_pages();
+                assert_eq!(pages_after_first, 2, "pages for {n} dispatches");
+            } else {
+                assert_eq!(
+                    ctx.pooled_uniform_pages(),
+                    pages_after_first,
+                    "pages were reused"
+                );
+            }
+        }
+    }
 
     #[test]
     fn split_dispatch_covers_every_group_within_limits() {

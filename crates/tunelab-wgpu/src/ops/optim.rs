@@ -1,6 +1,6 @@
 //! The AdamW update (`kernels/optim.wgsl`), PyTorch's semantics.
 
-use super::{dispatch, groups_for, output, run_host, upload};
+use super::{Recorder, dispatch, groups_for, output, run_host, upload};
 use crate::{Context, WgpuError, kernels};
 use tunelab_core::backend::AdamW;
 
@@ -25,13 +25,13 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     n: u32,
     hp: &AdamW,
     grad_scale: f32,
     inputs: [&wgpu::Buffer; 4],
     outputs: [&wgpu::Buffer; 3],
-) -> Result<wgpu::Buffer, WgpuError> {
+) -> Result<(), WgpuError> {
     ctx.check_binding("adamw parameter", u64::from(n) * 4)?;
     let (gx, gy) = groups_for(ctx, n, 256);
     // Constants in f64 first (PyTorch computes them in Python floats), then rounded.
@@ -54,7 +54,7 @@ pub fn encode(
     };
     let [param, grad, m, v] = inputs;
     let [po, mo, vo] = outputs;
-    Ok(dispatch(
+    dispatch(
         ctx,
         enc,
         "optim.wgsl",
@@ -71,7 +71,8 @@ pub fn encode(
             (7, vo),
         ],
         (gx, gy, 1),
-    ))
+    );
+    Ok(())
 }
 
 /// Host-to-host AdamW step: returns `(param, m, v)`.
@@ -110,7 +111,7 @@ pub async fn adamw(
             output(ctx, "m'", n as u64),
             output(ctx, "v'", n as u64),
         ];
-        let u = encode(
+        encode(
             ctx,
             enc,
             n32,
@@ -120,9 +121,7 @@ pub async fn adamw(
             [&outs[0], &outs[1], &outs[2]],
         )?;
         let [a, b, c] = outs;
-        let mut temps = vec![u];
-        temps.extend(ins);
-        Ok((temps, vec![(a, n), (b, n), (c, n)]))
+        Ok((Vec::from(ins), vec![(a, n), (b, n), (c, n)]))
     })
     .await?;
     let v2 = out.remove(2);

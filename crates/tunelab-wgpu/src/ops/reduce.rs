@@ -1,7 +1,7 @@
 //! Reductions and broadcasts (`kernels/reduce.wgsl`): bias add, the bias gradient
 //! (`sum_to_last`) and the sum of squares for the global gradient norm. Deterministic.
 
-use super::{dispatch, groups_for, output, run_host, upload};
+use super::{Recorder, dispatch, groups_for, output, run_host, upload};
 use crate::{Context, WgpuError, kernels};
 
 const K: &str = "reduce.wgsl";
@@ -30,13 +30,13 @@ fn len(rows: u32, cols: u32) -> Result<u32, WgpuError> {
 /// Records `out (rows, cols) = x + bias (cols,)`.
 pub fn encode_add_bias(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     rows: u32,
     cols: u32,
     x: &wgpu::Buffer,
     bias: &wgpu::Buffer,
     out: &wgpu::Buffer,
-) -> Result<wgpu::Buffer, WgpuError> {
+) -> Result<(), WgpuError> {
     let n = len(rows, cols)?;
     ctx.check_binding("add_bias input", u64::from(n) * 4)?;
     let (gx, gy) = groups_for(ctx, n, 256);
@@ -48,7 +48,7 @@ pub fn encode_add_bias(
         square: 0,
         pad: [0; 3],
     };
-    Ok(dispatch(
+    dispatch(
         ctx,
         enc,
         K,
@@ -57,7 +57,8 @@ pub fn encode_add_bias(
         bytemuck::bytes_of(&p),
         &[(1, x), (2, bias), (3, out)],
         (gx, gy, 1),
-    ))
+    );
+    Ok(())
 }
 
 /// Rows per chunk of the column sums' first pass.
@@ -97,16 +98,16 @@ pub(crate) fn column_blocks(ctx: &Context, what: &str, cols: u32) -> Result<u32,
 /// the work spreads over many workgroups. Returns the temporaries.
 pub fn encode_sum_to_last(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     rows: u32,
     cols: u32,
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
-) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+) -> Result<(), WgpuError> {
     let n = len(rows, cols)?;
     ctx.check_binding("sum_to_last input", u64::from(n) * 4)?;
     if rows <= CHUNK_ROWS {
-        return Ok(vec![encode_column_sums(ctx, enc, rows, cols, x, out)?]);
+        return encode_column_sums(ctx, enc, rows, cols, x, out);
     }
     let chunk = chunk_rows(ctx, rows);
     let chunks = rows.div_ceil(chunk);
@@ -124,7 +125,7 @@ pub fn encode_sum_to_last(
         square: 0,
         pad: [0; 3],
     };
-    let first = dispatch(
+    dispatch(
         ctx,
         enc,
         K,
@@ -134,20 +135,21 @@ pub fn encode_sum_to_last(
         &[(1, x), (3, &partials)],
         (blocks, chunks, 1),
     );
-    let second = encode_column_sums(ctx, enc, chunks, cols, &partials, out)?;
-    Ok(vec![first, second, partials])
+    encode_column_sums(ctx, enc, chunks, cols, &partials, out)?;
+    enc.keep(partials);
+    Ok(())
 }
 
 /// Records `out (cols,) = sum over rows of x (rows, cols)` with one thread per column,
 /// adding the rows in order (for few rows, and for the chunk partials). Returns the uniform.
 pub(crate) fn encode_column_sums(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     rows: u32,
     cols: u32,
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
-) -> Result<wgpu::Buffer, WgpuError> {
+) -> Result<(), WgpuError> {
     let n = len(rows, cols)?;
     let (gx, gy) = groups_for(ctx, cols, 256);
     let p = Params {
@@ -158,7 +160,7 @@ pub(crate) fn encode_column_sums(
         square: 0,
         pad: [0; 3],
     };
-    Ok(dispatch(
+    dispatch(
         ctx,
         enc,
         K,
@@ -167,43 +169,42 @@ pub(crate) fn encode_column_sums(
         bytemuck::bytes_of(&p),
         &[(1, x), (3, out)],
         (gx, gy, 1),
-    ))
+    );
+    Ok(())
 }
 
 /// Records `out (1,) = sum(x^2)` over `n` values: one pass of squares into per-workgroup
-/// partials, then passes of sums until one value is left. Returns the temporaries (uniforms
-/// and partial buffers) to destroy after submitting.
+/// partials, then passes of sums until one value is left.
 pub fn encode_sum_squares(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     n: u32,
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
-) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+) -> Result<(), WgpuError> {
     encode_fold(ctx, enc, n, x, out, true)
 }
 
-/// Records `out (1,) = sum(x)` over `n` values (deterministic). Returns the temporaries.
+/// Records `out (1,) = sum(x)` over `n` values (deterministic).
 pub fn encode_sum(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     n: u32,
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
-) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+) -> Result<(), WgpuError> {
     encode_fold(ctx, enc, n, x, out, false)
 }
 
 fn encode_fold(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     n: u32,
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
     squares: bool,
-) -> Result<Vec<wgpu::Buffer>, WgpuError> {
+) -> Result<(), WgpuError> {
     ctx.check_binding("sum input", u64::from(n) * 4)?;
-    let mut temps = Vec::new();
     let mut count = n;
     let mut square = u32::from(squares);
     let mut src: Option<wgpu::Buffer> = None;
@@ -226,7 +227,7 @@ fn encode_fold(
         };
         let input = src.as_ref().unwrap_or(x);
         let target = dst.as_ref().unwrap_or(out);
-        temps.push(dispatch(
+        dispatch(
             ctx,
             enc,
             K,
@@ -235,9 +236,9 @@ fn encode_fold(
             bytemuck::bytes_of(&p),
             &[(1, input), (3, target)],
             (gx, gy, 1),
-        ));
+        );
         if let Some(s) = src.take() {
-            temps.push(s);
+            enc.keep(s);
         }
         match dst {
             None => break,
@@ -246,7 +247,7 @@ fn encode_fold(
         count = groups;
         square = 0;
     }
-    Ok(temps)
+    Ok(())
 }
 
 /// Host-to-host `x + bias`.
@@ -262,8 +263,8 @@ pub async fn add_bias(ctx: &Context, x: &[f32], bias: &[f32]) -> Result<Vec<f32>
     let mut out = run_host(ctx, |enc| {
         let (xb, bb) = (upload(ctx, "x", x), upload(ctx, "bias", bias));
         let ob = output(ctx, "out", x.len() as u64);
-        let u = encode_add_bias(ctx, enc, rows, cols as u32, &xb, &bb, &ob)?;
-        Ok((vec![u, xb, bb], vec![(ob, x.len())]))
+        encode_add_bias(ctx, enc, rows, cols as u32, &xb, &bb, &ob)?;
+        Ok((vec![xb, bb], vec![(ob, x.len())]))
     })
     .await?;
     Ok(out.remove(0))
@@ -281,9 +282,8 @@ pub async fn sum_to_last(ctx: &Context, x: &[f32], cols: usize) -> Result<Vec<f3
     let mut out = run_host(ctx, |enc| {
         let xb = upload(ctx, "x", x);
         let ob = output(ctx, "out", cols as u64);
-        let mut temps = encode_sum_to_last(ctx, enc, rows, cols as u32, &xb, &ob)?;
-        temps.push(xb);
-        Ok((temps, vec![(ob, cols)]))
+        encode_sum_to_last(ctx, enc, rows, cols as u32, &xb, &ob)?;
+        Ok((vec![xb], vec![(ob, cols)]))
     })
     .await?;
     Ok(out.remove(0))
@@ -299,9 +299,8 @@ pub async fn sum_squares(ctx: &Context, x: &[f32]) -> Result<f32, WgpuError> {
     let out = run_host(ctx, |enc| {
         let xb = upload(ctx, "x", x);
         let ob = output(ctx, "out", 1);
-        let mut temps = encode_sum_squares(ctx, enc, n, &xb, &ob)?;
-        temps.push(xb);
-        Ok((temps, vec![(ob, 1)]))
+        encode_sum_squares(ctx, enc, n, &xb, &ob)?;
+        Ok((vec![xb], vec![(ob, 1)]))
     })
     .await?;
     Ok(out[0][0])

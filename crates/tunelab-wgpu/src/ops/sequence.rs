@@ -1,6 +1,6 @@
 //! Concatenation and slicing along the sequence axis of `(B, T, C)` (`kernels/sequence.wgsl`).
 
-use super::{dispatch, groups_for, output, run_host, upload};
+use super::{Recorder, dispatch, groups_for, output, run_host, upload};
 use crate::{Context, WgpuError, kernels};
 
 #[repr(C)]
@@ -30,7 +30,7 @@ fn total(batch: u32, t: u32, c: u32) -> Result<u32, WgpuError> {
 #[allow(clippy::too_many_arguments)]
 pub fn encode_concat(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     batch: u32,
     ta: u32,
     tb: u32,
@@ -38,7 +38,7 @@ pub fn encode_concat(
     a: &wgpu::Buffer,
     b: &wgpu::Buffer,
     out: &wgpu::Buffer,
-) -> Result<wgpu::Buffer, WgpuError> {
+) -> Result<(), WgpuError> {
     let n = total(batch, ta + tb, c)?;
     ctx.check_binding("concat output", u64::from(n) * 4)?;
     let (gx, gy) = groups_for(ctx, n, 256);
@@ -51,7 +51,7 @@ pub fn encode_concat(
         row_stride: gx,
         pad: [0; 2],
     };
-    Ok(dispatch(
+    dispatch(
         ctx,
         enc,
         "sequence.wgsl",
@@ -60,14 +60,15 @@ pub fn encode_concat(
         bytemuck::bytes_of(&p),
         &[(1, a), (2, b), (3, out)],
         (gx, gy, 1),
-    ))
+    );
+    Ok(())
 }
 
 /// Records `out (B, len, C) = x[:, start..start + len, :]` for `x (B, t, C)`.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_slice(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     batch: u32,
     t: u32,
     c: u32,
@@ -75,7 +76,7 @@ pub fn encode_slice(
     len: u32,
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
-) -> Result<wgpu::Buffer, WgpuError> {
+) -> Result<(), WgpuError> {
     if start.checked_add(len).is_none_or(|e| e > t) {
         return Err(WgpuError::Shape(format!(
             "slice_seq: {start}..{start}+{len} is outside a sequence of {t}"
@@ -93,7 +94,7 @@ pub fn encode_slice(
         row_stride: gx,
         pad: [0; 2],
     };
-    Ok(dispatch(
+    dispatch(
         ctx,
         enc,
         "sequence.wgsl",
@@ -102,7 +103,8 @@ pub fn encode_slice(
         bytemuck::bytes_of(&p),
         &[(1, x), (3, out)],
         (gx, gy, 1),
-    ))
+    );
+    Ok(())
 }
 
 /// Host-to-host concat of `(batch, ta, c)` and `(batch, tb, c)`.
@@ -123,7 +125,7 @@ pub async fn concat(
     let mut out = run_host(ctx, |enc| {
         let (ab, bb) = (upload(ctx, "a", a), upload(ctx, "b", b));
         let ob = output(ctx, "out", n as u64);
-        let u = encode_concat(
+        encode_concat(
             ctx,
             enc,
             batch as u32,
@@ -134,7 +136,7 @@ pub async fn concat(
             &bb,
             &ob,
         )?;
-        Ok((vec![u, ab, bb], vec![(ob, n)]))
+        Ok((vec![ab, bb], vec![(ob, n)]))
     })
     .await?;
     Ok(out.remove(0))
@@ -154,7 +156,7 @@ pub async fn slice(
     let mut out = run_host(ctx, |enc| {
         let xb = upload(ctx, "x", x);
         let ob = output(ctx, "out", n as u64);
-        let u = encode_slice(
+        encode_slice(
             ctx,
             enc,
             batch as u32,
@@ -165,7 +167,7 @@ pub async fn slice(
             &xb,
             &ob,
         )?;
-        Ok((vec![u, xb], vec![(ob, n)]))
+        Ok((vec![xb], vec![(ob, n)]))
     })
     .await?;
     Ok(out.remove(0))
