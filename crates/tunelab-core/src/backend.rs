@@ -66,6 +66,10 @@ pub trait Backend: Clone + std::fmt::Debug + 'static {
     fn upload_u32(&self, data: &[u32], shape: &Shape) -> Result<Self::Tensor>;
     /// Reads an f32 tensor back. Only for results, scalars and saving.
     fn download(&self, t: &Self::Tensor) -> impl Future<Output = Result<Vec<f32>>>;
+    /// Starts the work recorded so far without waiting for it, so the device runs it while
+    /// the host records what follows (GPU backends submit their pending commands). Backends
+    /// that compute eagerly have nothing to do.
+    fn flush(&self) {}
     fn zeros(&self, shape: &Shape) -> Result<Self::Tensor>;
     /// The same data seen with another shape of equal element count.
     fn reshape(&self, t: &Self::Tensor, shape: &Shape) -> Result<Self::Tensor>;

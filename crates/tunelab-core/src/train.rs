@@ -77,7 +77,9 @@ pub async fn step_accumulated<B: Backend>(
     max_grad_norm: f64,
 ) -> Result<StepStats, StepError> {
     let mut sums: BTreeMap<ParamId, B::Tensor> = BTreeMap::new();
-    let mut loss_value = 0.0f32;
+    // Losses are read after the backward passes are recorded: the device runs each forward
+    // pass (flushed) while the host records its backward pass, and the step waits once.
+    let mut losses = Vec::with_capacity(micro.len());
     for m in micro {
         let mut tape = Tape::new(backend.clone());
         let bound = store.bind(&mut tape);
@@ -90,7 +92,8 @@ pub async fn step_accumulated<B: Backend>(
         };
         let logits = model.logits(&mut cx, &m.input)?;
         let loss = model.loss(&mut cx, logits, &m.labels, scale)?;
-        loss_value += backend.download(tape.value(loss)?).await?[0];
+        losses.push(tape.value(loss)?.clone());
+        backend.flush();
         tape.backward(loss)?;
         for (id, g) in store.grads(&mut tape, &bound) {
             let Some(g) = g else { continue };
@@ -103,7 +106,12 @@ pub async fn step_accumulated<B: Backend>(
     }
     let grads: Vec<(ParamId, B::Tensor)> = sums.into_iter().collect();
     let refs: Vec<&B::Tensor> = grads.iter().map(|(_, g)| g).collect();
-    let grad_norm = match ParamStore::<B>::grad_sq_norm(backend, &refs)? {
+    let sq = ParamStore::<B>::grad_sq_norm(backend, &refs)?;
+    let mut loss_value = 0.0f32;
+    for l in &losses {
+        loss_value += backend.download(l).await?[0];
+    }
+    let grad_norm = match sq {
         Some(sq) => f64::from(backend.download(&sq).await?[0]).sqrt(),
         None => 0.0,
     };

@@ -359,6 +359,10 @@ impl Backend for Wgpu {
         }
     }
 
+    fn flush(&self) {
+        Wgpu::flush(self);
+    }
+
     fn zeros(&self, shape: &Shape) -> Result<WTensor> {
         let mut st = self.lock();
         let t = self.tensor(&mut st, shape.clone(), DType::F32)?;

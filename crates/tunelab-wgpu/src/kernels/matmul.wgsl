@@ -4,12 +4,12 @@
 // (K, N), or (N, K) when tb = 1. Batches are `a_batch`, `b_batch` (0: B shared by every
 // batch, a weight) and `c_batch` elements apart. With has_bias = 1, bias[n] is added.
 //
-// Each workgroup of 16x16 threads computes a 64x64 tile of C, each thread 4x4 outputs spaced
-// 16 apart (so neighbouring threads read neighbouring shared-memory words), over K in steps
-// of 16 staged through workgroup memory. Tiles load along the contiguous axis of each input
-// whichever its transpose flag, so global reads coalesce.
+// Two entry points: `matmul` (64x64 tiles of C) and `matmul_big` (128x128, for products with
+// many tiles). Both stage K slices of A and B through workgroup memory, loading along the
+// contiguous axis of each input whichever its transpose flag (global reads coalesce), and
+// fetch the next slice into registers while multiplying the current one.
 //
-// Dispatch: (ceil(N/64), row tiles, batches); `row_tile0` and `batch0` offset the y and z
+// Dispatch: (ceil(N/tile), row tiles, batches); `row_tile0` and `batch0` offset the y and z
 // workgroup ids when a shape needs more workgroups than one dispatch dimension allows.
 
 struct Params {
@@ -37,107 +37,111 @@ const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 16u;
 
-// [kk][m] and [kk][n]
-var<workgroup> a_tile: array<f32, 1024>;
-var<workgroup> b_tile: array<f32, 1024>;
+// op(A)[gm, gk] of this batch entry, 0 outside the matrix.
+fn load_a(base: u32, gm: u32, gk: u32) -> f32 {
+    if (gm >= p.m || gk >= p.k) {
+        return 0.0;
+    }
+    if (p.ta == 0u) {
+        return a[base + gm * p.k + gk];
+    }
+    return a[base + gk * p.m + gm];
+}
 
-@compute @workgroup_size(16, 16, 1)
-fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+// op(B)[gk, gn] of this batch entry, 0 outside the matrix.
+fn load_b(base: u32, gk: u32, gn: u32) -> f32 {
+    if (gn >= p.n || gk >= p.k) {
+        return 0.0;
+    }
+    if (p.tb == 0u) {
+        return b[base + gk * p.n + gn];
+    }
+    return b[base + gn * p.k + gk];
+}
+
+// (m, kk) of element e of an A slice `rows` x `depth`, ordered along A's contiguous axis so
+// that neighbouring threads read neighbouring addresses.
+fn slot_a(e: u32, rows: u32, depth: u32) -> vec2<u32> {
+    if (p.ta == 0u) {
+        return vec2<u32>(e / depth, e % depth);
+    }
+    return vec2<u32>(e % rows, e / rows);
+}
+
+// (n, kk) of element e of a B slice `depth` x `cols`, likewise.
+fn slot_b(e: u32, cols: u32, depth: u32) -> vec2<u32> {
+    if (p.tb == 0u) {
+        return vec2<u32>(e % cols, e / cols);
+    }
+    return vec2<u32>(e / depth, e % depth);
+}
+
+// [kk][m / 4] and [kk][n / 4] of the current K slice.
+var<workgroup> a_tile: array<vec4<f32>, 256>;
+var<workgroup> b_tile: array<vec4<f32>, 256>;
+
+// 64x64 tiles, 256 threads, each computing a 4x4 block: rows ty*4..ty*4+3 and columns
+// tx*4..tx*4+3, read from workgroup memory as one vec4 of A and one of B per step of kk
+// (neighbouring threads read neighbouring words). Each thread stages four values of A's
+// 64x16 slice and four of B's 16x64, reading along whichever axis is contiguous in memory,
+// and fetches the next slice into registers while the current one is multiplied.
+@compute @workgroup_size(256, 1, 1)
+fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let batch = wg.z + p.batch0;
     let row0 = (wg.y + p.row_tile0) * TM;
     let col0 = wg.x * TN;
-    let tid = lid.y * 16u + lid.x;
+    let tx = tid % 16u;
+    let ty = tid / 16u;
     let a_base = batch * p.a_batch;
     let b_base = batch * p.b_batch;
 
-    // Four rows of four outputs in registers (no dynamically indexed arrays, which drivers
-    // may place in slow local memory).
+    var ra = vec4<f32>(0.0);
+    var rb = vec4<f32>(0.0);
+    for (var r = 0u; r < 4u; r = r + 1u) {
+        let ia = slot_a(tid + r * 256u, TM, TK);
+        let ib = slot_b(tid + r * 256u, TN, TK);
+        ra[r] = load_a(a_base, row0 + ia.x, ia.y);
+        rb[r] = load_b(b_base, ib.y, col0 + ib.x);
+    }
+
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-
     for (var k0 = 0u; k0 < p.k; k0 = k0 + TK) {
         for (var r = 0u; r < 4u; r = r + 1u) {
-            let e = tid + r * 256u;
-            // A tile (TM x TK)
-            var m: u32;
-            var ka: u32;
-            if (p.ta == 0u) {
-                m = e / TK;
-                ka = e % TK;
-            } else {
-                ka = e / TM;
-                m = e % TM;
-            }
-            let gm = row0 + m;
-            let gka = k0 + ka;
-            var av = 0.0;
-            if (gm < p.m && gka < p.k) {
-                if (p.ta == 0u) {
-                    av = a[a_base + gm * p.k + gka];
-                } else {
-                    av = a[a_base + gka * p.m + gm];
-                }
-            }
-            a_tile[ka * TM + m] = av;
-            // B tile (TK x TN)
-            var n: u32;
-            var kb: u32;
-            if (p.tb == 0u) {
-                kb = e / TN;
-                n = e % TN;
-            } else {
-                n = e / TK;
-                kb = e % TK;
-            }
-            let gn = col0 + n;
-            let gkb = k0 + kb;
-            var bv = 0.0;
-            if (gn < p.n && gkb < p.k) {
-                if (p.tb == 0u) {
-                    bv = b[b_base + gkb * p.n + gn];
-                } else {
-                    bv = b[b_base + gn * p.k + gkb];
-                }
-            }
-            b_tile[kb * TN + n] = bv;
+            let ia = slot_a(tid + r * 256u, TM, TK);
+            let ib = slot_b(tid + r * 256u, TN, TK);
+            a_tile[ia.y * 16u + ia.x / 4u][ia.x % 4u] = ra[r];
+            b_tile[ib.y * 16u + ib.x / 4u][ib.x % 4u] = rb[r];
         }
         workgroupBarrier();
+        let next = k0 + TK;
+        if (next < p.k) {
+            for (var r = 0u; r < 4u; r = r + 1u) {
+                let ia = slot_a(tid + r * 256u, TM, TK);
+                let ib = slot_b(tid + r * 256u, TN, TK);
+                ra[r] = load_a(a_base, row0 + ia.x, next + ia.y);
+                rb[r] = load_b(b_base, next + ib.y, col0 + ib.x);
+            }
+        }
         for (var kk = 0u; kk < TK; kk = kk + 1u) {
-            let ab = kk * TM + lid.y;
-            let bb = kk * TN + lid.x;
-            let bv = vec4<f32>(b_tile[bb], b_tile[bb + 16u], b_tile[bb + 32u], b_tile[bb + 48u]);
-            acc0 = acc0 + a_tile[ab] * bv;
-            acc1 = acc1 + a_tile[ab + 16u] * bv;
-            acc2 = acc2 + a_tile[ab + 32u] * bv;
-            acc3 = acc3 + a_tile[ab + 48u] * bv;
+            let av = a_tile[kk * 16u + ty];
+            let bv = b_tile[kk * 16u + tx];
+            acc0 = acc0 + av.x * bv;
+            acc1 = acc1 + av.y * bv;
+            acc2 = acc2 + av.z * bv;
+            acc3 = acc3 + av.w * bv;
         }
         workgroupBarrier();
     }
 
-    store(batch, row0 + lid.y, col0 + lid.x, acc0);
-    store(batch, row0 + lid.y + 16u, col0 + lid.x, acc1);
-    store(batch, row0 + lid.y + 32u, col0 + lid.x, acc2);
-    store(batch, row0 + lid.y + 48u, col0 + lid.x, acc3);
-}
-
-// Writes one thread's four outputs of row `gm`: columns gn, gn+16, gn+32, gn+48.
-fn store(batch: u32, gm: u32, gn: u32, v: vec4<f32>) {
-    if (gm >= p.m) {
-        return;
-    }
-    let base = batch * p.c_batch + gm * p.n;
-    for (var j = 0u; j < 4u; j = j + 1u) {
-        let col = gn + 16u * j;
-        if (col < p.n) {
-            var x = v[j];
-            if (p.has_bias == 1u) {
-                x = x + bias[col];
-            }
-            c[base + col] = x;
-        }
-    }
+    let r0 = row0 + ty * 4u;
+    let q0 = col0 + tx * 4u;
+    store4(batch, r0, q0, acc0);
+    store4(batch, r0 + 1u, q0, acc1);
+    store4(batch, r0 + 2u, q0, acc2);
+    store4(batch, r0 + 3u, q0, acc3);
 }
 
 // The same product with 128x128 tiles for shapes with many tiles (big GPUs): 256 threads,
@@ -181,53 +185,33 @@ fn matmul_big(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     var c70 = vec4<f32>(0.0);
     var c71 = vec4<f32>(0.0);
 
+    var ra = vec4<f32>(0.0);
+    var rb = vec4<f32>(0.0);
+    for (var r = 0u; r < 4u; r = r + 1u) {
+        let ia = slot_a(tid + r * 256u, BM, BK);
+        let ib = slot_b(tid + r * 256u, BN, BK);
+        ra[r] = load_a(a_base, row0 + ia.x, ia.y);
+        rb[r] = load_b(b_base, ib.y, col0 + ib.x);
+    }
     for (var k0 = 0u; k0 < p.k; k0 = k0 + BK) {
-        // Each thread stages four values of A's 128x8 tile and four of B's 8x128 tile,
-        // reading along whichever axis is contiguous in memory.
+        // Each thread stages four values of A's 128x8 slice and four of B's 8x128, then
+        // fetches the next slice's while this one is multiplied.
         for (var r = 0u; r < 4u; r = r + 1u) {
-            let e = tid + r * 256u;
-            var m: u32;
-            var ka: u32;
-            if (p.ta == 0u) {
-                m = e / BK;
-                ka = e % BK;
-            } else {
-                ka = e / BM;
-                m = e % BM;
-            }
-            let gm = row0 + m;
-            let gka = k0 + ka;
-            var av = 0.0;
-            if (gm < p.m && gka < p.k) {
-                if (p.ta == 0u) {
-                    av = a[a_base + gm * p.k + gka];
-                } else {
-                    av = a[a_base + gka * p.m + gm];
-                }
-            }
-            a_big[ka * 32u + m / 4u][m % 4u] = av;
-            var n: u32;
-            var kb: u32;
-            if (p.tb == 0u) {
-                kb = e / BN;
-                n = e % BN;
-            } else {
-                n = e / BK;
-                kb = e % BK;
-            }
-            let gn = col0 + n;
-            let gkb = k0 + kb;
-            var bv = 0.0;
-            if (gn < p.n && gkb < p.k) {
-                if (p.tb == 0u) {
-                    bv = b[b_base + gkb * p.n + gn];
-                } else {
-                    bv = b[b_base + gn * p.k + gkb];
-                }
-            }
-            b_big[kb * 32u + n / 4u][n % 4u] = bv;
+            let ia = slot_a(tid + r * 256u, BM, BK);
+            let ib = slot_b(tid + r * 256u, BN, BK);
+            a_big[ia.y * 32u + ia.x / 4u][ia.x % 4u] = ra[r];
+            b_big[ib.y * 32u + ib.x / 4u][ib.x % 4u] = rb[r];
         }
         workgroupBarrier();
+        let next = k0 + BK;
+        if (next < p.k) {
+            for (var r = 0u; r < 4u; r = r + 1u) {
+                let ia = slot_a(tid + r * 256u, BM, BK);
+                let ib = slot_b(tid + r * 256u, BN, BK);
+                ra[r] = load_a(a_base, row0 + ia.x, next + ia.y);
+                rb[r] = load_b(b_base, next + ib.y, col0 + ib.x);
+            }
+        }
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
             let a0 = a_big[kk * 32u + ty];
             let a1 = a_big[kk * 32u + 16u + ty];
