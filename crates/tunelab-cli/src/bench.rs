@@ -413,7 +413,7 @@ pub fn candle_matmul(device: &str, iters: usize) -> anyhow::Result<Vec<MatmulRes
 }
 
 /// WGSL matmul GFLOP/s at [`matmul_shapes`], on device-resident buffers: on GPUs both tile
-/// sizes, on software adapters the one the backend picks.
+/// sizes and the backend's choice (which may split K), on software adapters only the latter.
 pub fn wgpu_matmul(
     iters: usize,
 ) -> anyhow::Result<(tunelab_wgpu::AdapterReport, Vec<MatmulResult>)> {
@@ -434,7 +434,11 @@ pub fn wgpu_matmul(
         let tilings: &[(Tiling, &str)] = if software {
             &[(Tiling::Auto, "wgsl-auto")]
         } else {
-            &[(Tiling::Small, "wgsl-64"), (Tiling::Big, "wgsl-128")]
+            &[
+                (Tiling::Small, "wgsl-64"),
+                (Tiling::Big, "wgsl-128"),
+                (Tiling::Auto, "wgsl-auto"),
+            ]
         };
         for &(tiling, kernel) in tilings {
             let secs = bench(&ctx, &dims, tiling, iters)?;

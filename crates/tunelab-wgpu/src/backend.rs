@@ -82,6 +82,9 @@ pub struct PoolStats {
     pub pooled_bytes: u64,
     /// Buffers created since the backend started.
     pub created: usize,
+    /// Scratch buffers (partial sums) pooled by the context between submissions.
+    pub scratch_buffers: usize,
+    pub scratch_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -221,6 +224,7 @@ impl Wgpu {
     pub fn pool_stats(&self) -> PoolStats {
         let mut st = self.lock();
         self.flush_locked(&mut st);
+        let (scratch_buffers, scratch_bytes) = self.ctx.scratch_stats();
         let (n, bytes) = st.free.iter().fold((0, 0), |(n, b), (class, v)| {
             (n + v.len(), b + class * v.len() as u64)
         });
@@ -230,13 +234,16 @@ impl Wgpu {
             pooled_buffers: n,
             pooled_bytes: bytes,
             created: st.created,
+            scratch_buffers,
+            scratch_bytes,
         }
     }
 
-    /// Destroys every pooled (unused) buffer.
+    /// Destroys every pooled (unused) buffer, the context's scratch buffers included.
     pub fn release_pool(&self) {
         let mut st = self.lock();
         self.flush_locked(&mut st);
+        self.ctx.release_scratch();
         for (_, v) in st.free.drain() {
             for b in v {
                 b.destroy();

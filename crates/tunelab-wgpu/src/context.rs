@@ -77,6 +77,8 @@ pub struct Context {
     uniform_pages: Mutex<Vec<wgpu::Buffer>>,
     /// A storage buffer holding 1.0, bound where an optional input is absent.
     one: std::sync::OnceLock<wgpu::Buffer>,
+    /// Scratch buffers (partial sums and the like) not in use by a recorder, by size class.
+    scratch: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
 }
 
 /// Timestamp pairs one query set holds (WebGPU allows 4096 queries per set).
@@ -193,6 +195,7 @@ impl Context {
             profiler: Mutex::new(None),
             uniform_pages: Mutex::new(Vec::new()),
             one: std::sync::OnceLock::new(),
+            scratch: Mutex::new(HashMap::new()),
         })
     }
 
@@ -383,6 +386,52 @@ impl Context {
         self.one
             .get_or_init(|| crate::ops::upload(self, "one", &[1.0]))
             .clone()
+    }
+
+    /// A storage buffer for at least `n` f32 values from the scratch pool (power-of-two size
+    /// classes), or a new one. Through `ops::Recorder::scratch`, which returns it after the
+    /// submission: reused buffers skip wgpu's zeroing of new ones and the allocation.
+    pub(crate) fn take_scratch(&self, n: u64) -> wgpu::Buffer {
+        let class = (n.max(1) * 4).next_power_of_two().max(16);
+        lock(&self.scratch)
+            .get_mut(&class)
+            .and_then(Vec::pop)
+            .unwrap_or_else(|| {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("scratch"),
+                    size: class,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+    }
+
+    /// Takes back scratch buffers whose recorder was submitted.
+    pub(crate) fn return_scratch(&self, buffers: impl IntoIterator<Item = wgpu::Buffer>) {
+        let mut pool = lock(&self.scratch);
+        for b in buffers {
+            pool.entry(b.size()).or_default().push(b);
+        }
+    }
+
+    /// Scratch buffers in the pool and their bytes.
+    pub fn scratch_stats(&self) -> (usize, u64) {
+        lock(&self.scratch)
+            .iter()
+            .fold((0, 0), |(n, bytes), (class, v)| {
+                (n + v.len(), bytes + class * v.len() as u64)
+            })
+    }
+
+    /// Destroys the pooled scratch buffers.
+    pub fn release_scratch(&self) {
+        for (_, v) in lock(&self.scratch).drain() {
+            for b in v {
+                b.destroy();
+            }
+        }
     }
 
     /// A uniform page from the pool, or a new one.

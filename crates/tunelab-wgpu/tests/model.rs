@@ -256,8 +256,16 @@ fn gpu_memory_does_not_grow_over_200_steps() {
         end.created, start.created,
         "buffers were created after warm-up"
     );
+    // Scratch (partial sums) is pooled too: the same buffers serve every step.
+    assert!(start.scratch_buffers > 0, "{start:?}");
+    assert_eq!(
+        (end.scratch_buffers, end.scratch_bytes),
+        (start.scratch_buffers, start.scratch_bytes),
+        "scratch grew"
+    );
     wg.release_pool();
-    assert_eq!(wg.pool_stats().pooled_buffers, 0);
+    let released = wg.pool_stats();
+    assert_eq!((released.pooled_buffers, released.scratch_buffers), (0, 0));
 }
 
 #[test]

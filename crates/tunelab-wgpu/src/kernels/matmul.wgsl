@@ -23,8 +23,14 @@ struct Params {
     b_batch: u32,
     c_batch: u32,
     row_tile0: u32,
-    batch0: u32,
-    pad: u32,
+    z0: u32,
+    // Split-K: the z workgroup id counts (batch entry, split) pairs; split s covers
+    // K in [s * k_chunk, (s + 1) * k_chunk) and writes its partial C at s * c_split.
+    splits: u32,
+    k_chunk: u32,
+    c_split: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -37,9 +43,25 @@ const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 16u;
 
-// op(A)[gm, gk] of this batch entry, 0 outside the matrix.
-fn load_a(base: u32, gm: u32, gk: u32) -> f32 {
-    if (gm >= p.m || gk >= p.k) {
+// The batch entry, the K range and the output offset of workgroup z.
+struct Job {
+    batch: u32,
+    k_lo: u32,
+    k_hi: u32,
+    c_base: u32,
+}
+
+fn job(z: u32) -> Job {
+    let zz = z + p.z0;
+    let batch = zz / p.splits;
+    let split = zz % p.splits;
+    let k_lo = split * p.k_chunk;
+    return Job(batch, k_lo, min(k_lo + p.k_chunk, p.k), split * p.c_split + batch * p.c_batch);
+}
+
+// op(A)[gm, gk] of this batch entry, 0 outside the matrix and past the job's K range.
+fn load_a(base: u32, gm: u32, gk: u32, k_hi: u32) -> f32 {
+    if (gm >= p.m || gk >= k_hi) {
         return 0.0;
     }
     if (p.ta == 0u) {
@@ -48,9 +70,9 @@ fn load_a(base: u32, gm: u32, gk: u32) -> f32 {
     return a[base + gk * p.m + gm];
 }
 
-// op(B)[gk, gn] of this batch entry, 0 outside the matrix.
-fn load_b(base: u32, gk: u32, gn: u32) -> f32 {
-    if (gn >= p.n || gk >= p.k) {
+// op(B)[gk, gn] of this batch entry, likewise.
+fn load_b(base: u32, gk: u32, gn: u32, k_hi: u32) -> f32 {
+    if (gn >= p.n || gk >= k_hi) {
         return 0.0;
     }
     if (p.tb == 0u) {
@@ -87,7 +109,8 @@ var<workgroup> b_tile: array<vec4<f32>, 256>;
 // and fetches the next slice into registers while the current one is multiplied.
 @compute @workgroup_size(256, 1, 1)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let batch = wg.z + p.batch0;
+    let jb = job(wg.z);
+    let batch = jb.batch;
     let row0 = (wg.y + p.row_tile0) * TM;
     let col0 = wg.x * TN;
     let tx = tid % 16u;
@@ -100,15 +123,15 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     for (var r = 0u; r < 4u; r = r + 1u) {
         let ia = slot_a(tid + r * 256u, TM, TK);
         let ib = slot_b(tid + r * 256u, TN, TK);
-        ra[r] = load_a(a_base, row0 + ia.x, ia.y);
-        rb[r] = load_b(b_base, ib.y, col0 + ib.x);
+        ra[r] = load_a(a_base, row0 + ia.x, jb.k_lo + ia.y, jb.k_hi);
+        rb[r] = load_b(b_base, jb.k_lo + ib.y, col0 + ib.x, jb.k_hi);
     }
 
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < p.k; k0 = k0 + TK) {
+    for (var k0 = jb.k_lo; k0 < jb.k_hi; k0 = k0 + TK) {
         for (var r = 0u; r < 4u; r = r + 1u) {
             let ia = slot_a(tid + r * 256u, TM, TK);
             let ib = slot_b(tid + r * 256u, TN, TK);
@@ -117,31 +140,31 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         }
         workgroupBarrier();
         let next = k0 + TK;
-        if (next < p.k) {
+        if (next < jb.k_hi) {
             for (var r = 0u; r < 4u; r = r + 1u) {
                 let ia = slot_a(tid + r * 256u, TM, TK);
                 let ib = slot_b(tid + r * 256u, TN, TK);
-                ra[r] = load_a(a_base, row0 + ia.x, next + ia.y);
-                rb[r] = load_b(b_base, next + ib.y, col0 + ib.x);
+                ra[r] = load_a(a_base, row0 + ia.x, next + ia.y, jb.k_hi);
+                rb[r] = load_b(b_base, next + ib.y, col0 + ib.x, jb.k_hi);
             }
         }
         for (var kk = 0u; kk < TK; kk = kk + 1u) {
             let av = a_tile[kk * 16u + ty];
             let bv = b_tile[kk * 16u + tx];
-            acc0 = acc0 + av.x * bv;
-            acc1 = acc1 + av.y * bv;
-            acc2 = acc2 + av.z * bv;
-            acc3 = acc3 + av.w * bv;
+            acc0 = fma(vec4<f32>(av.x), bv, acc0);
+            acc1 = fma(vec4<f32>(av.y), bv, acc1);
+            acc2 = fma(vec4<f32>(av.z), bv, acc2);
+            acc3 = fma(vec4<f32>(av.w), bv, acc3);
         }
         workgroupBarrier();
     }
 
     let r0 = row0 + ty * 4u;
     let q0 = col0 + tx * 4u;
-    store4(batch, r0, q0, acc0);
-    store4(batch, r0 + 1u, q0, acc1);
-    store4(batch, r0 + 2u, q0, acc2);
-    store4(batch, r0 + 3u, q0, acc3);
+    store4(jb.c_base, r0, q0, acc0);
+    store4(jb.c_base, r0 + 1u, q0, acc1);
+    store4(jb.c_base, r0 + 2u, q0, acc2);
+    store4(jb.c_base, r0 + 3u, q0, acc3);
 }
 
 // The same product with 128x128 tiles for shapes with many tiles (big GPUs): 256 threads,
@@ -160,7 +183,8 @@ var<workgroup> b_big: array<vec4<f32>, 256>;
 
 @compute @workgroup_size(256, 1, 1)
 fn matmul_big(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let batch = wg.z + p.batch0;
+    let jb = job(wg.z);
+    let batch = jb.batch;
     let row0 = (wg.y + p.row_tile0) * BM;
     let col0 = wg.x * BN;
     let tx = tid % 16u;
@@ -190,10 +214,10 @@ fn matmul_big(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     for (var r = 0u; r < 4u; r = r + 1u) {
         let ia = slot_a(tid + r * 256u, BM, BK);
         let ib = slot_b(tid + r * 256u, BN, BK);
-        ra[r] = load_a(a_base, row0 + ia.x, ia.y);
-        rb[r] = load_b(b_base, ib.y, col0 + ib.x);
+        ra[r] = load_a(a_base, row0 + ia.x, jb.k_lo + ia.y, jb.k_hi);
+        rb[r] = load_b(b_base, jb.k_lo + ib.y, col0 + ib.x, jb.k_hi);
     }
-    for (var k0 = 0u; k0 < p.k; k0 = k0 + BK) {
+    for (var k0 = jb.k_lo; k0 < jb.k_hi; k0 = k0 + BK) {
         // Each thread stages four values of A's 128x8 slice and four of B's 8x128, then
         // fetches the next slice's while this one is multiplied.
         for (var r = 0u; r < 4u; r = r + 1u) {
@@ -204,12 +228,12 @@ fn matmul_big(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         }
         workgroupBarrier();
         let next = k0 + BK;
-        if (next < p.k) {
+        if (next < jb.k_hi) {
             for (var r = 0u; r < 4u; r = r + 1u) {
                 let ia = slot_a(tid + r * 256u, BM, BK);
                 let ib = slot_b(tid + r * 256u, BN, BK);
-                ra[r] = load_a(a_base, row0 + ia.x, next + ia.y);
-                rb[r] = load_b(b_base, next + ib.y, col0 + ib.x);
+                ra[r] = load_a(a_base, row0 + ia.x, next + ia.y, jb.k_hi);
+                rb[r] = load_b(b_base, next + ib.y, col0 + ib.x, jb.k_hi);
             }
         }
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
@@ -217,22 +241,22 @@ fn matmul_big(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
             let a1 = a_big[kk * 32u + 16u + ty];
             let b0 = b_big[kk * 32u + tx];
             let b1 = b_big[kk * 32u + 16u + tx];
-            c00 = c00 + a0.x * b0;
-            c01 = c01 + a0.x * b1;
-            c10 = c10 + a0.y * b0;
-            c11 = c11 + a0.y * b1;
-            c20 = c20 + a0.z * b0;
-            c21 = c21 + a0.z * b1;
-            c30 = c30 + a0.w * b0;
-            c31 = c31 + a0.w * b1;
-            c40 = c40 + a1.x * b0;
-            c41 = c41 + a1.x * b1;
-            c50 = c50 + a1.y * b0;
-            c51 = c51 + a1.y * b1;
-            c60 = c60 + a1.z * b0;
-            c61 = c61 + a1.z * b1;
-            c70 = c70 + a1.w * b0;
-            c71 = c71 + a1.w * b1;
+            c00 = fma(vec4<f32>(a0.x), b0, c00);
+            c01 = fma(vec4<f32>(a0.x), b1, c01);
+            c10 = fma(vec4<f32>(a0.y), b0, c10);
+            c11 = fma(vec4<f32>(a0.y), b1, c11);
+            c20 = fma(vec4<f32>(a0.z), b0, c20);
+            c21 = fma(vec4<f32>(a0.z), b1, c21);
+            c30 = fma(vec4<f32>(a0.w), b0, c30);
+            c31 = fma(vec4<f32>(a0.w), b1, c31);
+            c40 = fma(vec4<f32>(a1.x), b0, c40);
+            c41 = fma(vec4<f32>(a1.x), b1, c41);
+            c50 = fma(vec4<f32>(a1.y), b0, c50);
+            c51 = fma(vec4<f32>(a1.y), b1, c51);
+            c60 = fma(vec4<f32>(a1.z), b0, c60);
+            c61 = fma(vec4<f32>(a1.z), b1, c61);
+            c70 = fma(vec4<f32>(a1.w), b0, c70);
+            c71 = fma(vec4<f32>(a1.w), b1, c71);
         }
         workgroupBarrier();
     }
@@ -241,30 +265,31 @@ fn matmul_big(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let r1 = row0 + 64u + ty * 4u;
     let q0 = col0 + tx * 4u;
     let q1 = col0 + 64u + tx * 4u;
-    store4(batch, r0, q0, c00);
-    store4(batch, r0, q1, c01);
-    store4(batch, r0 + 1u, q0, c10);
-    store4(batch, r0 + 1u, q1, c11);
-    store4(batch, r0 + 2u, q0, c20);
-    store4(batch, r0 + 2u, q1, c21);
-    store4(batch, r0 + 3u, q0, c30);
-    store4(batch, r0 + 3u, q1, c31);
-    store4(batch, r1, q0, c40);
-    store4(batch, r1, q1, c41);
-    store4(batch, r1 + 1u, q0, c50);
-    store4(batch, r1 + 1u, q1, c51);
-    store4(batch, r1 + 2u, q0, c60);
-    store4(batch, r1 + 2u, q1, c61);
-    store4(batch, r1 + 3u, q0, c70);
-    store4(batch, r1 + 3u, q1, c71);
+    store4(jb.c_base, r0, q0, c00);
+    store4(jb.c_base, r0, q1, c01);
+    store4(jb.c_base, r0 + 1u, q0, c10);
+    store4(jb.c_base, r0 + 1u, q1, c11);
+    store4(jb.c_base, r0 + 2u, q0, c20);
+    store4(jb.c_base, r0 + 2u, q1, c21);
+    store4(jb.c_base, r0 + 3u, q0, c30);
+    store4(jb.c_base, r0 + 3u, q1, c31);
+    store4(jb.c_base, r1, q0, c40);
+    store4(jb.c_base, r1, q1, c41);
+    store4(jb.c_base, r1 + 1u, q0, c50);
+    store4(jb.c_base, r1 + 1u, q1, c51);
+    store4(jb.c_base, r1 + 2u, q0, c60);
+    store4(jb.c_base, r1 + 2u, q1, c61);
+    store4(jb.c_base, r1 + 3u, q0, c70);
+    store4(jb.c_base, r1 + 3u, q1, c71);
 }
 
-// Writes four consecutive outputs of row `gm` from column `gn` (those inside C).
-fn store4(batch: u32, gm: u32, gn: u32, v: vec4<f32>) {
+// Writes four consecutive outputs of row `gm` from column `gn` (those inside C) of the
+// matrix at element `c_base`.
+fn store4(c_base: u32, gm: u32, gn: u32, v: vec4<f32>) {
     if (gm >= p.m) {
         return;
     }
-    let base = batch * p.c_batch + gm * p.n;
+    let base = c_base + gm * p.n;
     for (var j = 0u; j < 4u; j = j + 1u) {
         let col = gn + j;
         if (col < p.n) {
@@ -275,4 +300,23 @@ fn store4(batch: u32, gm: u32, gn: u32, v: vec4<f32>) {
             c[base + col] = x;
         }
     }
+}
+
+// Split-K's second pass: c[i] = sum over splits s of a[s * c_split + i] (in order), plus
+// bias[i % n] with has_bias. One thread per output; `row_tile0` holds the row stride of a
+// dispatch split over x and y.
+@compute @workgroup_size(256, 1, 1)
+fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let i = (wg.y * p.row_tile0 + wg.x) * 256u + tid;
+    if (i >= p.c_split) {
+        return;
+    }
+    var s = 0.0;
+    for (var j = 0u; j < p.splits; j = j + 1u) {
+        s = s + a[j * p.c_split + i];
+    }
+    if (p.has_bias == 1u) {
+        s = s + bias[i % p.n];
+    }
+    c[i] = s;
 }

@@ -173,7 +173,7 @@ pub fn encode_backward(
         groups: (tx, ty),
     } = kernel(ctx, d, key_mask.is_some())?;
     let rows = d.rows();
-    let stats = output(ctx, "attention.stats", 2 * rows);
+    let stats = enc.scratch(ctx, 2 * rows);
     enc.copy_buffer_to_buffer(lse, 0, &stats, 0, rows.max(1) * 4);
     let dummy = ctx.one();
     let m = key_mask.unwrap_or(&dummy);
@@ -226,7 +226,6 @@ pub fn encode_backward(
         ],
         (tx, ty, 1),
     );
-    enc.keep(stats);
     Ok(())
 }
 

@@ -92,11 +92,7 @@ pub fn encode_backward(
         requested: u64::from(c) * 2,
         available: u64::from(u32::MAX),
     })?;
-    let partials = output(
-        ctx,
-        "layer_norm.partials",
-        u64::from(chunks) * u64::from(cols),
-    );
+    let partials = enc.scratch(ctx, u64::from(chunks) * u64::from(cols));
     let pc = Params {
         row_stride: chunk,
         ..p
@@ -111,9 +107,7 @@ pub fn encode_backward(
         &[(1, x), (3, mean), (4, rstd), (5, dy), (7, &partials)],
         (blocks, chunks, 1),
     );
-    super::reduce::encode_column_sums(ctx, enc, chunks, cols, &partials, dparams)?;
-    enc.keep(partials);
-    Ok(())
+    super::reduce::encode_column_sums(ctx, enc, chunks, cols, &partials, dparams)
 }
 
 /// Host-to-host forward: `(y, mean, rstd)`.

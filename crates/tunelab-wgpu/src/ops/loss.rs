@@ -43,7 +43,7 @@ pub fn encode_sum(
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
     let (p, (gx, gy)) = params(ctx, rows, k, 1.0)?;
-    let per_row = output(ctx, "ce.rows", u64::from(rows));
+    let per_row = enc.scratch(ctx, u64::from(rows));
     dispatch(
         ctx,
         enc,
@@ -55,7 +55,6 @@ pub fn encode_sum(
         (gx, gy, 1),
     );
     reduce::encode_sum(ctx, enc, rows, &per_row, out)?;
-    enc.keep(per_row);
     Ok(())
 }
 

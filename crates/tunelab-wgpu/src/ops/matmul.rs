@@ -19,29 +19,44 @@ pub enum Tiling {
     Small,
     /// 128 × 128 tiles, 8 × 8 outputs per thread (`matmul_big`).
     Big,
+    /// 64 × 64 tiles with K split into this many parts, each written to a partial product,
+    /// then summed in order (`matmul_sum_splits`).
+    SplitK(u32),
 }
 
 /// Products with at least this many 128 × 128 tiles use the big-tile kernel under
 /// [`Tiling::Auto`] (fewer would leave many of a large GPU's multiprocessors idle).
 pub const BIG_MIN_TILES: u64 = 192;
 
+/// Under [`Tiling::Auto`], products with fewer 64 × 64 tiles than this split K (so that a
+/// large GPU gets enough workgroups), when K is long enough.
+pub const SPLIT_BELOW_TILES: u64 = 256;
+
 impl Tiling {
-    /// Tile edge and entry point for `d`.
-    fn kernel(self, d: &Dims) -> (u32, &'static str) {
-        let big = match self {
-            Tiling::Small => false,
-            Tiling::Big => true,
-            Tiling::Auto => {
-                let tiles = u64::from(d.batch)
-                    * u64::from(d.m.div_ceil(128))
-                    * u64::from(d.n.div_ceil(128));
-                tiles >= BIG_MIN_TILES
-            }
+    /// Tile edge, entry point and K splits for `d`.
+    fn kernel(self, d: &Dims) -> (u32, &'static str, u32) {
+        let tiles = |edge: u32| {
+            u64::from(d.batch) * u64::from(d.m.div_ceil(edge)) * u64::from(d.n.div_ceil(edge))
         };
-        if big {
-            (128, "matmul_big")
-        } else {
-            (64, "matmul")
+        match self {
+            Tiling::Small => (64, "matmul", 1),
+            Tiling::Big => (128, "matmul_big", 1),
+            Tiling::SplitK(n) => (64, "matmul", n.max(1)),
+            Tiling::Auto if tiles(128) >= BIG_MIN_TILES => (128, "matmul_big", 1),
+            Tiling::Auto => {
+                let small = tiles(64);
+                let splits = if small >= SPLIT_BELOW_TILES || d.k < 128 {
+                    1
+                } else {
+                    // Enough workgroups for about two rounds of 256, each split at least
+                    // 64 deep.
+                    (2 * SPLIT_BELOW_TILES)
+                        .div_ceil(small.max(1))
+                        .min(u64::from(d.k / 64))
+                        .clamp(1, 32) as u32
+                };
+                (64, "matmul", splits)
+            }
         }
     }
 }
@@ -94,8 +109,11 @@ struct Params {
     b_batch: u32,
     c_batch: u32,
     row_tile0: u32,
-    batch0: u32,
-    pad: u32,
+    z0: u32,
+    splits: u32,
+    k_chunk: u32,
+    c_split: u32,
+    pad: [u32; 2],
 }
 
 fn check(ctx: &Context, d: &Dims) -> Result<(), WgpuError> {
@@ -147,7 +165,7 @@ pub fn encode_tiled(
     if d.c_len() == 0 {
         return Ok(());
     }
-    let (tile, entry) = tiling.kernel(d);
+    let (tile, entry, splits) = tiling.kernel(d);
     let max = ctx.report().limits.max_compute_workgroups_per_dimension;
     let gx = d.n.div_ceil(tile);
     if gx > max {
@@ -158,12 +176,29 @@ pub fn encode_tiled(
         });
     }
     let row_tiles = d.m.div_ceil(tile);
+    // K per split, whole slices of 16; splits whose partial products would not fit one
+    // binding (or one u32 index) fall back to a single pass.
+    let c_len = d.c_len();
+    let k_chunk = d.k.div_ceil(splits.max(1)).next_multiple_of(16).max(16);
+    let mut splits = d.k.div_ceil(k_chunk).max(1);
+    if splits > 1
+        && (ctx
+            .check_binding("matmul partials", c_len * u64::from(splits) * 4)
+            .is_err()
+            || c_len * u64::from(splits) > u64::from(u32::MAX))
+    {
+        splits = 1;
+    }
+    let k_chunk = if splits == 1 { d.k } else { k_chunk };
+    let partials = (splits > 1).then(|| encoder.scratch(ctx, c_len * u64::from(splits)));
+    let target = partials.as_ref().unwrap_or(c);
     // The kernel reads the bias only when has_bias is set.
     let one = ctx.one();
     let bias_buf = bias.unwrap_or(&one);
-    let mut batch0 = 0;
-    while batch0 < d.batch {
-        let nb = (d.batch - batch0).min(max);
+    let jobs = d.batch * splits;
+    let mut z0 = 0;
+    while z0 < jobs {
+        let nz = (jobs - z0).min(max);
         let mut row0 = 0;
         while row0 < row_tiles {
             let nr = (row_tiles - row0).min(max);
@@ -173,13 +208,16 @@ pub fn encode_tiled(
                 k: d.k,
                 ta: u32::from(d.ta),
                 tb: u32::from(d.tb),
-                has_bias: u32::from(bias.is_some()),
+                has_bias: u32::from(bias.is_some() && splits == 1),
                 a_batch: d.m * d.k,
                 b_batch: if d.b_shared { 0 } else { d.k * d.n },
                 c_batch: d.m * d.n,
                 row_tile0: row0,
-                batch0,
-                pad: 0,
+                z0,
+                splits,
+                k_chunk,
+                c_split: c_len as u32,
+                pad: [0; 2],
             };
             dispatch(
                 ctx,
@@ -188,12 +226,42 @@ pub fn encode_tiled(
                 kernels::MATMUL,
                 entry,
                 bytemuck::bytes_of(&params),
-                &[(1, a), (2, b), (3, bias_buf), (4, c)],
-                (gx, nr, nb),
+                &[(1, a), (2, b), (3, bias_buf), (4, target)],
+                (gx, nr, nz),
             );
             row0 += nr;
         }
-        batch0 += nb;
+        z0 += nz;
+    }
+    if let Some(partials) = partials {
+        let (sx, sy) = super::groups_for(ctx, c_len as u32, 256);
+        let params = Params {
+            m: d.m,
+            n: d.n,
+            k: d.k,
+            ta: 0,
+            tb: 0,
+            has_bias: u32::from(bias.is_some()),
+            a_batch: 0,
+            b_batch: 0,
+            c_batch: 0,
+            row_tile0: sx,
+            z0: 0,
+            splits,
+            k_chunk,
+            c_split: c_len as u32,
+            pad: [0; 2],
+        };
+        dispatch(
+            ctx,
+            encoder,
+            "matmul.wgsl",
+            kernels::MATMUL,
+            "matmul_sum_splits",
+            bytemuck::bytes_of(&params),
+            &[(1, &partials), (3, bias_buf), (4, c)],
+            (sx, sy, 1),
+        );
     }
     Ok(())
 }
@@ -395,7 +463,13 @@ mod tests {
                 let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 1.0).collect();
                 let bias = with_bias.then_some(bias.as_slice());
                 let want = reference(&d, &a, &b, bias);
-                for tiling in [Tiling::Small, Tiling::Big] {
+                for tiling in [
+                    Tiling::Small,
+                    Tiling::Big,
+                    Tiling::Auto,
+                    Tiling::SplitK(2),
+                    Tiling::SplitK(5),
+                ] {
                     let got =
                         pollster::block_on(matmul_tiled(&ctx, &d, tiling, &a, &b, bias)).unwrap();
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {

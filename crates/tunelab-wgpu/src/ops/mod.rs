@@ -28,6 +28,8 @@ pub struct Recorder {
     /// Pages in use and the bytes each will hold.
     pages: Vec<(wgpu::Buffer, Vec<u8>)>,
     temps: Vec<wgpu::Buffer>,
+    /// Pooled scratch buffers, returned to the context after submission.
+    scratch: Vec<wgpu::Buffer>,
 }
 
 impl Recorder {
@@ -40,6 +42,7 @@ impl Recorder {
                 }),
             pages: Vec::new(),
             temps: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -65,6 +68,15 @@ impl Recorder {
         (page, offset, size)
     }
 
+    /// A scratch storage buffer of at least `n` f32 values for these commands only (its
+    /// contents are left over from earlier use): pooled by the context, back in the pool
+    /// after submission.
+    pub(crate) fn scratch(&mut self, ctx: &Context, n: u64) -> wgpu::Buffer {
+        let b = ctx.take_scratch(n);
+        self.scratch.push(b.clone());
+        b
+    }
+
     /// Keeps `buffer` alive until the commands are submitted, then destroys it.
     pub(crate) fn keep(&mut self, buffer: wgpu::Buffer) {
         self.temps.push(buffer);
@@ -80,6 +92,7 @@ impl Recorder {
         }
         ctx.queue.submit([self.encoder.finish()]);
         ctx.return_uniform_pages(self.pages.into_iter().map(|(page, _)| page));
+        ctx.return_scratch(self.scratch);
         for t in self.temps {
             t.destroy();
         }
@@ -90,7 +103,8 @@ impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recorder")
             .field("uniform_pages", &self.pages.len())
-            .field("scratch_buffers", &self.temps.len())
+            .field("temporary_buffers", &self.temps.len())
+            .field("scratch_buffers", &self.scratch.len())
             .finish_non_exhaustive()
     }
 }

@@ -112,11 +112,7 @@ pub fn encode_sum_to_last(
     let chunk = chunk_rows(ctx, rows);
     let chunks = rows.div_ceil(chunk);
     let blocks = column_blocks(ctx, "sum_to_last", cols)?;
-    let partials = output(
-        ctx,
-        "sum_to_last.partials",
-        u64::from(chunks) * u64::from(cols),
-    );
+    let partials = enc.scratch(ctx, u64::from(chunks) * u64::from(cols));
     let p = Params {
         rows,
         cols,
@@ -135,9 +131,7 @@ pub fn encode_sum_to_last(
         &[(1, x), (3, &partials)],
         (blocks, chunks, 1),
     );
-    encode_column_sums(ctx, enc, chunks, cols, &partials, out)?;
-    enc.keep(partials);
-    Ok(())
+    encode_column_sums(ctx, enc, chunks, cols, &partials, out)
 }
 
 /// Records `out (cols,) = sum over rows of x (rows, cols)` with one thread per column,
@@ -215,7 +209,7 @@ fn encode_fold(
         let dst = if last {
             None
         } else {
-            Some(output(ctx, "sum_squares.partial", u64::from(groups)))
+            Some(enc.scratch(ctx, u64::from(groups)))
         };
         let p = Params {
             rows: 0,
@@ -237,9 +231,6 @@ fn encode_fold(
             &[(1, input), (3, target)],
             (gx, gy, 1),
         );
-        if let Some(s) = src.take() {
-            enc.keep(s);
-        }
         match dst {
             None => break,
             Some(d) => src = Some(d),
