@@ -277,6 +277,11 @@ impl Context {
         (rows, p.untimed)
     }
 
+    /// Whether compute passes are being timed.
+    pub(crate) fn is_profiling(&self) -> bool {
+        lock(&self.profiler).is_some()
+    }
+
     /// Forgets the times collected so far (e.g. those of warm-up steps).
     pub fn reset_profile(&self) {
         if let Some(p) = lock(&self.profiler).as_mut() {

@@ -25,6 +25,9 @@ pub(crate) const UNIFORM_PAGE: u64 = 64 << 10;
 /// them are queued after it, so a page is never overwritten before the GPU has read it.
 pub struct Recorder {
     encoder: wgpu::CommandEncoder,
+    /// The open compute pass: consecutive dispatches share one (each dispatch is its own
+    /// usage scope, so it sees the writes of those before it); any other command closes it.
+    pass: Option<wgpu::ComputePass<'static>>,
     /// Pages in use and the bytes each will hold.
     pages: Vec<(wgpu::Buffer, Vec<u8>)>,
     temps: Vec<wgpu::Buffer>,
@@ -40,6 +43,7 @@ impl Recorder {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("tunelab"),
                 }),
+            pass: None,
             pages: Vec::new(),
             temps: Vec::new(),
             scratch: Vec::new(),
@@ -77,6 +81,21 @@ impl Recorder {
         b
     }
 
+    /// The compute pass to record a dispatch of `label` into: the open one, or a new one
+    /// (always a new one while profiling, so that each dispatch gets its own timestamps).
+    fn compute_pass(
+        &mut self,
+        ctx: &Context,
+        label: &'static str,
+    ) -> &mut wgpu::ComputePass<'static> {
+        if ctx.is_profiling() {
+            self.pass = None;
+        }
+        let encoder = &mut self.encoder;
+        self.pass
+            .get_or_insert_with(|| ctx.begin_pass(encoder, label).forget_lifetime())
+    }
+
     /// Keeps `buffer` alive until the commands are submitted, then destroys it.
     pub(crate) fn keep(&mut self, buffer: wgpu::Buffer) {
         self.temps.push(buffer);
@@ -84,7 +103,8 @@ impl Recorder {
 
     /// Writes the uniform pages, submits the commands, returns the pages to the pool and
     /// destroys the scratch buffers.
-    pub fn submit(self, ctx: &Context) {
+    pub fn submit(mut self, ctx: &Context) {
+        self.pass = None;
         for (page, data) in &self.pages {
             if !data.is_empty() {
                 ctx.queue.write_buffer(page, 0, data);
@@ -117,7 +137,10 @@ impl std::ops::Deref for Recorder {
 }
 
 impl std::ops::DerefMut for Recorder {
+    /// The encoder, for commands other than dispatches (copies, clears): the open compute
+    /// pass ends first.
     fn deref_mut(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
         &mut self.encoder
     }
 }
@@ -156,7 +179,7 @@ pub(crate) fn dispatch(
         layout: &pipeline.get_bind_group_layout(0),
         entries: &entries,
     });
-    let mut pass = ctx.begin_pass(rec, entry);
+    let pass = rec.compute_pass(ctx, entry);
     pass.set_pipeline(&pipeline);
     pass.set_bind_group(0, &bind, &[]);
     pass.dispatch_workgroups(groups.0, groups.1, groups.2);
