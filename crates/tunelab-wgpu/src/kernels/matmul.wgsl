@@ -98,9 +98,13 @@ fn slot_b(e: u32, cols: u32, depth: u32) -> vec2<u32> {
     return vec2<u32>(e / depth, e % depth);
 }
 
-// [kk][m / 4] and [kk][n / 4] of the current K slice.
-var<workgroup> a_tile: array<vec4<f32>, 256>;
-var<workgroup> b_tile: array<vec4<f32>, 256>;
+// [kk][m / 4] and [kk][n / 4] of the current K slice. Rows are padded to 17 vec4s: the
+// staging stores of an input read along K (A untransposed, a PyTorch-layout weight as B) put
+// neighbouring threads in neighbouring rows, which an unpadded 64-float row would map to the
+// same memory bank.
+const ROW: u32 = 17u;
+var<workgroup> a_tile: array<vec4<f32>, 272>;
+var<workgroup> b_tile: array<vec4<f32>, 272>;
 
 // 64x64 tiles, 256 threads, each computing a 4x4 block: rows ty*4..ty*4+3 and columns
 // tx*4..tx*4+3, read from workgroup memory as one vec4 of A and one of B per step of kk
@@ -135,8 +139,8 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         for (var r = 0u; r < 4u; r = r + 1u) {
             let ia = slot_a(tid + r * 256u, TM, TK);
             let ib = slot_b(tid + r * 256u, TN, TK);
-            a_tile[ia.y * 16u + ia.x / 4u][ia.x % 4u] = ra[r];
-            b_tile[ib.y * 16u + ib.x / 4u][ib.x % 4u] = rb[r];
+            a_tile[ia.y * ROW + ia.x / 4u][ia.x % 4u] = ra[r];
+            b_tile[ib.y * ROW + ib.x / 4u][ib.x % 4u] = rb[r];
         }
         workgroupBarrier();
         let next = k0 + TK;
@@ -149,8 +153,8 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             }
         }
         for (var kk = 0u; kk < TK; kk = kk + 1u) {
-            let av = a_tile[kk * 16u + ty];
-            let bv = b_tile[kk * 16u + tx];
+            let av = a_tile[kk * ROW + ty];
+            let bv = b_tile[kk * ROW + tx];
             acc0 = fma(vec4<f32>(av.x), bv, acc0);
             acc1 = fma(vec4<f32>(av.y), bv, acc1);
             acc2 = fma(vec4<f32>(av.z), bv, acc2);
@@ -177,9 +181,10 @@ const BM: u32 = 128u;
 const BN: u32 = 128u;
 const BK: u32 = 8u;
 
-// [kk][m / 4] and [kk][n / 4]
-var<workgroup> a_big: array<vec4<f32>, 256>;
-var<workgroup> b_big: array<vec4<f32>, 256>;
+// [kk][m / 4] and [kk][n / 4], rows padded to 33 vec4s (as above).
+const ROW_BIG: u32 = 33u;
+var<workgroup> a_big: array<vec4<f32>, 264>;
+var<workgroup> b_big: array<vec4<f32>, 264>;
 
 @compute @workgroup_size(256, 1, 1)
 fn matmul_big(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -223,8 +228,8 @@ fn matmul_big(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         for (var r = 0u; r < 4u; r = r + 1u) {
             let ia = slot_a(tid + r * 256u, BM, BK);
             let ib = slot_b(tid + r * 256u, BN, BK);
-            a_big[ia.y * 32u + ia.x / 4u][ia.x % 4u] = ra[r];
-            b_big[ib.y * 32u + ib.x / 4u][ib.x % 4u] = rb[r];
+            a_big[ia.y * ROW_BIG + ia.x / 4u][ia.x % 4u] = ra[r];
+            b_big[ib.y * ROW_BIG + ib.x / 4u][ib.x % 4u] = rb[r];
         }
         workgroupBarrier();
         let next = k0 + BK;
@@ -237,10 +242,10 @@ fn matmul_big(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
             }
         }
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
-            let a0 = a_big[kk * 32u + ty];
-            let a1 = a_big[kk * 32u + 16u + ty];
-            let b0 = b_big[kk * 32u + tx];
-            let b1 = b_big[kk * 32u + 16u + tx];
+            let a0 = a_big[kk * ROW_BIG + ty];
+            let a1 = a_big[kk * ROW_BIG + 16u + ty];
+            let b0 = b_big[kk * ROW_BIG + tx];
+            let b1 = b_big[kk * ROW_BIG + 16u + tx];
             c00 = fma(vec4<f32>(a0.x), b0, c00);
             c01 = fma(vec4<f32>(a0.x), b1, c01);
             c10 = fma(vec4<f32>(a0.y), b0, c10);
