@@ -68,6 +68,30 @@ fn block_of(wg: vec3<u32>) -> vec3<u32> {
     return vec3<u32>(bh, 0u, (g % blocks) * ROWS);
 }
 
+// Stages keys j0 .. j0 + BJ of (b, h): k in blk_a, v in blk_b (zeros past the end) and each
+// key's mask bias in blk_s. The caller then waits at a barrier.
+fn stage_keys(b: u32, h: u32, j0: u32, lid: u32) {
+    for (var x = lid; x < BJ * DV; x = x + ROWS) {
+        let j = j0 + x / DV;
+        var kv = vec4<f32>(0.0);
+        var vv = vec4<f32>(0.0);
+        if (j < p.t) {
+            let jb = row4(b, j, h) + x % DV;
+            kv = k[jb];
+            vv = v[jb];
+        }
+        blk_a[x] = kv;
+        blk_b[x] = vv;
+    }
+    for (var jj = lid; jj < BJ; jj = jj + ROWS) {
+        var bias = 0.0;
+        if (p.has_mask == 1u && j0 + jj < p.t) {
+            bias = (1.0 - key_mask[b * p.t + j0 + jj]) * F32_MIN;
+        }
+        blk_s[jj] = bias;
+    }
+}
+
 @compute @workgroup_size(32)
 fn attn_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let blk = block_of(wg);
@@ -88,25 +112,7 @@ fn attn_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     var m = F32_MIN;
     var l = 0.0;
     for (var j0 = 0u; j0 < p.t; j0 = j0 + BJ) {
-        for (var r = lid; r < BJ * DV; r = r + ROWS) {
-            let j = j0 + r / DV;
-            var kv = vec4<f32>(0.0);
-            var vv = vec4<f32>(0.0);
-            if (j < p.t) {
-                let jb = row4(b, j, h) + r % DV;
-                kv = k[jb];
-                vv = v[jb];
-            }
-            blk_a[r] = kv;
-            blk_b[r] = vv;
-        }
-        for (var jj = lid; jj < BJ; jj = jj + ROWS) {
-            var bias = 0.0;
-            if (p.has_mask == 1u && j0 + jj < p.t) {
-                bias = (1.0 - key_mask[b * p.t + j0 + jj]) * F32_MIN;
-            }
-            blk_s[jj] = bias;
-        }
+        stage_keys(b, h, j0, lid);
         workgroupBarrier();
         let n = min(BJ, p.t - j0);
         var s: array<f32, BJ>;
@@ -175,25 +181,7 @@ fn attn_backward_q(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
         dq[e] = vec4<f32>(0.0);
     }
     for (var j0 = 0u; j0 < p.t; j0 = j0 + BJ) {
-        for (var x = lid; x < BJ * DV; x = x + ROWS) {
-            let j = j0 + x / DV;
-            var kv = vec4<f32>(0.0);
-            var vv = vec4<f32>(0.0);
-            if (j < p.t) {
-                let jb = row4(b, j, h) + x % DV;
-                kv = k[jb];
-                vv = v[jb];
-            }
-            blk_a[x] = kv;
-            blk_b[x] = vv;
-        }
-        for (var jj = lid; jj < BJ; jj = jj + ROWS) {
-            var bias = 0.0;
-            if (p.has_mask == 1u && j0 + jj < p.t) {
-                bias = (1.0 - key_mask[b * p.t + j0 + jj]) * F32_MIN;
-            }
-            blk_s[jj] = bias;
-        }
+        stage_keys(b, h, j0, lid);
         workgroupBarrier();
         let n = min(BJ, p.t - j0);
         for (var jj = 0u; jj < BJ; jj = jj + 1u) {

@@ -98,6 +98,36 @@ fn slot_b(e: u32, cols: u32, depth: u32) -> vec2<u32> {
     return vec2<u32>(e / depth, e % depth);
 }
 
+// The four values of A's slice at K offset k0 that thread `tid` stages (elements tid,
+// tid + 256, tid + 512, tid + 768), as x, y, z, w: no dynamically indexed vector, which a
+// driver may keep in local memory.
+fn fetch_a(base: u32, row0: u32, k0: u32, k_hi: u32, tid: u32, rows: u32, depth: u32) -> vec4<f32> {
+    let s0 = slot_a(tid, rows, depth);
+    let s1 = slot_a(tid + 256u, rows, depth);
+    let s2 = slot_a(tid + 512u, rows, depth);
+    let s3 = slot_a(tid + 768u, rows, depth);
+    return vec4<f32>(
+        load_a(base, row0 + s0.x, k0 + s0.y, k_hi),
+        load_a(base, row0 + s1.x, k0 + s1.y, k_hi),
+        load_a(base, row0 + s2.x, k0 + s2.y, k_hi),
+        load_a(base, row0 + s3.x, k0 + s3.y, k_hi),
+    );
+}
+
+// The same for B's slice.
+fn fetch_b(base: u32, col0: u32, k0: u32, k_hi: u32, tid: u32, cols: u32, depth: u32) -> vec4<f32> {
+    let s0 = slot_b(tid, cols, depth);
+    let s1 = slot_b(tid + 256u, cols, depth);
+    let s2 = slot_b(tid + 512u, cols, depth);
+    let s3 = slot_b(tid + 768u, cols, depth);
+    return vec4<f32>(
+        load_b(base, k0 + s0.y, col0 + s0.x, k_hi),
+        load_b(base, k0 + s1.y, col0 + s1.x, k_hi),
+        load_b(base, k0 + s2.y, col0 + s2.x, k_hi),
+        load_b(base, k0 + s3.y, col0 + s3.x, k_hi),
+    );
+}
+
 // [kk][m / 4] and [kk][n / 4] of the current K slice. Rows are padded to 17 vec4s: the
 // staging stores of an input read along K (A untransposed, a PyTorch-layout weight as B) put
 // neighbouring threads in neighbouring rows, which an unpadded 64-float row would map to the
@@ -122,35 +152,35 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let a_base = batch * p.a_batch;
     let b_base = batch * p.b_batch;
 
-    var ra = vec4<f32>(0.0);
-    var rb = vec4<f32>(0.0);
-    for (var r = 0u; r < 4u; r = r + 1u) {
-        let ia = slot_a(tid + r * 256u, TM, TK);
-        let ib = slot_b(tid + r * 256u, TN, TK);
-        ra[r] = load_a(a_base, row0 + ia.x, jb.k_lo + ia.y, jb.k_hi);
-        rb[r] = load_b(b_base, jb.k_lo + ib.y, col0 + ib.x, jb.k_hi);
-    }
+    var ra = fetch_a(a_base, row0, jb.k_lo, jb.k_hi, tid, TM, TK);
+    var rb = fetch_b(b_base, col0, jb.k_lo, jb.k_hi, tid, TN, TK);
 
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
     for (var k0 = jb.k_lo; k0 < jb.k_hi; k0 = k0 + TK) {
-        for (var r = 0u; r < 4u; r = r + 1u) {
-            let ia = slot_a(tid + r * 256u, TM, TK);
-            let ib = slot_b(tid + r * 256u, TN, TK);
-            a_tile[ia.y * ROW + ia.x / 4u][ia.x % 4u] = ra[r];
-            b_tile[ib.y * ROW + ib.x / 4u][ib.x % 4u] = rb[r];
-        }
+        let sa0 = slot_a(tid, TM, TK);
+        a_tile[sa0.y * ROW + sa0.x / 4u][sa0.x % 4u] = ra.x;
+        let sb0 = slot_b(tid, TN, TK);
+        b_tile[sb0.y * ROW + sb0.x / 4u][sb0.x % 4u] = rb.x;
+        let sa1 = slot_a(tid + 256u, TM, TK);
+        a_tile[sa1.y * ROW + sa1.x / 4u][sa1.x % 4u] = ra.y;
+        let sb1 = slot_b(tid + 256u, TN, TK);
+        b_tile[sb1.y * ROW + sb1.x / 4u][sb1.x % 4u] = rb.y;
+        let sa2 = slot_a(tid + 512u, TM, TK);
+        a_tile[sa2.y * ROW + sa2.x / 4u][sa2.x % 4u] = ra.z;
+        let sb2 = slot_b(tid + 512u, TN, TK);
+        b_tile[sb2.y * ROW + sb2.x / 4u][sb2.x % 4u] = rb.z;
+        let sa3 = slot_a(tid + 768u, TM, TK);
+        a_tile[sa3.y * ROW + sa3.x / 4u][sa3.x % 4u] = ra.w;
+        let sb3 = slot_b(tid + 768u, TN, TK);
+        b_tile[sb3.y * ROW + sb3.x / 4u][sb3.x % 4u] = rb.w;
         workgroupBarrier();
         let next = k0 + TK;
         if (next < jb.k_hi) {
-            for (var r = 0u; r < 4u; r = r + 1u) {
-                let ia = slot_a(tid + r * 256u, TM, TK);
-                let ib = slot_b(tid + r * 256u, TN, TK);
-                ra[r] = load_a(a_base, row0 + ia.x, next + ia.y, jb.k_hi);
-                rb[r] = load_b(b_base, next + ib.y, col0 + ib.x, jb.k_hi);
-            }
+            ra = fetch_a(a_base, row0, next, jb.k_hi, tid, TM, TK);
+            rb = fetch_b(b_base, col0, next, jb.k_hi, tid, TN, TK);
         }
         for (var kk = 0u; kk < TK; kk = kk + 1u) {
             let av = a_tile[kk * ROW + ty];
@@ -214,32 +244,32 @@ fn matmul_big(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     var c70 = vec4<f32>(0.0);
     var c71 = vec4<f32>(0.0);
 
-    var ra = vec4<f32>(0.0);
-    var rb = vec4<f32>(0.0);
-    for (var r = 0u; r < 4u; r = r + 1u) {
-        let ia = slot_a(tid + r * 256u, BM, BK);
-        let ib = slot_b(tid + r * 256u, BN, BK);
-        ra[r] = load_a(a_base, row0 + ia.x, jb.k_lo + ia.y, jb.k_hi);
-        rb[r] = load_b(b_base, jb.k_lo + ib.y, col0 + ib.x, jb.k_hi);
-    }
+    var ra = fetch_a(a_base, row0, jb.k_lo, jb.k_hi, tid, BM, BK);
+    var rb = fetch_b(b_base, col0, jb.k_lo, jb.k_hi, tid, BN, BK);
     for (var k0 = jb.k_lo; k0 < jb.k_hi; k0 = k0 + BK) {
         // Each thread stages four values of A's 128x8 slice and four of B's 8x128, then
         // fetches the next slice's while this one is multiplied.
-        for (var r = 0u; r < 4u; r = r + 1u) {
-            let ia = slot_a(tid + r * 256u, BM, BK);
-            let ib = slot_b(tid + r * 256u, BN, BK);
-            a_big[ia.y * ROW_BIG + ia.x / 4u][ia.x % 4u] = ra[r];
-            b_big[ib.y * ROW_BIG + ib.x / 4u][ib.x % 4u] = rb[r];
-        }
+        let sa0 = slot_a(tid, BM, BK);
+        a_big[sa0.y * ROW_BIG + sa0.x / 4u][sa0.x % 4u] = ra.x;
+        let sb0 = slot_b(tid, BN, BK);
+        b_big[sb0.y * ROW_BIG + sb0.x / 4u][sb0.x % 4u] = rb.x;
+        let sa1 = slot_a(tid + 256u, BM, BK);
+        a_big[sa1.y * ROW_BIG + sa1.x / 4u][sa1.x % 4u] = ra.y;
+        let sb1 = slot_b(tid + 256u, BN, BK);
+        b_big[sb1.y * ROW_BIG + sb1.x / 4u][sb1.x % 4u] = rb.y;
+        let sa2 = slot_a(tid + 512u, BM, BK);
+        a_big[sa2.y * ROW_BIG + sa2.x / 4u][sa2.x % 4u] = ra.z;
+        let sb2 = slot_b(tid + 512u, BN, BK);
+        b_big[sb2.y * ROW_BIG + sb2.x / 4u][sb2.x % 4u] = rb.z;
+        let sa3 = slot_a(tid + 768u, BM, BK);
+        a_big[sa3.y * ROW_BIG + sa3.x / 4u][sa3.x % 4u] = ra.w;
+        let sb3 = slot_b(tid + 768u, BN, BK);
+        b_big[sb3.y * ROW_BIG + sb3.x / 4u][sb3.x % 4u] = rb.w;
         workgroupBarrier();
         let next = k0 + BK;
         if (next < jb.k_hi) {
-            for (var r = 0u; r < 4u; r = r + 1u) {
-                let ia = slot_a(tid + r * 256u, BM, BK);
-                let ib = slot_b(tid + r * 256u, BN, BK);
-                ra[r] = load_a(a_base, row0 + ia.x, next + ia.y, jb.k_hi);
-                rb[r] = load_b(b_base, next + ib.y, col0 + ib.x, jb.k_hi);
-            }
+            ra = fetch_a(a_base, row0, next, jb.k_hi, tid, BM, BK);
+            rb = fetch_b(b_base, col0, next, jb.k_hi, tid, BN, BK);
         }
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
             let a0 = a_big[kk * ROW_BIG + ty];
@@ -295,15 +325,20 @@ fn store4(c_base: u32, gm: u32, gn: u32, v: vec4<f32>) {
         return;
     }
     let base = c_base + gm * p.n;
-    for (var j = 0u; j < 4u; j = j + 1u) {
-        let col = gn + j;
-        if (col < p.n) {
-            var x = v[j];
-            if (p.has_bias == 1u) {
-                x = x + bias[col];
-            }
-            c[base + col] = x;
+    store1(base, gn, v.x);
+    store1(base, gn + 1u, v.y);
+    store1(base, gn + 2u, v.z);
+    store1(base, gn + 3u, v.w);
+}
+
+// Writes c[base + col] = x (+ bias[col]) when the column is inside C.
+fn store1(base: u32, col: u32, x: f32) {
+    if (col < p.n) {
+        var y = x;
+        if (p.has_bias == 1u) {
+            y = y + bias[col];
         }
+        c[base + col] = y;
     }
 }
 

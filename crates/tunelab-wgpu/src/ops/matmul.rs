@@ -195,6 +195,23 @@ pub fn encode_tiled(
     // The kernel reads the bias only when has_bias is set.
     let one = ctx.one();
     let bias_buf = bias.unwrap_or(&one);
+    let base = Params {
+        m: d.m,
+        n: d.n,
+        k: d.k,
+        ta: u32::from(d.ta),
+        tb: u32::from(d.tb),
+        has_bias: u32::from(bias.is_some() && splits == 1),
+        a_batch: d.m * d.k,
+        b_batch: if d.b_shared { 0 } else { d.k * d.n },
+        c_batch: d.m * d.n,
+        row_tile0: 0,
+        z0: 0,
+        splits,
+        k_chunk,
+        c_split: c_len as u32,
+        pad: [0; 2],
+    };
     let jobs = d.batch * splits;
     let mut z0 = 0;
     while z0 < jobs {
@@ -203,21 +220,9 @@ pub fn encode_tiled(
         while row0 < row_tiles {
             let nr = (row_tiles - row0).min(max);
             let params = Params {
-                m: d.m,
-                n: d.n,
-                k: d.k,
-                ta: u32::from(d.ta),
-                tb: u32::from(d.tb),
-                has_bias: u32::from(bias.is_some() && splits == 1),
-                a_batch: d.m * d.k,
-                b_batch: if d.b_shared { 0 } else { d.k * d.n },
-                c_batch: d.m * d.n,
                 row_tile0: row0,
                 z0,
-                splits,
-                k_chunk,
-                c_split: c_len as u32,
-                pad: [0; 2],
+                ..base
             };
             dispatch(
                 ctx,
@@ -236,21 +241,9 @@ pub fn encode_tiled(
     if let Some(partials) = partials {
         let (sx, sy) = super::groups_for(ctx, c_len as u32, 256);
         let params = Params {
-            m: d.m,
-            n: d.n,
-            k: d.k,
-            ta: 0,
-            tb: 0,
             has_bias: u32::from(bias.is_some()),
-            a_batch: 0,
-            b_batch: 0,
-            c_batch: 0,
             row_tile0: sx,
-            z0: 0,
-            splits,
-            k_chunk,
-            c_split: c_len as u32,
-            pad: [0; 2],
+            ..base
         };
         dispatch(
             ctx,
