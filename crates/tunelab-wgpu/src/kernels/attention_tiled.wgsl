@@ -1,7 +1,10 @@
-// Fused multi-head attention, forward and backward, for head sizes D of 16, 32 and 64: the
-// host compiles this file once per D, replacing the `const D` line below
-// (`kernels::attention_tiled`). Same layouts, masks and results as attention.wgsl (the
-// general kernel, which the host uses for other head sizes):
+// Fused multi-head attention, forward and backward, for head sizes D of 16, 32 and 64. This
+// is a template: `kernels::attention_tiled` sets the `const D` line below and repeats every
+// line holding `$e` once per vec4 of a head (e = 0 .. D/4 - 1, `$e` replaced by e), so each
+// row's vectors and accumulators are named registers — NVIDIA's Vulkan compiler keeps
+// function-scope arrays, even ones indexed only by constant-bounded loops, in local memory.
+// Same layouts, masks and results as attention.wgsl (the general kernel, which the host uses
+// for other head sizes):
 //
 // q, k, v, out, dq, dk, dv: (B, T, H*D), element (b, t, h, d) at ((b*T + t)*H + h)*D + d,
 // read here as vec4s. lse, rowdot: (B, H, T). key_mask (B, T): 1 for tokens, 0 for padding,
@@ -9,10 +12,9 @@
 // above the diagonal. s_ij = (q_i . k_j) / sqrt(D) + masks; p_ij = exp(s_ij - lse_i).
 //
 // One thread per query row (forward, dq) or key row (dk, dv), ROWS rows per workgroup. The
-// other side's rows stream through workgroup memory in blocks of BJ, and the row's own
-// vectors and accumulators stay in registers (arrays indexed only by unrolled constant
-// loops). The forward keeps a running max and rescales its sums once per block (online
-// softmax). Every sum runs in a fixed order: results are deterministic.
+// other side's rows stream through workgroup memory in blocks of BJ; the row's own vectors
+// and accumulators stay in registers. The forward keeps a running max and rescales its sums
+// when it grows (online softmax). Every sum runs in a fixed order: results are deterministic.
 //
 // attn_forward:     out_i = sum_j p_ij v_j (binding 5), lse_i (binding 6).
 // attn_backward_q:  dq_i = scale * sum_j p_ij (dO_i . v_j - rowdot_i) k_j        (binding 5)
@@ -103,57 +105,37 @@ fn attn_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let i = blk.z + lid;
     let ic = min(i, p.t - 1u);
     let ib = row4(b, ic, h);
-    var qr: array<vec4<f32>, DV>;
-    var o: array<vec4<f32>, DV>;
-    for (var e = 0u; e < DV; e = e + 1u) {
-        qr[e] = q[ib + e];
-        o[e] = vec4<f32>(0.0);
-    }
+    let q$e = q[ib + $eu];
+    var o$e = vec4<f32>(0.0);
     var m = F32_MIN;
     var l = 0.0;
     for (var j0 = 0u; j0 < p.t; j0 = j0 + BJ) {
         stage_keys(b, h, j0, lid);
         workgroupBarrier();
         let n = min(BJ, p.t - j0);
-        var s: array<f32, BJ>;
-        var bm = m;
-        for (var jj = 0u; jj < BJ; jj = jj + 1u) {
+        for (var jj = 0u; jj < n; jj = jj + 1u) {
+            let kb = jj * DV;
             var acc = 0.0;
-            for (var e = 0u; e < DV; e = e + 1u) {
-                acc = acc + dot(qr[e], blk_a[jj * DV + e]);
-            }
+            acc = acc + dot(q$e, blk_a[kb + $eu]);
             var sc = acc * p.scale + blk_s[jj];
             if (p.causal == 1u && j0 + jj > ic) {
                 sc = sc + F32_MIN;
             }
-            s[jj] = sc;
-            if (jj < n) {
-                bm = max(bm, sc);
+            if (sc > m) {
+                let corr = exp(m - sc);
+                l = l * corr;
+                o$e = o$e * corr;
+                m = sc;
             }
-        }
-        let corr = exp(m - bm);
-        l = l * corr;
-        for (var e = 0u; e < DV; e = e + 1u) {
-            o[e] = o[e] * corr;
-        }
-        for (var jj = 0u; jj < BJ; jj = jj + 1u) {
-            var pj = 0.0;
-            if (jj < n) {
-                pj = exp(s[jj] - bm);
-            }
+            let pj = exp(sc - m);
             l = l + pj;
-            for (var e = 0u; e < DV; e = e + 1u) {
-                o[e] = o[e] + pj * blk_b[jj * DV + e];
-            }
+            o$e = o$e + pj * blk_b[kb + $eu];
         }
-        m = bm;
         workgroupBarrier();
     }
     if (i < p.t) {
         let inv = 1.0 / l;
-        for (var e = 0u; e < DV; e = e + 1u) {
-            out[ib + e] = o[e] * inv;
-        }
+        out[ib + $eu] = o$e * inv;
         aux[(b * p.heads + h) * p.t + i] = m + log(l);
     }
 }
@@ -172,43 +154,30 @@ fn attn_backward_q(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     let r = (b * p.heads + h) * p.t + ic;
     let lse = stats[r];
     let rd = stats[p.batch * p.heads * p.t + r];
-    var qr: array<vec4<f32>, DV>;
-    var dor: array<vec4<f32>, DV>;
-    var dq: array<vec4<f32>, DV>;
-    for (var e = 0u; e < DV; e = e + 1u) {
-        qr[e] = q[ib + e];
-        dor[e] = d_out[ib + e];
-        dq[e] = vec4<f32>(0.0);
-    }
+    let q$e = q[ib + $eu];
+    let g$e = d_out[ib + $eu];
+    var dq$e = vec4<f32>(0.0);
     for (var j0 = 0u; j0 < p.t; j0 = j0 + BJ) {
         stage_keys(b, h, j0, lid);
         workgroupBarrier();
         let n = min(BJ, p.t - j0);
-        for (var jj = 0u; jj < BJ; jj = jj + 1u) {
+        for (var jj = 0u; jj < n; jj = jj + 1u) {
+            let kb = jj * DV;
             var sacc = 0.0;
             var dp = 0.0;
-            for (var e = 0u; e < DV; e = e + 1u) {
-                sacc = sacc + dot(qr[e], blk_a[jj * DV + e]);
-                dp = dp + dot(dor[e], blk_b[jj * DV + e]);
-            }
+            sacc = sacc + dot(q$e, blk_a[kb + $eu]);
+            dp = dp + dot(g$e, blk_b[kb + $eu]);
             var sc = sacc * p.scale + blk_s[jj];
             if (p.causal == 1u && j0 + jj > ic) {
                 sc = sc + F32_MIN;
             }
-            var ds = 0.0;
-            if (jj < n) {
-                ds = exp(sc - lse) * (dp - rd) * p.scale;
-            }
-            for (var e = 0u; e < DV; e = e + 1u) {
-                dq[e] = dq[e] + ds * blk_a[jj * DV + e];
-            }
+            let ds = exp(sc - lse) * (dp - rd) * p.scale;
+            dq$e = dq$e + ds * blk_a[kb + $eu];
         }
         workgroupBarrier();
     }
     if (i < p.t) {
-        for (var e = 0u; e < DV; e = e + 1u) {
-            out[ib + e] = dq[e];
-        }
+        out[ib + $eu] = dq$e;
     }
 }
 
@@ -224,16 +193,10 @@ fn attn_backward_kv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     let j = blk.z + lid;
     let jc = min(j, p.t - 1u);
     let jb = row4(b, jc, h);
-    var kr: array<vec4<f32>, DV>;
-    var vr: array<vec4<f32>, DV>;
-    var dk: array<vec4<f32>, DV>;
-    var dv: array<vec4<f32>, DV>;
-    for (var e = 0u; e < DV; e = e + 1u) {
-        kr[e] = k[jb + e];
-        vr[e] = v[jb + e];
-        dk[e] = vec4<f32>(0.0);
-        dv[e] = vec4<f32>(0.0);
-    }
+    let k$e = k[jb + $eu];
+    let v$e = v[jb + $eu];
+    var dk$e = vec4<f32>(0.0);
+    var dv$e = vec4<f32>(0.0);
     var mask_bias = 0.0;
     if (p.has_mask == 1u) {
         mask_bias = (1.0 - key_mask[b * p.t + jc]) * F32_MIN;
@@ -265,39 +228,28 @@ fn attn_backward_kv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
         }
         workgroupBarrier();
         let n = min(BJ, p.t - i0);
-        for (var ii = 0u; ii < BJ; ii = ii + 1u) {
+        for (var ii = 0u; ii < n; ii = ii + 1u) {
+            let qb = ii * DV;
             var sacc = 0.0;
             var dp = 0.0;
-            for (var e = 0u; e < DV; e = e + 1u) {
-                sacc = sacc + dot(blk_a[ii * DV + e], kr[e]);
-                dp = dp + dot(blk_b[ii * DV + e], vr[e]);
-            }
+            sacc = sacc + dot(blk_a[qb + $eu], k$e);
+            dp = dp + dot(blk_b[qb + $eu], v$e);
             var sc = sacc * p.scale + mask_bias;
             if (p.causal == 1u && jc > i0 + ii) {
                 sc = sc + F32_MIN;
             }
-            var pij = 0.0;
-            var ds = 0.0;
-            if (ii < n) {
-                pij = exp(sc - blk_s[ii]);
-                ds = pij * (dp - blk_t[ii]) * p.scale;
-            }
-            for (var e = 0u; e < DV; e = e + 1u) {
-                dv[e] = dv[e] + pij * blk_b[ii * DV + e];
-                dk[e] = dk[e] + ds * blk_a[ii * DV + e];
-            }
+            let pij = exp(sc - blk_s[ii]);
+            let ds = pij * (dp - blk_t[ii]) * p.scale;
+            dv$e = dv$e + pij * blk_b[qb + $eu];
+            dk$e = dk$e + ds * blk_a[qb + $eu];
         }
         workgroupBarrier();
     }
     if (j < p.t) {
-        for (var e = 0u; e < DV; e = e + 1u) {
-            out[jb + e] = dk[e];
-            let x = dv[e];
-            let o = (jb + e) * 4u;
-            aux[o] = x.x;
-            aux[o + 1u] = x.y;
-            aux[o + 2u] = x.z;
-            aux[o + 3u] = x.w;
-        }
+        out[jb + $eu] = dk$e;
+        aux[(jb + $eu) * 4u] = dv$e.x;
+        aux[(jb + $eu) * 4u + 1u] = dv$e.y;
+        aux[(jb + $eu) * 4u + 2u] = dv$e.z;
+        aux[(jb + $eu) * 4u + 3u] = dv$e.w;
     }
 }
