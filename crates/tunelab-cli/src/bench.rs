@@ -233,9 +233,13 @@ fn run_on<B: Backend>(
     // Profiled steps run after the timed ones, so timestamp queries do not touch the timings.
     let (mut kernels, mut gpu_ms_per_step) = (None, None);
     if let Some(ctx) = profiler {
+        // A step's last commands (the optimiser update) wait for the next readback: each
+        // step is flushed before its timestamps are read back.
+        be.flush();
         ctx.start_profiling()?;
         for _ in 0..steps {
             step(&mut store)?;
+            be.flush();
             pollster::block_on(ctx.collect_profile())?;
         }
         let (rows, untimed) = ctx.stop_profiling();

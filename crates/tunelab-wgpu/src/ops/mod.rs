@@ -18,11 +18,13 @@ pub(crate) const UNIFORM_PAGE: u64 = 64 << 10;
 
 /// A command encoder together with what its commands need until they are submitted: the
 /// dispatches' uniform values, packed at aligned offsets into pooled pages (written with one
-/// `write_buffer` per page when submitting, instead of one new buffer per dispatch), and
-/// scratch buffers, destroyed after submitting. Derefs to the `wgpu::CommandEncoder`.
+/// `write_buffer` per page when submitting, instead of one new buffer per dispatch), pooled
+/// scratch buffers, and temporary buffers destroyed after submitting. Derefs to the
+/// `wgpu::CommandEncoder`.
 ///
-/// Pages go back to the context's pool after the submission; the next recorder's writes to
-/// them are queued after it, so a page is never overwritten before the GPU has read it.
+/// Pages and scratch buffers go back to the context's pools after the submission; whatever
+/// the next recorder writes to them is queued after it, so nothing is overwritten before the
+/// GPU has read it.
 pub struct Recorder {
     encoder: wgpu::CommandEncoder,
     /// The open compute pass: consecutive dispatches share one (each dispatch is its own
@@ -101,8 +103,8 @@ impl Recorder {
         self.temps.push(buffer);
     }
 
-    /// Writes the uniform pages, submits the commands, returns the pages to the pool and
-    /// destroys the scratch buffers.
+    /// Writes the uniform pages, submits the commands, returns the pages and scratch buffers
+    /// to the context's pools and destroys the temporary buffers.
     pub fn submit(mut self, ctx: &Context) {
         self.pass = None;
         for (page, data) in &self.pages {
