@@ -186,6 +186,20 @@ pub trait Backend: Clone + std::fmt::Debug + 'static {
     // ---- optimiser -----------------------------------------------------------------------
     /// `sum(x^2)` as a `(1,)` tensor (for the global gradient norm).
     fn sum_squares(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// The sum of `sum(x^2)` over every tensor, as a `(1,)` tensor; None without tensors.
+    /// The global gradient norm's square. By default one [`Backend::sum_squares`] and one add
+    /// per tensor; backends may fold all tensors' partial sums together.
+    fn sum_squares_many(&self, xs: &[&Self::Tensor]) -> Result<Option<Self::Tensor>> {
+        let mut total: Option<Self::Tensor> = None;
+        for x in xs {
+            let s = self.sum_squares(x)?;
+            total = Some(match total {
+                None => s,
+                Some(t) => self.add(&t, &s)?,
+            });
+        }
+        Ok(total)
+    }
     /// One AdamW step with the gradient pre-multiplied by `grad_scale` (clipping). Returns the
     /// new `(param, m, v)`.
     fn adamw(

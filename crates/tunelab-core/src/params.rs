@@ -166,14 +166,6 @@ impl<B: Backend> ParamStore<B> {
 
     /// Sum of squares of all given gradients as a `(1,)` tensor (on the device).
     pub fn grad_sq_norm(backend: &B, grads: &[&B::Tensor]) -> Result<Option<B::Tensor>> {
-        let mut total: Option<B::Tensor> = None;
-        for g in grads {
-            let s = backend.sum_squares(g)?;
-            total = Some(match total {
-                None => s,
-                Some(t) => backend.add(&t, &s)?,
-            });
-        }
-        Ok(total)
+        backend.sum_squares_many(grads)
     }
 }

@@ -875,6 +875,21 @@ impl Backend for Wgpu {
         Ok(out)
     }
 
+    fn sum_squares_many(&self, xs: &[&WTensor]) -> Result<Option<WTensor>> {
+        if xs.is_empty() {
+            return Ok(None);
+        }
+        let mut bufs = Vec::with_capacity(xs.len());
+        for x in xs {
+            bufs.push((x.b(), u32_of("sum_squares", x.numel())?));
+        }
+        let mut st = self.lock();
+        let out = self.tensor(&mut st, Shape::new([1]), DType::F32)?;
+        reduce::encode_sum_squares_many(&self.ctx, self.encoder(&mut st), &bufs, out.b())
+            .map_err(dev)?;
+        Ok(Some(out))
+    }
+
     fn adamw(
         &self,
         param: &WTensor,

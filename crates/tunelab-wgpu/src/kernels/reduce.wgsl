@@ -6,7 +6,9 @@
 //              block, chunk), 64 columns x 4 lanes, lane l summing rows start + l, + 4, ...
 //              in order, then the lanes in order; sum_to_last then adds the chunks.
 // sum_squares: partial[w] = sum of x^2 over workgroup w's 256 * 8 values (fixed tree order),
-//              then the same entry again over the partials (`square = 0`) until one remains.
+//              written at out_offset + w, then the same entry again over the partials
+//              (`square = 0`) until one remains. Several tensors' first passes can write
+//              side by side into one buffer and fold together (the global gradient norm).
 // Every sum runs in a fixed order, so results are deterministic.
 
 struct Params {
@@ -15,7 +17,9 @@ struct Params {
     n: u32,
     row_stride: u32,
     square: u32,
-    pad0: u32,
+    // sum_squares writes its workgroups' partials from here (several tensors' partials
+    // side by side in one buffer).
+    out_offset: u32,
     pad1: u32,
     pad2: u32,
 }
@@ -95,6 +99,6 @@ fn sum_squares(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     // Workgroups past the end (a split dispatch's last row) write nothing; an empty input
     // still writes its zero.
     if (lid == 0u && (base < p.n || w == 0u)) {
-        out[w] = partial[0];
+        out[p.out_offset + w] = partial[0];
     }
 }

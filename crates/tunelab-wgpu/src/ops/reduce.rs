@@ -16,7 +16,8 @@ struct Params {
     n: u32,
     row_stride: u32,
     square: u32,
-    pad: [u32; 3],
+    out_offset: u32,
+    pad: [u32; 2],
 }
 
 fn len(rows: u32, cols: u32) -> Result<u32, WgpuError> {
@@ -46,7 +47,8 @@ pub fn encode_add_bias(
         n,
         row_stride: gx,
         square: 0,
-        pad: [0; 3],
+        out_offset: 0,
+        pad: [0; 2],
     };
     dispatch(
         ctx,
@@ -119,7 +121,8 @@ pub fn encode_sum_to_last(
         n: chunk,
         row_stride: 0,
         square: 0,
-        pad: [0; 3],
+        out_offset: 0,
+        pad: [0; 2],
     };
     dispatch(
         ctx,
@@ -152,7 +155,8 @@ pub(crate) fn encode_column_sums(
         n,
         row_stride: gx,
         square: 0,
-        pad: [0; 3],
+        out_offset: 0,
+        pad: [0; 2],
     };
     dispatch(
         ctx,
@@ -177,6 +181,55 @@ pub fn encode_sum_squares(
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
     encode_fold(ctx, enc, n, x, out, true)
+}
+
+/// Records `out (1,) = sum of x^2 over every tensor in `xs` (buffer, length)`: each tensor's
+/// first pass writes its workgroups' partials side by side into one buffer, which then folds
+/// to one value — one pass per tensor plus one or two, instead of a full reduction and an add
+/// per tensor. Deterministic.
+pub fn encode_sum_squares_many(
+    ctx: &Context,
+    enc: &mut Recorder,
+    xs: &[(&wgpu::Buffer, u32)],
+    out: &wgpu::Buffer,
+) -> Result<(), WgpuError> {
+    let groups: Vec<u32> = xs
+        .iter()
+        .map(|(_, n)| n.div_ceil(PER_GROUP).max(1))
+        .collect();
+    let total: u64 = groups.iter().map(|&g| u64::from(g)).sum();
+    let total = u32::try_from(total).map_err(|_| WgpuError::LimitExceeded {
+        what: "sum of squares partials".into(),
+        requested: total,
+        available: u64::from(u32::MAX),
+    })?;
+    let partials = enc.scratch(ctx, u64::from(total.max(1)));
+    let mut offset = 0u32;
+    for ((x, n), g) in xs.iter().zip(&groups) {
+        ctx.check_binding("sum input", u64::from(*n) * 4)?;
+        let (gx, gy) = groups_for(ctx, g * PER_GROUP, PER_GROUP);
+        let p = Params {
+            rows: 0,
+            cols: 0,
+            n: *n,
+            row_stride: gx,
+            square: 1,
+            out_offset: offset,
+            pad: [0; 2],
+        };
+        dispatch(
+            ctx,
+            enc,
+            K,
+            kernels::REDUCE,
+            "sum_squares",
+            bytemuck::bytes_of(&p),
+            &[(1, x), (3, &partials)],
+            (gx, gy, 1),
+        );
+        offset += g;
+    }
+    encode_fold(ctx, enc, total, &partials, out, false)
 }
 
 /// Records `out (1,) = sum(x)` over `n` values (deterministic).
@@ -217,7 +270,8 @@ fn encode_fold(
             n: count,
             row_stride: gx,
             square,
-            pad: [0; 3],
+            out_offset: 0,
+            pad: [0; 2],
         };
         let input = src.as_ref().unwrap_or(x);
         let target = dst.as_ref().unwrap_or(out);
@@ -297,6 +351,29 @@ pub async fn sum_squares(ctx: &Context, x: &[f32]) -> Result<f32, WgpuError> {
     Ok(out[0][0])
 }
 
+/// Host-to-host sum of squares over several vectors at once.
+pub async fn sum_squares_many(ctx: &Context, xs: &[&[f32]]) -> Result<f32, WgpuError> {
+    let mut lens = Vec::with_capacity(xs.len());
+    for x in xs {
+        lens.push(
+            u32::try_from(x.len()).map_err(|_| WgpuError::LimitExceeded {
+                what: "sum_squares length".into(),
+                requested: x.len() as u64,
+                available: u64::from(u32::MAX),
+            })?,
+        );
+    }
+    let out = run_host(ctx, |enc| {
+        let bufs: Vec<wgpu::Buffer> = xs.iter().map(|x| upload(ctx, "x", x)).collect();
+        let ob = output(ctx, "out", 1);
+        let pairs: Vec<(&wgpu::Buffer, u32)> = bufs.iter().zip(lens.iter().copied()).collect();
+        encode_sum_squares_many(ctx, enc, &pairs, &ob)?;
+        Ok((bufs, vec![(ob, 1)]))
+    })
+    .await?;
+    Ok(out[0][0])
+}
+
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
@@ -337,6 +414,24 @@ mod tests {
                 "sum_to_last",
             );
         }
+        // Several tensors' squares folded together: single values, one workgroup's worth,
+        // one more, and enough partials (over 2048) that the fold takes two passes.
+        let many: Vec<Vec<f32>> = [1usize, 2047, 2049, 5, 2048 * 2100 + 3, 1]
+            .iter()
+            .enumerate()
+            .map(|(t, &n)| {
+                (0..n)
+                    .map(|i| ((i + t) % 11) as f32 * 0.01 - 0.05)
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[f32]> = many.iter().map(Vec::as_slice).collect();
+        let want: f64 = many.iter().flatten().map(|v| f64::from(*v).powi(2)).sum();
+        let got = pollster::block_on(sum_squares_many(&ctx, &refs)).unwrap();
+        assert!(
+            (f64::from(got) - want).abs() <= 1e-5 * want.max(1.0),
+            "many: {got} vs {want}"
+        );
         // Sum of squares across several reduction passes (2048 * 2048 + 5 values needs three).
         for n in [1usize, 255, 2048, 2049, 70_001, 2048 * 2048 + 5] {
             let x: Vec<f32> = (0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
