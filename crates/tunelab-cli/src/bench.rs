@@ -17,6 +17,7 @@ use tunelab_core::params::ParamStore;
 use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
 use tunelab_core::rng::Rng;
 use tunelab_core::train;
+use tunelab_wgpu::ops::matmul::Dims;
 
 /// The methods benchmarked, as the issue defines them.
 pub fn methods() -> Vec<(&'static str, Method)> {
@@ -281,33 +282,19 @@ fn run_on<B: Backend>(
 pub struct MatmulResult {
     pub shape: String,
     pub what: String,
-    /// The kernel: `wgsl-64` / `wgsl-128` (tile edge), `candle` (cuBLAS on CUDA).
+    /// The kernel: `wgsl-64` / `wgsl-128` (tile edge), `wgsl-auto` (the backend's choice),
+    /// `candle` (cuBLAS on CUDA).
     #[serde(default)]
     pub kernel: String,
     pub median_ms: f64,
     pub gflops: f64,
 }
 
-/// A matmul shape of the benchmark: `C[b] = op(A[b]) · op(B[b])`, `C` is `m × n`.
-#[derive(Debug, Clone, Copy)]
-struct MatmulShape {
-    batch: u32,
-    m: u32,
-    n: u32,
-    k: u32,
-    /// `A` is stored `k × m` (the weight gradient's `dYᵀ`).
-    ta: bool,
-    /// `B` is stored `n × k` (a PyTorch-layout weight).
-    tb: bool,
-    /// One `B` for every batch entry.
-    b_shared: bool,
-}
-
 /// Square shapes and the MiniLM training shapes (batch 8 × 128 tokens: projections, the MLP,
 /// the weight-gradient product `dYᵀ X` and attention scores). `big` adds 2048³, where GPUs
 /// approach their peak (seconds per product on a software adapter, so left out there).
-fn matmul_shapes(big: bool) -> Vec<(&'static str, MatmulShape)> {
-    let d = |batch, m, n, k, ta, tb, b_shared| MatmulShape {
+fn matmul_shapes(big: bool) -> Vec<(&'static str, Dims)> {
+    let d = |batch, m, n, k, ta, tb, b_shared| Dims {
         batch,
         m,
         n,
@@ -350,14 +337,13 @@ fn matmul_shapes(big: bool) -> Vec<(&'static str, MatmulShape)> {
     shapes
 }
 
-fn matmul_result(what: &str, kernel: &str, s: &MatmulShape, secs: f64) -> MatmulResult {
-    let flops = 2.0 * f64::from(s.batch) * f64::from(s.m) * f64::from(s.n) * f64::from(s.k);
+fn matmul_result(what: &str, kernel: &str, s: &Dims, secs: f64) -> MatmulResult {
     MatmulResult {
         shape: format!("{}x{}x{}x{}", s.batch, s.m, s.n, s.k),
         what: what.to_string(),
         kernel: kernel.to_string(),
         median_ms: secs * 1e3,
-        gflops: flops / secs / 1e9,
+        gflops: s.flops() / secs / 1e9,
     }
 }
 
@@ -421,20 +407,11 @@ pub fn candle_matmul(device: &str, iters: usize) -> anyhow::Result<Vec<MatmulRes
 pub fn wgpu_matmul(
     iters: usize,
 ) -> anyhow::Result<(tunelab_wgpu::AdapterReport, Vec<MatmulResult>)> {
-    use tunelab_wgpu::ops::matmul::{Dims, Tiling, bench};
+    use tunelab_wgpu::ops::matmul::{Tiling, bench};
     let ctx = pollster::block_on(tunelab_wgpu::Context::new(Default::default()))?;
     let software = ctx.report().device_type == "Cpu";
     let mut out = Vec::new();
-    for (what, s) in matmul_shapes(!software) {
-        let dims = Dims {
-            batch: s.batch,
-            m: s.m,
-            n: s.n,
-            k: s.k,
-            ta: s.ta,
-            tb: s.tb,
-            b_shared: s.b_shared,
-        };
+    for (what, dims) in matmul_shapes(!software) {
         let tilings: &[(Tiling, &str)] = if software {
             &[(Tiling::Auto, "wgsl-auto")]
         } else {
@@ -446,7 +423,7 @@ pub fn wgpu_matmul(
         };
         for &(tiling, kernel) in tilings {
             let secs = bench(&ctx, &dims, tiling, iters)?;
-            out.push(matmul_result(what, kernel, &s, secs));
+            out.push(matmul_result(what, kernel, &dims, secs));
         }
     }
     Ok((ctx.report().clone(), out))

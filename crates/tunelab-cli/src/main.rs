@@ -142,7 +142,7 @@ enum Command {
         wgpu: bool,
         /// With --wgpu: after the timed steps, run as many again with GPU timestamps on every
         /// compute pass and report the GPU time per kernel (needs timestamp queries).
-        #[arg(long)]
+        #[arg(long, requires = "wgpu")]
         profile: bool,
         /// Also measure matmul GFLOP/s on the candle `--device` at the shapes of the wgpu
         /// matmul table (on CUDA this is cuBLAS fp32, the WebGPU target's baseline).

@@ -141,10 +141,7 @@ impl Wgpu {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::context::lock(&self.state)
     }
 
     fn alloc(&self, st: &mut State, bytes: u64) -> Result<Arc<Buf>> {
@@ -199,7 +196,8 @@ impl Wgpu {
         st.encoder.get_or_insert_with(|| Recorder::new(&self.ctx))
     }
 
-    /// Submits what was recorded; retired buffers become reusable; scratch buffers are freed.
+    /// Submits what was recorded; retired buffers become reusable, and the recorder's uniform
+    /// pages and scratch buffers go back to the context's pools.
     pub fn flush(&self) {
         let mut st = self.lock();
         self.flush_locked(&mut st);
@@ -597,8 +595,8 @@ impl Backend for Wgpu {
         let dx = self.tensor(&mut st, x.shape.clone(), DType::F32)?;
         let dgamma = self.tensor(&mut st, Shape::new([c]), DType::F32)?;
         let dbeta = self.tensor(&mut st, Shape::new([c]), DType::F32)?;
-        let dparams = ops::output(&self.ctx, "ln.dparams", 2 * c as u64);
         let enc = self.encoder(&mut st);
+        let dparams = enc.scratch(&self.ctx, 2 * c as u64);
         layer_norm::encode_backward(
             &self.ctx,
             enc,
@@ -614,7 +612,6 @@ impl Backend for Wgpu {
             enc.copy_buffer_to_buffer(&dparams, 0, dgamma.b(), 0, bytes);
             enc.copy_buffer_to_buffer(&dparams, bytes, dbeta.b(), 0, bytes);
         }
-        enc.keep(dparams);
         Ok((dx, dgamma, dbeta))
     }
 

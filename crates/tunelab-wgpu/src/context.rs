@@ -211,10 +211,7 @@ impl Context {
         source: &'static str,
         entry: &'static str,
     ) -> Arc<wgpu::ComputePipeline> {
-        let mut cache = match self.pipelines.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut cache = lock(&self.pipelines);
         cache
             .entry((kernel, entry))
             .or_insert_with(|| {
@@ -262,9 +259,9 @@ impl Context {
         Ok(())
     }
 
-    /// Stops profiling and returns the GPU time per kernel entry point since the last
-    /// [`Context::reset_profile`] (collected rounds only), largest first, and the number of
-    /// passes that were not timed because a round overflowed.
+    /// Stops profiling and returns the GPU time per kernel entry point of the collected
+    /// rounds, largest first, and the number of passes that were not timed because a round
+    /// overflowed.
     pub fn stop_profiling(&self) -> (Vec<KernelTime>, u64) {
         let Some(p) = lock(&self.profiler).take() else {
             return (Vec::new(), 0);
@@ -280,14 +277,6 @@ impl Context {
     /// Whether compute passes are being timed.
     pub(crate) fn is_profiling(&self) -> bool {
         lock(&self.profiler).is_some()
-    }
-
-    /// Forgets the times collected so far (e.g. those of warm-up steps).
-    pub fn reset_profile(&self) {
-        if let Some(p) = lock(&self.profiler).as_mut() {
-            p.totals.clear();
-            p.untimed = 0;
-        }
     }
 
     /// Begins a compute pass named `label`, timed on the GPU while profiling.
@@ -360,13 +349,9 @@ impl Context {
             }
         }
         self.queue.submit([encoder.finish()]);
-        // Timestamps are little-endian u64 ticks; read_f32 copies the bytes as 32-bit words.
-        let words = self.read_f32(&resolved, labels.len() * 4).await;
+        let ticks = self.read::<u64>(&resolved, labels.len() * 2).await;
         resolved.destroy();
-        let ticks: Vec<u64> = words?
-            .chunks_exact(2)
-            .map(|w| u64::from(w[0].to_bits()) | (u64::from(w[1].to_bits()) << 32))
-            .collect();
+        let ticks = ticks?;
         let period_ns = f64::from(self.queue.get_timestamp_period());
         let mut guard = lock(&self.profiler);
         let Some(p) = guard.as_mut() else {
@@ -492,7 +477,16 @@ impl Context {
         src: &wgpu::Buffer,
         len: usize,
     ) -> Result<Vec<f32>, WgpuError> {
-        let size = (len * std::mem::size_of::<f32>()) as u64;
+        self.read::<f32>(src, len).await
+    }
+
+    /// Copies `len` values of type `T` (f32 results, u64 timestamps) from `src` to the host.
+    pub(crate) async fn read<T: bytemuck::Pod>(
+        &self,
+        src: &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Vec<T>, WgpuError> {
+        let size = (len * std::mem::size_of::<T>()) as u64;
         if size == 0 {
             return Ok(Vec::new());
         }
@@ -528,7 +522,7 @@ impl Context {
                 .slice(..)
                 .get_mapped_range()
                 .map_err(|e| WgpuError::Readback(e.to_string()))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+            bytemuck::pod_collect_to_vec::<u8, T>(&view)
         };
         staging.unmap();
         staging.destroy();
@@ -547,7 +541,8 @@ impl Context {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, recovering the data if a panicking thread poisoned it (the state stays usable).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
@@ -624,8 +619,18 @@ mod profile_tests {
         }
         enc.submit(&ctx);
         pollster::block_on(ctx.collect_profile()).unwrap();
-        // Collected rounds may be discarded (warm-up) and profiling goes on afterwards.
-        ctx.reset_profile();
+        let (rows, untimed) = ctx.stop_profiling();
+        assert_eq!(untimed, 0);
+        let passes: Vec<(&str, u64)> = rows.iter().map(|r| (r.kernel.as_str(), r.passes)).collect();
+        assert!(passes.contains(&("add", adds as u64)), "{passes:?}");
+        assert!(passes.contains(&("scale", scales as u64)), "{passes:?}");
+        assert!(
+            rows.iter()
+                .all(|r| r.total_ms.is_finite() && r.total_ms >= 0.0)
+        );
+
+        // A second round counts only its own passes.
+        ctx.start_profiling().unwrap();
         let mut enc = Recorder::new(&ctx);
         for _ in 0..3 {
             encode(&ctx, &mut enc, Op::Add, n, 1.0, 0.0, &a, Some(&a), &out).unwrap();
@@ -636,22 +641,6 @@ mod profile_tests {
         assert_eq!(untimed, 0);
         assert_eq!(rows.len(), 1, "{rows:?}");
         assert_eq!((rows[0].kernel.as_str(), rows[0].passes), ("add", 3));
-        assert!(rows[0].total_ms.is_finite() && rows[0].total_ms >= 0.0);
-
-        // The first round, kept this time: both kernels, every pass.
-        ctx.start_profiling().unwrap();
-        let mut enc = Recorder::new(&ctx);
-        for i in 0..adds + scales {
-            let op = if i < adds { Op::Add } else { Op::Scale };
-            encode(&ctx, &mut enc, op, n, 2.0, 0.0, &a, Some(&a), &out).unwrap();
-        }
-        enc.submit(&ctx);
-        pollster::block_on(ctx.collect_profile()).unwrap();
-        let (rows, untimed) = ctx.stop_profiling();
-        assert_eq!(untimed, 0);
-        let passes: Vec<(&str, u64)> = rows.iter().map(|r| (r.kernel.as_str(), r.passes)).collect();
-        assert!(passes.contains(&("add", adds as u64)), "{passes:?}");
-        assert!(passes.contains(&("scale", scales as u64)), "{passes:?}");
         // A stopped profiler records nothing.
         let mut enc = Recorder::new(&ctx);
         encode(&ctx, &mut enc, Op::Add, n, 1.0, 0.0, &a, Some(&a), &out).unwrap();

@@ -191,15 +191,16 @@ fn render(ours: &Rows, torch: Option<&Rows>) -> String {
         .collect();
     if let Some(first) = wgpu.first() {
         s.push_str(&format!(
-            "\n## WGSL matmul, wgpu on this machine's adapter ({})\n\nMedian time per matmul on device-resident buffers, many dispatches per submission so submission latency is not counted (`tunelab bench --wgpu`). Without a GPU the adapter is lavapipe (software Vulkan), whose numbers only show the kernel runs; GPU numbers are in `docs/gpu-benchmarks.md`.\n\n| shape | B×M×N×K | median ms | GFLOP/s |\n|---|---|---:|---:|\n",
+            "\n## WGSL matmul, wgpu on this machine's adapter ({})\n\nMedian time per matmul on device-resident buffers, many dispatches per submission so submission latency is not counted (`tunelab bench --wgpu`). Without a GPU the adapter is lavapipe (software Vulkan), whose numbers only show the kernel runs; GPU numbers are in `docs/gpu-benchmarks.md`.\n\n| shape | B×M×N×K | kernel | median ms | GFLOP/s |\n|---|---|---|---:|---:|\n",
             first["adapter"].as_str().unwrap_or("?")
         ));
         for v in wgpu {
             let m = &v["wgpu_matmul"];
             s.push_str(&format!(
-                "| {} | {} | {:.2} | {:.1} |\n",
+                "| {} | {} | {} | {:.2} | {:.1} |\n",
                 m["what"].as_str().unwrap_or("?"),
                 m["shape"].as_str().unwrap_or("?"),
+                m["kernel"].as_str().unwrap_or("wgsl"),
                 m["median_ms"].as_f64().unwrap_or(f64::NAN),
                 m["gflops"].as_f64().unwrap_or(f64::NAN)
             ));

@@ -82,9 +82,10 @@ const TILED_ROWS: u32 = 32;
 
 /// The kernel for `d`: `attention_tiled.wgsl` compiled for the head size where it has a
 /// specialisation (one thread per row), else the general `attention.wgsl` (one workgroup per
-/// row), with the params and workgroup counts of its forward and backward-q/kv passes.
-fn kernel(ctx: &Context, d: &Dims, has_mask: bool) -> Result<Kernel, WgpuError> {
-    let (mut p, groups) = params(ctx, d, has_mask)?;
+/// row) with its `general` params and workgroup counts; for the forward and backward-q/kv
+/// passes.
+fn kernel(ctx: &Context, d: &Dims, general: (Params, (u32, u32))) -> Result<Kernel, WgpuError> {
+    let (mut p, groups) = general;
     match kernels::attention_tiled(d.d) {
         Some((name, source)) if d.t > 0 => {
             let blocks =
@@ -139,7 +140,7 @@ pub fn encode_forward(
         source,
         params: p,
         groups: (gx, gy),
-    } = kernel(ctx, d, key_mask.is_some())?;
+    } = kernel(ctx, d, params(ctx, d, key_mask.is_some())?)?;
     let dummy = ctx.one();
     let m = key_mask.unwrap_or(&dummy);
     dispatch(
@@ -165,13 +166,14 @@ pub fn encode_backward(
     key_mask: Option<&wgpu::Buffer>,
     [dq, dk, dv]: [&wgpu::Buffer; 3],
 ) -> Result<(), WgpuError> {
-    let (p, (gx, gy)) = params(ctx, d, key_mask.is_some())?;
+    let general = params(ctx, d, key_mask.is_some())?;
+    let (p, (gx, gy)) = general;
     let Kernel {
         name,
         source,
         params: tp,
         groups: (tx, ty),
-    } = kernel(ctx, d, key_mask.is_some())?;
+    } = kernel(ctx, d, general)?;
     let rows = d.rows();
     let stats = enc.scratch(ctx, 2 * rows);
     enc.copy_buffer_to_buffer(lse, 0, &stats, 0, rows.max(1) * 4);

@@ -4,9 +4,8 @@
 //! [`encode`] records one op into a caller's encoder on device buffers; [`run`] and
 //! [`axpby`] are host-to-host conveniences (tests, examples).
 
-use super::{Recorder, dispatch, split_dispatch};
+use super::{Recorder, dispatch, split_dispatch, upload};
 use crate::{Context, WgpuError, kernels};
-use wgpu::util::DeviceExt;
 
 const WORKGROUP: u32 = 256;
 
@@ -108,20 +107,6 @@ pub fn encode(
     Ok(())
 }
 
-fn storage(ctx: &Context, label: &str, data: &[f32], extra: wgpu::BufferUsages) -> wgpu::Buffer {
-    let contents: &[u8] = if data.is_empty() {
-        &[0; 4]
-    } else {
-        bytemuck::cast_slice(data)
-    };
-    ctx.device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents,
-            usage: wgpu::BufferUsages::STORAGE | extra,
-        })
-}
-
 /// Host-to-host: `op(a, b)` computed on the GPU. Binary ops need `b` of `a`'s length
 /// (`ScaleBy`: one value).
 pub async fn run(
@@ -164,8 +149,8 @@ pub async fn run(
     ctx.check_binding(op.entry(), u64::from(n) * 4)?;
     let out = ctx
         .checked(|| -> Result<wgpu::Buffer, WgpuError> {
-            let ab = storage(ctx, "elementwise.a", a, wgpu::BufferUsages::empty());
-            let bb = b.map(|b| storage(ctx, "elementwise.b", b, wgpu::BufferUsages::empty()));
+            let ab = upload(ctx, "elementwise.a", a);
+            let bb = b.map(|b| upload(ctx, "elementwise.b", b));
             let ob = ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("elementwise.out"),
                 size: u64::from(n) * 4,

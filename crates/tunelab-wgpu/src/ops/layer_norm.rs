@@ -60,7 +60,7 @@ pub fn encode_forward(
     Ok(())
 }
 
-/// Records `dx` and `dparams` (`dgamma` then `dbeta`, `2c` values). Returns the uniforms.
+/// Records `dx` and `dparams` (`dgamma` then `dbeta`, `2c` values).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &Context,

@@ -31,8 +31,7 @@ fn params(ctx: &Context, rows: u32, k: u32, scale: f32) -> Result<(Params, (u32,
     ))
 }
 
-/// Records `out (1,) = sum over rows of CE(logits (rows, k), labels (rows,))`. Returns the
-/// temporaries to destroy after submitting.
+/// Records `out (1,) = sum over rows of CE(logits (rows, k), labels (rows,))`.
 pub fn encode_sum(
     ctx: &Context,
     enc: &mut Recorder,

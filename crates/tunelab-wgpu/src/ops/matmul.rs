@@ -5,15 +5,15 @@
 //! uses it); [`matmul`] is the host-to-host convenience used by tests; [`bench`] times it on
 //! device-resident buffers.
 
-use super::{Recorder, dispatch};
+use super::{Recorder, dispatch, upload};
 use crate::{Context, WgpuError, kernels};
-use wgpu::util::DeviceExt;
 
 /// Which kernel computes a product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tiling {
-    /// [`Tiling::Big`] where the product has enough 128 × 128 tiles to keep a large GPU
-    /// busy, else [`Tiling::Small`].
+    /// [`Tiling::Big`] where the product has at least [`BIG_MIN_TILES`] 128 × 128 tiles,
+    /// else 64 × 64 tiles, with K split (as [`Tiling::SplitK`]) when there are fewer than
+    /// [`SPLIT_BELOW_TILES`] of them and K is long enough.
     Auto,
     /// 64 × 64 tiles, 4 × 4 outputs per thread (`matmul`).
     Small,
@@ -259,21 +259,6 @@ pub fn encode_tiled(
     Ok(())
 }
 
-fn storage(ctx: &Context, label: &str, data: &[f32]) -> wgpu::Buffer {
-    // A zero-length binding is invalid; empty inputs get one padding word.
-    let contents: &[u8] = if data.is_empty() {
-        &[0; 4]
-    } else {
-        bytemuck::cast_slice(data)
-    };
-    ctx.device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        })
-}
-
 /// Host-to-host matmul: uploads, computes, reads back.
 pub async fn matmul(
     ctx: &Context,
@@ -316,9 +301,9 @@ pub async fn matmul_tiled(
     let c_len = d.c_len() as usize;
     let c = ctx
         .checked(|| -> Result<wgpu::Buffer, WgpuError> {
-            let ab = storage(ctx, "matmul.a", a);
-            let bb = storage(ctx, "matmul.b", b);
-            let biasb = bias.map(|x| storage(ctx, "matmul.bias", x));
+            let ab = upload(ctx, "matmul.a", a);
+            let bb = upload(ctx, "matmul.b", b);
+            let biasb = bias.map(|x| upload(ctx, "matmul.bias", x));
             let cb = ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("matmul.c"),
                 size: (c_len.max(1) * 4) as u64,
@@ -348,8 +333,8 @@ pub async fn matmul_tiled(
 pub fn bench(ctx: &Context, d: &Dims, tiling: Tiling, iters: usize) -> Result<f64, WgpuError> {
     check(ctx, d)?;
     let fill = |n: u64| -> Vec<f32> { (0..n).map(|i| ((i % 97) as f32) * 0.01).collect() };
-    let ab = storage(ctx, "bench.a", &fill(d.a_len()));
-    let bb = storage(ctx, "bench.b", &fill(d.b_len()));
+    let ab = upload(ctx, "bench.a", &fill(d.a_len()));
+    let bb = upload(ctx, "bench.b", &fill(d.b_len()));
     let cb = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("bench.c"),
         size: d.c_len().max(1) * 4,

@@ -97,7 +97,7 @@ pub(crate) fn column_blocks(ctx: &Context, what: &str, cols: u32) -> Result<u32,
 
 /// Records `out (cols,) = sum over rows of x (rows, cols)`: for more than 64 rows, partial
 /// sums over chunks of rows (64 columns x 4 lanes per workgroup) then the chunks' sum, so
-/// the work spreads over many workgroups. Returns the temporaries.
+/// the work spreads over many workgroups.
 pub fn encode_sum_to_last(
     ctx: &Context,
     enc: &mut Recorder,
@@ -138,7 +138,7 @@ pub fn encode_sum_to_last(
 }
 
 /// Records `out (cols,) = sum over rows of x (rows, cols)` with one thread per column,
-/// adding the rows in order (for few rows, and for the chunk partials). Returns the uniform.
+/// adding the rows in order (for few rows, and for the chunk partials).
 pub(crate) fn encode_column_sums(
     ctx: &Context,
     enc: &mut Recorder,
