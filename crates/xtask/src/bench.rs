@@ -111,7 +111,12 @@ fn parse(jsonl: &str) -> anyhow::Result<Rows> {
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l)?;
             let key = match v.get("wgpu_matmul") {
-                Some(m) => format!("~wgpu {}", m["what"].as_str().unwrap_or("?")),
+                // One row per shape and kernel (GPUs report several kernels per shape).
+                Some(m) => format!(
+                    "~wgpu {} {}",
+                    m["what"].as_str().unwrap_or("?"),
+                    m["kernel"].as_str().unwrap_or("")
+                ),
                 None => v["method"].as_str().unwrap_or("?").to_string(),
             };
             Ok((key, v))
