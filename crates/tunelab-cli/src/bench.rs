@@ -282,7 +282,8 @@ fn run_on<B: Backend>(
 pub struct MatmulResult {
     pub shape: String,
     pub what: String,
-    /// The kernel: `wgsl-64` / `wgsl-128` (tile edge), `wgsl-auto` (the backend's choice),
+    /// The kernel: `wgsl-64` / `wgsl-128` (scalar kernels by tile edge), `wgsl-v4-RxC[/kS]`
+    /// (the vec4 kernel's R × C tile, K split in S), `wgsl-auto` (the backend's choice),
     /// `candle` (cuBLAS on CUDA).
     #[serde(default)]
     pub kernel: String,
@@ -402,12 +403,13 @@ pub fn candle_matmul(device: &str, iters: usize) -> anyhow::Result<Vec<MatmulRes
     Ok(out)
 }
 
-/// WGSL matmul GFLOP/s at [`matmul_shapes`], on device-resident buffers: on GPUs both tile
-/// sizes and the backend's choice (which may split K), on software adapters only the latter.
+/// WGSL matmul GFLOP/s at [`matmul_shapes`], on device-resident buffers: on GPUs the scalar
+/// kernels, the vec4 kernel's tiles and K splits that its automatic choice picks among, and
+/// that choice; on software adapters only the choice.
 pub fn wgpu_matmul(
     iters: usize,
 ) -> anyhow::Result<(tunelab_wgpu::AdapterReport, Vec<MatmulResult>)> {
-    use tunelab_wgpu::ops::matmul::{Tiling, bench};
+    use tunelab_wgpu::ops::matmul::{Tiling, Vec4Tile, bench};
     let ctx = pollster::block_on(tunelab_wgpu::Context::new(Default::default()))?;
     let software = ctx.report().device_type == "Cpu";
     let mut out = Vec::new();
@@ -418,11 +420,60 @@ pub fn wgpu_matmul(
             &[
                 (Tiling::Small, "wgsl-64"),
                 (Tiling::Big, "wgsl-128"),
+                (
+                    Tiling::Vec4 {
+                        tile: Vec4Tile::T64,
+                        splits: 1,
+                    },
+                    "wgsl-v4-64",
+                ),
+                (
+                    Tiling::Vec4 {
+                        tile: Vec4Tile::T128x64,
+                        splits: 1,
+                    },
+                    "wgsl-v4-128x64",
+                ),
+                (
+                    Tiling::Vec4 {
+                        tile: Vec4Tile::T128x64,
+                        splits: 2,
+                    },
+                    "wgsl-v4-128x64/k2",
+                ),
+                (
+                    Tiling::Vec4 {
+                        tile: Vec4Tile::T128,
+                        splits: 1,
+                    },
+                    "wgsl-v4-128",
+                ),
+                (
+                    Tiling::Vec4 {
+                        tile: Vec4Tile::T128,
+                        splits: 2,
+                    },
+                    "wgsl-v4-128/k2",
+                ),
+                (
+                    Tiling::Vec4 {
+                        tile: Vec4Tile::T128,
+                        splits: 3,
+                    },
+                    "wgsl-v4-128/k3",
+                ),
                 (Tiling::Auto, "wgsl-auto"),
             ]
         };
         for &(tiling, kernel) in tilings {
-            let secs = bench(&ctx, &dims, tiling, iters)?;
+            let secs = match bench(&ctx, &dims, tiling, iters) {
+                // A kernel this device cannot run (e.g. more workgroup memory than it has).
+                Err(tunelab_wgpu::WgpuError::Shape(e)) => {
+                    eprintln!("{kernel}: skipped: {e}");
+                    continue;
+                }
+                r => r?,
+            };
             out.push(matmul_result(what, kernel, &dims, secs));
         }
     }

@@ -75,8 +75,116 @@ fn specialise(template: &str, d: u32) -> String {
     out
 }
 
+/// Matmul on vec4 loads for shapes whose M, N and K are multiples of 4: a template (see
+/// [`matmul_vec4`]).
+pub const MATMUL_VEC4: &str = include_str!("kernels/matmul_vec4.wgsl");
+
+/// The tiles [`matmul_vec4`] is compiled for, as (row groups, column groups, K slice): the
+/// tile is `64 * row groups` by `64 * column groups`.
+pub const MATMUL_VEC4_TILES: [(u32, u32, u32); 3] = [(1, 1, 16), (2, 1, 16), (2, 2, 8)];
+
+/// `matmul_vec4.wgsl` specialised for `MATMUL_VEC4_TILES[slot]`, as `(pipeline-cache name,
+/// source)`.
+pub fn matmul_vec4(slot: usize) -> (&'static str, &'static str) {
+    use std::sync::OnceLock;
+    static SOURCES: OnceLock<[String; 3]> = OnceLock::new();
+    const NAMES: [&str; 3] = [
+        "matmul_vec4.wgsl(64x64)",
+        "matmul_vec4.wgsl(128x64)",
+        "matmul_vec4.wgsl(128x128)",
+    ];
+    let sources = SOURCES.get_or_init(|| {
+        MATMUL_VEC4_TILES.map(|(rg, cg, bk)| {
+            // vec4 loads per thread and slice of each input (256 threads).
+            let (la, lb) = (64 * rg * bk / 1024, 64 * cg * bk / 1024);
+            expand(
+                MATMUL_VEC4,
+                &[("RG", rg), ("CG", cg), ("BK", bk), ("LA", la), ("LB", lb)],
+            )
+        })
+    });
+    (NAMES[slot], sources[slot].as_str())
+}
+
+/// Specialises a template: each `const NAME: u32 = ...;` line whose NAME is in `consts`
+/// takes the given value, and the lines between `//# for $x in 0..N` and `//# end` (N a
+/// number or one of `consts`; blocks nest) are repeated for x = 0 .. N - 1 with `$x`
+/// replaced by x. The templates are part of the crate, so a malformed one is a bug that the
+/// validation tests catch (a malformed block is left unexpanded).
+fn expand(template: &str, consts: &[(&str, u32)]) -> String {
+    fn block(
+        lines: &[&str],
+        consts: &[(&str, u32)],
+        vars: &mut Vec<(String, u32)>,
+        out: &mut String,
+    ) {
+        let mut i = 0;
+        while i < lines.len() {
+            let line = lines[i];
+            let t = line.trim();
+            // `$x in 0..N`: the variable and its bound (a malformed header stays as a comment,
+            // its block unrepeated, so the validation test sees the leftover `$`).
+            let header = t.strip_prefix("//# for ").and_then(|head| {
+                let (var, range) = head.split_once(" in 0..")?;
+                let n = range
+                    .parse()
+                    .ok()
+                    .or_else(|| consts.iter().find(|(c, _)| *c == range).map(|(_, v)| *v))?;
+                Some((var, n))
+            });
+            if let Some((var, n)) = header {
+                let mut depth = 0;
+                let end = (i + 1..lines.len())
+                    .find(|&j| {
+                        let t = lines[j].trim();
+                        if t.starts_with("//# for ") {
+                            depth += 1;
+                        } else if t == "//# end" {
+                            if depth == 0 {
+                                return true;
+                            }
+                            depth -= 1;
+                        }
+                        false
+                    })
+                    .unwrap_or(lines.len());
+                for x in 0..n {
+                    vars.push((var.to_string(), x));
+                    block(&lines[i + 1..end], consts, vars, out);
+                    vars.pop();
+                }
+                i = end + 1;
+                continue;
+            }
+            let konst = t
+                .strip_prefix("const ")
+                .and_then(|r| r.split_once(": u32 ="))
+                .and_then(|(name, _)| consts.iter().find(|(c, _)| *c == name));
+            match konst {
+                Some((name, value)) => out.push_str(&format!("const {name}: u32 = {value}u;")),
+                None => {
+                    let mut l = line.to_string();
+                    for (var, x) in vars.iter() {
+                        l = l.replace(var.as_str(), &x.to_string());
+                    }
+                    out.push_str(&l);
+                }
+            }
+            out.push('\n');
+            i += 1;
+        }
+    }
+    let lines: Vec<&str> = template.lines().collect();
+    let mut out = String::with_capacity(template.len() * 4);
+    block(&lines, consts, &mut Vec::new(), &mut out);
+    out
+}
+
 /// Templates, compiled only through their specialisations (listed for the file check).
-pub const TEMPLATES: &[(&str, &str)] = &[("attention_tiled.wgsl", ATTENTION_TILED)];
+pub const TEMPLATES: &[(&str, &str)] = &[
+    ("attention_tiled.wgsl", ATTENTION_TILED),
+    ("matmul_vec4.wgsl", MATMUL_VEC4),
+];
 
 /// Every kernel as `(file name, source)`.
 pub const ALL: &[(&str, &str)] = &[
@@ -132,6 +240,32 @@ mod tests {
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
         }
         assert!(super::attention_tiled(48).is_none());
+    }
+
+    /// Every tile of the vec4 matmul template validates, with its constants set and its
+    /// blocks unrolled.
+    #[test]
+    fn vec4_matmul_specialisations_validate() {
+        for (slot, (rg, cg, bk)) in super::MATMUL_VEC4_TILES.into_iter().enumerate() {
+            let (name, source) = super::matmul_vec4(slot);
+            assert!(!source.contains('$') && !source.contains("//# "), "{name}");
+            assert!(
+                source.contains(&format!("const BK: u32 = {bk}u;")),
+                "{name}"
+            );
+            // The last accumulator and the last step of the K slice are there.
+            let last = format!("acc{}3{}", rg - 1, cg - 1);
+            assert!(source.contains(&format!("var {last} = ")), "{name}");
+            assert!(source.contains(&format!("ash[1u][{}u]", bk - 1)), "{name}");
+            let module = naga::front::wgsl::parse_str(source)
+                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::empty(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        }
     }
 
     #[test]

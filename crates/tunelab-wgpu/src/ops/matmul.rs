@@ -11,17 +11,56 @@ use crate::{Context, WgpuError, kernels};
 /// Which kernel computes a product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tiling {
-    /// [`Tiling::Big`] where the product has at least [`BIG_MIN_TILES`] 128 × 128 tiles,
-    /// else 64 × 64 tiles, with K split (as [`Tiling::SplitK`]) when there are fewer than
-    /// [`SPLIT_BELOW_TILES`] of them and K is long enough.
+    /// Where M, N and K are multiples of 4 (and the device's workgroup memory allows),
+    /// [`Tiling::Vec4`]: 128 × 128 tiles for products with at least [`BIG_MIN_TILES`] of
+    /// them, else 64 × 64 tiles with K split when there are fewer than [`SPLIT_BELOW_TILES`]
+    /// of them and K is long enough. Otherwise the scalar kernels by the same rule.
     Auto,
-    /// 64 × 64 tiles, 4 × 4 outputs per thread (`matmul`).
+    /// 64 × 64 tiles, 4 × 4 outputs per thread, scalar loads (`matmul`).
     Small,
-    /// 128 × 128 tiles, 8 × 8 outputs per thread (`matmul_big`).
+    /// 128 × 128 tiles, 8 × 8 outputs per thread, scalar loads (`matmul_big`).
     Big,
     /// 64 × 64 tiles with K split into this many parts, each written to a partial product,
     /// then summed in order (`matmul_sum_splits`).
     SplitK(u32),
+    /// `matmul_vec4.wgsl`: vec4 loads and stores, double-buffered K slices, with K split
+    /// into `splits` parts (1: no split). Only for M, N and K multiples of 4.
+    Vec4 { tile: Vec4Tile, splits: u32 },
+}
+
+/// The tiles of `matmul_vec4.wgsl` (`kernels::MATMUL_VEC4_TILES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vec4Tile {
+    /// 64 × 64, 4 × 4 outputs per thread, K slices of 16.
+    T64,
+    /// 128 × 64, 8 × 4 outputs per thread, K slices of 16.
+    T128x64,
+    /// 128 × 128, 8 × 8 outputs per thread, K slices of 8.
+    T128,
+}
+
+impl Vec4Tile {
+    pub const ALL: [Vec4Tile; 3] = [Vec4Tile::T64, Vec4Tile::T128x64, Vec4Tile::T128];
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+
+    /// Rows and columns of C per workgroup.
+    pub fn rows(self) -> u32 {
+        64 * kernels::MATMUL_VEC4_TILES[self.slot()].0
+    }
+
+    pub fn cols(self) -> u32 {
+        64 * kernels::MATMUL_VEC4_TILES[self.slot()].1
+    }
+
+    /// Workgroup memory the kernel declares: two buffers of a K slice of A and of B, rows
+    /// padded by one vec4.
+    pub fn workgroup_bytes(self) -> u32 {
+        let bk = kernels::MATMUL_VEC4_TILES[self.slot()].2;
+        2 * bk * (self.rows() / 4 + 1 + self.cols() / 4 + 1) * 16
+    }
 }
 
 /// Products with at least this many 128 × 128 tiles use the big-tile kernel under
@@ -32,32 +71,117 @@ pub const BIG_MIN_TILES: u64 = 192;
 /// large GPU gets enough workgroups), when K is long enough.
 pub const SPLIT_BELOW_TILES: u64 = 256;
 
-impl Tiling {
-    /// Tile edge, entry point and K splits for `d`.
-    fn kernel(self, d: &Dims) -> (u32, &'static str, u32) {
-        let tiles = |edge: u32| {
-            u64::from(d.batch) * u64::from(d.m.div_ceil(edge)) * u64::from(d.n.div_ceil(edge))
+/// The kernel chosen for a product.
+struct Kernel {
+    name: &'static str,
+    source: &'static str,
+    entry: &'static str,
+    rows: u32,
+    cols: u32,
+    splits: u32,
+}
+
+/// The vec4 kernel's tile and K splits under [`Tiling::Auto`]: the largest tile that gives
+/// a large GPU about 96 workgroups or more, splitting K where each split stays at least 256
+/// deep (64 for the smallest tile). Tuned on an H100 (132 multiprocessors; the measurements
+/// are in docs/gpu-benchmarks.md): 2048³ and the MLP's up-projection take 128 × 128 tiles,
+/// 1024³ and the weight gradient `dYᵀ X` 128 × 128 with K split in two and three, the MLP's
+/// down-projection (K = 1536) 128 × 64 split in two, the attention projections (K = 384)
+/// 64 × 64 unsplit. Split 128 × 128 tiles are not used with a transposed B: on the
+/// down-projection they measured 25% slower than split 128 × 64 tiles.
+fn vec4_auto(d: &Dims) -> (Vec4Tile, u32) {
+    let big = d.tiles(128, 128).max(1);
+    let big_splits = 96u64.div_ceil(big);
+    if big >= 96 {
+        (Vec4Tile::T128, 1)
+    } else if !d.tb && u64::from(d.k) / big_splits >= 256 {
+        (Vec4Tile::T128, big_splits as u32)
+    } else if d.tiles(128, 64) >= 64 {
+        (Vec4Tile::T128x64, 1)
+    } else if d.tiles(128, 64) >= 40 && d.k >= 512 {
+        (Vec4Tile::T128x64, 2)
+    } else {
+        let t = d.tiles(64, 64).max(1);
+        let splits = if t < 64 && d.k >= 256 {
+            // About 128 workgroups, each split at least 64 deep.
+            128u64.div_ceil(t).min(u64::from(d.k / 64)).clamp(1, 32) as u32
+        } else {
+            1
         };
-        match self {
-            Tiling::Small => (64, "matmul", 1),
-            Tiling::Big => (128, "matmul_big", 1),
-            Tiling::SplitK(n) => (64, "matmul", n.max(1)),
-            Tiling::Auto if tiles(128) >= BIG_MIN_TILES => (128, "matmul_big", 1),
-            Tiling::Auto => {
-                let small = tiles(64);
-                let splits = if small >= SPLIT_BELOW_TILES || d.k < 128 {
-                    1
-                } else {
-                    // Enough workgroups for about two rounds of 256, each split at least
-                    // 64 deep.
-                    (2 * SPLIT_BELOW_TILES)
-                        .div_ceil(small.max(1))
-                        .min(u64::from(d.k / 64))
-                        .clamp(1, 32) as u32
-                };
-                (64, "matmul", splits)
+        (Vec4Tile::T64, splits)
+    }
+}
+
+/// Whether `matmul_vec4.wgsl` can compute `d` with `tile` on this device.
+fn vec4_fits(ctx: &Context, d: &Dims, tile: Vec4Tile) -> bool {
+    d.m.is_multiple_of(4)
+        && d.n.is_multiple_of(4)
+        && d.k.is_multiple_of(4)
+        && d.k > 0
+        && tile.workgroup_bytes() <= ctx.device.limits().max_compute_workgroup_storage_size
+}
+
+impl Tiling {
+    /// The kernel and K splits for `d`.
+    fn kernel(self, ctx: &Context, d: &Dims) -> Result<Kernel, WgpuError> {
+        let tiles = |rows, cols| d.tiles(rows, cols);
+        let scalar = |entry, edge, splits| Kernel {
+            name: "matmul.wgsl",
+            source: kernels::MATMUL,
+            entry,
+            rows: edge,
+            cols: edge,
+            splits,
+        };
+        let vec4 = |tile: Vec4Tile, splits| {
+            let (name, source) = kernels::matmul_vec4(tile.slot());
+            Kernel {
+                name,
+                source,
+                entry: "matmul_vec4",
+                rows: tile.rows(),
+                cols: tile.cols(),
+                splits,
             }
-        }
+        };
+        Ok(match self {
+            Tiling::Small => scalar("matmul", 64, 1),
+            Tiling::Big => scalar("matmul_big", 128, 1),
+            Tiling::SplitK(n) => scalar("matmul", 64, n.max(1)),
+            Tiling::Vec4 { tile, splits } => {
+                if !vec4_fits(ctx, d, tile) {
+                    return Err(WgpuError::Shape(format!(
+                        "the vec4 matmul ({tile:?}) needs M, N and K multiples of 4 and {} \
+                         bytes of workgroup memory; got {d:?}",
+                        tile.workgroup_bytes()
+                    )));
+                }
+                vec4(tile, splits.max(1))
+            }
+            Tiling::Auto => {
+                let vec4_choice = vec4_auto(d);
+                if vec4_fits(ctx, d, vec4_choice.0) {
+                    return Ok(vec4(vec4_choice.0, vec4_choice.1));
+                }
+                let tiles = |edge: u32| tiles(edge, edge);
+                if tiles(128) >= BIG_MIN_TILES {
+                    scalar("matmul_big", 128, 1)
+                } else {
+                    let small = tiles(64);
+                    let splits = if small >= SPLIT_BELOW_TILES || d.k < 128 {
+                        1
+                    } else {
+                        // Enough workgroups for about two rounds of 256, each split at least
+                        // 64 deep.
+                        (2 * SPLIT_BELOW_TILES)
+                            .div_ceil(small.max(1))
+                            .min(u64::from(d.k / 64))
+                            .clamp(1, 32) as u32
+                    };
+                    scalar("matmul", 64, splits)
+                }
+            }
+        })
     }
 }
 
@@ -90,6 +214,10 @@ impl Dims {
     }
     pub fn c_len(&self) -> u64 {
         u64::from(self.batch) * u64::from(self.m) * u64::from(self.n)
+    }
+    /// Workgroups of `rows` × `cols` tiles of C.
+    pub fn tiles(&self, rows: u32, cols: u32) -> u64 {
+        u64::from(self.batch) * u64::from(self.m.div_ceil(rows)) * u64::from(self.n.div_ceil(cols))
     }
     pub fn flops(&self) -> f64 {
         2.0 * self.c_len() as f64 * f64::from(self.k)
@@ -165,9 +293,10 @@ pub fn encode_tiled(
     if d.c_len() == 0 {
         return Ok(());
     }
-    let (tile, entry, splits) = tiling.kernel(d);
+    let kernel = tiling.kernel(ctx, d)?;
+    let splits = kernel.splits;
     let max = ctx.report().limits.max_compute_workgroups_per_dimension;
-    let gx = d.n.div_ceil(tile);
+    let gx = d.n.div_ceil(kernel.cols);
     if gx > max {
         return Err(WgpuError::LimitExceeded {
             what: format!("matmul with N = {} (workgroups along N)", d.n),
@@ -175,7 +304,7 @@ pub fn encode_tiled(
             available: u64::from(max),
         });
     }
-    let row_tiles = d.m.div_ceil(tile);
+    let row_tiles = d.m.div_ceil(kernel.rows);
     // K per split, whole slices of 16; splits whose partial products would not fit one
     // binding (or one u32 index) fall back to a single pass.
     let c_len = d.c_len();
@@ -227,9 +356,9 @@ pub fn encode_tiled(
             dispatch(
                 ctx,
                 encoder,
-                "matmul.wgsl",
-                kernels::MATMUL,
-                entry,
+                kernel.name,
+                kernel.source,
+                kernel.entry,
                 bytemuck::bytes_of(&params),
                 &[(1, a), (2, b), (3, bias_buf), (4, target)],
                 (gx, nr, nz),
@@ -458,6 +587,107 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Every tile of the vec4 kernel, with and without split K, on shapes whose M, N and K
+    /// are multiples of 4 but not of the tiles (a row and a column group past a tile, K past
+    /// a slice), every transpose, shared and batched B, with and without bias.
+    #[test]
+    fn vec4_kernels_match_the_reference() {
+        let Some(ctx) = crate::context::tests::context() else {
+            return;
+        };
+        for &(batch, m, n, k) in &[(1, 4, 4, 4), (2, 132, 68, 20), (1, 68, 136, 44)] {
+            for (ta, tb, shared, with_bias) in [
+                (false, false, false, true),
+                (false, true, true, false),
+                (true, false, true, false),
+                (true, true, false, true),
+            ] {
+                let d = Dims {
+                    batch,
+                    m,
+                    n,
+                    k,
+                    ta,
+                    tb,
+                    b_shared: shared,
+                };
+                let a: Vec<f32> = (0..d.a_len())
+                    .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.1)
+                    .collect();
+                let b: Vec<f32> = (0..d.b_len())
+                    .map(|i| ((i * 5 % 19) as f32 - 9.0) * 0.1)
+                    .collect();
+                let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 1.0).collect();
+                let bias = with_bias.then_some(bias.as_slice());
+                let want = reference(&d, &a, &b, bias);
+                let limit = ctx.device.limits().max_compute_workgroup_storage_size;
+                for tile in Vec4Tile::ALL {
+                    if tile.workgroup_bytes() > limit {
+                        eprintln!("{tile:?} skipped: needs more workgroup memory than {limit}");
+                        continue;
+                    }
+                    for splits in [1, 3] {
+                        let tiling = Tiling::Vec4 { tile, splits };
+                        let got = pollster::block_on(matmul_tiled(&ctx, &d, tiling, &a, &b, bias))
+                            .unwrap();
+                        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                                "{tiling:?} {d:?} bias={with_bias} at {i}: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // A shape it cannot take is a typed error, not a wrong result.
+        let d = Dims {
+            batch: 1,
+            m: 4,
+            n: 6,
+            k: 4,
+            ta: false,
+            tb: false,
+            b_shared: true,
+        };
+        let tiling = Tiling::Vec4 {
+            tile: Vec4Tile::T64,
+            splits: 1,
+        };
+        let e = pollster::block_on(matmul_tiled(&ctx, &d, tiling, &[0.0; 16], &[0.0; 24], None))
+            .unwrap_err();
+        assert!(matches!(e, WgpuError::Shape(_)), "{e}");
+        assert!(e.to_string().contains("multiples of 4"), "{e}");
+    }
+
+    /// The automatic choice at the shapes it was tuned on (docs/gpu-benchmarks.md).
+    #[test]
+    fn vec4_auto_picks_the_measured_best_tiles() {
+        let d = |batch, m, n, k, ta, tb| Dims {
+            batch,
+            m,
+            n,
+            k,
+            ta,
+            tb,
+            b_shared: batch == 1,
+        };
+        let (t, big) = (Vec4Tile::T128x64, Vec4Tile::T128);
+        for (dims, want) in [
+            (d(1, 2048, 2048, 2048, false, false), (big, 1)),
+            (d(1, 1024, 1536, 384, false, true), (big, 1)),
+            (d(96, 128, 128, 32, false, true), (big, 1)),
+            (d(1, 1024, 1024, 1024, false, false), (big, 2)),
+            (d(1, 384, 1536, 1024, true, false), (big, 3)),
+            (d(1, 1024, 384, 1536, false, true), (t, 2)),
+            (d(1, 512, 512, 512, false, false), (Vec4Tile::T64, 1)),
+            (d(1, 1024, 384, 384, false, true), (Vec4Tile::T64, 1)),
+            (d(1, 256, 256, 256, false, false), (Vec4Tile::T64, 4)),
+        ] {
+            assert_eq!(vec4_auto(&dims), want, "{dims:?}");
         }
     }
 
