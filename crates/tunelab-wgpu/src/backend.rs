@@ -147,8 +147,12 @@ impl Wgpu {
     fn alloc(&self, st: &mut State, bytes: u64) -> Result<Arc<Buf>> {
         let class = bytes.max(4).next_power_of_two();
         let max = self.ctx.report().limits.max_buffer_size;
-        let class = if class > max && bytes <= max {
-            bytes.max(4).div_ceil(4) * 4
+        // Exact sizes (in 16-byte steps) where the power-of-two class would pass the buffer
+        // limit, or the binding limit for a tensor that fits one binding (ops bind whole
+        // buffers).
+        let limit = self.ctx.binding_limit();
+        let class = if (class > max && bytes <= max) || (class > limit && bytes <= limit) {
+            bytes.max(4).div_ceil(16) * 16
         } else {
             class
         };
@@ -687,6 +691,9 @@ impl Backend for Wgpu {
             ));
         }
         let (vocab, c) = (td[0], td[1]);
+        self.ctx
+            .check_binding("embedding table", table.shape.numel() as u64 * 4)
+            .map_err(dev)?;
         if let Some(host) = &ids.host_u32
             && let Some(bad) = host.iter().find(|&&i| i as usize >= vocab)
         {

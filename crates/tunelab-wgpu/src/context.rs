@@ -16,6 +16,9 @@ pub struct ContextOptions {
     pub force_fallback_adapter: bool,
     /// Prefer the discrete GPU over the integrated one.
     pub high_performance: bool,
+    /// Bind at most this many bytes of a storage buffer, below the device's limit: tests use it
+    /// to run the chunked paths (tensors larger than one binding) on small tensors.
+    pub max_binding: Option<u64>,
 }
 
 /// The limits that matter for training, as granted to our device.
@@ -79,6 +82,9 @@ pub struct Context {
     one: std::sync::OnceLock<wgpu::Buffer>,
     /// Scratch buffers (partial sums and the like) not in use by a recorder, by size class.
     scratch: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// The most bytes one storage binding holds: the device's limit or
+    /// [`ContextOptions::max_binding`] if lower.
+    binding_limit: u64,
 }
 
 /// Timestamp pairs one query set holds (WebGPU allows 4096 queries per set).
@@ -179,6 +185,10 @@ impl Context {
             };
         }
 
+        let binding_limit = options
+            .max_binding
+            .unwrap_or(u64::MAX)
+            .min(report.limits.max_storage_buffer_binding_size);
         let uncaptured = Arc::new(Mutex::new(None));
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -196,7 +206,13 @@ impl Context {
             uniform_pages: Mutex::new(Vec::new()),
             one: std::sync::OnceLock::new(),
             scratch: Mutex::new(HashMap::new()),
+            binding_limit,
         })
+    }
+
+    /// The most bytes one storage binding may hold (see [`ContextOptions::max_binding`]).
+    pub fn binding_limit(&self) -> u64 {
+        self.binding_limit
     }
 
     /// What the adapter is and what this device may do.
@@ -457,9 +473,9 @@ impl Context {
     }
 
     /// Fails with [`WgpuError::LimitExceeded`] when a binding of `bytes` exceeds the device's
-    /// storage-binding limit.
+    /// storage-binding limit ([`Context::binding_limit`]).
     pub fn check_binding(&self, what: &str, bytes: u64) -> Result<(), WgpuError> {
-        let available = self.report.limits.max_storage_buffer_binding_size;
+        let available = self.binding_limit;
         if bytes > available {
             return Err(WgpuError::LimitExceeded {
                 what: what.to_string(),
@@ -554,7 +570,12 @@ pub(crate) mod tests {
     /// Opens a context on whatever adapter is present. Where the test group asks for a GPU
     /// (`TUNELAB_REQUIRE_ADAPTER=1`, set by `cargo xtask test`), a missing one fails the test.
     pub(crate) fn context() -> Option<super::Context> {
-        match pollster::block_on(super::Context::new(Default::default())) {
+        context_with(Default::default())
+    }
+
+    /// [`context`] with `options` (e.g. a small binding limit).
+    pub(crate) fn context_with(options: super::ContextOptions) -> Option<super::Context> {
+        match pollster::block_on(super::Context::new(options)) {
             Ok(ctx) => Some(ctx),
             Err(e) if std::env::var_os("TUNELAB_REQUIRE_ADAPTER").is_none() => {
                 eprintln!("skipping: {e}");

@@ -143,7 +143,17 @@ fn forward_backward<B: Backend>(
 }
 
 fn losses<B: Backend>(be: &B, arch: &str, task: Task, method: &Method, steps: usize) -> Vec<f32> {
-    let (model, mut store) = build(be, arch, task, method);
+    let (model, store) = build(be, arch, task, method);
+    train_losses(be, model, store, task, steps)
+}
+
+fn train_losses<B: Backend>(
+    be: &B,
+    model: TaskModel,
+    mut store: ParamStore<B>,
+    task: Task,
+    steps: usize,
+) -> Vec<f32> {
     let mut opt = Optimizer::<B>::new(
         AdamWConfig {
             lr: 5e-3,
@@ -266,6 +276,93 @@ fn gpu_memory_does_not_grow_over_200_steps() {
     wg.release_pool();
     let released = wg.pool_stats();
     assert_eq!((released.pooled_buffers, released.scratch_buffers), (0, 0));
+}
+
+/// The masked-LM logits (and their gradient) larger than one binding: with bindings capped
+/// at 8 KiB, a tiny BERT with a vocabulary of 128 has (27, 128) logits of 13.5 KiB, which the
+/// decoder's matmul, the bias add, the cross-entropy, the bias gradient and (full
+/// fine-tuning) the tied embeddings' weight gradient process in parts. Logits, gradients
+/// and five steps must match the candle backend as closely as whole bindings do.
+#[test]
+fn mlm_logits_larger_than_one_binding_are_processed_in_parts() {
+    let ctx = match pollster::block_on(Context::new(tunelab_wgpu::ContextOptions {
+        max_binding: Some(8 << 10),
+        ..Default::default()
+    })) {
+        Ok(ctx) => ctx,
+        Err(e) if std::env::var_os("TUNELAB_REQUIRE_ADAPTER").is_none() => {
+            eprintln!("skipping: {e}");
+            return;
+        }
+        Err(e) => panic!("TUNELAB_REQUIRE_ADAPTER is set but: {e}"),
+    };
+    let wg = Wgpu::new(Arc::new(ctx));
+    let cb = Candle::cpu();
+    let config = std::fs::read_to_string(fixture("tiny-bert").join("config.json"))
+        .unwrap()
+        .replace("\"vocab_size\": 61", "\"vocab_size\": 128");
+    let cfg = tunelab_core::models::bert::BertConfig::from_json("tiny", &config).unwrap();
+    assert_eq!(cfg.vocab_size, 128);
+    let task = Task::MaskedLm;
+    fn load<B: Backend>(
+        be: &B,
+        config: &str,
+        cfg: &tunelab_core::models::bert::BertConfig,
+        method: &Method,
+    ) -> (TaskModel, ParamStore<B>) {
+        let mut store = ParamStore::new();
+        let tensors = cfg.random_tensors(0);
+        let model = TaskModel::load(
+            be,
+            "tiny",
+            config,
+            tensors,
+            Task::MaskedLm,
+            method,
+            3,
+            &mut store,
+        )
+        .unwrap();
+        (model, store)
+    }
+    for method in [Method::Full, Method::Bitfit, methods().remove(2)] {
+        let what = method.name();
+        let (cm, cs) = load(&cb, &config, &cfg, &method);
+        let (wm, ws) = load(&wg, &config, &cfg, &method);
+        let (cl, cg) = forward_backward(&cb, &cm, &cs, task);
+        let (wl, wgr) = forward_backward(&wg, &wm, &ws, task);
+        assert_eq!(wl.len() * 4, 27 * 128 * 4, "{what}");
+        assert!(
+            wl.len() * 4 > 8 << 10,
+            "the logits must need more than one binding"
+        );
+        let d = cl
+            .iter()
+            .zip(&wl)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-4, "{what}: logits differ by {d}");
+        assert_eq!(cg.len(), wgr.len(), "{what}");
+        for ((name, a), (_, b)) in cg.iter().zip(&wgr) {
+            let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                d / scale < 1e-3 || d < 1e-6,
+                "{what}: gradient of {name} differs by {d} (scale {scale})"
+            );
+        }
+        let (a, b) = (
+            train_losses(&cb, cm, cs, task, 5),
+            train_losses(&wg, wm, ws, task, 5),
+        );
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!((x - y).abs() < 1e-3, "{what}: step {i} loss {x} vs {y}");
+        }
+    }
 }
 
 #[test]

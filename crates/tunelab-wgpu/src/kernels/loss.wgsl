@@ -6,11 +6,18 @@
 //              over rows is taken by reduce.wgsl's sum pass, so the result is deterministic.
 // ce_backward: dx[row, c] = scale * (softmax(x[row])[c] - [c == label])   (0 for ignored rows)
 
+// Logits larger than one binding come in chunks of rows: `x` (and ce_backward's `out`) are
+// bound at the chunk, while `labels` (and ce_rows' per-row `out`) are bound whole and read
+// from row `row0`.
 struct Params {
     rows: u32,
     k: u32,
     row_stride: u32,
     scale: f32,
+    row0: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -74,11 +81,11 @@ fn ce_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     let valid = row < p.rows;
     let lse = row_lse(row, lid, valid);
     if (valid && lid == 0u) {
-        let label = labels[row];
+        let label = labels[p.row0 + row];
         if (label == IGNORE || label >= p.k) {
-            out[row] = 0.0;
+            out[p.row0 + row] = 0.0;
         } else {
-            out[row] = lse - x[row * p.k + label];
+            out[p.row0 + row] = lse - x[row * p.k + label];
         }
     }
 }
@@ -89,7 +96,7 @@ fn ce_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let valid = row < p.rows;
     let lse = row_lse(row, lid, valid);
     if (valid) {
-        let label = labels[row];
+        let label = labels[p.row0 + row];
         let ignored = label == IGNORE || label >= p.k;
         for (var c = lid; c < p.k; c = c + 256u) {
             var g = 0.0;

@@ -66,7 +66,7 @@ fn col_partials(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     workgroupBarrier();
     if (lid.y == 0u && c < p.cols) {
         let i = lid.x;
-        out[wg.y * p.cols + c] = lanes[i] + lanes[64u + i] + lanes[128u + i] + lanes[192u + i];
+        out[p.out_offset + wg.y * p.cols + c] = lanes[i] + lanes[64u + i] + lanes[128u + i] + lanes[192u + i];
     }
 }
 

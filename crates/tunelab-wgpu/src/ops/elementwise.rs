@@ -4,7 +4,7 @@
 //! [`encode`] records one op into a caller's encoder on device buffers; [`run`] and
 //! [`axpby`] are host-to-host conveniences (tests, examples).
 
-use super::{Recorder, dispatch, split_dispatch, upload};
+use super::{Part, Recorder, dispatch, row_chunks, split_dispatch, upload};
 use crate::{Context, WgpuError, kernels};
 
 const WORKGROUP: u32 = 256;
@@ -62,7 +62,8 @@ struct Params {
     beta: f32,
 }
 
-/// Records `out = op(a, b)` over `n` values into `encoder`.
+/// Records `out = op(a, b)` over `n` values into `encoder`, in chunks where the vectors are
+/// larger than one binding.
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &Context,
@@ -75,35 +76,45 @@ pub fn encode(
     b: Option<&wgpu::Buffer>,
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    ctx.check_binding(op.entry(), u64::from(n) * 4)?;
-    let groups = n.div_ceil(WORKGROUP);
-    let (gx, gy) = split_dispatch(
-        groups,
-        ctx.report().limits.max_compute_workgroups_per_dimension,
-    );
-    let params = Params {
-        n,
-        row_stride: gx,
-        alpha,
-        beta,
+    let b = match (op.binary(), b) {
+        (true, None) => {
+            return Err(WgpuError::Shape(format!(
+                "{}: needs a second input",
+                op.entry()
+            )));
+        }
+        (binary, b) => b.filter(|_| binary),
     };
-    let mut buffers = vec![(1, a)];
-    if op.binary() {
-        let b =
-            b.ok_or_else(|| WgpuError::Shape(format!("{}: needs a second input", op.entry())))?;
-        buffers.push((2, b));
+    for (first, count) in row_chunks(ctx, op.entry(), n, &[1])? {
+        let groups = count.div_ceil(WORKGROUP);
+        let (gx, gy) = split_dispatch(
+            groups,
+            ctx.report().limits.max_compute_workgroups_per_dimension,
+        );
+        let params = Params {
+            n: count,
+            row_stride: gx,
+            alpha,
+            beta,
+        };
+        let part = |buf| Part::rows(buf, 1, first, count);
+        let mut buffers = vec![(1, part(a))];
+        if let Some(b) = b {
+            // `scale_by`'s second input is one value, bound whole.
+            buffers.push((2, if op == Op::ScaleBy { b.into() } else { part(b) }));
+        }
+        buffers.push((3, part(out)));
+        dispatch(
+            ctx,
+            encoder,
+            "elementwise.wgsl",
+            kernels::ELEMENTWISE,
+            op.entry(),
+            bytemuck::bytes_of(&params),
+            &buffers,
+            (gx, gy, 1),
+        );
     }
-    buffers.push((3, out));
-    dispatch(
-        ctx,
-        encoder,
-        "elementwise.wgsl",
-        kernels::ELEMENTWISE,
-        op.entry(),
-        bytemuck::bytes_of(&params),
-        &buffers,
-        (gx, gy, 1),
-    );
     Ok(())
 }
 
@@ -146,7 +157,6 @@ pub async fn run(
     if n == 0 {
         return Ok(Vec::new());
     }
-    ctx.check_binding(op.entry(), u64::from(n) * 4)?;
     let out = ctx
         .checked(|| -> Result<wgpu::Buffer, WgpuError> {
             let ab = upload(ctx, "elementwise.a", a);
@@ -175,7 +185,7 @@ pub async fn run(
 /// `alpha * x + beta * y` on the GPU.
 ///
 /// Errors: [`WgpuError::Shape`] when the lengths differ, [`WgpuError::LimitExceeded`] when a
-/// vector is larger than one storage binding may be.
+/// vector is larger than one buffer may be.
 pub async fn axpby(
     ctx: &Context,
     alpha: f32,

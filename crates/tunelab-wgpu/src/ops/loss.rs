@@ -1,7 +1,7 @@
 //! Fused softmax cross-entropy with an ignore index (`kernels/loss.wgsl`); the sum over rows
 //! reuses the deterministic sum pass of `reduce.wgsl`.
 
-use super::{Recorder, dispatch, output, reduce, run_host, upload, upload_u32};
+use super::{Part, Recorder, dispatch, output, reduce, row_chunks, run_host, upload, upload_u32};
 use crate::{Context, WgpuError, kernels};
 
 #[repr(C)]
@@ -11,9 +11,18 @@ struct Params {
     k: u32,
     row_stride: u32,
     scale: f32,
+    row0: u32,
+    pad: [u32; 3],
 }
 
-fn params(ctx: &Context, rows: u32, k: u32, scale: f32) -> Result<(Params, (u32, u32)), WgpuError> {
+/// Params for rows `row0 .. row0 + rows` of a chunk.
+fn params(
+    ctx: &Context,
+    row0: u32,
+    rows: u32,
+    k: u32,
+    scale: f32,
+) -> Result<(Params, (u32, u32)), WgpuError> {
     let n = u64::from(rows) * u64::from(k);
     ctx.check_binding("cross-entropy logits", n * 4)?;
     let (gx, gy) = super::split_dispatch(
@@ -26,12 +35,15 @@ fn params(ctx: &Context, rows: u32, k: u32, scale: f32) -> Result<(Params, (u32,
             k,
             row_stride: gx,
             scale,
+            row0,
+            pad: [0; 3],
         },
         (gx, gy),
     ))
 }
 
-/// Records `out (1,) = sum over rows of CE(logits (rows, k), labels (rows,))`.
+/// Records `out (1,) = sum over rows of CE(logits (rows, k), labels (rows,))`. Logits larger
+/// than one binding are processed in chunks of rows.
 pub fn encode_sum(
     ctx: &Context,
     enc: &mut Recorder,
@@ -41,23 +53,30 @@ pub fn encode_sum(
     labels: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    let (p, (gx, gy)) = params(ctx, rows, k, 1.0)?;
     let per_row = enc.scratch(ctx, u64::from(rows));
-    dispatch(
-        ctx,
-        enc,
-        "loss.wgsl",
-        kernels::LOSS,
-        "ce_rows",
-        bytemuck::bytes_of(&p),
-        &[(1, logits), (2, labels), (3, &per_row)],
-        (gx, gy, 1),
-    );
+    for (first, n) in row_chunks(ctx, "cross-entropy logits", rows, &[u64::from(k)])? {
+        let (p, (gx, gy)) = params(ctx, first, n, k, 1.0)?;
+        dispatch(
+            ctx,
+            enc,
+            "loss.wgsl",
+            kernels::LOSS,
+            "ce_rows",
+            bytemuck::bytes_of(&p),
+            &[
+                (1, Part::rows(logits, u64::from(k), first, n)),
+                (2, labels.into()),
+                (3, (&per_row).into()),
+            ],
+            (gx, gy, 1),
+        );
+    }
     reduce::encode_sum(ctx, enc, rows, &per_row, out)?;
     Ok(())
 }
 
-/// Records `dx = scale * (softmax(logits) - onehot(labels))`, zero on ignored rows.
+/// Records `dx = scale * (softmax(logits) - onehot(labels))`, zero on ignored rows (in chunks
+/// of rows where the logits are larger than one binding).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &Context,
@@ -69,17 +88,24 @@ pub fn encode_backward(
     labels: &wgpu::Buffer,
     dx: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    let (p, (gx, gy)) = params(ctx, rows, k, scale)?;
-    dispatch(
-        ctx,
-        enc,
-        "loss.wgsl",
-        kernels::LOSS,
-        "ce_backward",
-        bytemuck::bytes_of(&p),
-        &[(1, logits), (2, labels), (3, dx)],
-        (gx, gy, 1),
-    );
+    let w = u64::from(k);
+    for (first, n) in row_chunks(ctx, "cross-entropy logits", rows, &[w])? {
+        let (p, (gx, gy)) = params(ctx, first, n, k, scale)?;
+        dispatch(
+            ctx,
+            enc,
+            "loss.wgsl",
+            kernels::LOSS,
+            "ce_backward",
+            bytemuck::bytes_of(&p),
+            &[
+                (1, Part::rows(logits, w, first, n)),
+                (2, labels.into()),
+                (3, Part::rows(dx, w, first, n)),
+            ],
+            (gx, gy, 1),
+        );
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 //! uses it); [`matmul`] is the host-to-host convenience used by tests; [`bench`] times it on
 //! device-resident buffers.
 
-use super::{Recorder, dispatch, upload};
+use super::{Part, Recorder, dispatch, row_chunks, upload};
 use crate::{Context, WgpuError, kernels};
 
 /// Which kernel computes a product.
@@ -244,7 +244,8 @@ struct Params {
     pad: [u32; 2],
 }
 
-fn check(ctx: &Context, d: &Dims) -> Result<(), WgpuError> {
+/// Element counts must fit the kernels' u32 indices.
+fn check(d: &Dims) -> Result<(), WgpuError> {
     for (what, len) in [
         ("matmul A", d.a_len()),
         ("matmul B", d.b_len()),
@@ -257,7 +258,6 @@ fn check(ctx: &Context, d: &Dims) -> Result<(), WgpuError> {
                 available: u64::from(u32::MAX),
             });
         }
-        ctx.check_binding(what, len * 4)?;
     }
     Ok(())
 }
@@ -278,6 +278,14 @@ pub fn encode(
 }
 
 /// [`encode`] with the kernel chosen by `tiling`.
+///
+/// Inputs or outputs larger than one binding are processed in parts: with A untransposed
+/// (the linear layers, the MLM decoder's logits and their input gradient), chunks of rows of
+/// A and C; with A transposed and B not (weight gradients such as the tied decoder's
+/// `dYᵀ X`), chunks of K (rows of A and of B) whose products are summed into C in order.
+/// Otherwise — a B larger than one binding with A untransposed, a C larger than one binding
+/// with A transposed, both transposed, or a batched product — a too large tensor is a
+/// [`WgpuError::LimitExceeded`].
 #[allow(clippy::too_many_arguments)]
 pub fn encode_tiled(
     ctx: &Context,
@@ -289,10 +297,103 @@ pub fn encode_tiled(
     bias: Option<&wgpu::Buffer>,
     c: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    check(ctx, d)?;
+    check(d)?;
     if d.c_len() == 0 {
         return Ok(());
     }
+    let limit = ctx.binding_limit();
+    let fits = |len: u64| len * 4 <= limit;
+    if fits(d.a_len()) && fits(d.b_len()) && fits(d.c_len()) {
+        return encode_parts(ctx, encoder, d, tiling, a.into(), b.into(), bias, c.into());
+    }
+    if d.batch != 1 {
+        ctx.check_binding("matmul A", d.a_len() * 4)?;
+        ctx.check_binding("matmul B", d.b_len() * 4)?;
+        ctx.check_binding("matmul C", d.c_len() * 4)?;
+    }
+    let (m, n, k) = (u64::from(d.m), u64::from(d.n), u64::from(d.k));
+    if !d.ta {
+        ctx.check_binding("matmul B", d.b_len() * 4)?;
+        // Rows of A (k values each) and of C (n values each).
+        for (first, count) in row_chunks(ctx, "matmul rows of A and C", d.m, &[k, n])? {
+            let part = Dims { m: count, ..*d };
+            let (pa, pc) = (
+                Part::rows(a, k, first, count),
+                Part::rows(c, n, first, count),
+            );
+            encode_parts(ctx, encoder, &part, tiling, pa, b.into(), bias, pc)?;
+        }
+        return Ok(());
+    }
+    ctx.check_binding("matmul C", d.c_len() * 4)?;
+    if d.tb {
+        return Err(WgpuError::LimitExceeded {
+            what: "matmul A (transposed, with a transposed B: not split)".into(),
+            requested: d.a_len() * 4,
+            available: limit,
+        });
+    }
+    // Chunks of K: rows of A (m values each) and of B (n values each). The first chunk's
+    // product (with the bias) goes to a scratch sum, each later one to a scratch part that is
+    // added to the sum, in order; the last addition writes C.
+    let chunks = row_chunks(ctx, "matmul rows of K", d.k, &[m, n])?;
+    let c_elems = u32::try_from(d.c_len()).unwrap_or(u32::MAX);
+    let scratch = |enc: &mut Recorder| enc.scratch(ctx, d.c_len());
+    let (mut sum, part_c, mut next) = (scratch(encoder), scratch(encoder), scratch(encoder));
+    let last = chunks.len() - 1;
+    for (i, &(first, count)) in chunks.iter().enumerate() {
+        let part = Dims { k: count, ..*d };
+        let (pa, pb) = (
+            Part::rows(a, m, first, count),
+            Part::rows(b, n, first, count),
+        );
+        let (target, with_bias) = match i {
+            0 if last == 0 => (c, bias),
+            0 => (&sum, bias),
+            _ => (&part_c, None),
+        };
+        encode_parts(
+            ctx,
+            encoder,
+            &part,
+            tiling,
+            pa,
+            pb,
+            with_bias,
+            target.into(),
+        )?;
+        if i > 0 {
+            use super::elementwise::{Op, encode as add};
+            let out = if i == last { c } else { &next };
+            add(
+                ctx,
+                encoder,
+                Op::Add,
+                c_elems,
+                1.0,
+                1.0,
+                &sum,
+                Some(&part_c),
+                out,
+            )?;
+            std::mem::swap(&mut sum, &mut next);
+        }
+    }
+    Ok(())
+}
+
+/// One product on bound parts of buffers that each fit one binding.
+#[allow(clippy::too_many_arguments)]
+fn encode_parts(
+    ctx: &Context,
+    encoder: &mut Recorder,
+    d: &Dims,
+    tiling: Tiling,
+    a: Part<'_>,
+    b: Part<'_>,
+    bias: Option<&wgpu::Buffer>,
+    c: Part<'_>,
+) -> Result<(), WgpuError> {
     let kernel = tiling.kernel(ctx, d)?;
     let splits = kernel.splits;
     let max = ctx.report().limits.max_compute_workgroups_per_dimension;
@@ -320,10 +421,10 @@ pub fn encode_tiled(
     }
     let k_chunk = if splits == 1 { d.k } else { k_chunk };
     let partials = (splits > 1).then(|| encoder.scratch(ctx, c_len * u64::from(splits)));
-    let target = partials.as_ref().unwrap_or(c);
+    let target = partials.as_ref().map_or(c, Part::from);
     // The kernel reads the bias only when has_bias is set.
     let one = ctx.one();
-    let bias_buf = bias.unwrap_or(&one);
+    let bias_buf = Part::from(bias.unwrap_or(&one));
     let base = Params {
         m: d.m,
         n: d.n,
@@ -381,7 +482,7 @@ pub fn encode_tiled(
             kernels::MATMUL,
             "matmul_sum_splits",
             bytemuck::bytes_of(&params),
-            &[(1, &partials), (3, bias_buf), (4, c)],
+            &[(1, (&partials).into()), (3, bias_buf), (4, c)],
             (sx, sy, 1),
         );
     }
@@ -426,7 +527,7 @@ pub async fn matmul_tiled(
             d.n
         )));
     }
-    check(ctx, d)?;
+    check(d)?;
     let c_len = d.c_len() as usize;
     let c = ctx
         .checked(|| -> Result<wgpu::Buffer, WgpuError> {
@@ -460,7 +561,7 @@ pub async fn matmul_tiled(
 /// 20 ms, so the per-submission latency does not count as kernel time.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn bench(ctx: &Context, d: &Dims, tiling: Tiling, iters: usize) -> Result<f64, WgpuError> {
-    check(ctx, d)?;
+    check(d)?;
     let fill = |n: u64| -> Vec<f32> { (0..n).map(|i| ((i % 97) as f32) * 0.01).collect() };
     let ab = upload(ctx, "bench.a", &fill(d.a_len()));
     let bb = upload(ctx, "bench.b", &fill(d.b_len()));

@@ -147,17 +147,92 @@ impl std::ops::DerefMut for Recorder {
     }
 }
 
+/// A storage binding: a whole buffer, or `size` bytes of it from `offset` (a multiple of the
+/// device's storage offset alignment) for ops that process a tensor larger than one binding
+/// may hold in chunks.
+#[derive(Clone, Copy)]
+pub(crate) struct Part<'a> {
+    pub buf: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub size: Option<u64>,
+}
+
+impl<'a> From<&'a wgpu::Buffer> for Part<'a> {
+    fn from(buf: &'a wgpu::Buffer) -> Self {
+        Part {
+            buf,
+            offset: 0,
+            size: None,
+        }
+    }
+}
+
+impl<'a> Part<'a> {
+    /// Rows `first .. first + count` of a row-major tensor with `width` f32 values per row.
+    pub fn rows(buf: &'a wgpu::Buffer, width: u64, first: u32, count: u32) -> Self {
+        Part {
+            buf,
+            offset: u64::from(first) * width * 4,
+            size: Some((u64::from(count) * width * 4).max(4)),
+        }
+    }
+}
+
+/// Row ranges `(first, count)` covering `rows` rows of tensors that hold `widths[i]` f32
+/// values per row: one range when every tensor fits one binding, else ranges whose rows fit
+/// the binding limit in every tensor and start at offsets the device can bind (rows in
+/// multiples of what the offset alignment needs). A single aligned block of rows that does
+/// not fit is a [`WgpuError::LimitExceeded`] naming `what`.
+pub(crate) fn row_chunks(
+    ctx: &Context,
+    what: &str,
+    rows: u32,
+    widths: &[u64],
+) -> Result<Vec<(u32, u32)>, WgpuError> {
+    let limit = ctx.binding_limit();
+    let widest = widths.iter().copied().max().unwrap_or(1).max(1);
+    if u64::from(rows) * widest * 4 <= limit {
+        return Ok(vec![(0, rows)]);
+    }
+    // Rows per step so that every tensor's chunk starts at an aligned byte offset.
+    let align = u64::from(ctx.device.limits().min_storage_buffer_offset_alignment).max(4) / 4;
+    let step = widths.iter().fold(1u64, |step, &w| {
+        let need = align / gcd(w.max(1), align);
+        step / gcd(step, need) * need
+    });
+    let fit = limit / (widest * 4);
+    let per = fit / step * step;
+    if per == 0 {
+        return Err(WgpuError::LimitExceeded {
+            what: format!("{what}: a block of {step} rows of {widest} values"),
+            requested: step * widest * 4,
+            available: limit,
+        });
+    }
+    let per = u32::try_from(per).unwrap_or(u32::MAX);
+    Ok((0..rows.div_ceil(per))
+        .map(|i| {
+            let first = i * per;
+            (first, per.min(rows - first))
+        })
+        .collect())
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 /// Records one dispatch of `entry` with `uniform` at binding 0 and `buffers` at bindings
-/// 1, 2, ... (in order; the entry point must use exactly these).
+/// 1, 2, ... (in order; the entry point must use exactly these): whole buffers or parts.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn dispatch(
+pub(crate) fn dispatch<'a, P: Into<Part<'a>> + Copy>(
     ctx: &Context,
     rec: &mut Recorder,
     kernel: &'static str,
     source: &'static str,
     entry: &'static str,
     uniform: &[u8],
-    buffers: &[(u32, &wgpu::Buffer)],
+    buffers: &[(u32, P)],
     groups: (u32, u32, u32),
 ) {
     let pipeline = ctx.pipeline(kernel, source, entry);
@@ -171,9 +246,14 @@ pub(crate) fn dispatch(
         }),
     }];
     for (binding, b) in buffers {
+        let part: Part<'a> = (*b).into();
         entries.push(wgpu::BindGroupEntry {
             binding: *binding,
-            resource: b.as_entire_binding(),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: part.buf,
+                offset: part.offset,
+                size: part.size.and_then(wgpu::BufferSize::new),
+            }),
         });
     }
     let bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -278,6 +358,8 @@ pub fn split_dispatch(groups: u32, max_per_dim: u32) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::split_dispatch;
+    #[cfg(not(target_arch = "wasm32"))]
+    use crate::WgpuError;
 
     /// Uniform values packed into pooled pages reach the right dispatch, across more
     /// dispatches than one page holds, and again when a second recorder reuses the pages.
@@ -321,6 +403,163 @@ mod tests {
                     "pages were reused"
                 );
             }
+        }
+    }
+
+    /// A context whose bindings hold at most `bytes`.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn small(bytes: u64) -> Option<crate::Context> {
+        crate::context::tests::context_with(crate::ContextOptions {
+            max_binding: Some(bytes),
+            ..Default::default()
+        })
+    }
+
+    /// Row chunks cover every row once, in order, fit the limit in every tensor and start at
+    /// bindable offsets; a block that cannot fit is a typed error naming the tensor.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn row_chunks_cover_fit_and_align() {
+        let Some(ctx) = small(4096) else { return };
+        let align = u64::from(ctx.device.limits().min_storage_buffer_offset_alignment);
+        assert_eq!(ctx.binding_limit(), 4096);
+        assert_eq!(
+            super::row_chunks(&ctx, "t", 10, &[16, 8]).unwrap(),
+            vec![(0, 10)]
+        );
+        for (rows, widths) in [
+            (100u32, vec![16u64, 64]),
+            (1100, vec![1]),
+            (97, vec![12, 3]),
+            (9, vec![256]),
+        ] {
+            let chunks = super::row_chunks(&ctx, "t", rows, &widths).unwrap();
+            assert!(chunks.len() > 1, "{rows} x {widths:?}: {chunks:?}");
+            let mut next = 0;
+            for &(first, count) in &chunks {
+                assert_eq!(first, next, "{chunks:?}");
+                assert!(count > 0);
+                for &w in &widths {
+                    assert!(u64::from(count) * w * 4 <= 4096, "{chunks:?} {w}");
+                    assert_eq!(u64::from(first) * w * 4 % align, 0, "{chunks:?} {w}");
+                }
+                next = first + count;
+            }
+            assert_eq!(next, rows);
+        }
+        // One row of 2,000 values (8 KB) cannot fit 4 KiB.
+        let e = super::row_chunks(&ctx, "the logits", 3, &[2000]).unwrap_err();
+        assert!(
+            matches!(e, WgpuError::LimitExceeded { .. }) && e.to_string().contains("the logits"),
+            "{e}"
+        );
+    }
+
+    /// Every op that processes tensors larger than one binding in parts gives what it gives
+    /// on a context that binds them whole (and the CPU reference where one is at hand).
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn chunked_ops_match_whole_bindings() {
+        use super::{elementwise, loss, matmul, reduce};
+        let (Some(whole), Some(ctx)) = (crate::context::tests::context(), small(4096)) else {
+            return;
+        };
+        let close = |what: &str, a: &[f32], b: &[f32]| {
+            assert_eq!(a.len(), b.len(), "{what}");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                    "{what} at {i}: {x} vs {y}"
+                );
+            }
+        };
+        let vals = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7 + seed * 13) % 29) as f32 - 14.0) * 0.07)
+                .collect()
+        };
+        // Elementwise: 3,000 values (12 KB) in parts.
+        let (x, y) = (vals(3000, 1), vals(3000, 2));
+        let got = pollster::block_on(elementwise::axpby(&ctx, 0.5, &x, -2.0, &y)).unwrap();
+        let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| 0.5 * a - 2.0 * b).collect();
+        close("axpby", &got, &want);
+        // Bias add, column sums, sum of squares over (150, 20) = 12 KB.
+        let (rows, cols) = (150usize, 20usize);
+        let m = vals(rows * cols, 3);
+        let bias = vals(cols, 4);
+        close(
+            "add_bias",
+            &pollster::block_on(reduce::add_bias(&ctx, &m, &bias)).unwrap(),
+            &pollster::block_on(reduce::add_bias(&whole, &m, &bias)).unwrap(),
+        );
+        let sums = pollster::block_on(reduce::sum_to_last(&ctx, &m, cols)).unwrap();
+        close(
+            "sum_to_last",
+            &sums,
+            &pollster::block_on(reduce::sum_to_last(&whole, &m, cols)).unwrap(),
+        );
+        let want: Vec<f32> = (0..cols)
+            .map(|c| (0..rows).map(|r| f64::from(m[r * cols + c])).sum::<f64>() as f32)
+            .collect();
+        close("sum_to_last vs f64", &sums, &want);
+        let sq = pollster::block_on(reduce::sum_squares(&ctx, &m)).unwrap();
+        let want = m.iter().map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>() as f32;
+        close("sum_squares", &[sq], &[want]);
+        let sq = pollster::block_on(reduce::sum_squares_many(&ctx, &[&m, &x])).unwrap();
+        let want = want + x.iter().map(|v| v * v).sum::<f32>();
+        close("sum_squares_many", &[sq], &[want]);
+        // Cross-entropy over (40, 64) logits = 10 KB, some rows ignored.
+        let (r, k) = (40usize, 64usize);
+        let logits = vals(r * k, 5);
+        let labels: Vec<u32> = (0..r as u32)
+            .map(|i| {
+                if i % 5 == 4 {
+                    tunelab_core::backend::IGNORE_INDEX
+                } else {
+                    i % 64
+                }
+            })
+            .collect();
+        close(
+            "cross_entropy_sum",
+            &[pollster::block_on(loss::cross_entropy_sum(&ctx, &logits, &labels, k)).unwrap()],
+            &[pollster::block_on(loss::cross_entropy_sum(&whole, &logits, &labels, k)).unwrap()],
+        );
+        close(
+            "cross_entropy_backward",
+            &pollster::block_on(loss::cross_entropy_backward(&ctx, &logits, &labels, k, 0.5))
+                .unwrap(),
+            &pollster::block_on(loss::cross_entropy_backward(
+                &whole, &logits, &labels, k, 0.5,
+            ))
+            .unwrap(),
+        );
+        // Matmuls: rows of A and C in parts (untransposed A; a vec4 shape and a scalar one,
+        // with bias), and K in parts (transposed A, as a weight gradient).
+        for (m, n, k, ta) in [
+            (96u32, 36u32, 16u32, false),
+            (67, 33, 5, false),
+            (36, 16, 96, true),
+            (20, 13, 150, true),
+        ] {
+            let d = matmul::Dims {
+                batch: 1,
+                m,
+                n,
+                k,
+                ta,
+                tb: false,
+                b_shared: true,
+            };
+            let a = vals(d.a_len() as usize, 6);
+            let b = vals(d.b_len() as usize, 7);
+            let bias = vals(n as usize, 8);
+            assert!(d.a_len().max(d.c_len()) * 4 > 4096, "{d:?} must need parts");
+            close(
+                &format!("matmul {d:?}"),
+                &pollster::block_on(matmul::matmul(&ctx, &d, &a, &b, Some(&bias))).unwrap(),
+                &pollster::block_on(matmul::matmul(&whole, &d, &a, &b, Some(&bias))).unwrap(),
+            );
         }
     }
 

@@ -1,7 +1,7 @@
 //! Reductions and broadcasts (`kernels/reduce.wgsl`): bias add, the bias gradient
 //! (`sum_to_last`) and the sum of squares for the global gradient norm. Deterministic.
 
-use super::{Recorder, dispatch, groups_for, output, run_host, upload};
+use super::{Part, Recorder, dispatch, groups_for, output, row_chunks, run_host, upload};
 use crate::{Context, WgpuError, kernels};
 
 const K: &str = "reduce.wgsl";
@@ -28,7 +28,8 @@ fn len(rows: u32, cols: u32) -> Result<u32, WgpuError> {
     })
 }
 
-/// Records `out (rows, cols) = x + bias (cols,)`.
+/// Records `out (rows, cols) = x + bias (cols,)`, in chunks of rows where `x` is larger than
+/// one binding.
 pub fn encode_add_bias(
     ctx: &Context,
     enc: &mut Recorder,
@@ -38,28 +39,35 @@ pub fn encode_add_bias(
     bias: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    let n = len(rows, cols)?;
-    ctx.check_binding("add_bias input", u64::from(n) * 4)?;
-    let (gx, gy) = groups_for(ctx, n, 256);
-    let p = Params {
-        rows,
-        cols,
-        n,
-        row_stride: gx,
-        square: 0,
-        out_offset: 0,
-        pad: [0; 2],
-    };
-    dispatch(
-        ctx,
-        enc,
-        K,
-        kernels::REDUCE,
-        "add_bias",
-        bytemuck::bytes_of(&p),
-        &[(1, x), (2, bias), (3, out)],
-        (gx, gy, 1),
-    );
+    len(rows, cols)?;
+    let w = u64::from(cols);
+    for (first, count) in row_chunks(ctx, "add_bias input", rows, &[w])? {
+        let n = len(count, cols)?;
+        let (gx, gy) = groups_for(ctx, n, 256);
+        let p = Params {
+            rows: count,
+            cols,
+            n,
+            row_stride: gx,
+            square: 0,
+            out_offset: 0,
+            pad: [0; 2],
+        };
+        dispatch(
+            ctx,
+            enc,
+            K,
+            kernels::REDUCE,
+            "add_bias",
+            bytemuck::bytes_of(&p),
+            &[
+                (1, Part::rows(x, w, first, count)),
+                (2, bias.into()),
+                (3, Part::rows(out, w, first, count)),
+            ],
+            (gx, gy, 1),
+        );
+    }
     Ok(())
 }
 
@@ -97,7 +105,8 @@ pub(crate) fn column_blocks(ctx: &Context, what: &str, cols: u32) -> Result<u32,
 
 /// Records `out (cols,) = sum over rows of x (rows, cols)`: for more than 64 rows, partial
 /// sums over chunks of rows (64 columns x 4 lanes per workgroup) then the chunks' sum, so
-/// the work spreads over many workgroups.
+/// the work spreads over many workgroups. An `x` larger than one binding is read in parts
+/// of rows whose partial sums land side by side before the one final sum.
 pub fn encode_sum_to_last(
     ctx: &Context,
     enc: &mut Recorder,
@@ -106,35 +115,41 @@ pub fn encode_sum_to_last(
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    let n = len(rows, cols)?;
-    ctx.check_binding("sum_to_last input", u64::from(n) * 4)?;
-    if rows <= CHUNK_ROWS {
+    len(rows, cols)?;
+    let w = u64::from(cols);
+    let parts = row_chunks(ctx, "sum_to_last input", rows, &[w])?;
+    if parts.len() == 1 && rows <= CHUNK_ROWS {
         return encode_column_sums(ctx, enc, rows, cols, x, out);
     }
     let chunk = chunk_rows(ctx, rows);
-    let chunks = rows.div_ceil(chunk);
     let blocks = column_blocks(ctx, "sum_to_last", cols)?;
-    let partials = enc.scratch(ctx, u64::from(chunks) * u64::from(cols));
-    let p = Params {
-        rows,
-        cols,
-        n: chunk,
-        row_stride: 0,
-        square: 0,
-        out_offset: 0,
-        pad: [0; 2],
-    };
-    dispatch(
-        ctx,
-        enc,
-        K,
-        kernels::REDUCE,
-        "col_partials",
-        bytemuck::bytes_of(&p),
-        &[(1, x), (3, &partials)],
-        (blocks, chunks, 1),
-    );
-    encode_column_sums(ctx, enc, chunks, cols, &partials, out)
+    let total: u32 = parts.iter().map(|&(_, n)| n.div_ceil(chunk)).sum();
+    let partials = enc.scratch(ctx, u64::from(total) * w);
+    let mut at = 0u32;
+    for (first, count) in parts {
+        let chunks = count.div_ceil(chunk);
+        let p = Params {
+            rows: count,
+            cols,
+            n: chunk,
+            row_stride: 0,
+            square: 0,
+            out_offset: len(at, cols)?,
+            pad: [0; 2],
+        };
+        dispatch(
+            ctx,
+            enc,
+            K,
+            kernels::REDUCE,
+            "col_partials",
+            bytemuck::bytes_of(&p),
+            &[(1, Part::rows(x, w, first, count)), (3, (&partials).into())],
+            (blocks, chunks, 1),
+        );
+        at += chunks;
+    }
+    encode_column_sums(ctx, enc, total, cols, &partials, out)
 }
 
 /// Records `out (cols,) = sum over rows of x (rows, cols)` with one thread per column,
@@ -180,6 +195,10 @@ pub fn encode_sum_squares(
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
+    if u64::from(n) * 4 > ctx.binding_limit() {
+        // Read in parts, as the multi-tensor sum does.
+        return encode_sum_squares_many(ctx, enc, &[(x, n)], out);
+    }
     encode_fold(ctx, enc, n, x, out, true)
 }
 
@@ -193,7 +212,14 @@ pub fn encode_sum_squares_many(
     xs: &[(&wgpu::Buffer, u32)],
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    let groups: Vec<u32> = xs
+    // Tensors larger than one binding are read in parts, each folding like a tensor.
+    let mut parts = Vec::new();
+    for &(x, n) in xs {
+        for (first, count) in row_chunks(ctx, "sum input", n, &[1])? {
+            parts.push((Part::rows(x, 1, first, count), count));
+        }
+    }
+    let groups: Vec<u32> = parts
         .iter()
         .map(|(_, n)| n.div_ceil(PER_GROUP).max(1))
         .collect();
@@ -205,8 +231,7 @@ pub fn encode_sum_squares_many(
     })?;
     let partials = enc.scratch(ctx, u64::from(total.max(1)));
     let mut offset = 0u32;
-    for ((x, n), g) in xs.iter().zip(&groups) {
-        ctx.check_binding("sum input", u64::from(*n) * 4)?;
+    for ((x, n), g) in parts.iter().zip(&groups) {
         let (gx, gy) = groups_for(ctx, g * PER_GROUP, PER_GROUP);
         let p = Params {
             rows: 0,
@@ -224,7 +249,7 @@ pub fn encode_sum_squares_many(
             kernels::REDUCE,
             "sum_squares",
             bytemuck::bytes_of(&p),
-            &[(1, x), (3, &partials)],
+            &[(1, *x), (3, (&partials).into())],
             (gx, gy, 1),
         );
         offset += g;
