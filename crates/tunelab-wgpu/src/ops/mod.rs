@@ -508,6 +508,26 @@ mod tests {
         let sq = pollster::block_on(reduce::sum_squares_many(&ctx, &[&m, &x])).unwrap();
         let want = want + x.iter().map(|v| v * v).sum::<f32>();
         close("sum_squares_many", &[sq], &[want]);
+        // AdamW over 3,000 values.
+        let hp = tunelab_core::backend::AdamW {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            step: 3,
+        };
+        let (m1, v1) = (
+            vals(3000, 9),
+            vals(3000, 10).iter().map(|v| v * v).collect::<Vec<_>>(),
+        );
+        let parts =
+            pollster::block_on(super::optim::adamw(&ctx, &x, &y, &m1, &v1, 0.5, hp)).unwrap();
+        let whole_out =
+            pollster::block_on(super::optim::adamw(&whole, &x, &y, &m1, &v1, 0.5, hp)).unwrap();
+        close("adamw param", &parts.0, &whole_out.0);
+        close("adamw m", &parts.1, &whole_out.1);
+        close("adamw v", &parts.2, &whole_out.2);
         // Cross-entropy over (40, 64) logits = 10 KB, some rows ignored.
         let (r, k) = (40usize, 64usize);
         let logits = vals(r * k, 5);

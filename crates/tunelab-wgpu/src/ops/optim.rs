@@ -1,6 +1,6 @@
 //! The AdamW update (`kernels/optim.wgsl`), PyTorch's semantics.
 
-use super::{Recorder, dispatch, groups_for, output, run_host, upload};
+use super::{Part, Recorder, dispatch, groups_for, output, row_chunks, run_host, upload};
 use crate::{Context, WgpuError, kernels};
 use tunelab_core::backend::AdamW;
 
@@ -21,7 +21,8 @@ struct Params {
     pad: f32,
 }
 
-/// Records one AdamW step over `n` values into new buffers `(param, m, v)_out`.
+/// Records one AdamW step over `n` values into new buffers `(param, m, v)_out` (in parts
+/// where the parameter is larger than one binding).
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &Context,
@@ -32,15 +33,13 @@ pub fn encode(
     inputs: [&wgpu::Buffer; 4],
     outputs: [&wgpu::Buffer; 3],
 ) -> Result<(), WgpuError> {
-    ctx.check_binding("adamw parameter", u64::from(n) * 4)?;
-    let (gx, gy) = groups_for(ctx, n, 256);
     // Constants in f64 first (PyTorch computes them in Python floats), then rounded.
     let t = i32::try_from(hp.step).unwrap_or(i32::MAX);
     let bc1 = 1.0 - hp.beta1.powi(t);
     let bc2 = 1.0 - hp.beta2.powi(t);
-    let p = Params {
+    let base = Params {
         n,
-        row_stride: gx,
+        row_stride: 0,
         grad_scale,
         decay: (1.0 - hp.lr * hp.weight_decay) as f32,
         beta1: hp.beta1 as f32,
@@ -54,24 +53,33 @@ pub fn encode(
     };
     let [param, grad, m, v] = inputs;
     let [po, mo, vo] = outputs;
-    dispatch(
-        ctx,
-        enc,
-        "optim.wgsl",
-        kernels::OPTIM,
-        "adamw",
-        bytemuck::bytes_of(&p),
-        &[
-            (1, param),
-            (2, grad),
-            (3, m),
-            (4, v),
-            (5, po),
-            (6, mo),
-            (7, vo),
-        ],
-        (gx, gy, 1),
-    );
+    for (first, count) in row_chunks(ctx, "adamw parameter", n, &[1])? {
+        let (gx, gy) = groups_for(ctx, count, 256);
+        let p = Params {
+            n: count,
+            row_stride: gx,
+            ..base
+        };
+        let part = |b| Part::rows(b, 1, first, count);
+        dispatch(
+            ctx,
+            enc,
+            "optim.wgsl",
+            kernels::OPTIM,
+            "adamw",
+            bytemuck::bytes_of(&p),
+            &[
+                (1, part(param)),
+                (2, part(grad)),
+                (3, part(m)),
+                (4, part(v)),
+                (5, part(po)),
+                (6, part(mo)),
+                (7, part(vo)),
+            ],
+            (gx, gy, 1),
+        );
+    }
     Ok(())
 }
 
