@@ -6,8 +6,14 @@
 /// Elementwise ops: add, mul, axpby, scale, scale-by, GELU and tanh with their backward.
 pub const ELEMENTWISE: &str = include_str!("kernels/elementwise.wgsl");
 
-/// Tiled matmul with transpose flags, batching and a fused bias.
-pub const MATMUL: &str = include_str!("kernels/matmul.wgsl");
+/// What the matmul kernels share (parameters, split-K jobs), prepended to each.
+pub const MATMUL_COMMON: &str = include_str!("kernels/matmul_common.wgsl");
+
+/// Tiled matmul with transpose flags, batching and a fused bias (scalar loads).
+pub const MATMUL: &str = concat!(
+    include_str!("kernels/matmul_common.wgsl"),
+    include_str!("kernels/matmul.wgsl")
+);
 
 /// Bias add, column sums (bias gradient) and the sum of squares (gradient norm).
 pub const REDUCE: &str = include_str!("kernels/reduce.wgsl");
@@ -77,7 +83,10 @@ fn specialise(template: &str, d: u32) -> String {
 
 /// Matmul on vec4 loads for shapes whose M, N and K are multiples of 4: a template (see
 /// [`matmul_vec4`]).
-pub const MATMUL_VEC4: &str = include_str!("kernels/matmul_vec4.wgsl");
+pub const MATMUL_VEC4: &str = concat!(
+    include_str!("kernels/matmul_common.wgsl"),
+    include_str!("kernels/matmul_vec4.wgsl")
+);
 
 /// The tiles [`matmul_vec4`] is compiled for, as (row groups, column groups, K slice): the
 /// tile is `64 * row groups` by `64 * column groups`.
@@ -180,6 +189,9 @@ fn expand(template: &str, consts: &[(&str, u32)]) -> String {
     out
 }
 
+/// Parts prepended to other kernels, never compiled alone (listed for the file check).
+pub const PRELUDES: &[(&str, &str)] = &[("matmul_common.wgsl", MATMUL_COMMON)];
+
 /// Templates, compiled only through their specialisations (listed for the file check).
 pub const TEMPLATES: &[(&str, &str)] = &[
     ("attention_tiled.wgsl", ATTENTION_TILED),
@@ -204,18 +216,23 @@ pub const ALL: &[(&str, &str)] = &[
 mod tests {
     use super::ALL;
 
+    /// Parses and validates `source` with naga, panicking with the error shown in the source.
+    fn validate(name: &str, source: &str) -> naga::Module {
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        module
+    }
+
     #[test]
     fn every_kernel_parses_and_validates_with_naga() {
         for (name, source) in ALL {
-            let module = naga::front::wgsl::parse_str(source)
-                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-            let mut validator = naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::empty(),
-            );
-            validator
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+            let module = validate(name, source);
             assert!(!module.entry_points.is_empty(), "{name} has no entry point");
         }
     }
@@ -230,14 +247,7 @@ mod tests {
             assert!(!source.contains("$e"), "{name}");
             // One line per vec4 of a head: the last register of the query row is there.
             assert!(source.contains(&format!("let q{} = q[ib + {}u];", d / 4 - 1, d / 4 - 1)));
-            let module = naga::front::wgsl::parse_str(source)
-                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-            naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::empty(),
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+            validate(name, source);
         }
         assert!(super::attention_tiled(48).is_none());
     }
@@ -257,14 +267,7 @@ mod tests {
             let last = format!("acc{}3{}", rg - 1, cg - 1);
             assert!(source.contains(&format!("var {last} = ")), "{name}");
             assert!(source.contains(&format!("ash[1u][{}u]", bk - 1)), "{name}");
-            let module = naga::front::wgsl::parse_str(source)
-                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-            naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::empty(),
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+            validate(name, source);
         }
     }
 
@@ -275,8 +278,11 @@ mod tests {
             let name = entry.unwrap().file_name().into_string().unwrap();
             if name.ends_with(".wgsl") {
                 assert!(
-                    ALL.iter().chain(super::TEMPLATES).any(|(n, _)| *n == name),
-                    "{name} is not listed in kernels::ALL or kernels::TEMPLATES"
+                    ALL.iter()
+                        .chain(super::TEMPLATES)
+                        .chain(super::PRELUDES)
+                        .any(|(n, _)| *n == name),
+                    "{name} is not listed in kernels::ALL, TEMPLATES or PRELUDES"
                 );
             }
         }

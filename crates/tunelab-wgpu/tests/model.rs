@@ -179,6 +179,40 @@ fn train_losses<B: Backend>(
         .collect()
 }
 
+type Named = Vec<(String, Vec<f32>)>;
+
+/// Logits within 1e-4 and every gradient within 1e-3 relative error of the candle backend's.
+fn assert_same(what: &str, candle: (&[f32], &Named), wgpu: (&[f32], &Named)) {
+    let d = candle
+        .0
+        .iter()
+        .zip(wgpu.0)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(d < 1e-4, "{what}: logits differ by {d}");
+    assert_eq!(candle.1.len(), wgpu.1.len(), "{what}");
+    for ((name, a), (_, b)) in candle.1.iter().zip(wgpu.1) {
+        let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            d / scale < 1e-3 || d < 1e-6,
+            "{what}: gradient of {name} differs by {d} (scale {scale})"
+        );
+    }
+}
+
+/// Training losses within 1e-3 step by step.
+fn assert_same_losses(what: &str, candle: &[f32], wgpu: &[f32]) {
+    assert_eq!(candle.len(), wgpu.len(), "{what}");
+    for (i, (x, y)) in candle.iter().zip(wgpu).enumerate() {
+        assert!((x - y).abs() < 1e-3, "{what}: step {i} loss {x} vs {y}");
+    }
+}
+
 #[test]
 fn every_method_matches_the_candle_backend() {
     let Some(wg) = wgpu() else { return };
@@ -196,32 +230,12 @@ fn every_method_matches_the_candle_backend() {
                 let (wm, ws) = build(&wg, arch, task, &method);
                 let (cl, cg) = forward_backward(&cb, &cm, &cs, task);
                 let (wl, wgr) = forward_backward(&wg, &wm, &ws, task);
-                let d = cl
-                    .iter()
-                    .zip(&wl)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
-                assert!(d < 1e-4, "{what}: logits differ by {d}");
-                assert_eq!(cg.len(), wgr.len(), "{what}");
-                for ((name, a), (_, b)) in cg.iter().zip(&wgr) {
-                    let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
-                    let d = a
-                        .iter()
-                        .zip(b)
-                        .map(|(x, y)| (x - y).abs())
-                        .fold(0f32, f32::max);
-                    assert!(
-                        d / scale < 1e-3 || d < 1e-6,
-                        "{what}: gradient of {name} differs by {d} (scale {scale})"
-                    );
-                }
+                assert_same(&what, (&cl, &cg), (&wl, &wgr));
                 let (a, b) = (
                     losses(&cb, arch, task, &method, 10),
                     losses(&wg, arch, task, &method, 10),
                 );
-                for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-                    assert!((x - y).abs() < 1e-3, "{what}: step {i} loss {x} vs {y}");
-                }
+                assert_same_losses(&what, &a, &b);
             }
         }
     }
@@ -336,32 +350,12 @@ fn mlm_logits_larger_than_one_binding_are_processed_in_parts() {
             wl.len() * 4 > 8 << 10,
             "the logits must need more than one binding"
         );
-        let d = cl
-            .iter()
-            .zip(&wl)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(d < 1e-4, "{what}: logits differ by {d}");
-        assert_eq!(cg.len(), wgr.len(), "{what}");
-        for ((name, a), (_, b)) in cg.iter().zip(&wgr) {
-            let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
-            let d = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
-            assert!(
-                d / scale < 1e-3 || d < 1e-6,
-                "{what}: gradient of {name} differs by {d} (scale {scale})"
-            );
-        }
+        assert_same(what, (&cl, &cg), (&wl, &wgr));
         let (a, b) = (
             train_losses(&cb, cm, cs, task, 5),
             train_losses(&wg, wm, ws, task, 5),
         );
-        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert!((x - y).abs() < 1e-3, "{what}: step {i} loss {x} vs {y}");
-        }
+        assert_same_losses(what, &a, &b);
     }
 }
 

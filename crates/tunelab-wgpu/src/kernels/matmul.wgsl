@@ -11,29 +11,9 @@
 //
 // Dispatch: (ceil(N/tile), row tiles, batches); `row_tile0` and `batch0` offset the y and z
 // workgroup ids when a shape needs more workgroups than one dispatch dimension allows.
+//
+// Params, the uniform `p` and job() come from matmul_common.wgsl, prepended.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    ta: u32,
-    tb: u32,
-    has_bias: u32,
-    a_batch: u32,
-    b_batch: u32,
-    c_batch: u32,
-    row_tile0: u32,
-    z0: u32,
-    // Split-K: the z workgroup id counts (batch entry, split) pairs; split s covers
-    // K in [s * k_chunk, (s + 1) * k_chunk) and writes its partial C at s * c_split.
-    splits: u32,
-    k_chunk: u32,
-    c_split: u32,
-    pad0: u32,
-    pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
@@ -42,22 +22,6 @@ struct Params {
 const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 16u;
-
-// The batch entry, the K range and the output offset of workgroup z.
-struct Job {
-    batch: u32,
-    k_lo: u32,
-    k_hi: u32,
-    c_base: u32,
-}
-
-fn job(z: u32) -> Job {
-    let zz = z + p.z0;
-    let batch = zz / p.splits;
-    let split = zz % p.splits;
-    let k_lo = split * p.k_chunk;
-    return Job(batch, k_lo, min(k_lo + p.k_chunk, p.k), split * p.c_split + batch * p.c_batch);
-}
 
 // op(A)[gm, gk] of this batch entry, 0 outside the matrix and past the job's K range.
 fn load_a(base: u32, gm: u32, gk: u32, k_hi: u32) -> f32 {

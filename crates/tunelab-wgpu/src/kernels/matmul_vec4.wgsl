@@ -15,26 +15,8 @@
 // into registers while the current one is multiplied, then staged into the other buffer, so
 // each slice costs one barrier.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    ta: u32,
-    tb: u32,
-    has_bias: u32,
-    a_batch: u32,
-    b_batch: u32,
-    c_batch: u32,
-    row_tile0: u32,
-    z0: u32,
-    splits: u32,
-    k_chunk: u32,
-    c_split: u32,
-    pad0: u32,
-    pad1: u32,
-}
+// Params, the uniform `p` and job() come from matmul_common.wgsl, prepended.
 
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
@@ -58,21 +40,6 @@ const BROW: u32 = BN / 4u + 1u;
 
 var<workgroup> ash: array<array<array<vec4<f32>, AROW>, BK>, 2>;
 var<workgroup> bsh: array<array<array<vec4<f32>, BROW>, BK>, 2>;
-
-struct Job {
-    batch: u32,
-    k_lo: u32,
-    k_hi: u32,
-    c_base: u32,
-}
-
-fn job(z: u32) -> Job {
-    let zz = z + p.z0;
-    let batch = zz / p.splits;
-    let split = zz % p.splits;
-    let k_lo = split * p.k_chunk;
-    return Job(batch, k_lo, min(k_lo + p.k_chunk, p.k), split * p.c_split + batch * p.c_batch);
-}
 
 // The e-th vec4 of A's slice at K offset k0, along A's contiguous axis (zero outside the
 // matrix and past the job's K range). `base` is the batch entry's first vec4.

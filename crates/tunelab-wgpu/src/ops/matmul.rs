@@ -631,6 +631,49 @@ mod tests {
         c
     }
 
+    /// Every `tiling` on every shape `(batch, m, n, k)` and layout `(ta, tb, shared B, bias)`
+    /// against the f64 reference.
+    #[allow(clippy::unwrap_used)] // a test helper: a panic is a failure
+    fn check_tilings(
+        ctx: &Context,
+        shapes: &[(u32, u32, u32, u32)],
+        layouts: &[(bool, bool, bool, bool)],
+        tilings: &[Tiling],
+    ) {
+        for &(batch, m, n, k) in shapes {
+            for &(ta, tb, shared, with_bias) in layouts {
+                let d = Dims {
+                    batch,
+                    m,
+                    n,
+                    k,
+                    ta,
+                    tb,
+                    b_shared: shared,
+                };
+                let a: Vec<f32> = (0..d.a_len())
+                    .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.1)
+                    .collect();
+                let b: Vec<f32> = (0..d.b_len())
+                    .map(|i| ((i * 5 % 19) as f32 - 9.0) * 0.1)
+                    .collect();
+                let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 1.0).collect();
+                let bias = with_bias.then_some(bias.as_slice());
+                let want = reference(&d, &a, &b, bias);
+                for &tiling in tilings {
+                    let got =
+                        pollster::block_on(matmul_tiled(ctx, &d, tiling, &a, &b, bias)).unwrap();
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                            "{tiling:?} {d:?} bias={with_bias} at {i}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn matches_the_reference_on_awkward_shapes_and_every_transpose() {
         let Some(ctx) = crate::context::tests::context() else {
@@ -646,49 +689,23 @@ mod tests {
             (1, 129, 257, 13),
             (2, 127, 128, 8),
         ];
-        for &(batch, m, n, k) in &shapes {
-            for (ta, tb, shared, with_bias) in [
+        check_tilings(
+            &ctx,
+            &shapes,
+            &[
                 (false, false, false, false),
                 (false, true, true, true),
                 (true, false, false, true),
                 (true, true, true, false),
-            ] {
-                let d = Dims {
-                    batch,
-                    m,
-                    n,
-                    k,
-                    ta,
-                    tb,
-                    b_shared: shared,
-                };
-                let a: Vec<f32> = (0..d.a_len())
-                    .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.1)
-                    .collect();
-                let b: Vec<f32> = (0..d.b_len())
-                    .map(|i| ((i * 5 % 19) as f32 - 9.0) * 0.1)
-                    .collect();
-                let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 1.0).collect();
-                let bias = with_bias.then_some(bias.as_slice());
-                let want = reference(&d, &a, &b, bias);
-                for tiling in [
-                    Tiling::Small,
-                    Tiling::Big,
-                    Tiling::Auto,
-                    Tiling::SplitK(2),
-                    Tiling::SplitK(5),
-                ] {
-                    let got =
-                        pollster::block_on(matmul_tiled(&ctx, &d, tiling, &a, &b, bias)).unwrap();
-                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                        assert!(
-                            (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                            "{tiling:?} {d:?} bias={with_bias} at {i}: {g} vs {w}"
-                        );
-                    }
-                }
-            }
-        }
+            ],
+            &[
+                Tiling::Small,
+                Tiling::Big,
+                Tiling::Auto,
+                Tiling::SplitK(2),
+                Tiling::SplitK(5),
+            ],
+        );
     }
 
     /// Every tile of the vec4 kernel, with and without split K, on shapes whose M, N and K
@@ -699,51 +716,26 @@ mod tests {
         let Some(ctx) = crate::context::tests::context() else {
             return;
         };
-        for &(batch, m, n, k) in &[(1, 4, 4, 4), (2, 132, 68, 20), (1, 68, 136, 44)] {
-            for (ta, tb, shared, with_bias) in [
+        let limit = ctx.device.limits().max_compute_workgroup_storage_size;
+        let mut tilings = Vec::new();
+        for tile in Vec4Tile::ALL {
+            if tile.workgroup_bytes() > limit {
+                eprintln!("{tile:?} skipped: needs more workgroup memory than {limit}");
+                continue;
+            }
+            tilings.extend([1, 3].map(|splits| Tiling::Vec4 { tile, splits }));
+        }
+        check_tilings(
+            &ctx,
+            &[(1, 4, 4, 4), (2, 132, 68, 20), (1, 68, 136, 44)],
+            &[
                 (false, false, false, true),
                 (false, true, true, false),
                 (true, false, true, false),
                 (true, true, false, true),
-            ] {
-                let d = Dims {
-                    batch,
-                    m,
-                    n,
-                    k,
-                    ta,
-                    tb,
-                    b_shared: shared,
-                };
-                let a: Vec<f32> = (0..d.a_len())
-                    .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.1)
-                    .collect();
-                let b: Vec<f32> = (0..d.b_len())
-                    .map(|i| ((i * 5 % 19) as f32 - 9.0) * 0.1)
-                    .collect();
-                let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 1.0).collect();
-                let bias = with_bias.then_some(bias.as_slice());
-                let want = reference(&d, &a, &b, bias);
-                let limit = ctx.device.limits().max_compute_workgroup_storage_size;
-                for tile in Vec4Tile::ALL {
-                    if tile.workgroup_bytes() > limit {
-                        eprintln!("{tile:?} skipped: needs more workgroup memory than {limit}");
-                        continue;
-                    }
-                    for splits in [1, 3] {
-                        let tiling = Tiling::Vec4 { tile, splits };
-                        let got = pollster::block_on(matmul_tiled(&ctx, &d, tiling, &a, &b, bias))
-                            .unwrap();
-                        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                            assert!(
-                                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                                "{tiling:?} {d:?} bias={with_bias} at {i}: {g} vs {w}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
+            ],
+            &tilings,
+        );
         // A shape it cannot take is a typed error, not a wrong result.
         let d = Dims {
             batch: 1,
