@@ -462,6 +462,13 @@ pub fn wgpu_matmul(
                     },
                     "wgsl-v4-128/k3",
                 ),
+                (
+                    Tiling::Vec4 {
+                        tile: Vec4Tile::T128Deep,
+                        splits: 4,
+                    },
+                    "wgsl-v4-128d/k4",
+                ),
                 (Tiling::Auto, "wgsl-auto"),
             ]
         };

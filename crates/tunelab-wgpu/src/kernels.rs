@@ -88,27 +88,36 @@ pub const MATMUL_VEC4: &str = concat!(
     include_str!("kernels/matmul_vec4.wgsl")
 );
 
-/// The tiles [`matmul_vec4`] is compiled for, as (row groups, column groups, K slice): the
-/// tile is `64 * row groups` by `64 * column groups`.
-pub const MATMUL_VEC4_TILES: [(u32, u32, u32); 3] = [(1, 1, 16), (2, 1, 16), (2, 2, 8)];
+/// The tiles [`matmul_vec4`] is compiled for, as (row groups, column groups, K slice,
+/// row padding in vec4s): the tile is `64 * row groups` by `64 * column groups`.
+pub const MATMUL_VEC4_TILES: [(u32, u32, u32, u32); 4] =
+    [(1, 1, 16, 1), (2, 1, 16, 1), (2, 2, 8, 1), (2, 2, 16, 0)];
 
 /// `matmul_vec4.wgsl` specialised for `MATMUL_VEC4_TILES[slot]`, as `(pipeline-cache name,
 /// source)`.
 pub fn matmul_vec4(slot: usize) -> (&'static str, &'static str) {
     use std::sync::OnceLock;
-    static SOURCES: OnceLock<[String; 3]> = OnceLock::new();
-    const NAMES: [&str; 3] = [
+    static SOURCES: OnceLock<[String; 4]> = OnceLock::new();
+    const NAMES: [&str; 4] = [
         "matmul_vec4.wgsl(64x64)",
         "matmul_vec4.wgsl(128x64)",
         "matmul_vec4.wgsl(128x128)",
+        "matmul_vec4.wgsl(128x128,k16)",
     ];
     let sources = SOURCES.get_or_init(|| {
-        MATMUL_VEC4_TILES.map(|(rg, cg, bk)| {
+        MATMUL_VEC4_TILES.map(|(rg, cg, bk, pad)| {
             // vec4 loads per thread and slice of each input (256 threads).
             let (la, lb) = (64 * rg * bk / 1024, 64 * cg * bk / 1024);
             expand(
                 MATMUL_VEC4,
-                &[("RG", rg), ("CG", cg), ("BK", bk), ("LA", la), ("LB", lb)],
+                &[
+                    ("RG", rg),
+                    ("CG", cg),
+                    ("BK", bk),
+                    ("LA", la),
+                    ("LB", lb),
+                    ("PAD", pad),
+                ],
             )
         })
     });
@@ -256,7 +265,7 @@ mod tests {
     /// blocks unrolled.
     #[test]
     fn vec4_matmul_specialisations_validate() {
-        for (slot, (rg, cg, bk)) in super::MATMUL_VEC4_TILES.into_iter().enumerate() {
+        for (slot, (rg, cg, bk, _)) in super::MATMUL_VEC4_TILES.into_iter().enumerate() {
             let (name, source) = super::matmul_vec4(slot);
             assert!(!source.contains('$') && !source.contains("//# "), "{name}");
             assert!(

@@ -35,8 +35,9 @@ const BN: u32 = 64u * CG;
 // Workgroup rows [kk][m / 4] and [kk][n / 4], padded by one vec4: the transposed staging
 // stores (A untransposed, B in PyTorch's weight layout) put threads of neighbouring K
 // quarters four rows apart, which an unpadded row would map to the same banks.
-const AROW: u32 = BM / 4u + 1u;
-const BROW: u32 = BN / 4u + 1u;
+const PAD: u32 = 1u;
+const AROW: u32 = BM / 4u + PAD;
+const BROW: u32 = BN / 4u + PAD;
 
 var<workgroup> ash: array<array<array<vec4<f32>, AROW>, BK>, 2>;
 var<workgroup> bsh: array<array<array<vec4<f32>, BROW>, BK>, 2>;

@@ -37,10 +37,18 @@ pub enum Vec4Tile {
     T128x64,
     /// 128 × 128, 8 × 8 outputs per thread, K slices of 8.
     T128,
+    /// 128 × 128 with K slices of 16 (rows unpadded: 32 KiB of workgroup memory), for long
+    /// K with a transposed B.
+    T128Deep,
 }
 
 impl Vec4Tile {
-    pub const ALL: [Vec4Tile; 3] = [Vec4Tile::T64, Vec4Tile::T128x64, Vec4Tile::T128];
+    pub const ALL: [Vec4Tile; 4] = [
+        Vec4Tile::T64,
+        Vec4Tile::T128x64,
+        Vec4Tile::T128,
+        Vec4Tile::T128Deep,
+    ];
 
     fn slot(self) -> usize {
         self as usize
@@ -56,10 +64,10 @@ impl Vec4Tile {
     }
 
     /// Workgroup memory the kernel declares: two buffers of a K slice of A and of B, rows
-    /// padded by one vec4.
+    /// padded by the tile's padding.
     pub fn workgroup_bytes(self) -> u32 {
-        let bk = kernels::MATMUL_VEC4_TILES[self.slot()].2;
-        2 * bk * (self.rows() / 4 + 1 + self.cols() / 4 + 1) * 16
+        let (_, _, bk, pad) = kernels::MATMUL_VEC4_TILES[self.slot()];
+        2 * bk * (self.rows() / 4 + pad + self.cols() / 4 + pad) * 16
     }
 }
 
@@ -81,21 +89,29 @@ struct Kernel {
     splits: u32,
 }
 
-/// The vec4 kernel's tile and K splits under [`Tiling::Auto`]: the largest tile that gives
-/// a large GPU about 96 workgroups or more, splitting K where each split stays at least 256
-/// deep (64 for the smallest tile). Tuned on an H100 (132 multiprocessors; the measurements
-/// are in docs/gpu-benchmarks.md): 2048³ and the MLP's up-projection take 128 × 128 tiles,
-/// 1024³ and the weight gradient `dYᵀ X` 128 × 128 with K split in two and three, the MLP's
-/// down-projection (K = 1536) 128 × 64 split in two, the attention projections (K = 384)
-/// 64 × 64 unsplit. Split 128 × 128 tiles are not used with a transposed B: on the
-/// down-projection they measured 25% slower than split 128 × 64 tiles.
-fn vec4_auto(d: &Dims) -> (Vec4Tile, u32) {
+/// The vec4 kernel's tile and K splits under [`Tiling::Auto`], given the device's workgroup
+/// memory: the largest tile that gives a large GPU about 96 workgroups or more, splitting K
+/// where each split stays at least 256 deep (64 for the smallest tile). Tuned on an H100 (132
+/// multiprocessors; the measurements are in docs/gpu-benchmarks.md): 2048³ and the MLP's
+/// up-projection take 128 × 128 tiles, 1024³ and the weight gradient `dYᵀ X` 128 × 128 with
+/// K split in two and three, the attention projections (K = 384) 64 × 64 unsplit. With a
+/// transposed B (the weights of `x Wᵀ`) and a long K, split 128 × 128 tiles read K in slices
+/// of 16 (`T128Deep`; slices of 8 measured 25% slower than split 128 × 64 tiles on the MLP's
+/// down-projection, slices of 16 6% faster); without the 32 KiB that needs, 128 × 64 tiles
+/// split in two.
+fn vec4_auto(d: &Dims, workgroup_memory: u32) -> (Vec4Tile, u32) {
     let big = d.tiles(128, 128).max(1);
     let big_splits = 96u64.div_ceil(big);
+    let deep_fits = Vec4Tile::T128Deep.workgroup_bytes() <= workgroup_memory;
     if big >= 96 {
         (Vec4Tile::T128, 1)
-    } else if !d.tb && u64::from(d.k) / big_splits >= 256 {
-        (Vec4Tile::T128, big_splits as u32)
+    } else if u64::from(d.k) / big_splits >= 256 && (!d.tb || deep_fits) {
+        let tile = if d.tb {
+            Vec4Tile::T128Deep
+        } else {
+            Vec4Tile::T128
+        };
+        (tile, big_splits as u32)
     } else if d.tiles(128, 64) >= 64 {
         (Vec4Tile::T128x64, 1)
     } else if d.tiles(128, 64) >= 40 && d.k >= 512 {
@@ -159,7 +175,8 @@ impl Tiling {
                 vec4(tile, splits.max(1))
             }
             Tiling::Auto => {
-                let vec4_choice = vec4_auto(d);
+                let memory = ctx.device.limits().max_compute_workgroup_storage_size;
+                let vec4_choice = vec4_auto(d, memory);
                 if vec4_fits(ctx, d, vec4_choice.0) {
                     return Ok(vec4(vec4_choice.0, vec4_choice.1));
                 }
@@ -768,20 +785,23 @@ mod tests {
             tb,
             b_shared: batch == 1,
         };
-        let (t, big) = (Vec4Tile::T128x64, Vec4Tile::T128);
+        let (t, big, deep) = (Vec4Tile::T128x64, Vec4Tile::T128, Vec4Tile::T128Deep);
+        let down = d(1, 1024, 384, 1536, false, true);
         for (dims, want) in [
             (d(1, 2048, 2048, 2048, false, false), (big, 1)),
             (d(1, 1024, 1536, 384, false, true), (big, 1)),
             (d(96, 128, 128, 32, false, true), (big, 1)),
             (d(1, 1024, 1024, 1024, false, false), (big, 2)),
             (d(1, 384, 1536, 1024, true, false), (big, 3)),
-            (d(1, 1024, 384, 1536, false, true), (t, 2)),
-            (d(1, 512, 512, 512, false, false), (Vec4Tile::T64, 1)),
+            (down, (deep, 4)),
             (d(1, 1024, 384, 384, false, true), (Vec4Tile::T64, 1)),
+            (d(1, 512, 512, 512, false, false), (Vec4Tile::T64, 1)),
             (d(1, 256, 256, 256, false, false), (Vec4Tile::T64, 4)),
         ] {
-            assert_eq!(vec4_auto(&dims), want, "{dims:?}");
+            assert_eq!(vec4_auto(&dims, 32 << 10), want, "{dims:?}");
         }
+        // Without 32 KiB of workgroup memory the down-projection splits 128 x 64 tiles.
+        assert_eq!(vec4_auto(&down, 16 << 10), (t, 2));
     }
 
     #[test]
