@@ -1049,16 +1049,18 @@ fn PreflightPanel(app: App) -> impl IntoView {
         let backend = app.backend.get();
         let (budget, largest_ok, where_) = match &backend {
             Some(BackendInfo::WebGpu { adapter }) => {
+                // Tensors larger than one binding are processed in parts, except the masked-LM
+                // decoder's product with the whole word-embedding table.
                 let largest = (cfg.vocab_size * cfg.hidden_size * 4) as u64;
+                let fits = d.kind != TaskKind::MaskedLm
+                    || largest <= adapter.limits.max_storage_buffer_binding_size;
                 (
                     GPU_BUDGET,
-                    (largest <= adapter.limits.max_storage_buffer_binding_size)
-                        .then_some(())
-                        .ok_or(format!(
-                            "the word-embedding table needs a {} buffer but this GPU allows {} per binding",
-                            mib(largest),
-                            mib(adapter.limits.max_storage_buffer_binding_size)
-                        )),
+                    fits.then_some(()).ok_or(format!(
+                        "the masked-LM decoder binds the whole word-embedding table ({}) but this GPU allows {} per binding",
+                        mib(largest),
+                        mib(adapter.limits.max_storage_buffer_binding_size)
+                    )),
                     "WebGPU",
                 )
             }

@@ -691,9 +691,6 @@ impl Backend for Wgpu {
             ));
         }
         let (vocab, c) = (td[0], td[1]);
-        self.ctx
-            .check_binding("embedding table", table.shape.numel() as u64 * 4)
-            .map_err(dev)?;
         if let Some(host) = &ids.host_u32
             && let Some(bad) = host.iter().find(|&&i| i as usize >= vocab)
         {
@@ -713,6 +710,7 @@ impl Backend for Wgpu {
                 self.encoder(&mut st),
                 u32_of(op, n)?,
                 u32_of(op, c)?,
+                u32_of(op, vocab)?,
                 table.b(),
                 ids.b(),
                 out.b(),

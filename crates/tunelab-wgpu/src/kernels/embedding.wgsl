@@ -6,12 +6,19 @@
 //              sorted them (by id, then position), so the sum is deterministic. Rows of `out`
 //              no id touches must be zero beforehand (`fill`).
 // fill:        out[i] = value
+//
+// A table larger than one binding is bound in parts of rows: the gather reads, and the
+// scatter writes, only ids in [v0, v0 + nv), the rows of the bound part.
 
 struct Params {
     n: u32,       // gather: ids; scatter: unique ids; fill: values
     c: u32,
     row_stride: u32,
     value: f32,
+    v0: u32,
+    nv: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,7 +34,10 @@ fn gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     if (i < p.n * p.c) {
         let row = i / p.c;
         let col = i % p.c;
-        out[i] = table[ids[row] * p.c + col];
+        let id = ids[row];
+        if (id >= p.v0 && id - p.v0 < p.nv) {
+            out[i] = table[(id - p.v0) * p.c + col];
+        }
     }
 }
 
@@ -38,11 +48,15 @@ fn scatter_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     if (i < p.n * p.c) {
         let u = i / p.c;
         let col = i % p.c;
+        let id = ids[u];
+        if (id < p.v0 || id - p.v0 >= p.nv) {
+            return;
+        }
         var s = 0.0;
         for (var j = starts[u]; j < starts[u + 1u]; j = j + 1u) {
             s = s + table[order[j] * p.c + col];
         }
-        out[ids[u] * p.c + col] = s;
+        out[(id - p.v0) * p.c + col] = s;
     }
 }
 

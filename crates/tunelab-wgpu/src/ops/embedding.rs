@@ -4,7 +4,9 @@
 //! order. The host sorts the ids once ([`Csr::from_ids`]; ids are uploaded from the host, so
 //! they are known there), and the kernel needs no atomics.
 
-use super::{Recorder, dispatch, groups_for, output, run_host, upload, upload_u32};
+use super::{
+    Part, Recorder, dispatch, groups_for, output, row_chunks, run_host, upload, upload_u32,
+};
 use crate::{Context, WgpuError, kernels};
 
 #[repr(C)]
@@ -14,6 +16,10 @@ struct Params {
     c: u32,
     row_stride: u32,
     value: f32,
+    /// The ids whose table rows are bound: `v0 .. v0 + nv`.
+    v0: u32,
+    nv: u32,
+    pad: [u32; 2],
 }
 
 const K: &str = "embedding.wgsl";
@@ -56,12 +62,15 @@ fn count(a: u32, b: u32, what: &str) -> Result<u32, WgpuError> {
     })
 }
 
-/// Records `out (n, c) = table[ids]`.
+/// Records `out (n, c) = table[ids]` for a `(vocab, c)` table, bound in parts of rows where
+/// it is larger than one binding.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_gather(
     ctx: &Context,
     enc: &mut Recorder,
     n: u32,
     c: u32,
+    vocab: u32,
     table: &wgpu::Buffer,
     ids: &wgpu::Buffer,
     out: &wgpu::Buffer,
@@ -69,26 +78,35 @@ pub fn encode_gather(
     let total = count(n, c, "embedding output values")?;
     ctx.check_binding("embedding output", u64::from(total) * 4)?;
     let (gx, gy) = groups_for(ctx, total, 256);
-    let p = Params {
-        n,
-        c,
-        row_stride: gx,
-        value: 0.0,
-    };
-    dispatch(
-        ctx,
-        enc,
-        K,
-        kernels::EMBEDDING,
-        "gather",
-        bytemuck::bytes_of(&p),
-        &[(1, table), (2, ids), (3, out)],
-        (gx, gy, 1),
-    );
+    for (v0, nv) in row_chunks(ctx, "embedding table", vocab, &[u64::from(c)])? {
+        let p = Params {
+            n,
+            c,
+            row_stride: gx,
+            value: 0.0,
+            v0,
+            nv,
+            pad: [0; 2],
+        };
+        dispatch(
+            ctx,
+            enc,
+            K,
+            kernels::EMBEDDING,
+            "gather",
+            bytemuck::bytes_of(&p),
+            &[
+                (1, Part::rows(table, u64::from(c), v0, nv)),
+                (2, ids.into()),
+                (3, out.into()),
+            ],
+            (gx, gy, 1),
+        );
+    }
     Ok(())
 }
 
-/// Records `out[..n] = value`.
+/// Records `out[..n] = value` (in parts where `out` is larger than one binding).
 pub fn encode_fill(
     ctx: &Context,
     enc: &mut Recorder,
@@ -96,29 +114,34 @@ pub fn encode_fill(
     value: f32,
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    ctx.check_binding("fill", u64::from(n) * 4)?;
-    let (gx, gy) = groups_for(ctx, n, 256);
-    let p = Params {
-        n,
-        c: 0,
-        row_stride: gx,
-        value,
-    };
-    dispatch(
-        ctx,
-        enc,
-        K,
-        kernels::EMBEDDING,
-        "fill",
-        bytemuck::bytes_of(&p),
-        &[(3, out)],
-        (gx, gy, 1),
-    );
+    for (first, count) in row_chunks(ctx, "fill", n, &[1])? {
+        let (gx, gy) = groups_for(ctx, count, 256);
+        let p = Params {
+            n: count,
+            c: 0,
+            row_stride: gx,
+            value,
+            v0: 0,
+            nv: 0,
+            pad: [0; 2],
+        };
+        dispatch(
+            ctx,
+            enc,
+            K,
+            kernels::EMBEDDING,
+            "fill",
+            bytemuck::bytes_of(&p),
+            &[(3, Part::rows(out, 1, first, count))],
+            (gx, gy, 1),
+        );
+    }
     Ok(())
 }
 
-/// Records the gradient `out (vocab, c)`: zero, then each distinct id's rows of `dy` summed.
-/// `csr` holds the device copies of [`Csr`]'s `(order, starts, uniq)`.
+/// Records the gradient `out (vocab, c)`: zero, then each distinct id's rows of `dy` summed
+/// (into parts of rows of `out` where it is larger than one binding). `csr` holds the device
+/// copies of [`Csr`]'s `(order, starts, uniq)`.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_scatter_add(
     ctx: &Context,
@@ -134,22 +157,33 @@ pub fn encode_scatter_add(
     encode_fill(ctx, enc, cells, 0.0, out)?;
     let total = count(unique, c, "embedding gradient values")?;
     let (gx, gy) = groups_for(ctx, total, 256);
-    let p = Params {
-        n: unique,
-        c,
-        row_stride: gx,
-        value: 0.0,
-    };
-    dispatch(
-        ctx,
-        enc,
-        K,
-        kernels::EMBEDDING,
-        "scatter_add",
-        bytemuck::bytes_of(&p),
-        &[(1, dy), (2, uniq), (3, out), (4, order), (5, starts)],
-        (gx, gy, 1),
-    );
+    for (v0, nv) in row_chunks(ctx, "embedding gradient", vocab, &[u64::from(c)])? {
+        let p = Params {
+            n: unique,
+            c,
+            row_stride: gx,
+            value: 0.0,
+            v0,
+            nv,
+            pad: [0; 2],
+        };
+        dispatch(
+            ctx,
+            enc,
+            K,
+            kernels::EMBEDDING,
+            "scatter_add",
+            bytemuck::bytes_of(&p),
+            &[
+                (1, dy.into()),
+                (2, uniq.into()),
+                (3, Part::rows(out, u64::from(c), v0, nv)),
+                (4, order.into()),
+                (5, starts.into()),
+            ],
+            (gx, gy, 1),
+        );
+    }
     Ok(())
 }
 
@@ -170,7 +204,7 @@ pub async fn gather(
     let mut out = run_host(ctx, |enc| {
         let (tb, ib) = (upload(ctx, "table", table), upload_u32(ctx, "ids", ids));
         let ob = output(ctx, "rows", (n * c) as u64);
-        encode_gather(ctx, enc, n as u32, c as u32, &tb, &ib, &ob)?;
+        encode_gather(ctx, enc, n as u32, c as u32, vocab as u32, &tb, &ib, &ob)?;
         Ok((vec![tb, ib], vec![(ob, n * c)]))
     })
     .await?;

@@ -508,6 +508,23 @@ mod tests {
         let sq = pollster::block_on(reduce::sum_squares_many(&ctx, &[&m, &x])).unwrap();
         let want = want + x.iter().map(|v| v * v).sum::<f32>();
         close("sum_squares_many", &[sq], &[want]);
+        // Embedding rows from a (100, 16) table (6.4 KB) and the table's gradient, in parts.
+        let (vocab, c) = (100usize, 16usize);
+        let table = vals(vocab * c, 11);
+        let ids: Vec<u32> = (0..37u32).map(|i| (i * 37 + 5) % 100).collect();
+        let rows = pollster::block_on(super::embedding::gather(&ctx, &table, c, &ids)).unwrap();
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| table[i as usize * c..(i as usize + 1) * c].to_vec())
+            .collect();
+        close("gather", &rows, &want);
+        let dy = vals(ids.len() * c, 12);
+        close(
+            "scatter_add",
+            &pollster::block_on(super::embedding::scatter_add(&ctx, &ids, &dy, c, vocab)).unwrap(),
+            &pollster::block_on(super::embedding::scatter_add(&whole, &ids, &dy, c, vocab))
+                .unwrap(),
+        );
         // AdamW over 3,000 values.
         let hp = tunelab_core::backend::AdamW {
             lr: 1e-2,
