@@ -11,10 +11,11 @@ use crate::{Context, WgpuError, kernels};
 /// Which kernel computes a product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tiling {
-    /// Where M, N and K are multiples of 4 (and the device's workgroup memory allows),
-    /// [`Tiling::Vec4`]: 128 × 128 tiles for products with at least [`BIG_MIN_TILES`] of
-    /// them, else 64 × 64 tiles with K split when there are fewer than [`SPLIT_BELOW_TILES`]
-    /// of them and K is long enough. Otherwise the scalar kernels by the same rule.
+    /// Where M, N and K are multiples of 4, [`Tiling::Vec4`] with the tile and K split of
+    /// `vec4_auto` (the largest tile that gives a large GPU enough workgroups and fits the
+    /// device's workgroup memory). Otherwise the scalar kernels: 128 × 128 tiles for products
+    /// with at least [`BIG_MIN_TILES`] of them, else 64 × 64 tiles with K split when there
+    /// are fewer than [`SPLIT_BELOW_TILES`] of them and K is long enough.
     Auto,
     /// 64 × 64 tiles, 4 × 4 outputs per thread, scalar loads (`matmul`).
     Small,
@@ -89,34 +90,35 @@ struct Kernel {
     splits: u32,
 }
 
-/// The vec4 kernel's tile and K splits under [`Tiling::Auto`], given the device's workgroup
-/// memory: the largest tile that gives a large GPU about 96 workgroups or more, splitting K
-/// where each split stays at least 256 deep (64 for the smallest tile). Tuned on an H100 (132
-/// multiprocessors; the measurements are in docs/gpu-benchmarks.md): 2048³ and the MLP's
-/// up-projection take 128 × 128 tiles, 1024³ and the weight gradient `dYᵀ X` 128 × 128 with
-/// K split in two and three, the attention projections (K = 384) 64 × 64 unsplit. With a
-/// transposed B (the weights of `x Wᵀ`) and a long K, split 128 × 128 tiles read K in slices
-/// of 16 (`T128Deep`; slices of 8 measured 25% slower than split 128 × 64 tiles on the MLP's
-/// down-projection, slices of 16 6% faster); without the 32 KiB that needs, 128 × 64 tiles
-/// split in two.
-fn vec4_auto(d: &Dims, workgroup_memory: u32) -> (Vec4Tile, u32) {
+/// The vec4 kernel's tile and K splits under [`Tiling::Auto`], among the tiles whose
+/// workgroup memory fits `workgroup_memory` (None if none does): the largest tile that gives a
+/// large GPU about 96 workgroups or more, splitting K where each split stays at least 256
+/// deep (64 for the smallest tile). Tuned on an H100 (132 multiprocessors; the measurements
+/// are in docs/gpu-benchmarks.md): 2048³ and the MLP's up-projection take 128 × 128 tiles,
+/// 1024³ and the weight gradient `dYᵀ X` 128 × 128 with K split in two and three, the
+/// attention projections (K = 384) 64 × 64 unsplit. With a transposed B (the weights of
+/// `x Wᵀ`) and a long K, split 128 × 128 tiles read K in slices of 16 (`T128Deep`; slices of
+/// 8 measured 25% slower than split 128 × 64 tiles on the MLP's down-projection, slices of 16
+/// 6% faster); where that does not fit, 128 × 64 tiles split in two.
+fn vec4_auto(d: &Dims, workgroup_memory: u32) -> Option<(Vec4Tile, u32)> {
+    let fits = |tile: Vec4Tile| tile.workgroup_bytes() <= workgroup_memory;
     let big = d.tiles(128, 128).max(1);
     let big_splits = 96u64.div_ceil(big);
-    let deep_fits = Vec4Tile::T128Deep.workgroup_bytes() <= workgroup_memory;
-    if big >= 96 {
-        (Vec4Tile::T128, 1)
-    } else if u64::from(d.k) / big_splits >= 256 && (!d.tb || deep_fits) {
-        let tile = if d.tb {
-            Vec4Tile::T128Deep
-        } else {
-            Vec4Tile::T128
-        };
-        (tile, big_splits as u32)
-    } else if d.tiles(128, 64) >= 64 {
-        (Vec4Tile::T128x64, 1)
-    } else if d.tiles(128, 64) >= 40 && d.k >= 512 {
-        (Vec4Tile::T128x64, 2)
+    let big_tile = if d.tb {
+        Vec4Tile::T128Deep
     } else {
+        Vec4Tile::T128
+    };
+    let (wide, wide_tiles) = (Vec4Tile::T128x64, d.tiles(128, 64));
+    if big >= 96 && fits(Vec4Tile::T128) {
+        Some((Vec4Tile::T128, 1))
+    } else if big < 96 && u64::from(d.k) / big_splits >= 256 && fits(big_tile) {
+        Some((big_tile, big_splits as u32))
+    } else if wide_tiles >= 64 && fits(wide) {
+        Some((wide, 1))
+    } else if wide_tiles >= 40 && d.k >= 512 && fits(wide) {
+        Some((wide, 2))
+    } else if fits(Vec4Tile::T64) {
         let t = d.tiles(64, 64).max(1);
         let splits = if t < 64 && d.k >= 256 {
             // About 128 workgroups, each split at least 64 deep.
@@ -124,7 +126,9 @@ fn vec4_auto(d: &Dims, workgroup_memory: u32) -> (Vec4Tile, u32) {
         } else {
             1
         };
-        (Vec4Tile::T64, splits)
+        Some((Vec4Tile::T64, splits))
+    } else {
+        None
     }
 }
 
@@ -140,7 +144,6 @@ fn vec4_fits(ctx: &Context, d: &Dims, tile: Vec4Tile) -> bool {
 impl Tiling {
     /// The kernel and K splits for `d`.
     fn kernel(self, ctx: &Context, d: &Dims) -> Result<Kernel, WgpuError> {
-        let tiles = |rows, cols| d.tiles(rows, cols);
         let scalar = |entry, edge, splits| Kernel {
             name: "matmul.wgsl",
             source: kernels::MATMUL,
@@ -176,11 +179,12 @@ impl Tiling {
             }
             Tiling::Auto => {
                 let memory = ctx.device.limits().max_compute_workgroup_storage_size;
-                let vec4_choice = vec4_auto(d, memory);
-                if vec4_fits(ctx, d, vec4_choice.0) {
-                    return Ok(vec4(vec4_choice.0, vec4_choice.1));
+                if let Some((tile, splits)) = vec4_auto(d, memory)
+                    && vec4_fits(ctx, d, tile)
+                {
+                    return Ok(vec4(tile, splits));
                 }
-                let tiles = |edge: u32| tiles(edge, edge);
+                let tiles = |edge: u32| d.tiles(edge, edge);
                 if tiles(128) >= BIG_MIN_TILES {
                     scalar("matmul_big", 128, 1)
                 } else {
@@ -364,10 +368,11 @@ pub fn encode_tiled(
             Part::rows(a, m, first, count),
             Part::rows(b, n, first, count),
         );
-        let (target, with_bias) = match i {
-            0 if last == 0 => (c, bias),
-            0 => (&sum, bias),
-            _ => (&part_c, None),
+        // (There are at least two chunks: A or B does not fit one binding.)
+        let (target, with_bias) = if i == 0 {
+            (&sum, bias)
+        } else {
+            (&part_c, None)
         };
         encode_parts(
             ctx,
@@ -798,10 +803,20 @@ mod tests {
             (d(1, 512, 512, 512, false, false), (Vec4Tile::T64, 1)),
             (d(1, 256, 256, 256, false, false), (Vec4Tile::T64, 4)),
         ] {
-            assert_eq!(vec4_auto(&dims, 32 << 10), want, "{dims:?}");
+            assert_eq!(vec4_auto(&dims, 32 << 10), Some(want), "{dims:?}");
         }
-        // Without 32 KiB of workgroup memory the down-projection splits 128 x 64 tiles.
-        assert_eq!(vec4_auto(&down, 16 << 10), (t, 2));
+        // With less workgroup memory, the next choice that fits: without the 32 KiB of K
+        // slices of 16 the down-projection splits 128 x 64 tiles, without room for those it
+        // takes 64 x 64 tiles; with room for no tile, None (the scalar kernels serve).
+        assert_eq!(vec4_auto(&down, 30 << 10), Some((t, 2)));
+        let t64 = Vec4Tile::T64.workgroup_bytes();
+        assert_eq!(vec4_auto(&down, t64), Some((Vec4Tile::T64, 1)));
+        let least = Vec4Tile::ALL
+            .map(Vec4Tile::workgroup_bytes)
+            .into_iter()
+            .min()
+            .unwrap();
+        assert_eq!(vec4_auto(&down, least - 1), None);
     }
 
     #[test]

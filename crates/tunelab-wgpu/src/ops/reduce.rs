@@ -20,6 +20,22 @@ struct Params {
     pad: [u32; 2],
 }
 
+impl Params {
+    /// Params for a pass over `n` values (`rows` × `cols` where it matters) dispatched
+    /// `row_stride` workgroups wide; no squaring, output from index 0.
+    fn new(rows: u32, cols: u32, n: u32, row_stride: u32) -> Self {
+        Params {
+            rows,
+            cols,
+            n,
+            row_stride,
+            square: 0,
+            out_offset: 0,
+            pad: [0; 2],
+        }
+    }
+}
+
 fn len(rows: u32, cols: u32) -> Result<u32, WgpuError> {
     rows.checked_mul(cols).ok_or(WgpuError::LimitExceeded {
         what: "reduce tensor elements".into(),
@@ -44,15 +60,7 @@ pub fn encode_add_bias(
     for (first, count) in row_chunks(ctx, "add_bias input", rows, &[w])? {
         let n = len(count, cols)?;
         let (gx, gy) = groups_for(ctx, n, 256);
-        let p = Params {
-            rows: count,
-            cols,
-            n,
-            row_stride: gx,
-            square: 0,
-            out_offset: 0,
-            pad: [0; 2],
-        };
+        let p = Params::new(count, cols, n, gx);
         dispatch(
             ctx,
             enc,
@@ -129,13 +137,8 @@ pub fn encode_sum_to_last(
     for (first, count) in parts {
         let chunks = count.div_ceil(chunk);
         let p = Params {
-            rows: count,
-            cols,
-            n: chunk,
-            row_stride: 0,
-            square: 0,
             out_offset: len(at, cols)?,
-            pad: [0; 2],
+            ..Params::new(count, cols, chunk, 0)
         };
         dispatch(
             ctx,
@@ -164,15 +167,7 @@ pub(crate) fn encode_column_sums(
 ) -> Result<(), WgpuError> {
     let n = len(rows, cols)?;
     let (gx, gy) = groups_for(ctx, cols, 256);
-    let p = Params {
-        rows,
-        cols,
-        n,
-        row_stride: gx,
-        square: 0,
-        out_offset: 0,
-        pad: [0; 2],
-    };
+    let p = Params::new(rows, cols, n, gx);
     dispatch(
         ctx,
         enc,
@@ -195,11 +190,7 @@ pub fn encode_sum_squares(
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    if u64::from(n) * 4 > ctx.binding_limit() {
-        // Read in parts, as the multi-tensor sum does.
-        return encode_sum_squares_many(ctx, enc, &[(x, n)], out);
-    }
-    encode_fold(ctx, enc, n, x, out, true)
+    encode_sum_squares_many(ctx, enc, &[(x, n)], out)
 }
 
 /// Records `out (1,) = sum of x^2 over every tensor in `xs` (buffer, length)`: each tensor's
@@ -234,13 +225,9 @@ pub fn encode_sum_squares_many(
     for ((x, n), g) in parts.iter().zip(&groups) {
         let (gx, gy) = groups_for(ctx, g * PER_GROUP, PER_GROUP);
         let p = Params {
-            rows: 0,
-            cols: 0,
-            n: *n,
-            row_stride: gx,
             square: 1,
             out_offset: offset,
-            pad: [0; 2],
+            ..Params::new(0, 0, *n, gx)
         };
         dispatch(
             ctx,
@@ -254,7 +241,7 @@ pub fn encode_sum_squares_many(
         );
         offset += g;
     }
-    encode_fold(ctx, enc, total, &partials, out, false)
+    encode_fold(ctx, enc, total, &partials, out)
 }
 
 /// Records `out (1,) = sum(x)` over `n` values (deterministic).
@@ -265,20 +252,20 @@ pub fn encode_sum(
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    encode_fold(ctx, enc, n, x, out, false)
+    encode_fold(ctx, enc, n, x, out)
 }
 
+/// Records `out (1,) = sum(x)` over `n` values: passes of per-workgroup sums until one
+/// value is left.
 fn encode_fold(
     ctx: &Context,
     enc: &mut Recorder,
     n: u32,
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
-    squares: bool,
 ) -> Result<(), WgpuError> {
     ctx.check_binding("sum input", u64::from(n) * 4)?;
     let mut count = n;
-    let mut square = u32::from(squares);
     let mut src: Option<wgpu::Buffer> = None;
     loop {
         let groups = count.div_ceil(PER_GROUP).max(1);
@@ -289,15 +276,7 @@ fn encode_fold(
         } else {
             Some(enc.scratch(ctx, u64::from(groups)))
         };
-        let p = Params {
-            rows: 0,
-            cols: 0,
-            n: count,
-            row_stride: gx,
-            square,
-            out_offset: 0,
-            pad: [0; 2],
-        };
+        let p = Params::new(0, 0, count, gx);
         let input = src.as_ref().unwrap_or(x);
         let target = dst.as_ref().unwrap_or(out);
         dispatch(
@@ -315,7 +294,6 @@ fn encode_fold(
             Some(d) => src = Some(d),
         }
         count = groups;
-        square = 0;
     }
     Ok(())
 }
