@@ -1049,17 +1049,27 @@ fn PreflightPanel(app: App) -> impl IntoView {
         let backend = app.backend.get();
         let (budget, largest_ok, where_) = match &backend {
             Some(BackendInfo::WebGpu { adapter }) => {
-                // Tensors larger than one binding are processed in parts, except the masked-LM
-                // decoder's product with the whole word-embedding table.
-                let largest = (cfg.vocab_size * cfg.hidden_size * 4) as u64;
-                let fits = d.kind != TaskKind::MaskedLm
-                    || largest <= adapter.limits.max_storage_buffer_binding_size;
+                // Tensors larger than one binding are processed in parts, but each must fit
+                // one buffer: the largest are the word-embedding table and the masked-LM
+                // logits.
+                let table = (cfg.vocab_size * cfg.hidden_size * 4) as u64;
+                let logits = if d.kind == TaskKind::MaskedLm {
+                    (f.batch * seq * cfg.vocab_size * 4) as u64
+                } else {
+                    0
+                };
+                let (what, largest) = if logits > table {
+                    ("the masked-LM logits need", logits)
+                } else {
+                    ("the word-embedding table needs", table)
+                };
+                let max = adapter.limits.max_buffer_size;
                 (
                     GPU_BUDGET,
-                    fits.then_some(()).ok_or(format!(
-                        "the masked-LM decoder binds the whole word-embedding table ({}) but this GPU allows {} per binding",
+                    (largest <= max).then_some(()).ok_or(format!(
+                        "{what} {} but this GPU allows {} per buffer",
                         mib(largest),
-                        mib(adapter.limits.max_storage_buffer_binding_size)
+                        mib(max)
                     )),
                     "WebGPU",
                 )

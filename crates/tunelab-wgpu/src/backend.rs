@@ -754,7 +754,7 @@ impl Backend for Wgpu {
             self.encoder(&mut st),
             u32_of(op, vocab)?,
             u32_of(op, c)?,
-            u32_of(op, csr.uniq.len())?,
+            [u32_of(op, csr.uniq.len())?, u32_of(op, csr.order.len())?],
             dy.b(),
             [&bufs[0], &bufs[1], &bufs[2]],
             out.b(),

@@ -1,14 +1,16 @@
 // Embedding rows and their gradient.
 //
 // gather:      out[i, c] = table[ids[i], c]                       one thread per output value
-// scatter_add: out[uniq[u], c] = sum over j in starts[u]..starts[u+1] of dy[order[j], c]
+// scatter_add: out[uniq[u], c] += sum over j in starts[u]..starts[u+1] of dy[order[j], c]
 //              one thread per (unique id, column); positions are visited in the order the host
-//              sorted them (by id, then position), so the sum is deterministic. Rows of `out`
-//              no id touches must be zero beforehand (`fill`).
+//              sorted them (by id, then position), so the sum is deterministic. `out` must be
+//              zero beforehand (`fill`).
 // fill:        out[i] = value
 //
 // A table larger than one binding is bound in parts of rows: the gather reads, and the
-// scatter writes, only ids in [v0, v0 + nv), the rows of the bound part.
+// scatter writes, only ids in [v0, v0 + nv), the rows of the bound part. Likewise the gather's
+// ids and output are bound in parts of positions, and the scatter's dy in parts of positions
+// [p0, p0 + np): each part's sums are added to `out` in turn.
 
 struct Params {
     n: u32,       // gather: ids; scatter: unique ids; fill: values
@@ -17,8 +19,8 @@ struct Params {
     value: f32,
     v0: u32,
     nv: u32,
-    pad0: u32,
-    pad1: u32,
+    p0: u32,
+    np: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -54,9 +56,13 @@ fn scatter_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         }
         var s = 0.0;
         for (var j = starts[u]; j < starts[u + 1u]; j = j + 1u) {
-            s = s + table[order[j] * p.c + col];
+            let pos = order[j];
+            if (pos >= p.p0 && pos - p.p0 < p.np) {
+                s = s + table[(pos - p.p0) * p.c + col];
+            }
         }
-        out[(id - p.v0) * p.c + col] = s;
+        let at = (id - p.v0) * p.c + col;
+        out[at] = out[at] + s;
     }
 }
 

@@ -12,6 +12,12 @@ struct Params {
     c: u32,
     row_stride: u32,
     eps: f32,
+    // ln_backward_params: the first chunk's index in dparams (rows larger than one binding
+    // are processed in parts, each writing its chunks' partial sums after the last part's).
+    chunk0: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -5,6 +5,12 @@ struct Params {
     c: u32,
     row_stride: u32,
     eps: f32,
+    // ln_backward_params: the first chunk's index in dparams (rows larger than one binding
+    // are processed in parts, each writing its chunks' partial sums after the last part's).
+    chunk0: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -91,7 +97,7 @@ fn ln_backward_params(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoc
     workgroupBarrier();
     if (lid.y == 0u && j < p.c) {
         let x0 = lid.x;
-        let o = wg.y * 2u * p.c;
+        let o = (p.chunk0 + wg.y) * 2u * p.c;
         dparams[o + j] = lanes_g[x0] + lanes_g[64u + x0] + lanes_g[128u + x0] + lanes_g[192u + x0];
         dparams[o + p.c + j] = lanes_b[x0] + lanes_b[64u + x0] + lanes_b[128u + x0] + lanes_b[192u + x0];
     }

@@ -29,9 +29,9 @@ fn load_a(base: u32, gm: u32, gk: u32, k_hi: u32) -> f32 {
         return 0.0;
     }
     if (p.ta == 0u) {
-        return a[base + gm * p.k + gk];
+        return a[base + gm * p.lda + gk];
     }
-    return a[base + gk * p.m + gm];
+    return a[base + gk * p.lda + gm];
 }
 
 // op(B)[gk, gn] of this batch entry, likewise.
@@ -40,9 +40,9 @@ fn load_b(base: u32, gk: u32, gn: u32, k_hi: u32) -> f32 {
         return 0.0;
     }
     if (p.tb == 0u) {
-        return b[base + gk * p.n + gn];
+        return b[base + gk * p.ldb + gn];
     }
-    return b[base + gn * p.k + gk];
+    return b[base + gn * p.ldb + gk];
 }
 
 // (m, kk) of element e of an A slice `rows` x `depth`, ordered along A's contiguous axis so
@@ -113,8 +113,8 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let col0 = wg.x * TN;
     let tx = tid % 16u;
     let ty = tid / 16u;
-    let a_base = batch * p.a_batch;
-    let b_base = batch * p.b_batch;
+    let a_base = p.a_off + batch * p.a_batch;
+    let b_base = p.b_off + batch * p.b_batch;
 
     var ra = fetch_a(a_base, row0, jb.k_lo, jb.k_hi, tid, TM, TK);
     var rb = fetch_b(b_base, col0, jb.k_lo, jb.k_hi, tid, TN, TK);
@@ -188,8 +188,8 @@ fn matmul_big(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let col0 = wg.x * BN;
     let tx = tid % 16u;
     let ty = tid / 16u;
-    let a_base = batch * p.a_batch;
-    let b_base = batch * p.b_batch;
+    let a_base = p.a_off + batch * p.a_batch;
+    let b_base = p.b_off + batch * p.b_batch;
 
     var c00 = vec4<f32>(0.0);
     var c01 = vec4<f32>(0.0);
@@ -288,27 +288,32 @@ fn store4(c_base: u32, gm: u32, gn: u32, v: vec4<f32>) {
     if (gm >= p.m) {
         return;
     }
-    let base = c_base + gm * p.n;
+    let base = c_base + gm * p.ldc;
     store1(base, gn, v.x);
     store1(base, gn + 1u, v.y);
     store1(base, gn + 2u, v.z);
     store1(base, gn + 3u, v.w);
 }
 
-// Writes c[base + col] = x (+ bias[col]) when the column is inside C.
+// Writes c[base + col] = x (+ bias, + the old value with accumulate) when the column is
+// inside C.
 fn store1(base: u32, col: u32, x: f32) {
     if (col < p.n) {
         var y = x;
         if (p.has_bias == 1u) {
-            y = y + bias[col];
+            y = y + bias[p.bias_off + col];
+        }
+        if (p.accumulate == 1u) {
+            y = c[base + col] + y;
         }
         c[base + col] = y;
     }
 }
 
-// Split-K's second pass: c[i] = sum over splits s of a[s * c_split + i] (in order), plus
-// bias[i % n] with has_bias. One thread per output; `row_tile0` holds the row stride of a
-// dispatch split over x and y.
+// Split-K's second pass: output i of C (row i / n, column i % n of C's view) is the sum over
+// splits s of a[s * c_split + i] (in order), plus the bias with has_bias, plus the old value
+// with accumulate. One thread per output; `row_tile0` holds the row stride of a dispatch
+// split over x and y.
 @compute @workgroup_size(256, 1, 1)
 fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let i = (wg.y * p.row_tile0 + wg.x) * 256u + tid;
@@ -319,8 +324,13 @@ fn matmul_sum_splits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
     for (var j = 0u; j < p.splits; j = j + 1u) {
         s = s + a[j * p.c_split + i];
     }
+    let col = i % p.n;
     if (p.has_bias == 1u) {
-        s = s + bias[i % p.n];
+        s = s + bias[p.bias_off + col];
     }
-    c[i] = s;
+    let at = p.c_off + (i / p.n) * p.ldc + col;
+    if (p.accumulate == 1u) {
+        s = c[at] + s;
+    }
+    c[at] = s;
 }

@@ -1,7 +1,7 @@
 // Tiled matrix multiply on vec4 loads and stores: C[b] = op(A[b]) @ op(B[b]) (+ bias), for
-// shapes whose M, N and K are multiples of 4 (every transformer product; the scalar kernels
-// in matmul.wgsl serve the rest). Same transpose flags, batching, split-K and dispatch as
-// matmul.wgsl.
+// shapes whose M, N and K, and the views' row strides and offsets, are multiples of 4 (every
+// transformer product; the scalar kernels in matmul.wgsl serve the rest). Same transpose
+// flags, batching, views, split-K and dispatch as matmul.wgsl.
 //
 // A template (see kernels::matmul_vec4): the tile has RG x CG groups of 64 x 64 outputs and
 // K slices of BK; the blocks marked `for` / `end` below are repeated with their variable
@@ -51,14 +51,14 @@ fn load_a(base: u32, row0: u32, k0: u32, k_hi: u32, e: u32) -> vec4<f32> {
         if (r >= p.m || kq >= k_hi) {
             return vec4<f32>(0.0);
         }
-        return a[base + (r * p.k + kq) / 4u];
+        return a[base + (r * p.lda + kq) / 4u];
     }
     let kk = k0 + e / (BM / 4u);
     let mq = row0 + (e % (BM / 4u)) * 4u;
     if (kk >= k_hi || mq >= p.m) {
         return vec4<f32>(0.0);
     }
-    return a[base + (kk * p.m + mq) / 4u];
+    return a[base + (kk * p.lda + mq) / 4u];
 }
 
 // The e-th vec4 of B's slice, likewise.
@@ -69,27 +69,32 @@ fn load_b(base: u32, col0: u32, k0: u32, k_hi: u32, e: u32) -> vec4<f32> {
         if (kk >= k_hi || nq >= p.n) {
             return vec4<f32>(0.0);
         }
-        return b[base + (kk * p.n + nq) / 4u];
+        return b[base + (kk * p.ldb + nq) / 4u];
     }
     let n = col0 + e / (BK / 4u);
     let kq = k0 + (e % (BK / 4u)) * 4u;
     if (n >= p.n || kq >= k_hi) {
         return vec4<f32>(0.0);
     }
-    return b[base + (n * p.k + kq) / 4u];
+    return b[base + (n * p.ldb + kq) / 4u];
 }
 
 // Writes four consecutive outputs of row `gm` from column `gn` (a multiple of 4), adding the
-// bias when set.
+// bias when set and the old value with accumulate.
 fn store4(c_base: u32, gm: u32, gn: u32, v: vec4<f32>) {
     if (gm >= p.m || gn >= p.n) {
         return;
     }
     var y = v;
     if (p.has_bias == 1u) {
-        y = y + vec4<f32>(bias[gn], bias[gn + 1u], bias[gn + 2u], bias[gn + 3u]);
+        let q = p.bias_off + gn;
+        y = y + vec4<f32>(bias[q], bias[q + 1u], bias[q + 2u], bias[q + 3u]);
     }
-    c[(c_base + gm * p.n + gn) / 4u] = y;
+    let at = (c_base + gm * p.ldc + gn) / 4u;
+    if (p.accumulate == 1u) {
+        y = c[at] + y;
+    }
+    c[at] = y;
 }
 
 @compute @workgroup_size(256, 1, 1)
@@ -99,8 +104,8 @@ fn matmul_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let col0 = wg.x * BN;
     let tx = tid % 16u;
     let ty = tid / 16u;
-    let a_base = jb.batch * p.a_batch / 4u;
-    let b_base = jb.batch * p.b_batch / 4u;
+    let a_base = (p.a_off + jb.batch * p.a_batch) / 4u;
+    let b_base = (p.b_off + jb.batch * p.b_batch) / 4u;
 
     //# for $r in 0..RG
     //# for $i in 0..4

@@ -1,7 +1,10 @@
 //! Fused multi-head attention forward and backward (`kernels/attention.wgsl`), with a key
 //! padding mask and a causal mask, returning the row log-sum-exp the backward pass uses.
 
-use super::{Recorder, dispatch, output, run_host, split_dispatch, upload};
+use super::{
+    Part, Recorder, dispatch, narrow_in, narrow_out, output, row_chunks, run_host, split_dispatch,
+    upload,
+};
 use crate::{Context, WgpuError, kernels};
 
 /// The problem: `q, k, v` are `(batch, t, heads * d)`.
@@ -124,7 +127,52 @@ struct Kernel {
     groups: (u32, u32),
 }
 
-/// Records the forward pass: `out` and `lse (batch, heads, t)`.
+/// Parts of the batch (first entry, count) whose q, k, v, out and their gradients each fit
+/// one binding: one part unless they are larger than one binding (the key mask and lse are
+/// then staged through copies: `narrow_in`).
+fn batch_parts(ctx: &Context, d: &Dims) -> Result<Vec<(u32, u32)>, WgpuError> {
+    let width = u64::from(d.t) * u64::from(d.heads) * u64::from(d.d);
+    row_chunks(ctx, "attention batch entries", d.batch, &[width])
+}
+
+/// One part of the batch: entries `first .. first + count` (`whole`: every entry).
+struct Slicer<'a> {
+    d: &'a Dims,
+    first: u32,
+    count: u32,
+    whole: bool,
+}
+
+impl<'a> Slicer<'a> {
+    /// The part of q, k, v, out or a gradient.
+    fn seq<'b>(&self, b: &'b wgpu::Buffer) -> Part<'b> {
+        let w = u64::from(self.d.t) * u64::from(self.d.heads) * u64::from(self.d.d);
+        Part::rows(b, w, self.first, self.count)
+    }
+    /// The part of the key mask (or a placeholder without one).
+    fn mask(&self, ctx: &Context, enc: &mut Recorder, m: Option<&wgpu::Buffer>) -> wgpu::Buffer {
+        match m {
+            Some(m) => self.narrow(ctx, enc, m, u64::from(self.d.t)),
+            None => ctx.one(),
+        }
+    }
+    fn narrow(&self, ctx: &Context, enc: &mut Recorder, b: &wgpu::Buffer, w: u64) -> wgpu::Buffer {
+        narrow_in(ctx, enc, b, w, (self.first, self.count), self.whole)
+    }
+    /// Values per batch entry of lse.
+    fn lse_width(&self) -> u64 {
+        u64::from(self.d.heads) * u64::from(self.d.t)
+    }
+    fn dims(&self) -> Dims {
+        Dims {
+            batch: self.count,
+            ..*self.d
+        }
+    }
+}
+
+/// Records the forward pass: `out` and `lse (batch, heads, t)`, in parts of the batch when
+/// the tensors are larger than one binding.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_forward(
     ctx: &Context,
@@ -135,28 +183,48 @@ pub fn encode_forward(
     out: &wgpu::Buffer,
     lse: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    let Kernel {
-        name,
-        source,
-        params: p,
-        groups: (gx, gy),
-    } = kernel(ctx, d, params(ctx, d, key_mask.is_some())?)?;
-    let dummy = ctx.one();
-    let m = key_mask.unwrap_or(&dummy);
-    dispatch(
-        ctx,
-        enc,
-        name,
-        source,
-        "attn_forward",
-        bytemuck::bytes_of(&p),
-        &[(1, q), (2, k), (3, v), (4, m), (5, out), (6, lse)],
-        (gx, gy, 1),
-    );
+    let parts = batch_parts(ctx, d)?;
+    let whole = parts.len() == 1;
+    for &(first, count) in &parts {
+        let s = Slicer {
+            d,
+            first,
+            count,
+            whole,
+        };
+        let pd = s.dims();
+        let Kernel {
+            name,
+            source,
+            params: p,
+            groups: (gx, gy),
+        } = kernel(ctx, &pd, params(ctx, &pd, key_mask.is_some())?)?;
+        let m = s.mask(ctx, enc, key_mask);
+        let l = s.narrow(ctx, enc, lse, s.lse_width());
+        dispatch(
+            ctx,
+            enc,
+            name,
+            source,
+            "attn_forward",
+            bytemuck::bytes_of(&p),
+            &[
+                (1, s.seq(q)),
+                (2, s.seq(k)),
+                (3, s.seq(v)),
+                (4, (&m).into()),
+                (5, s.seq(out)),
+                (6, (&l).into()),
+            ],
+            (gx, gy, 1),
+        );
+        narrow_out(enc, &l, lse, s.lse_width(), (first, count), whole);
+    }
     Ok(())
 }
 
-/// Records the backward pass into `dq`, `dk`, `dv`.
+/// Records the backward pass into `dq`, `dk`, `dv`, in parts of the batch when the tensors
+/// are larger than one binding.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &Context,
@@ -166,68 +234,82 @@ pub fn encode_backward(
     key_mask: Option<&wgpu::Buffer>,
     [dq, dk, dv]: [&wgpu::Buffer; 3],
 ) -> Result<(), WgpuError> {
-    let general = params(ctx, d, key_mask.is_some())?;
-    let (p, (gx, gy)) = general;
-    let Kernel {
-        name,
-        source,
-        params: tp,
-        groups: (tx, ty),
-    } = kernel(ctx, d, general)?;
-    let rows = d.rows();
-    let stats = enc.scratch(ctx, 2 * rows);
-    enc.copy_buffer_to_buffer(lse, 0, &stats, 0, rows.max(1) * 4);
-    let dummy = ctx.one();
-    let m = key_mask.unwrap_or(&dummy);
-    let u = bytemuck::bytes_of(&p);
-    dispatch(
-        ctx,
-        enc,
-        K,
-        kernels::ATTENTION,
-        "attn_rowdot",
-        u,
-        &[(7, d_out), (8, out), (9, &stats)],
-        (gx, gy, 1),
-    );
-    let u = bytemuck::bytes_of(&tp);
-    dispatch(
-        ctx,
-        enc,
-        name,
-        source,
-        "attn_backward_q",
-        u,
-        &[
-            (1, q),
-            (2, k),
-            (3, v),
-            (4, m),
-            (5, dq),
-            (7, d_out),
-            (9, &stats),
-        ],
-        (tx, ty, 1),
-    );
-    dispatch(
-        ctx,
-        enc,
-        name,
-        source,
-        "attn_backward_kv",
-        u,
-        &[
-            (1, q),
-            (2, k),
-            (3, v),
-            (4, m),
-            (5, dk),
-            (6, dv),
-            (7, d_out),
-            (9, &stats),
-        ],
-        (tx, ty, 1),
-    );
+    let parts = batch_parts(ctx, d)?;
+    let whole = parts.len() == 1;
+    for &(first, count) in &parts {
+        let s = Slicer {
+            d,
+            first,
+            count,
+            whole,
+        };
+        let pd = s.dims();
+        let general = params(ctx, &pd, key_mask.is_some())?;
+        let (p, (gx, gy)) = general;
+        let Kernel {
+            name,
+            source,
+            params: tp,
+            groups: (tx, ty),
+        } = kernel(ctx, &pd, general)?;
+        // The part's lse, then its rows' dO . O.
+        let rows = pd.rows();
+        let stats = enc.scratch(ctx, 2 * rows);
+        let lse_at = u64::from(first) * u64::from(d.heads) * u64::from(d.t) * 4;
+        enc.copy_buffer_to_buffer(lse, lse_at, &stats, 0, rows.max(1) * 4);
+        let mask = s.mask(ctx, enc, key_mask);
+        let m = Part::from(&mask);
+        let stats = Part::from(&stats);
+        let (q, k, v, d_out) = (s.seq(q), s.seq(k), s.seq(v), s.seq(d_out));
+        dispatch(
+            ctx,
+            enc,
+            K,
+            kernels::ATTENTION,
+            "attn_rowdot",
+            bytemuck::bytes_of(&p),
+            &[(7, d_out), (8, s.seq(out)), (9, stats)],
+            (gx, gy, 1),
+        );
+        let u = bytemuck::bytes_of(&tp);
+        dispatch(
+            ctx,
+            enc,
+            name,
+            source,
+            "attn_backward_q",
+            u,
+            &[
+                (1, q),
+                (2, k),
+                (3, v),
+                (4, m),
+                (5, s.seq(dq)),
+                (7, d_out),
+                (9, stats),
+            ],
+            (tx, ty, 1),
+        );
+        dispatch(
+            ctx,
+            enc,
+            name,
+            source,
+            "attn_backward_kv",
+            u,
+            &[
+                (1, q),
+                (2, k),
+                (3, v),
+                (4, m),
+                (5, s.seq(dk)),
+                (6, s.seq(dv)),
+                (7, d_out),
+                (9, stats),
+            ],
+            (tx, ty, 1),
+        );
+    }
     Ok(())
 }
 

@@ -19,7 +19,9 @@ struct Params {
     /// The ids whose table rows are bound: `v0 .. v0 + nv`.
     v0: u32,
     nv: u32,
-    pad: [u32; 2],
+    /// The positions of dy that are bound (scatter): `p0 .. p0 + np`.
+    p0: u32,
+    np: u32,
 }
 
 const K: &str = "embedding.wgsl";
@@ -63,7 +65,8 @@ fn count(a: u32, b: u32, what: &str) -> Result<u32, WgpuError> {
 }
 
 /// Records `out (n, c) = table[ids]` for a `(vocab, c)` table, bound in parts of rows where
-/// it is larger than one binding.
+/// it is larger than one binding (and the ids and output in parts of positions where the
+/// output is).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_gather(
     ctx: &Context,
@@ -75,33 +78,40 @@ pub fn encode_gather(
     ids: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    let total = count(n, c, "embedding output values")?;
-    ctx.check_binding("embedding output", u64::from(total) * 4)?;
-    let (gx, gy) = groups_for(ctx, total, 256);
-    for (v0, nv) in row_chunks(ctx, "embedding table", vocab, &[u64::from(c)])? {
-        let p = Params {
-            n,
-            c,
-            row_stride: gx,
-            value: 0.0,
-            v0,
-            nv,
-            pad: [0; 2],
-        };
-        dispatch(
-            ctx,
-            enc,
-            K,
-            kernels::EMBEDDING,
-            "gather",
-            bytemuck::bytes_of(&p),
-            &[
-                (1, Part::rows(table, u64::from(c), v0, nv)),
-                (2, ids.into()),
-                (3, out.into()),
-            ],
-            (gx, gy, 1),
-        );
+    count(n, c, "embedding output values")?;
+    let c64 = u64::from(c);
+    let tables = row_chunks(ctx, "embedding table", vocab, &[c64])?;
+    let positions = row_chunks(ctx, "embedding positions", n, &[c64])?;
+    let whole = positions.len() == 1;
+    for &(t0, nt) in &positions {
+        let (gx, gy) = groups_for(ctx, nt * c, 256);
+        let part_ids = super::narrow_in(ctx, enc, ids, 1, (t0, nt), whole);
+        for &(v0, nv) in &tables {
+            let p = Params {
+                n: nt,
+                c,
+                row_stride: gx,
+                value: 0.0,
+                v0,
+                nv,
+                p0: 0,
+                np: 0,
+            };
+            dispatch(
+                ctx,
+                enc,
+                K,
+                kernels::EMBEDDING,
+                "gather",
+                bytemuck::bytes_of(&p),
+                &[
+                    (1, Part::rows(table, c64, v0, nv)),
+                    (2, (&part_ids).into()),
+                    (3, Part::rows(out, c64, t0, nt)),
+                ],
+                (gx, gy, 1),
+            );
+        }
     }
     Ok(())
 }
@@ -123,7 +133,8 @@ pub fn encode_fill(
             value,
             v0: 0,
             nv: 0,
-            pad: [0; 2],
+            p0: 0,
+            np: 0,
         };
         dispatch(
             ctx,
@@ -139,16 +150,17 @@ pub fn encode_fill(
     Ok(())
 }
 
-/// Records the gradient `out (vocab, c)`: zero, then each distinct id's rows of `dy` summed
-/// (into parts of rows of `out` where it is larger than one binding). `csr` holds the device
-/// copies of [`Csr`]'s `(order, starts, uniq)`.
+/// Records the gradient `out (vocab, c)` for `dy (positions, c)`: zero, then each distinct
+/// id's rows of `dy` summed (into parts of rows of `out` where it is larger than one binding,
+/// from parts of positions of `dy` where it is, each part's sums added in turn). `csr` holds
+/// the device copies of [`Csr`]'s `(order, starts, uniq)`.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_scatter_add(
     ctx: &Context,
     enc: &mut Recorder,
     vocab: u32,
     c: u32,
-    unique: u32,
+    [unique, positions]: [u32; 2],
     dy: &wgpu::Buffer,
     [order, starts, uniq]: [&wgpu::Buffer; 3],
     out: &wgpu::Buffer,
@@ -157,32 +169,37 @@ pub fn encode_scatter_add(
     encode_fill(ctx, enc, cells, 0.0, out)?;
     let total = count(unique, c, "embedding gradient values")?;
     let (gx, gy) = groups_for(ctx, total, 256);
-    for (v0, nv) in row_chunks(ctx, "embedding gradient", vocab, &[u64::from(c)])? {
-        let p = Params {
-            n: unique,
-            c,
-            row_stride: gx,
-            value: 0.0,
-            v0,
-            nv,
-            pad: [0; 2],
-        };
-        dispatch(
-            ctx,
-            enc,
-            K,
-            kernels::EMBEDDING,
-            "scatter_add",
-            bytemuck::bytes_of(&p),
-            &[
-                (1, dy.into()),
-                (2, uniq.into()),
-                (3, Part::rows(out, u64::from(c), v0, nv)),
-                (4, order.into()),
-                (5, starts.into()),
-            ],
-            (gx, gy, 1),
-        );
+    let c64 = u64::from(c);
+    let dys = row_chunks(ctx, "embedding gradient positions", positions, &[c64])?;
+    for (v0, nv) in row_chunks(ctx, "embedding gradient", vocab, &[c64])? {
+        for &(p0, np) in &dys {
+            let p = Params {
+                n: unique,
+                c,
+                row_stride: gx,
+                value: 0.0,
+                v0,
+                nv,
+                p0,
+                np,
+            };
+            dispatch(
+                ctx,
+                enc,
+                K,
+                kernels::EMBEDDING,
+                "scatter_add",
+                bytemuck::bytes_of(&p),
+                &[
+                    (1, Part::rows(dy, c64, p0, np)),
+                    (2, uniq.into()),
+                    (3, Part::rows(out, c64, v0, nv)),
+                    (4, order.into()),
+                    (5, starts.into()),
+                ],
+                (gx, gy, 1),
+            );
+        }
     }
     Ok(())
 }
@@ -245,7 +262,7 @@ pub async fn scatter_add(
             enc,
             vocab as u32,
             c as u32,
-            csr.uniq.len() as u32,
+            [csr.uniq.len() as u32, csr.order.len() as u32],
             &d,
             [&o, &s, &u],
             &ob,

@@ -1,7 +1,9 @@
 //! Layer norm forward and backward (`kernels/layer_norm.wgsl`,
 //! `kernels/layer_norm_backward.wgsl`).
 
-use super::{Recorder, dispatch, output, run_host, upload};
+use super::{
+    Part, Recorder, dispatch, narrow_in, narrow_out, output, row_chunks, run_host, upload,
+};
 use crate::{Context, WgpuError, kernels};
 
 #[repr(C)]
@@ -11,31 +13,38 @@ struct Params {
     c: u32,
     row_stride: u32,
     eps: f32,
+    chunk0: u32,
+    pad: [u32; 3],
 }
 
-fn row_params(
-    ctx: &Context,
-    rows: u32,
-    c: u32,
-    eps: f32,
-) -> Result<(Params, (u32, u32)), WgpuError> {
-    ctx.check_binding("layer norm input", u64::from(rows) * u64::from(c) * 4)?;
+/// Parts of rows whose x, y, dy and dx (`c` values per row) each fit one binding: one part
+/// unless they are larger than one binding (mean and rstd, one value per row, are then
+/// staged through copies: `narrow_in`).
+fn parts(ctx: &Context, rows: u32, c: u32) -> Result<Vec<(u32, u32)>, WgpuError> {
+    row_chunks(ctx, "layer norm rows", rows, &[u64::from(c)])
+}
+
+/// The params and workgroups for `rows` rows of `c` values.
+fn row_params(rows: u32, c: u32, eps: f32, ctx: &Context) -> (Params, (u32, u32)) {
     let (gx, gy) = super::split_dispatch(
         rows.max(1),
         ctx.report().limits.max_compute_workgroups_per_dimension,
     );
-    Ok((
+    (
         Params {
             rows,
             c,
             row_stride: gx,
             eps,
+            chunk0: 0,
+            pad: [0; 3],
         },
         (gx, gy),
-    ))
+    )
 }
 
-/// Records `y = layer_norm(x)` and the per-row `mean`, `rstd`.
+/// Records `y = layer_norm(x)` and the per-row `mean`, `rstd` (in parts of rows when the
+/// tensors are larger than one binding).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_forward(
     ctx: &Context,
@@ -46,17 +55,33 @@ pub fn encode_forward(
     [x, gamma, beta]: [&wgpu::Buffer; 3],
     [y, mean, rstd]: [&wgpu::Buffer; 3],
 ) -> Result<(), WgpuError> {
-    let (p, (gx, gy)) = row_params(ctx, rows, c, eps)?;
-    dispatch(
-        ctx,
-        enc,
-        "layer_norm.wgsl",
-        kernels::LAYER_NORM,
-        "ln_forward",
-        bytemuck::bytes_of(&p),
-        &[(1, x), (2, gamma), (3, beta), (4, y), (5, mean), (6, rstd)],
-        (gx, gy, 1),
-    );
+    let c64 = u64::from(c);
+    let parts = parts(ctx, rows, c)?;
+    let whole = parts.len() == 1;
+    for &(first, count) in &parts {
+        let (p, (gx, gy)) = row_params(count, c, eps, ctx);
+        let wide = |b| Part::rows(b, c64, first, count);
+        let [m, r] = [mean, rstd].map(|b| narrow_in(ctx, enc, b, 1, (first, count), whole));
+        dispatch(
+            ctx,
+            enc,
+            "layer_norm.wgsl",
+            kernels::LAYER_NORM,
+            "ln_forward",
+            bytemuck::bytes_of(&p),
+            &[
+                (1, wide(x)),
+                (2, gamma.into()),
+                (3, beta.into()),
+                (4, wide(y)),
+                (5, (&m).into()),
+                (6, (&r).into()),
+            ],
+            (gx, gy, 1),
+        );
+        narrow_out(enc, &m, mean, 1, (first, count), whole);
+        narrow_out(enc, &r, rstd, 1, (first, count), whole);
+    }
     Ok(())
 }
 
@@ -71,21 +96,19 @@ pub fn encode_backward(
     dx: &wgpu::Buffer,
     dparams: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    let (p, (gx, gy)) = row_params(ctx, rows, c, 0.0)?;
-    dispatch(
-        ctx,
-        enc,
-        "layer_norm_backward.wgsl",
-        kernels::LAYER_NORM_BACKWARD,
-        "ln_backward_dx",
-        bytemuck::bytes_of(&p),
-        &[(1, x), (2, gamma), (3, mean), (4, rstd), (5, dy), (6, dx)],
-        (gx, gy, 1),
-    );
-    // dgamma and dbeta: partial sums over chunks of rows (many workgroups), then the
-    // chunks' column sums into dparams.
-    let chunk = super::reduce::chunk_rows(ctx, rows);
-    let chunks = rows.div_ceil(chunk).max(1);
+    // dx per row; dgamma and dbeta as partial sums over chunks of rows (many workgroups),
+    // then the chunks' column sums into dparams. Parts of rows (tensors larger than one
+    // binding) write their chunks' partials one after another.
+    let c64 = u64::from(c);
+    let parts = parts(ctx, rows, c)?;
+    let chunking: Vec<(u32, u32)> = parts
+        .iter()
+        .map(|&(_, count)| {
+            let chunk = super::reduce::chunk_rows(ctx, count);
+            (chunk, count.div_ceil(chunk).max(1))
+        })
+        .collect();
+    let chunks: u32 = chunking.iter().map(|&(_, n)| n).sum();
     let blocks = super::reduce::column_blocks(ctx, "layer_norm_backward", c)?;
     let cols = c.checked_mul(2).ok_or(WgpuError::LimitExceeded {
         what: "layer_norm_backward columns".into(),
@@ -93,20 +116,53 @@ pub fn encode_backward(
         available: u64::from(u32::MAX),
     })?;
     let partials = enc.scratch(ctx, u64::from(chunks) * u64::from(cols));
-    let pc = Params {
-        row_stride: chunk,
-        ..p
-    };
-    dispatch(
-        ctx,
-        enc,
-        "layer_norm_backward.wgsl",
-        kernels::LAYER_NORM_BACKWARD,
-        "ln_backward_params",
-        bytemuck::bytes_of(&pc),
-        &[(1, x), (3, mean), (4, rstd), (5, dy), (7, &partials)],
-        (blocks, chunks, 1),
-    );
+    let mut chunk0 = 0;
+    let whole = parts.len() == 1;
+    for (&(first, count), &(chunk, n)) in parts.iter().zip(&chunking) {
+        let (p, (gx, gy)) = row_params(count, c, 0.0, ctx);
+        let wide = |b| Part::rows(b, c64, first, count);
+        let [m, r] = [mean, rstd].map(|b| narrow_in(ctx, enc, b, 1, (first, count), whole));
+        let (x, mean, rstd, dy) = (wide(x), Part::from(&m), Part::from(&r), wide(dy));
+        dispatch(
+            ctx,
+            enc,
+            "layer_norm_backward.wgsl",
+            kernels::LAYER_NORM_BACKWARD,
+            "ln_backward_dx",
+            bytemuck::bytes_of(&p),
+            &[
+                (1, x),
+                (2, gamma.into()),
+                (3, mean),
+                (4, rstd),
+                (5, dy),
+                (6, wide(dx)),
+            ],
+            (gx, gy, 1),
+        );
+        let pc = Params {
+            row_stride: chunk,
+            chunk0,
+            ..p
+        };
+        dispatch(
+            ctx,
+            enc,
+            "layer_norm_backward.wgsl",
+            kernels::LAYER_NORM_BACKWARD,
+            "ln_backward_params",
+            bytemuck::bytes_of(&pc),
+            &[
+                (1, x),
+                (3, mean),
+                (4, rstd),
+                (5, dy),
+                (7, (&partials).into()),
+            ],
+            (blocks, n, 1),
+        );
+        chunk0 += n;
+    }
     super::reduce::encode_column_sums(ctx, enc, chunks, cols, &partials, dparams)
 }
 

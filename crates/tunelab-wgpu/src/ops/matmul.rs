@@ -132,18 +132,50 @@ fn vec4_auto(d: &Dims, workgroup_memory: u32) -> Option<(Vec4Tile, u32)> {
     }
 }
 
-/// Whether `matmul_vec4.wgsl` can compute `d` with `tile` on this device.
-fn vec4_fits(ctx: &Context, d: &Dims, tile: Vec4Tile) -> bool {
-    d.m.is_multiple_of(4)
-        && d.n.is_multiple_of(4)
-        && d.k.is_multiple_of(4)
+/// Whether `matmul_vec4.wgsl` can compute `d` on `view` with `tile` on this device.
+fn vec4_fits(ctx: &Context, d: &Dims, view: &View, tile: Vec4Tile) -> bool {
+    [d.m, d.n, d.k, view.lda, view.ldb, view.ldc]
+        .into_iter()
+        .chain([view.a_off, view.b_off, view.c_off])
+        .all(|x| x.is_multiple_of(4))
         && d.k > 0
         && tile.workgroup_bytes() <= ctx.device.limits().max_compute_workgroup_storage_size
 }
 
+/// Where the operands of one product lie in their bound buffers: row strides as stored
+/// (A is `(m, k)`, or `(k, m)` when transposed; likewise B), first elements, the bias's
+/// first value, and whether the product is added to C. Dense matrices, except when a product
+/// larger than one binding is processed in blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct View {
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    bias_off: u32,
+    accumulate: bool,
+}
+
+impl View {
+    fn dense(d: &Dims) -> Self {
+        View {
+            lda: if d.ta { d.m } else { d.k },
+            ldb: if d.tb { d.k } else { d.n },
+            ldc: d.n,
+            a_off: 0,
+            b_off: 0,
+            c_off: 0,
+            bias_off: 0,
+            accumulate: false,
+        }
+    }
+}
+
 impl Tiling {
-    /// The kernel and K splits for `d`.
-    fn kernel(self, ctx: &Context, d: &Dims) -> Result<Kernel, WgpuError> {
+    /// The kernel and K splits for `d` on `view`.
+    fn kernel(self, ctx: &Context, d: &Dims, view: &View) -> Result<Kernel, WgpuError> {
         let scalar = |entry, edge, splits| Kernel {
             name: "matmul.wgsl",
             source: kernels::MATMUL,
@@ -168,10 +200,11 @@ impl Tiling {
             Tiling::Big => scalar("matmul_big", 128, 1),
             Tiling::SplitK(n) => scalar("matmul", 64, n.max(1)),
             Tiling::Vec4 { tile, splits } => {
-                if !vec4_fits(ctx, d, tile) {
+                if !vec4_fits(ctx, d, view, tile) {
                     return Err(WgpuError::Shape(format!(
-                        "the vec4 matmul ({tile:?}) needs M, N and K multiples of 4 and {} \
-                         bytes of workgroup memory; got {d:?}",
+                        "the vec4 matmul ({tile:?}) needs M, N and K (and the strides and \
+                         offsets of blocks) multiples of 4 and {} bytes of workgroup memory; \
+                         got {d:?}, {view:?}",
                         tile.workgroup_bytes()
                     )));
                 }
@@ -180,7 +213,7 @@ impl Tiling {
             Tiling::Auto => {
                 let memory = ctx.device.limits().max_compute_workgroup_storage_size;
                 if let Some((tile, splits)) = vec4_auto(d, memory)
-                    && vec4_fits(ctx, d, tile)
+                    && vec4_fits(ctx, d, view, tile)
                 {
                     return Ok(vec4(tile, splits));
                 }
@@ -262,6 +295,14 @@ struct Params {
     splits: u32,
     k_chunk: u32,
     c_split: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    bias_off: u32,
+    accumulate: u32,
     pad: [u32; 2],
 }
 
@@ -300,13 +341,13 @@ pub fn encode(
 
 /// [`encode`] with the kernel chosen by `tiling`.
 ///
-/// Inputs or outputs larger than one binding are processed in parts: with A untransposed
-/// (the linear layers, the MLM decoder's logits and their input gradient), chunks of rows of
-/// A and C; with A transposed and B not (weight gradients such as the tied decoder's
-/// `dYᵀ X`), chunks of K (rows of A and of B) whose products are summed into C in order.
-/// Otherwise — a B larger than one binding with A untransposed, a C larger than one binding
-/// with A transposed, both transposed, or a batched product — a too large tensor is a
-/// [`WgpuError::LimitExceeded`].
+/// A product whose A, B or C is larger than one binding is computed in blocks. Each operand's
+/// binding is a range of its stored rows, so each is fitted by splitting one of M, N and K:
+/// M for A untransposed and C, K for A transposed and B untransposed, N for B transposed
+/// (rows of a PyTorch-layout weight, such as the tied MLM decoder's word embeddings). Blocks
+/// read and write their columns through row strides and offsets; the products of K blocks
+/// are added to C in order (the first with the bias). Batched products are not split: a
+/// too large one is a [`WgpuError::LimitExceeded`].
 #[allow(clippy::too_many_arguments)]
 pub fn encode_tiled(
     ctx: &Context,
@@ -324,8 +365,10 @@ pub fn encode_tiled(
     }
     let limit = ctx.binding_limit();
     let fits = |len: u64| len * 4 <= limit;
+    let dense = View::dense(d);
     if fits(d.a_len()) && fits(d.b_len()) && fits(d.c_len()) {
-        return encode_parts(ctx, encoder, d, tiling, a.into(), b.into(), bias, c.into());
+        let (a, b, c) = (a.into(), b.into(), c.into());
+        return encode_parts(ctx, encoder, d, &dense, tiling, a, b, bias, c);
     }
     if d.batch != 1 {
         ctx.check_binding("matmul A", d.a_len() * 4)?;
@@ -333,72 +376,48 @@ pub fn encode_tiled(
         ctx.check_binding("matmul C", d.c_len() * 4)?;
     }
     let (m, n, k) = (u64::from(d.m), u64::from(d.n), u64::from(d.k));
-    if !d.ta {
-        ctx.check_binding("matmul B", d.b_len() * 4)?;
-        // Rows of A (k values each) and of C (n values each).
-        for (first, count) in row_chunks(ctx, "matmul rows of A and C", d.m, &[k, n])? {
-            let part = Dims { m: count, ..*d };
-            let (pa, pc) = (
-                Part::rows(a, k, first, count),
-                Part::rows(c, n, first, count),
-            );
-            encode_parts(ctx, encoder, &part, tiling, pa, b.into(), bias, pc)?;
+    // Ranges of M, N and K, each fitting the rows of the operands bound along it.
+    let ranges = |what: &str, len: u32, widths: &[Option<u64>]| {
+        let widths: Vec<u64> = widths.iter().flatten().copied().collect();
+        if widths.is_empty() {
+            return Ok(vec![(0, len)]);
         }
-        return Ok(());
-    }
-    ctx.check_binding("matmul C", d.c_len() * 4)?;
-    if d.tb {
-        return Err(WgpuError::LimitExceeded {
-            what: "matmul A (transposed, with a transposed B: not split)".into(),
-            requested: d.a_len() * 4,
-            available: limit,
-        });
-    }
-    // Chunks of K: rows of A (m values each) and of B (n values each). The first chunk's
-    // product (with the bias) goes to a scratch sum, each later one to a scratch part that is
-    // added to the sum, in order; the last addition writes C.
-    let chunks = row_chunks(ctx, "matmul rows of K", d.k, &[m, n])?;
-    let c_elems = u32::try_from(d.c_len()).unwrap_or(u32::MAX);
-    let scratch = |enc: &mut Recorder| enc.scratch(ctx, d.c_len());
-    let (mut sum, part_c, mut next) = (scratch(encoder), scratch(encoder), scratch(encoder));
-    let last = chunks.len() - 1;
-    for (i, &(first, count)) in chunks.iter().enumerate() {
-        let part = Dims { k: count, ..*d };
-        let (pa, pb) = (
-            Part::rows(a, m, first, count),
-            Part::rows(b, n, first, count),
-        );
-        // (There are at least two chunks: A or B does not fit one binding.)
-        let (target, with_bias) = if i == 0 {
-            (&sum, bias)
-        } else {
-            (&part_c, None)
-        };
-        encode_parts(
-            ctx,
-            encoder,
-            &part,
-            tiling,
-            pa,
-            pb,
-            with_bias,
-            target.into(),
-        )?;
-        if i > 0 {
-            use super::elementwise::{Op, encode as add};
-            let out = if i == last { c } else { &next };
-            add(
-                ctx,
-                encoder,
-                Op::Add,
-                c_elems,
-                1.0,
-                1.0,
-                &sum,
-                Some(&part_c),
-                out,
-            )?;
-            std::mem::swap(&mut sum, &mut next);
+        row_chunks(ctx, what, len, &widths)
+    };
+    let ms = ranges("matmul rows of C", d.m, &[(!d.ta).then_some(k), Some(n)])?;
+    let ks = ranges("matmul K", d.k, &[d.ta.then_some(m), (!d.tb).then_some(n)])?;
+    let ns = ranges("matmul columns of C", d.n, &[d.tb.then_some(k)])?;
+    for &(m0, mc) in &ms {
+        for &(n0, nc) in &ns {
+            for (i, &(k0, kc)) in ks.iter().enumerate() {
+                let part = Dims {
+                    m: mc,
+                    n: nc,
+                    k: kc,
+                    ..*d
+                };
+                let (pa, a_off) = if d.ta {
+                    (Part::rows(a, m, k0, kc), m0)
+                } else {
+                    (Part::rows(a, k, m0, mc), k0)
+                };
+                let (pb, b_off) = if d.tb {
+                    (Part::rows(b, k, n0, nc), k0)
+                } else {
+                    (Part::rows(b, n, k0, kc), n0)
+                };
+                let view = View {
+                    a_off,
+                    b_off,
+                    c_off: n0,
+                    bias_off: n0,
+                    accumulate: i > 0,
+                    ..dense
+                };
+                let with_bias = bias.filter(|_| i == 0);
+                let pc = Part::rows(c, n, m0, mc);
+                encode_parts(ctx, encoder, &part, &view, tiling, pa, pb, with_bias, pc)?;
+            }
         }
     }
     Ok(())
@@ -410,13 +429,14 @@ fn encode_parts(
     ctx: &Context,
     encoder: &mut Recorder,
     d: &Dims,
+    view: &View,
     tiling: Tiling,
     a: Part<'_>,
     b: Part<'_>,
     bias: Option<&wgpu::Buffer>,
     c: Part<'_>,
 ) -> Result<(), WgpuError> {
-    let kernel = tiling.kernel(ctx, d)?;
+    let kernel = tiling.kernel(ctx, d, view)?;
     let splits = kernel.splits;
     let max = ctx.report().limits.max_compute_workgroups_per_dimension;
     let gx = d.n.div_ceil(kernel.cols);
@@ -447,13 +467,16 @@ fn encode_parts(
     // The kernel reads the bias only when has_bias is set.
     let one = ctx.one();
     let bias_buf = Part::from(bias.unwrap_or(&one));
+    // The product's pass writes C's view, or dense partial products for the second pass to
+    // sum into the view.
+    let direct = splits == 1;
     let base = Params {
         m: d.m,
         n: d.n,
         k: d.k,
         ta: u32::from(d.ta),
         tb: u32::from(d.tb),
-        has_bias: u32::from(bias.is_some() && splits == 1),
+        has_bias: u32::from(bias.is_some() && direct),
         a_batch: d.m * d.k,
         b_batch: if d.b_shared { 0 } else { d.k * d.n },
         c_batch: d.m * d.n,
@@ -462,6 +485,14 @@ fn encode_parts(
         splits,
         k_chunk,
         c_split: c_len as u32,
+        lda: view.lda,
+        ldb: view.ldb,
+        ldc: if direct { view.ldc } else { d.n },
+        a_off: view.a_off,
+        b_off: view.b_off,
+        c_off: if direct { view.c_off } else { 0 },
+        bias_off: view.bias_off,
+        accumulate: u32::from(view.accumulate && direct),
         pad: [0; 2],
     };
     let jobs = d.batch * splits;
@@ -495,6 +526,9 @@ fn encode_parts(
         let params = Params {
             has_bias: u32::from(bias.is_some()),
             row_tile0: sx,
+            ldc: view.ldc,
+            c_off: view.c_off,
+            accumulate: u32::from(view.accumulate),
             ..base
         };
         dispatch(

@@ -218,6 +218,47 @@ pub(crate) fn row_chunks(
         .collect())
 }
 
+/// Rows `first .. first + count` of a narrow tensor (`width` values per row: key masks,
+/// per-row statistics, ids) for one part of a wide tensor's rows: the buffer itself when the
+/// part is every row (`whole`), else a scratch copy of the rows. Their offset need not be
+/// bindable, so narrow tensors do not force the wide tensors' parts to align to them (a mask
+/// of 15 values per row would otherwise take parts of 64 rows on a 256-byte alignment).
+/// Rows a dispatch writes into the copy go back with [`narrow_out`].
+pub(crate) fn narrow_in(
+    ctx: &Context,
+    rec: &mut Recorder,
+    buf: &wgpu::Buffer,
+    width: u64,
+    (first, count): (u32, u32),
+    whole: bool,
+) -> wgpu::Buffer {
+    if whole {
+        return buf.clone();
+    }
+    let bytes = u64::from(count) * width * 4;
+    let copy = rec.scratch(ctx, u64::from(count) * width);
+    if bytes > 0 {
+        rec.copy_buffer_to_buffer(buf, u64::from(first) * width * 4, &copy, 0, bytes);
+    }
+    copy
+}
+
+/// Copies rows written into a [`narrow_in`] copy back to their place in `buf` (nothing when
+/// the part was every row, written in place).
+pub(crate) fn narrow_out(
+    rec: &mut Recorder,
+    copy: &wgpu::Buffer,
+    buf: &wgpu::Buffer,
+    width: u64,
+    (first, count): (u32, u32),
+    whole: bool,
+) {
+    let bytes = u64::from(count) * width * 4;
+    if !whole && bytes > 0 {
+        rec.copy_buffer_to_buffer(copy, 0, buf, u64::from(first) * width * 4, bytes);
+    }
+}
+
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -282,7 +323,8 @@ pub(crate) fn upload(ctx: &Context, label: &str, data: &[f32]) -> wgpu::Buffer {
         })
 }
 
-/// A storage buffer holding u32 values (token ids, labels).
+/// A storage buffer holding u32 values (token ids, labels), which
+/// ops may copy from (`narrow_in`).
 pub(crate) fn upload_u32(ctx: &Context, label: &str, data: &[u32]) -> wgpu::Buffer {
     let contents: &[u8] = if data.is_empty() {
         &[0; 4]
@@ -293,7 +335,7 @@ pub(crate) fn upload_u32(ctx: &Context, label: &str, data: &[u32]) -> wgpu::Buff
         .create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents,
-            usage: wgpu::BufferUsages::STORAGE,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         })
 }
 
@@ -508,10 +550,12 @@ mod tests {
         let sq = pollster::block_on(reduce::sum_squares_many(&ctx, &[&m, &x])).unwrap();
         let want = want + x.iter().map(|v| v * v).sum::<f32>();
         close("sum_squares_many", &[sq], &[want]);
-        // Embedding rows from a (100, 16) table (6.4 KB) and the table's gradient, in parts.
+        // Embedding rows from a (100, 16) table (6.4 KB) and the table's gradient, in parts
+        // of the table and of the 150 positions (9.6 KB of rows; ids repeat 100 apart, so an
+        // id's gradient adds positions from different parts).
         let (vocab, c) = (100usize, 16usize);
         let table = vals(vocab * c, 11);
-        let ids: Vec<u32> = (0..37u32).map(|i| (i * 37 + 5) % 100).collect();
+        let ids: Vec<u32> = (0..150u32).map(|i| (i * 37 + 5) % 100).collect();
         let rows = pollster::block_on(super::embedding::gather(&ctx, &table, c, &ids)).unwrap();
         let want: Vec<f32> = ids
             .iter()
@@ -571,13 +615,94 @@ mod tests {
             ))
             .unwrap(),
         );
-        // Matmuls: rows of A and C in parts (untransposed A; a vec4 shape and a scalar one,
-        // with bias), and K in parts (transposed A, as a weight gradient).
-        for (m, n, k, ta) in [
-            (96u32, 36u32, 16u32, false),
-            (67, 33, 5, false),
-            (36, 16, 96, true),
-            (20, 13, 150, true),
+        // Layer norm over (150, 16) = 9.6 KB in parts of 64 rows (x, y, dy, dx; mean and rstd
+        // at their rows' offsets; the parameter gradients' partial sums side by side).
+        let (rows, c) = (150usize, 16usize);
+        let (x, dy) = (vals(rows * c, 13), vals(rows * c, 14));
+        let (gamma, beta) = (vals(c, 15), vals(c, 16));
+        let ln = |ctx| {
+            let (y, mean, rstd) =
+                pollster::block_on(super::layer_norm::forward(ctx, &x, &gamma, &beta, 1e-5))
+                    .unwrap();
+            let (dx, dg, db) = pollster::block_on(super::layer_norm::backward(
+                ctx, &x, &gamma, &mean, &rstd, &dy,
+            ))
+            .unwrap();
+            [y, mean, rstd, dx, dg, db]
+        };
+        for (what, (got, want)) in ["y", "mean", "rstd", "dx", "dgamma", "dbeta"]
+            .iter()
+            .zip(ln(&ctx).iter().zip(&ln(&whole)))
+        {
+            close(&format!("layer norm {what}"), got, want);
+        }
+        // Attention over 20 sequences of 8 tokens, 2 heads of 8 (q, k, v of 10 KB), with a key
+        // mask and causal, in parts of the batch.
+        for (causal, masked) in [(false, true), (true, false)] {
+            let d = super::attention::Dims {
+                batch: 20,
+                t: 8,
+                heads: 2,
+                d: 8,
+                causal,
+            };
+            let n = d.len() as usize;
+            let (q, k, v, d_out) = (vals(n, 17), vals(n, 18), vals(n, 19), vals(n, 20));
+            let mask: Vec<f32> = (0..20 * 8)
+                .map(|i| f32::from(i % 8 < 3 + i / 8 % 5))
+                .collect();
+            let mask = masked.then_some(&mask[..]);
+            let attn = |ctx| {
+                let (out, lse) =
+                    pollster::block_on(super::attention::forward(ctx, &d, &q, &k, &v, mask))
+                        .unwrap();
+                let (dq, dk, dv) = pollster::block_on(super::attention::backward(
+                    ctx, &d, &q, &k, &v, &out, &lse, &d_out, mask,
+                ))
+                .unwrap();
+                [out, lse, dq, dk, dv]
+            };
+            for (what, (got, want)) in ["out", "lse", "dq", "dk", "dv"]
+                .iter()
+                .zip(attn(&ctx).iter().zip(&attn(&whole)))
+            {
+                close(&format!("attention {what} (causal {causal})"), got, want);
+            }
+        }
+        // Concatenation and slicing along the sequence of (30, 3 + 5, 8) (7.7 KB).
+        let (a, b) = (vals(30 * 3 * 8, 21), vals(30 * 5 * 8, 22));
+        let cat = pollster::block_on(super::sequence::concat(&ctx, &a, &b, 30, 8)).unwrap();
+        close(
+            "concat",
+            &cat,
+            &pollster::block_on(super::sequence::concat(&whole, &a, &b, 30, 8)).unwrap(),
+        );
+        close(
+            "slice",
+            &pollster::block_on(super::sequence::slice(&ctx, &cat, 30, 8, 2, 5)).unwrap(),
+            &pollster::block_on(super::sequence::slice(&whole, &cat, 30, 8, 2, 5)).unwrap(),
+        );
+        // Matmuls in blocks: rows of A and C (untransposed A; a vec4 shape and a scalar one,
+        // with bias), K (transposed A, as a weight gradient), and with blocks read and written
+        // through strides: columns of C from rows of a transposed B too large (the tied MLM
+        // decoder), K with an untransposed B too large (its input gradient), rows of C from
+        // columns of a transposed A (its weight gradient), both transposed; vec4 shapes whose
+        // blocks start at multiples of 4, one whose column blocks do not (k = 96: blocks of
+        // 10 columns), and odd ones (scalar kernels). Widths are such that 4 KiB holds a block
+        // of rows starting at an aligned offset.
+        for (m, n, k, ta, tb) in [
+            (96u32, 36u32, 16u32, false, false),
+            (67, 33, 5, false, false),
+            (36, 16, 96, true, false),
+            (20, 13, 150, true, false),
+            (37, 144, 16, false, true),
+            (40, 128, 16, false, true),
+            (8, 40, 96, false, true),
+            (37, 16, 144, false, false),
+            (40, 16, 128, false, false),
+            (144, 16, 37, true, false),
+            (128, 16, 40, true, false),
+            (30, 48, 64, true, true),
         ] {
             let d = matmul::Dims {
                 batch: 1,
@@ -585,17 +710,43 @@ mod tests {
                 n,
                 k,
                 ta,
-                tb: false,
+                tb,
                 b_shared: true,
             };
             let a = vals(d.a_len() as usize, 6);
             let b = vals(d.b_len() as usize, 7);
             let bias = vals(n as usize, 8);
-            assert!(d.a_len().max(d.c_len()) * 4 > 4096, "{d:?} must need parts");
+            assert!(
+                d.a_len().max(d.b_len()).max(d.c_len()) * 4 > 4096,
+                "{d:?} must need parts"
+            );
+            let got = pollster::block_on(matmul::matmul(&ctx, &d, &a, &b, Some(&bias))).unwrap();
             close(
                 &format!("matmul {d:?}"),
-                &pollster::block_on(matmul::matmul(&ctx, &d, &a, &b, Some(&bias))).unwrap(),
+                &got,
                 &pollster::block_on(matmul::matmul(&whole, &d, &a, &b, Some(&bias))).unwrap(),
+            );
+            let at = |i: u32, kk: u32| a[(if ta { kk * m + i } else { i * k + kk }) as usize];
+            let bt = |kk: u32, j: u32| b[(if tb { j * k + kk } else { kk * n + j }) as usize];
+            let want: Vec<f32> = (0..m)
+                .flat_map(|i| (0..n).map(move |j| (i, j)))
+                .map(|(i, j)| {
+                    let dot: f64 = (0..k)
+                        .map(|kk| f64::from(at(i, kk)) * f64::from(bt(kk, j)))
+                        .sum();
+                    (dot + f64::from(bias[j as usize])) as f32
+                })
+                .collect();
+            close(&format!("matmul {d:?} vs f64"), &got, &want);
+            // Split K inside blocks: partial products summed into C's view (added to it after
+            // the first K block).
+            let split = matmul::Tiling::SplitK(2);
+            let got =
+                pollster::block_on(matmul::matmul_tiled(&ctx, &d, split, &a, &b, Some(&bias)));
+            close(
+                &format!("matmul {d:?} split K vs f64"),
+                &got.unwrap(),
+                &want,
             );
         }
     }

@@ -1,6 +1,6 @@
 //! Concatenation and slicing along the sequence axis of `(B, T, C)` (`kernels/sequence.wgsl`).
 
-use super::{Recorder, dispatch, groups_for, output, run_host, upload};
+use super::{Part, Recorder, dispatch, groups_for, output, row_chunks, run_host, upload};
 use crate::{Context, WgpuError, kernels};
 
 #[repr(C)]
@@ -26,7 +26,8 @@ fn total(batch: u32, t: u32, c: u32) -> Result<u32, WgpuError> {
         })
 }
 
-/// Records `out (B, ta + tb, C) = [a, b]`.
+/// Records `out (B, ta + tb, C) = [a, b]`, in parts of the batch when the tensors are larger
+/// than one binding.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_concat(
     ctx: &Context,
@@ -39,32 +40,40 @@ pub fn encode_concat(
     b: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    let n = total(batch, ta + tb, c)?;
-    ctx.check_binding("concat output", u64::from(n) * 4)?;
-    let (gx, gy) = groups_for(ctx, n, 256);
-    let p = Params {
-        batch,
-        ta,
-        tb,
-        c,
-        start: 0,
-        row_stride: gx,
-        pad: [0; 2],
-    };
-    dispatch(
-        ctx,
-        enc,
-        "sequence.wgsl",
-        kernels::SEQUENCE,
-        "concat_seq",
-        bytemuck::bytes_of(&p),
-        &[(1, a), (2, b), (3, out)],
-        (gx, gy, 1),
-    );
+    total(batch, ta + tb, c)?;
+    let (wa, wb) = (u64::from(ta) * u64::from(c), u64::from(tb) * u64::from(c));
+    for (first, count) in row_chunks(ctx, "concat batch entries", batch, &[wa, wb, wa + wb])? {
+        let n = total(count, ta + tb, c)?;
+        let (gx, gy) = groups_for(ctx, n, 256);
+        let p = Params {
+            batch: count,
+            ta,
+            tb,
+            c,
+            start: 0,
+            row_stride: gx,
+            pad: [0; 2],
+        };
+        dispatch(
+            ctx,
+            enc,
+            "sequence.wgsl",
+            kernels::SEQUENCE,
+            "concat_seq",
+            bytemuck::bytes_of(&p),
+            &[
+                (1, Part::rows(a, wa, first, count)),
+                (2, Part::rows(b, wb, first, count)),
+                (3, Part::rows(out, wa + wb, first, count)),
+            ],
+            (gx, gy, 1),
+        );
+    }
     Ok(())
 }
 
-/// Records `out (B, len, C) = x[:, start..start + len, :]` for `x (B, t, C)`.
+/// Records `out (B, len, C) = x[:, start..start + len, :]` for `x (B, t, C)`, in parts of the
+/// batch when the tensors are larger than one binding.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_slice(
     ctx: &Context,
@@ -82,28 +91,34 @@ pub fn encode_slice(
             "slice_seq: {start}..{start}+{len} is outside a sequence of {t}"
         )));
     }
-    let n = total(batch, len, c)?;
-    ctx.check_binding("slice input", u64::from(total(batch, t, c)?) * 4)?;
-    let (gx, gy) = groups_for(ctx, n, 256);
-    let p = Params {
-        batch,
-        ta: t,
-        tb: len,
-        c,
-        start,
-        row_stride: gx,
-        pad: [0; 2],
-    };
-    dispatch(
-        ctx,
-        enc,
-        "sequence.wgsl",
-        kernels::SEQUENCE,
-        "slice_seq",
-        bytemuck::bytes_of(&p),
-        &[(1, x), (3, out)],
-        (gx, gy, 1),
-    );
+    total(batch, t, c)?;
+    let (wx, wo) = (u64::from(t) * u64::from(c), u64::from(len) * u64::from(c));
+    for (first, count) in row_chunks(ctx, "slice batch entries", batch, &[wx, wo])? {
+        let n = total(count, len, c)?;
+        let (gx, gy) = groups_for(ctx, n, 256);
+        let p = Params {
+            batch: count,
+            ta: t,
+            tb: len,
+            c,
+            start,
+            row_stride: gx,
+            pad: [0; 2],
+        };
+        dispatch(
+            ctx,
+            enc,
+            "sequence.wgsl",
+            kernels::SEQUENCE,
+            "slice_seq",
+            bytemuck::bytes_of(&p),
+            &[
+                (1, Part::rows(x, wx, first, count)),
+                (3, Part::rows(out, wo, first, count)),
+            ],
+            (gx, gy, 1),
+        );
+    }
     Ok(())
 }
 
