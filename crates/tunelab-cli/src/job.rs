@@ -30,10 +30,35 @@ pub fn candle_device(device: &str) -> anyhow::Result<candle_core::Device> {
 }
 
 /// The WebGPU backend (`--device wgpu`): Vulkan, Metal or DX12; `WGPU_BACKEND` narrows it.
+/// `TUNELAB_WGPU_MAX_BINDING_MIB` binds at most that many MiB per storage binding (below the
+/// adapter's limit), so that tensors larger than it are processed in parts — to check those
+/// paths at full size, or to work around a driver that mishandles large bindings.
 pub fn wgpu_backend() -> anyhow::Result<tunelab_wgpu::Wgpu> {
-    let ctx = pollster::block_on(tunelab_wgpu::Context::new(Default::default()))?;
+    const VAR: &str = "TUNELAB_WGPU_MAX_BINDING_MIB";
+    let max_binding = match std::env::var(VAR) {
+        Ok(v) => Some(
+            v.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&m| m > 0)
+                .with_context(|| format!("{VAR}={v:?}: expected a whole number of MiB above 0"))?
+                << 20,
+        ),
+        Err(_) => None,
+    };
+    let options = tunelab_wgpu::ContextOptions {
+        max_binding,
+        ..Default::default()
+    };
+    let ctx = pollster::block_on(tunelab_wgpu::Context::new(options))?;
     let r = ctx.report();
     eprintln!("wgpu: {} ({}, {})", r.name, r.backend, r.device_type);
+    if max_binding.is_some() {
+        eprintln!(
+            "wgpu: bindings capped at {} MiB ({VAR})",
+            ctx.binding_limit() >> 20
+        );
+    }
     Ok(tunelab_wgpu::Wgpu::new(std::sync::Arc::new(ctx)))
 }
 
