@@ -110,8 +110,7 @@ pub fn run_one(
     device: &str,
 ) -> anyhow::Result<Result> {
     if wgpu {
-        let ctx = pollster::block_on(tunelab_wgpu::Context::new(Default::default()))?;
-        let be = tunelab_wgpu::Wgpu::new(std::sync::Arc::new(ctx));
+        let be = crate::job::wgpu_backend()?;
         let profiler = profile.then(|| be.context());
         let mut r = run_on(
             &be,

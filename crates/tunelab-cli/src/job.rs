@@ -33,19 +33,15 @@ pub fn candle_device(device: &str) -> anyhow::Result<candle_core::Device> {
 /// `TUNELAB_WGPU_MAX_BINDING_MIB` binds at most that many MiB per storage binding (below the
 /// adapter's limit), so that tensors larger than it are processed in parts — to check those
 /// paths at full size, or to work around a driver that mishandles large bindings.
+/// `TUNELAB_WGPU_FLUSH_EVERY` sets the dispatches per submission (0: one per step).
 pub fn wgpu_backend() -> anyhow::Result<tunelab_wgpu::Wgpu> {
     const VAR: &str = "TUNELAB_WGPU_MAX_BINDING_MIB";
-    let max_binding = match std::env::var(VAR) {
-        Ok(v) => Some(
-            v.trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|&m| m > 0)
-                .with_context(|| format!("{VAR}={v:?}: expected a whole number of MiB above 0"))?
-                << 20,
-        ),
-        Err(_) => None,
+    let max_binding = match env_number(VAR, "a whole number of MiB above 0")? {
+        Some(0) => bail!("{VAR}=0: expected a whole number of MiB above 0"),
+        m => m.map(|m| m << 20),
     };
+    const FLUSH: &str = "TUNELAB_WGPU_FLUSH_EVERY";
+    let flush_every = env_number(FLUSH, "a whole number of dispatches")?;
     let options = tunelab_wgpu::ContextOptions {
         max_binding,
         ..Default::default()
@@ -59,7 +55,26 @@ pub fn wgpu_backend() -> anyhow::Result<tunelab_wgpu::Wgpu> {
             ctx.binding_limit() >> 20
         );
     }
-    Ok(tunelab_wgpu::Wgpu::new(std::sync::Arc::new(ctx)))
+    let be = tunelab_wgpu::Wgpu::new(std::sync::Arc::new(ctx));
+    Ok(match flush_every {
+        Some(n) => {
+            eprintln!("wgpu: {n} dispatches per submission ({FLUSH})");
+            be.with_flush_every(n as usize)
+        }
+        None => be,
+    })
+}
+
+/// A whole number from environment variable `var` (None when unset).
+fn env_number(var: &str, expected: &str) -> anyhow::Result<Option<u64>> {
+    match std::env::var(var) {
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .with_context(|| format!("{var}={v:?}: expected {expected}")),
+        Err(_) => Ok(None),
+    }
 }
 
 /// The assets manifest, if the folder has one (checksums verified).

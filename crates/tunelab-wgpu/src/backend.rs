@@ -1,8 +1,9 @@
 //! The engine's [`Backend`] on WebGPU: the same model, PEFT and trainer code trains here.
 //!
-//! - **One pending command encoder.** Every op records its dispatches into it; nothing is
-//!   submitted until a readback (`download`) or an explicit [`Wgpu::flush`], so a training
-//!   step is one command buffer and reads back only its scalars.
+//! - **One pending command encoder.** Every op records its dispatches into it; it is
+//!   submitted at a readback (`download`), an explicit [`Wgpu::flush`], or once it holds
+//!   [`Wgpu::with_flush_every`] dispatches (at the next op), so that the GPU runs the first
+//!   part of a step while the CPU records the rest. A step reads back only its scalars.
 //! - **A size-class buffer pool.** Tensors hold pooled buffers (power-of-two sizes). A buffer
 //!   whose last tensor is dropped is retired and becomes reusable only after the commands
 //!   recorded so far are submitted, so a reuse can never overtake an earlier reader.
@@ -103,7 +104,11 @@ pub struct Wgpu {
     ctx: Arc<Context>,
     state: Arc<Mutex<State>>,
     retired: Retired,
+    flush_every: usize,
 }
+
+/// Dispatches per submission by default (see [`Wgpu::with_flush_every`]).
+pub const FLUSH_EVERY: usize = 64;
 
 impl std::fmt::Debug for Wgpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,7 +138,17 @@ impl Wgpu {
             ctx,
             state: Arc::new(Mutex::new(State::default())),
             retired: Arc::new(Mutex::new(Vec::new())),
+            flush_every: FLUSH_EVERY,
         }
+    }
+
+    /// Submits the pending commands once they hold `n` dispatches (checked when the next op
+    /// starts recording; 0: only at readbacks and explicit flushes). Smaller submissions let
+    /// the GPU start while the CPU records the rest of a step, at the cost of one submission
+    /// each; results are the same.
+    pub fn with_flush_every(mut self, n: usize) -> Self {
+        self.flush_every = n;
+        self
     }
 
     pub fn context(&self) -> &Context {
@@ -197,6 +212,13 @@ impl Wgpu {
     }
 
     fn encoder<'a>(&self, st: &'a mut State) -> &'a mut Recorder {
+        let full = st
+            .encoder
+            .as_ref()
+            .is_some_and(|e| self.flush_every > 0 && e.dispatches() >= self.flush_every);
+        if full {
+            self.flush_locked(st);
+        }
         st.encoder.get_or_insert_with(|| Recorder::new(&self.ctx))
     }
 

@@ -23,6 +23,6 @@ pub mod ops;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
-pub use backend::{PoolStats, WTensor, Wgpu};
+pub use backend::{FLUSH_EVERY, PoolStats, WTensor, Wgpu};
 pub use context::{AdapterReport, Context, ContextOptions, KernelTime, LimitsReport};
 pub use error::WgpuError;

@@ -196,7 +196,7 @@ fn render(ours: &Rows, torch: Option<&Rows>) -> String {
         .collect();
     if let Some(first) = wgpu.first() {
         s.push_str(&format!(
-            "\n## WGSL matmul, wgpu on this machine's adapter ({})\n\nMedian time per matmul on device-resident buffers, many dispatches per submission so submission latency is not counted (`tunelab bench --wgpu`). Without a GPU the adapter is lavapipe (software Vulkan), whose numbers only show the kernel runs; GPU numbers are in `docs/gpu-benchmarks.md`.\n\n| shape | B×M×N×K | kernel | median ms | GFLOP/s |\n|---|---|---|---:|---:|\n",
+            "\n## WGSL matmul, wgpu on this machine's adapter ({})\n\nMedian time per matmul on device-resident buffers, many dispatches per submission so submission latency is not counted, timed from the submission to its completion (`tunelab bench --wgpu`). Without a GPU the adapter is lavapipe (software Vulkan), whose numbers only show the kernel runs; GPU numbers are in `docs/gpu-benchmarks.md`.\n\n| shape | B×M×N×K | kernel | median ms | GFLOP/s |\n|---|---|---|---:|---:|\n",
             first["adapter"].as_str().unwrap_or("?")
         ));
         for v in wgpu {

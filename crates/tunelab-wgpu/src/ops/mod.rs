@@ -35,6 +35,8 @@ pub struct Recorder {
     temps: Vec<wgpu::Buffer>,
     /// Pooled scratch buffers, returned to the context after submission.
     scratch: Vec<wgpu::Buffer>,
+    /// Dispatches recorded.
+    dispatches: usize,
 }
 
 impl Recorder {
@@ -49,7 +51,13 @@ impl Recorder {
             pages: Vec::new(),
             temps: Vec::new(),
             scratch: Vec::new(),
+            dispatches: 0,
         }
+    }
+
+    /// Dispatches recorded so far.
+    pub fn dispatches(&self) -> usize {
+        self.dispatches
     }
 
     /// Places `bytes` (a uniform struct) in a page: `(page, offset, size)` to bind.
@@ -90,6 +98,7 @@ impl Recorder {
         ctx: &Context,
         label: &'static str,
     ) -> &mut wgpu::ComputePass<'static> {
+        self.dispatches += 1;
         if ctx.is_profiling() {
             self.pass = None;
         }
