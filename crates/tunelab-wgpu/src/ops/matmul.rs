@@ -346,8 +346,9 @@ pub fn encode(
 /// M for A untransposed and C, K for A transposed and B untransposed, N for B transposed
 /// (rows of a PyTorch-layout weight, such as the tied MLM decoder's word embeddings). Blocks
 /// read and write their columns through row strides and offsets; the products of K blocks
-/// are added to C in order (the first with the bias). Batched products are not split: a
-/// too large one is a [`WgpuError::LimitExceeded`].
+/// are added to C in order (the first with the bias). Batched products go in parts of the
+/// batch; one entry (or a B shared by the batch) larger than one binding is a
+/// [`WgpuError::LimitExceeded`].
 #[allow(clippy::too_many_arguments)]
 pub fn encode_tiled(
     ctx: &Context,
@@ -370,12 +371,30 @@ pub fn encode_tiled(
         let (a, b, c) = (a.into(), b.into(), c.into());
         return encode_parts(ctx, encoder, d, &dense, tiling, a, b, bias, c);
     }
-    if d.batch != 1 {
-        ctx.check_binding("matmul A", d.a_len() * 4)?;
-        ctx.check_binding("matmul B", d.b_len() * 4)?;
-        ctx.check_binding("matmul C", d.c_len() * 4)?;
-    }
     let (m, n, k) = (u64::from(d.m), u64::from(d.n), u64::from(d.k));
+    if d.batch != 1 {
+        // Parts of the batch: each entry's A, C and (when batched) B.
+        let mut widths = vec![m * k, m * n];
+        if d.b_shared {
+            ctx.check_binding("matmul B (shared by a batch)", d.b_len() * 4)?;
+        } else {
+            widths.push(k * n);
+        }
+        for (first, count) in row_chunks(ctx, "matmul batch entries", d.batch, &widths)? {
+            let part = Dims { batch: count, ..*d };
+            let pb = if d.b_shared {
+                b.into()
+            } else {
+                Part::rows(b, k * n, first, count)
+            };
+            let (pa, pc) = (
+                Part::rows(a, m * k, first, count),
+                Part::rows(c, m * n, first, count),
+            );
+            encode_parts(ctx, encoder, &part, &dense, tiling, pa, pb, bias, pc)?;
+        }
+        return Ok(());
+    }
     // Ranges of M, N and K, each fitting the rows of the operands bound along it.
     let ranges = |what: &str, len: u32, widths: &[Option<u64>]| {
         let widths: Vec<u64> = widths.iter().flatten().copied().collect();

@@ -758,6 +758,41 @@ mod tests {
                 &want,
             );
         }
+        // Batched products in parts of the batch: six entries of (16, 20) @ (20, 12), B per
+        // entry or shared, transposed or not (A 7.5 KiB, C 4.5 KiB).
+        for (ta, tb, b_shared) in [
+            (false, false, false),
+            (true, true, false),
+            (false, true, true),
+        ] {
+            let d = matmul::Dims {
+                batch: 6,
+                m: 16,
+                n: 12,
+                k: 20,
+                ta,
+                tb,
+                b_shared,
+            };
+            let (a, b) = (vals(d.a_len() as usize, 23), vals(d.b_len() as usize, 24));
+            let got = pollster::block_on(matmul::matmul(&ctx, &d, &a, &b, None)).unwrap();
+            let (m, n, k) = (16usize, 12usize, 20usize);
+            let want: Vec<f32> = (0..6 * m * n)
+                .map(|o| {
+                    let (e, i, j) = (o / (m * n), o / n % m, o % n);
+                    let a0 = e * m * k;
+                    let b0 = if b_shared { 0 } else { e * k * n };
+                    (0..k)
+                        .map(|kk| {
+                            let x = a[a0 + if ta { kk * m + i } else { i * k + kk }];
+                            let y = b[b0 + if tb { j * k + kk } else { kk * n + j }];
+                            f64::from(x) * f64::from(y)
+                        })
+                        .sum::<f64>() as f32
+                })
+                .collect();
+            close(&format!("batched matmul {d:?} vs f64"), &got, &want);
+        }
     }
 
     #[test]
