@@ -127,12 +127,22 @@ struct Kernel {
     groups: (u32, u32),
 }
 
-/// Parts of the batch (first entry, count) whose q, k, v, out and their gradients each fit
-/// one binding: one part unless they are larger than one binding (the key mask and lse are
-/// then staged through copies: `narrow_in`).
-fn batch_parts(ctx: &Context, d: &Dims) -> Result<Vec<(u32, u32)>, WgpuError> {
+/// Parts of the batch whose q, k, v, out and their gradients each fit one binding: one part
+/// unless they are larger than one binding (the key mask and lse are then staged through
+/// copies: `narrow_in`).
+fn batch_parts<'a>(ctx: &Context, d: &'a Dims) -> Result<Vec<Slicer<'a>>, WgpuError> {
     let width = u64::from(d.t) * u64::from(d.heads) * u64::from(d.d);
-    row_chunks(ctx, "attention batch entries", d.batch, &[width])
+    let parts = row_chunks(ctx, "attention batch entries", d.batch, &[width])?;
+    let whole = parts.len() == 1;
+    Ok(parts
+        .into_iter()
+        .map(|(first, count)| Slicer {
+            d,
+            first,
+            count,
+            whole,
+        })
+        .collect())
 }
 
 /// One part of the batch: entries `first .. first + count` (`whole`: every entry).
@@ -183,15 +193,7 @@ pub fn encode_forward(
     out: &wgpu::Buffer,
     lse: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
-    let parts = batch_parts(ctx, d)?;
-    let whole = parts.len() == 1;
-    for &(first, count) in &parts {
-        let s = Slicer {
-            d,
-            first,
-            count,
-            whole,
-        };
+    for s in batch_parts(ctx, d)? {
         let pd = s.dims();
         let Kernel {
             name,
@@ -218,7 +220,7 @@ pub fn encode_forward(
             ],
             (gx, gy, 1),
         );
-        narrow_out(enc, &l, lse, s.lse_width(), (first, count), whole);
+        narrow_out(enc, &l, lse, s.lse_width(), (s.first, s.count), s.whole);
     }
     Ok(())
 }
@@ -234,15 +236,7 @@ pub fn encode_backward(
     key_mask: Option<&wgpu::Buffer>,
     [dq, dk, dv]: [&wgpu::Buffer; 3],
 ) -> Result<(), WgpuError> {
-    let parts = batch_parts(ctx, d)?;
-    let whole = parts.len() == 1;
-    for &(first, count) in &parts {
-        let s = Slicer {
-            d,
-            first,
-            count,
-            whole,
-        };
+    for s in batch_parts(ctx, d)? {
         let pd = s.dims();
         let general = params(ctx, &pd, key_mask.is_some())?;
         let (p, (gx, gy)) = general;
@@ -255,7 +249,7 @@ pub fn encode_backward(
         // The part's lse, then its rows' dO . O.
         let rows = pd.rows();
         let stats = enc.scratch(ctx, 2 * rows);
-        let lse_at = u64::from(first) * u64::from(d.heads) * u64::from(d.t) * 4;
+        let lse_at = u64::from(s.first) * u64::from(d.heads) * u64::from(d.t) * 4;
         enc.copy_buffer_to_buffer(lse, lse_at, &stats, 0, rows.max(1) * 4);
         let mask = s.mask(ctx, enc, key_mask);
         let m = Part::from(&mask);

@@ -26,6 +26,40 @@ fn total(batch: u32, t: u32, c: u32) -> Result<u32, WgpuError> {
         })
 }
 
+/// One dispatch of `entry` per part of the batch (parts whose rows of `widths` values fit one
+/// binding): `base` with the part's batch, its output of `out_t` rows of `c` per entry, and
+/// the bindings `bind(first, count)` gives.
+fn per_part<'a>(
+    ctx: &Context,
+    enc: &mut Recorder,
+    entry: &'static str,
+    base: Params,
+    out_t: u32,
+    widths: &[u64],
+    bind: impl Fn(u32, u32) -> Vec<(u32, Part<'a>)>,
+) -> Result<(), WgpuError> {
+    let what = format!("{entry} batch entries");
+    for (first, count) in row_chunks(ctx, &what, base.batch, widths)? {
+        let (gx, gy) = groups_for(ctx, total(count, out_t, base.c)?, 256);
+        let p = Params {
+            batch: count,
+            row_stride: gx,
+            ..base
+        };
+        dispatch(
+            ctx,
+            enc,
+            "sequence.wgsl",
+            kernels::SEQUENCE,
+            entry,
+            bytemuck::bytes_of(&p),
+            &bind(first, count),
+            (gx, gy, 1),
+        );
+    }
+    Ok(())
+}
+
 /// Records `out (B, ta + tb, C) = [a, b]`, in parts of the batch when the tensors are larger
 /// than one binding.
 #[allow(clippy::too_many_arguments)]
@@ -42,34 +76,30 @@ pub fn encode_concat(
 ) -> Result<(), WgpuError> {
     total(batch, ta + tb, c)?;
     let (wa, wb) = (u64::from(ta) * u64::from(c), u64::from(tb) * u64::from(c));
-    for (first, count) in row_chunks(ctx, "concat batch entries", batch, &[wa, wb, wa + wb])? {
-        let n = total(count, ta + tb, c)?;
-        let (gx, gy) = groups_for(ctx, n, 256);
-        let p = Params {
-            batch: count,
-            ta,
-            tb,
-            c,
-            start: 0,
-            row_stride: gx,
-            pad: [0; 2],
-        };
-        dispatch(
-            ctx,
-            enc,
-            "sequence.wgsl",
-            kernels::SEQUENCE,
-            "concat_seq",
-            bytemuck::bytes_of(&p),
-            &[
-                (1, Part::rows(a, wa, first, count)),
-                (2, Part::rows(b, wb, first, count)),
-                (3, Part::rows(out, wa + wb, first, count)),
-            ],
-            (gx, gy, 1),
-        );
-    }
-    Ok(())
+    let base = Params {
+        batch,
+        ta,
+        tb,
+        c,
+        start: 0,
+        row_stride: 0,
+        pad: [0; 2],
+    };
+    per_part(
+        ctx,
+        enc,
+        "concat_seq",
+        base,
+        ta + tb,
+        &[wa, wb, wa + wb],
+        |first, n| {
+            vec![
+                (1, Part::rows(a, wa, first, n)),
+                (2, Part::rows(b, wb, first, n)),
+                (3, Part::rows(out, wa + wb, first, n)),
+            ]
+        },
+    )
 }
 
 /// Records `out (B, len, C) = x[:, start..start + len, :]` for `x (B, t, C)`, in parts of the
@@ -93,33 +123,21 @@ pub fn encode_slice(
     }
     total(batch, t, c)?;
     let (wx, wo) = (u64::from(t) * u64::from(c), u64::from(len) * u64::from(c));
-    for (first, count) in row_chunks(ctx, "slice batch entries", batch, &[wx, wo])? {
-        let n = total(count, len, c)?;
-        let (gx, gy) = groups_for(ctx, n, 256);
-        let p = Params {
-            batch: count,
-            ta: t,
-            tb: len,
-            c,
-            start,
-            row_stride: gx,
-            pad: [0; 2],
-        };
-        dispatch(
-            ctx,
-            enc,
-            "sequence.wgsl",
-            kernels::SEQUENCE,
-            "slice_seq",
-            bytemuck::bytes_of(&p),
-            &[
-                (1, Part::rows(x, wx, first, count)),
-                (3, Part::rows(out, wo, first, count)),
-            ],
-            (gx, gy, 1),
-        );
-    }
-    Ok(())
+    let base = Params {
+        batch,
+        ta: t,
+        tb: len,
+        c,
+        start,
+        row_stride: 0,
+        pad: [0; 2],
+    };
+    per_part(ctx, enc, "slice_seq", base, len, &[wx, wo], |first, n| {
+        vec![
+            (1, Part::rows(x, wx, first, n)),
+            (3, Part::rows(out, wo, first, n)),
+        ]
+    })
 }
 
 /// Host-to-host concat of `(batch, ta, c)` and `(batch, tb, c)`.
