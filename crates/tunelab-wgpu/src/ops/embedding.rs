@@ -24,6 +24,22 @@ struct Params {
     np: u32,
 }
 
+impl Params {
+    /// `n` items of `c` values over workgroups `row_stride` wide; no value, whole ranges.
+    fn new(n: u32, c: u32, row_stride: u32) -> Self {
+        Params {
+            n,
+            c,
+            row_stride,
+            value: 0.0,
+            v0: 0,
+            nv: 0,
+            p0: 0,
+            np: 0,
+        }
+    }
+}
+
 const K: &str = "embedding.wgsl";
 
 /// Positions grouped by id: `order[starts[u]..starts[u + 1]]` are the positions of `uniq[u]`.
@@ -88,14 +104,9 @@ pub fn encode_gather(
         let part_ids = super::narrow_in(ctx, enc, ids, 1, (t0, nt), whole);
         for &(v0, nv) in &tables {
             let p = Params {
-                n: nt,
-                c,
-                row_stride: gx,
-                value: 0.0,
                 v0,
                 nv,
-                p0: 0,
-                np: 0,
+                ..Params::new(nt, c, gx)
             };
             dispatch(
                 ctx,
@@ -127,14 +138,8 @@ pub fn encode_fill(
     for (first, count) in row_chunks(ctx, "fill", n, &[1])? {
         let (gx, gy) = groups_for(ctx, count, 256);
         let p = Params {
-            n: count,
-            c: 0,
-            row_stride: gx,
             value,
-            v0: 0,
-            nv: 0,
-            p0: 0,
-            np: 0,
+            ..Params::new(count, 0, gx)
         };
         dispatch(
             ctx,
@@ -174,14 +179,11 @@ pub fn encode_scatter_add(
     for (v0, nv) in row_chunks(ctx, "embedding gradient", vocab, &[c64])? {
         for &(p0, np) in &dys {
             let p = Params {
-                n: unique,
-                c,
-                row_stride: gx,
-                value: 0.0,
                 v0,
                 nv,
                 p0,
                 np,
+                ..Params::new(unique, c, gx)
             };
             dispatch(
                 ctx,
