@@ -1048,32 +1048,17 @@ fn PreflightPanel(app: App) -> impl IntoView {
         let est = form::memory_estimate(&cfg, t, all, f.batch, seq);
         let backend = app.backend.get();
         let (budget, largest_ok, where_) = match &backend {
-            Some(BackendInfo::WebGpu { adapter }) => {
-                // Tensors larger than one binding are processed in parts, but each must fit
-                // one buffer: the largest are the word-embedding table and the masked-LM
-                // logits.
-                let table = (cfg.vocab_size * cfg.hidden_size * 4) as u64;
-                let logits = if d.kind == TaskKind::MaskedLm {
-                    (f.batch * seq * cfg.vocab_size * 4) as u64
-                } else {
-                    0
-                };
-                let (what, largest) = if logits > table {
-                    ("the masked-LM logits need", logits)
-                } else {
-                    ("the word-embedding table needs", table)
-                };
-                let max = adapter.limits.max_buffer_size;
-                (
-                    GPU_BUDGET,
-                    (largest <= max).then_some(()).ok_or(format!(
-                        "{what} {} but this GPU allows {} per buffer",
-                        mib(largest),
-                        mib(max)
-                    )),
-                    "WebGPU",
-                )
-            }
+            Some(BackendInfo::WebGpu { adapter }) => (
+                GPU_BUDGET,
+                form::largest_tensor_fits(
+                    &cfg,
+                    d.kind,
+                    f.batch,
+                    seq,
+                    adapter.limits.max_buffer_size,
+                ),
+                "WebGPU",
+            ),
             _ => (CPU_BUDGET, Ok(()), "the wasm CPU backend"),
         };
         Some((est, budget, largest_ok, where_, f.batch))

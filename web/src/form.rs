@@ -408,6 +408,40 @@ pub fn memory_estimate(
     weights + training + acts
 }
 
+/// Whether the largest single tensor of a step fits one GPU buffer of `max_buffer` bytes:
+/// the word-embedding table, or for masked LM the logits (batch × sequence × vocabulary).
+/// Tensors larger than one storage binding are processed in parts, but each lives in one
+/// buffer. The error says which tensor needs how much.
+pub fn largest_tensor_fits(
+    config: &BertConfig,
+    kind: TaskKind,
+    batch: usize,
+    seq: usize,
+    max_buffer: u64,
+) -> Result<(), String> {
+    let table = (config.vocab_size * config.hidden_size * 4) as u64;
+    let logits = if kind == TaskKind::MaskedLm {
+        (batch * seq * config.vocab_size * 4) as u64
+    } else {
+        0
+    };
+    let (what, largest) = if logits > table {
+        ("the masked-LM logits need", logits)
+    } else {
+        ("the word-embedding table needs", table)
+    };
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    if largest <= max_buffer {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {} but this GPU allows {} per buffer",
+            mib(largest),
+            mib(max_buffer)
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Form;
@@ -491,5 +525,31 @@ mod tests {
         let m8 = super::memory_estimate(&cfg, t, all, 8, 64);
         let m16 = super::memory_estimate(&cfg, t, all, 16, 64);
         assert!(m16 > m8 && m8 > all as u64 * 4);
+    }
+
+    /// The preflight refuses only a tensor larger than one buffer: MiniLM's 47 MB table
+    /// trains on a 128 MiB adapter (it is bound in parts), masked LM's logits at batch 16 ×
+    /// 128 (250 MB) need a 256 MiB buffer, and the message names the tensor and the sizes.
+    #[test]
+    fn the_preflight_refuses_only_tensors_larger_than_one_buffer() {
+        use tunelab_core::trainer::TaskKind;
+        let cfg = tunelab_core::models::bert::BertConfig::from_json(
+            "c",
+            r#"{"model_type":"bert","vocab_size":30522,"hidden_size":384,"num_hidden_layers":6,
+               "num_attention_heads":12,"intermediate_size":1536,"max_position_embeddings":512}"#,
+        )
+        .unwrap();
+        let fits = |kind, batch, max: u64| super::largest_tensor_fits(&cfg, kind, batch, 128, max);
+        let (mib128, mib256) = (128u64 << 20, 256u64 << 20);
+        assert_eq!(fits(TaskKind::Classification, 16, mib128), Ok(()));
+        assert_eq!(fits(TaskKind::MaskedLm, 4, mib128), Ok(()));
+        assert_eq!(fits(TaskKind::MaskedLm, 16, mib256), Ok(()));
+        let e = fits(TaskKind::MaskedLm, 16, mib128).unwrap_err();
+        assert!(
+            e.contains("masked-LM logits") && e.contains("238.5 MiB") && e.contains("128.0 MiB"),
+            "{e}"
+        );
+        let e = fits(TaskKind::Classification, 16, 32 << 20).unwrap_err();
+        assert!(e.contains("word-embedding table needs 44.7 MiB"), "{e}");
     }
 }
