@@ -3,7 +3,7 @@
 
 use crate::bridge;
 use crate::chart::LineChart;
-use crate::form::{self, Form, METHOD_HELP};
+use crate::form::{self, Form, METHOD_HELP, mib};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use tunelab_core::data::{self, Example, Format, Labels, ParseOptions};
@@ -606,10 +606,6 @@ fn fmt_count(n: usize) -> String {
     } else {
         n.to_string()
     }
-}
-
-fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
 /// The whole page.

@@ -408,6 +408,11 @@ pub fn memory_estimate(
     weights + training + acts
 }
 
+/// `b` bytes in MiB, one decimal.
+pub fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
 /// Whether the largest single tensor of a step fits one GPU buffer of `max_buffer` bytes:
 /// the word-embedding table, or for masked LM the logits (batch × sequence × vocabulary).
 /// Tensors larger than one storage binding are processed in parts, but each lives in one
@@ -430,7 +435,6 @@ pub fn largest_tensor_fits(
     } else {
         ("the word-embedding table needs", table)
     };
-    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
     if largest <= max_buffer {
         Ok(())
     } else {
