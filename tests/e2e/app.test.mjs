@@ -57,7 +57,15 @@ async function open(ctx, query = '') {
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
   // The page itself says when it is ready; the load event can lag on a busy 2-core machine.
-  await page.goto(url + query, { waitUntil: 'domcontentloaded', timeout: 120_000 });
+  // A navigation that never reaches the document (seen once in CI: Chromium stalled for 120 s
+  // before parsing the page) is tried once more; a page that does not load fails both.
+  try {
+    await page.goto(url + query, { waitUntil: 'domcontentloaded', timeout: 120_000 });
+  } catch (e) {
+    if (e.name !== 'TimeoutError') throw e;
+    console.warn(`navigation to ${query || '/'} timed out; trying once more`);
+    await page.goto(url + query, { waitUntil: 'domcontentloaded', timeout: 120_000 });
+  }
   await page.getByTestId('status').filter({ hasText: 'Ready.' }).waitFor({ timeout: 120_000 });
   await page.getByTestId('data-summary').waitFor({ timeout: 60_000 });
   return { page, errors };
