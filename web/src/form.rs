@@ -450,6 +450,16 @@ pub fn largest_tensor_fits(
 mod tests {
     use super::Form;
 
+    /// all-MiniLM-L6-v2's shape.
+    fn minilm() -> tunelab_core::models::bert::BertConfig {
+        tunelab_core::models::bert::BertConfig::from_json(
+            "c",
+            r#"{"model_type":"bert","vocab_size":30522,"hidden_size":384,"num_hidden_layers":6,
+               "num_attention_heads":12,"intermediate_size":1536,"max_position_embeddings":512}"#,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn the_query_string_round_trips_the_form() {
         let f = Form {
@@ -509,12 +519,7 @@ mod tests {
 
     #[test]
     fn lora_trains_a_small_fraction_and_memory_grows_with_the_batch() {
-        let cfg = tunelab_core::models::bert::BertConfig::from_json(
-            "c",
-            r#"{"model_type":"bert","vocab_size":30522,"hidden_size":384,"num_hidden_layers":6,
-               "num_attention_heads":12,"intermediate_size":1536,"max_position_embeddings":512}"#,
-        )
-        .unwrap();
+        let cfg = minilm();
         let f = Form::default();
         let (t, all) = super::counts(
             &cfg,
@@ -537,12 +542,7 @@ mod tests {
     #[test]
     fn the_preflight_refuses_only_tensors_larger_than_one_buffer() {
         use tunelab_core::trainer::TaskKind;
-        let cfg = tunelab_core::models::bert::BertConfig::from_json(
-            "c",
-            r#"{"model_type":"bert","vocab_size":30522,"hidden_size":384,"num_hidden_layers":6,
-               "num_attention_heads":12,"intermediate_size":1536,"max_position_embeddings":512}"#,
-        )
-        .unwrap();
+        let cfg = minilm();
         let fits = |kind, batch, max: u64| super::largest_tensor_fits(&cfg, kind, batch, 128, max);
         let (mib128, mib256) = (128u64 << 20, 256u64 << 20);
         assert_eq!(fits(TaskKind::Classification, 16, mib128), Ok(()));

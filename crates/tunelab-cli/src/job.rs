@@ -33,7 +33,8 @@ pub fn candle_device(device: &str) -> anyhow::Result<candle_core::Device> {
 /// `TUNELAB_WGPU_MAX_BINDING_MIB` binds at most that many MiB per storage binding (below the
 /// adapter's limit), so that tensors larger than it are processed in parts — to check those
 /// paths at full size, or to work around a driver that mishandles large bindings.
-/// `TUNELAB_WGPU_FLUSH_EVERY` sets the dispatches per submission (0: one per step).
+/// `TUNELAB_WGPU_FLUSH_EVERY` sets the dispatches per submission (0: submit only at readbacks
+/// and the trainer's flushes, i.e. once per half step).
 pub fn wgpu_backend() -> anyhow::Result<tunelab_wgpu::Wgpu> {
     const VAR: &str = "TUNELAB_WGPU_MAX_BINDING_MIB";
     let max_binding = match env_number(VAR, "a whole number of MiB above 0")? {

@@ -2,8 +2,8 @@
 //! padding mask and a causal mask, returning the row log-sum-exp the backward pass uses.
 
 use super::{
-    Part, Recorder, dispatch, narrow_in, narrow_out, output, row_chunks, run_host, split_dispatch,
-    upload,
+    Part, Recorder, dispatch, narrow_in, narrow_out, narrow_target, output, row_chunks, run_host,
+    split_dispatch, upload,
 };
 use crate::{Context, WgpuError, kernels};
 
@@ -129,7 +129,7 @@ struct Kernel {
 
 /// Parts of the batch whose q, k, v, out and their gradients each fit one binding: one part
 /// unless they are larger than one binding (the key mask and lse are then staged through
-/// copies: `narrow_in`).
+/// copies: `narrow_in`, `narrow_target`).
 fn batch_parts<'a>(ctx: &Context, d: &'a Dims) -> Result<Vec<Slicer<'a>>, WgpuError> {
     let width = u64::from(d.t) * u64::from(d.heads) * u64::from(d.d);
     let parts = row_chunks(ctx, "attention batch entries", d.batch, &[width])?;
@@ -169,6 +169,21 @@ impl<'a> Slicer<'a> {
     fn narrow(&self, ctx: &Context, enc: &mut Recorder, b: &wgpu::Buffer, w: u64) -> wgpu::Buffer {
         narrow_in(ctx, enc, b, w, (self.first, self.count), self.whole)
     }
+    /// Where the part's lse is written, and copying it to its place.
+    fn lse_target(&self, ctx: &Context, enc: &mut Recorder, lse: &wgpu::Buffer) -> wgpu::Buffer {
+        let range = (self.first, self.count);
+        narrow_target(ctx, enc, lse, self.lse_width(), range, self.whole)
+    }
+    fn lse_out(&self, enc: &mut Recorder, target: &wgpu::Buffer, lse: &wgpu::Buffer) {
+        narrow_out(
+            enc,
+            target,
+            lse,
+            self.lse_width(),
+            (self.first, self.count),
+            self.whole,
+        );
+    }
     /// Values per batch entry of lse.
     fn lse_width(&self) -> u64 {
         u64::from(self.d.heads) * u64::from(self.d.t)
@@ -202,7 +217,7 @@ pub fn encode_forward(
             groups: (gx, gy),
         } = kernel(ctx, &pd, params(ctx, &pd, key_mask.is_some())?)?;
         let m = s.mask(ctx, enc, key_mask);
-        let l = s.narrow(ctx, enc, lse, s.lse_width());
+        let l = s.lse_target(ctx, enc, lse);
         dispatch(
             ctx,
             enc,
@@ -220,7 +235,7 @@ pub fn encode_forward(
             ],
             (gx, gy, 1),
         );
-        narrow_out(enc, &l, lse, s.lse_width(), (s.first, s.count), s.whole);
+        s.lse_out(enc, &l, lse);
     }
     Ok(())
 }
@@ -249,7 +264,7 @@ pub fn encode_backward(
         // The part's lse, then its rows' dO . O.
         let rows = pd.rows();
         let stats = enc.scratch(ctx, 2 * rows);
-        let lse_at = u64::from(s.first) * u64::from(d.heads) * u64::from(d.t) * 4;
+        let lse_at = u64::from(s.first) * s.lse_width() * 4;
         enc.copy_buffer_to_buffer(lse, lse_at, &stats, 0, rows.max(1) * 4);
         let mask = s.mask(ctx, enc, key_mask);
         let m = Part::from(&mask);

@@ -2,7 +2,8 @@
 //! `kernels/layer_norm_backward.wgsl`).
 
 use super::{
-    Part, Recorder, dispatch, narrow_in, narrow_out, output, row_chunks, run_host, upload,
+    Part, Recorder, dispatch, narrow_in, narrow_out, narrow_target, output, row_chunks, run_host,
+    upload,
 };
 use crate::{Context, WgpuError, kernels};
 
@@ -19,7 +20,7 @@ struct Params {
 
 /// Parts of rows whose x, y, dy and dx (`c` values per row) each fit one binding: one part
 /// unless they are larger than one binding (mean and rstd, one value per row, are then
-/// staged through copies: `narrow_in`).
+/// staged through copies: `narrow_in`, `narrow_target`).
 fn parts(ctx: &Context, rows: u32, c: u32) -> Result<Vec<(u32, u32)>, WgpuError> {
     row_chunks(ctx, "layer norm rows", rows, &[u64::from(c)])
 }
@@ -61,7 +62,7 @@ pub fn encode_forward(
     for &(first, count) in &parts {
         let (p, (gx, gy)) = row_params(count, c, eps, ctx);
         let wide = |b| Part::rows(b, c64, first, count);
-        let [m, r] = [mean, rstd].map(|b| narrow_in(ctx, enc, b, 1, (first, count), whole));
+        let [m, r] = [mean, rstd].map(|b| narrow_target(ctx, enc, b, 1, (first, count), whole));
         dispatch(
             ctx,
             enc,

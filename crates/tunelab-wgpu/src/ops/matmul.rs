@@ -676,11 +676,11 @@ pub fn bench(ctx: &Context, d: &Dims, tiling: Tiling, iters: usize) -> Result<f6
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// f64 reference.
-    fn reference(d: &Dims, a: &[f32], b: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    pub(crate) fn reference(d: &Dims, a: &[f32], b: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         let (m, n, k) = (d.m as usize, d.n as usize, d.k as usize);
         let mut c = vec![0f32; d.c_len() as usize];
         for bt in 0..d.batch as usize {

@@ -232,7 +232,7 @@ pub(crate) fn row_chunks(
 /// part is every row (`whole`), else a scratch copy of the rows. Their offset need not be
 /// bindable, so narrow tensors do not force the wide tensors' parts to align to them (a mask
 /// of 15 values per row would otherwise take parts of 64 rows on a 256-byte alignment).
-/// Rows a dispatch writes into the copy go back with [`narrow_out`].
+/// Outputs take [`narrow_target`] instead.
 pub(crate) fn narrow_in(
     ctx: &Context,
     rec: &mut Recorder,
@@ -252,7 +252,25 @@ pub(crate) fn narrow_in(
     copy
 }
 
-/// Copies rows written into a [`narrow_in`] copy back to their place in `buf` (nothing when
+/// Where a dispatch writes rows `first .. first + count` of a narrow tensor: the buffer
+/// itself when the part is every row (`whole`), else scratch (its old rows are not copied in:
+/// they are about to be overwritten); [`narrow_out`] copies them to their place.
+pub(crate) fn narrow_target(
+    ctx: &Context,
+    rec: &mut Recorder,
+    buf: &wgpu::Buffer,
+    width: u64,
+    (_, count): (u32, u32),
+    whole: bool,
+) -> wgpu::Buffer {
+    if whole {
+        buf.clone()
+    } else {
+        rec.scratch(ctx, u64::from(count) * width)
+    }
+}
+
+/// Copies rows written into a [`narrow_target`] back to their place in `buf` (nothing when
 /// the part was every row, written in place).
 pub(crate) fn narrow_out(
     rec: &mut Recorder,
@@ -735,17 +753,7 @@ mod tests {
                 &got,
                 &pollster::block_on(matmul::matmul(&whole, &d, &a, &b, Some(&bias))).unwrap(),
             );
-            let at = |i: u32, kk: u32| a[(if ta { kk * m + i } else { i * k + kk }) as usize];
-            let bt = |kk: u32, j: u32| b[(if tb { j * k + kk } else { kk * n + j }) as usize];
-            let want: Vec<f32> = (0..m)
-                .flat_map(|i| (0..n).map(move |j| (i, j)))
-                .map(|(i, j)| {
-                    let dot: f64 = (0..k)
-                        .map(|kk| f64::from(at(i, kk)) * f64::from(bt(kk, j)))
-                        .sum();
-                    (dot + f64::from(bias[j as usize])) as f32
-                })
-                .collect();
+            let want = matmul::tests::reference(&d, &a, &b, Some(&bias));
             close(&format!("matmul {d:?} vs f64"), &got, &want);
             // Split K inside blocks: partial products summed into C's view (added to it after
             // the first K block).
@@ -776,21 +784,7 @@ mod tests {
             };
             let (a, b) = (vals(d.a_len() as usize, 23), vals(d.b_len() as usize, 24));
             let got = pollster::block_on(matmul::matmul(&ctx, &d, &a, &b, None)).unwrap();
-            let (m, n, k) = (16usize, 12usize, 20usize);
-            let want: Vec<f32> = (0..6 * m * n)
-                .map(|o| {
-                    let (e, i, j) = (o / (m * n), o / n % m, o % n);
-                    let a0 = e * m * k;
-                    let b0 = if b_shared { 0 } else { e * k * n };
-                    (0..k)
-                        .map(|kk| {
-                            let x = a[a0 + if ta { kk * m + i } else { i * k + kk }];
-                            let y = b[b0 + if tb { j * k + kk } else { kk * n + j }];
-                            f64::from(x) * f64::from(y)
-                        })
-                        .sum::<f64>() as f32
-                })
-                .collect();
+            let want = matmul::tests::reference(&d, &a, &b, None);
             close(&format!("batched matmul {d:?} vs f64"), &got, &want);
         }
     }
