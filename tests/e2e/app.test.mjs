@@ -57,8 +57,9 @@ async function open(ctx, query = '') {
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
   // The page itself says when it is ready; the load event can lag on a busy 2-core machine.
-  // A navigation that never reaches the document (seen once in CI: Chromium stalled for 120 s
-  // before parsing the page) is tried once more; a page that does not load fails both.
+  // A navigation that never reaches the document is tried once more (the wasm-fallback test's
+  // first one stalled for 120 s in 2 of 7 runs; cause not yet known); a page that does not
+  // load fails both tries.
   try {
     await page.goto(url + query, { waitUntil: 'domcontentloaded', timeout: 120_000 });
   } catch (e) {
