@@ -353,38 +353,33 @@ fn matmul_result(what: &str, kernel: &str, s: &Dims, secs: f64) -> MatmulResult 
 /// samples is reported.
 pub fn candle_matmul(device: &str, iters: usize) -> anyhow::Result<Vec<MatmulResult>> {
     use candle_core::{DType, Tensor};
+    use tunelab_core::Backend as _;
     let dev = crate::job::candle_device(device)?;
+    let backend = tunelab_candle::Candle::new(dev.clone());
     let mut out = Vec::new();
     for (what, s) in matmul_shapes(dev.is_cuda()) {
         let (b, m, n, k) = (s.batch as usize, s.m as usize, s.n as usize, s.k as usize);
+        // Stored as the training graph stores them; the backend's matmul transposes views.
         let a = if s.ta {
-            Tensor::randn(0f32, 1.0, (b, k, m), &dev)?.transpose(1, 2)?
+            Tensor::randn(0f32, 1.0, (b, k, m), &dev)?
         } else {
             Tensor::randn(0f32, 1.0, (b, m, k), &dev)?
         };
         let bb = if s.b_shared { 1 } else { b };
         let w = if s.tb {
-            Tensor::randn(0f32, 1.0, (bb, n, k), &dev)?.transpose(1, 2)?
+            Tensor::randn(0f32, 1.0, (bb, n, k), &dev)?
         } else {
             Tensor::randn(0f32, 1.0, (bb, k, n), &dev)?
         };
-        let w = if s.b_shared {
-            w.broadcast_as((b, k, n))?
-        } else {
-            w
-        };
-        let (a, w) = if b == 1 {
-            (a.squeeze(0)?, w.squeeze(0)?)
-        } else {
-            (a, w)
-        };
+        let w = if s.b_shared { w.squeeze(0)? } else { w };
+        let a = if b == 1 { a.squeeze(0)? } else { a };
         anyhow::ensure!(a.dtype() == DType::F32);
         let reps = 20;
         let mut samples = Vec::new();
         for i in 0..iters + 1 {
             let start = Instant::now();
             for _ in 0..reps {
-                std::hint::black_box(a.matmul(&w)?);
+                std::hint::black_box(backend.matmul(&a, &w, s.ta, s.tb)?);
             }
             dev.synchronize()?;
             if i > 0 {
