@@ -149,6 +149,39 @@ impl Candle {
         Ok(s)
     }
 
+    /// Runs `f` on parts `(start, len)` of a batch of `b` and joins each of its outputs along
+    /// dim 0. Natively the parts (one per thread) run in parallel: attention's per-head
+    /// products are below gemm's threading threshold, so candle runs each on the calling
+    /// thread, and its head splitting/merging copies are single-threaded too; a part per
+    /// thread keeps every core busy with them. In wasm (one thread) `f` sees the whole batch.
+    fn in_batch_parts<const N: usize>(
+        &self,
+        b: usize,
+        f: impl Fn(usize, usize) -> Result<[Tensor; N]> + Sync,
+    ) -> Result<[Tensor; N]> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            use rayon::prelude::*;
+            let parts = rayon::current_num_threads().min(b);
+            if parts > 1 {
+                let per = b.div_ceil(parts);
+                let outs = (0..b.div_ceil(per))
+                    .into_par_iter()
+                    .map(|p| f(p * per, per.min(b - p * per)))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut joined = Vec::with_capacity(N);
+                for i in 0..N {
+                    let column: Vec<&Tensor> = outs.iter().map(|o| &o[i]).collect();
+                    joined.push(Tensor::cat(&column, 0).c()?);
+                }
+                return joined
+                    .try_into()
+                    .map_err(|_| shape_err("attention", "batch parts lost an output".to_string()));
+            }
+        }
+        f(0, b)
+    }
+
     fn check_key_mask(&self, mask: Option<&Tensor>, b: usize, t: usize) -> Result<()> {
         match mask {
             Some(m) if m.dims() != [b, t] => Err(shape_err(
@@ -447,20 +480,26 @@ impl Backend for Candle {
                 ),
             ));
         }
+        if self.fused() {
+            let (b, t, _) = q.dims3().c()?;
+            self.check_key_mask(key_mask, b, t)?;
+            let [out, lse] = self.in_batch_parts(b, |start, len| {
+                let part = |x: &Tensor| split_heads(&x.narrow(0, start, len).c()?, heads);
+                let (qh, kh, vh) = (part(q)?, part(k)?, part(v)?);
+                let mask = key_mask.map(|m| m.narrow(0, start, len)).transpose().c()?;
+                let s = self.mm(&qh, &kh.t().c()?)?;
+                let scale = 1.0 / (qh.dims()[3] as f32).sqrt();
+                let (p, lse) =
+                    crate::cpu::attention_softmax(&s, scale, mask.as_ref(), causal).c()?;
+                Ok([merge_heads(&self.mm(&p, &vh)?)?, lse])
+            })?;
+            return Ok((out, lse));
+        }
         let (qh, kh, vh) = (
             split_heads(q, heads)?,
             split_heads(k, heads)?,
             split_heads(v, heads)?,
         );
-        if self.fused() {
-            let (b, _, t, d) = qh.dims4().c()?;
-            self.check_key_mask(key_mask, b, t)?;
-            let s = self.mm(&qh, &kh.t().c()?)?;
-            let scale = 1.0 / (d as f32).sqrt();
-            let (p, lse) = crate::cpu::attention_softmax(&s, scale, key_mask, causal).c()?;
-            let out = merge_heads(&self.mm(&p, &vh)?)?;
-            return Ok((out, lse));
-        }
         let s = self.scores(&qh, &kh, key_mask, causal)?;
         let max = s.max_keepdim(D::Minus1).c()?;
         let lse = s
@@ -491,6 +530,36 @@ impl Backend for Candle {
         key_mask: Option<&Tensor>,
         causal: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        if self.fused() {
+            let (b, t, _) = q.dims3().c()?;
+            self.check_key_mask(key_mask, b, t)?;
+            let [dq, dk, dv] = self.in_batch_parts(b, |start, len| {
+                let part = |x: &Tensor| split_heads(&x.narrow(0, start, len).c()?, heads);
+                let (qh, kh, vh) = (part(q)?, part(k)?, part(v)?);
+                let (oh, doh) = (part(out)?, part(d_out)?);
+                let lse = lse.narrow(0, start, len).c()?;
+                let mask = key_mask.map(|m| m.narrow(0, start, len)).transpose().c()?;
+                let s = self.mm(&qh, &kh.t().c()?)?;
+                let dp = self.mm(&doh, &vh.t().c()?)?;
+                let row = crate::cpu::row_dot(&doh, &oh).c()?;
+                let scale = 1.0 / (qh.dims()[3] as f32).sqrt();
+                let (p, ds) = crate::cpu::attention_softmax_backward(
+                    &s,
+                    &lse,
+                    &dp,
+                    &row,
+                    scale,
+                    mask.as_ref(),
+                    causal,
+                )
+                .c()?;
+                let dv = self.mm(&p.t().c()?, &doh)?;
+                let dq = self.mm(&ds, &kh)?;
+                let dk = self.mm(&ds.t().c()?, &qh)?;
+                Ok([merge_heads(&dq)?, merge_heads(&dk)?, merge_heads(&dv)?])
+            })?;
+            return Ok((dq, dk, dv));
+        }
         let (qh, kh, vh) = (
             split_heads(q, heads)?,
             split_heads(k, heads)?,
@@ -498,21 +567,6 @@ impl Backend for Candle {
         );
         let (oh, doh) = (split_heads(out, heads)?, split_heads(d_out, heads)?);
         let d = qh.dims()[3];
-        if self.fused() {
-            let (b, _, t, _) = qh.dims4().c()?;
-            self.check_key_mask(key_mask, b, t)?;
-            let s = self.mm(&qh, &kh.t().c()?)?;
-            let dp = self.mm(&doh, &vh.t().c()?)?;
-            let row = crate::cpu::row_dot(&doh, &oh).c()?;
-            let scale = 1.0 / (d as f32).sqrt();
-            let (p, ds) =
-                crate::cpu::attention_softmax_backward(&s, lse, &dp, &row, scale, key_mask, causal)
-                    .c()?;
-            let dv = self.mm(&p.t().c()?, &doh)?;
-            let dq = self.mm(&ds, &kh)?;
-            let dk = self.mm(&ds.t().c()?, &qh)?;
-            return Ok((merge_heads(&dq)?, merge_heads(&dk)?, merge_heads(&dv)?));
-        }
         let scale = 1.0 / (d as f64).sqrt();
         let s = self.scores(&qh, &kh, key_mask, causal)?;
         let p = s

@@ -695,3 +695,62 @@ fn fused_cpu_kernels_match_the_composite_ops() {
         }
     }
 }
+
+/// The fused CPU attention splits the batch into a part per thread: with 1, 2 and 3 threads
+/// (5 sequences: uneven parts), each with its own padding, the outputs and gradients are
+/// bit-identical, and as long as the whole batch's.
+#[test]
+fn attention_in_batch_parts_is_independent_of_the_thread_count() {
+    let be = Candle::cpu();
+    let (bsz, t, heads, c) = (5, 7, 2, 8);
+    let sh = Shape::new([bsz, t, c]);
+    let qkvd: Vec<_> = (0..4)
+        .map(|i| be.upload(&data(sh.numel(), 40 + i), &sh).unwrap())
+        .collect();
+    // Sequence i keeps its first 7 - i tokens.
+    let m: Vec<f32> = (0..bsz * t)
+        .map(|k| if k % t < t - k / t { 1.0 } else { 0.0 })
+        .collect();
+    let mask = be.upload(&m, &Shape::new([bsz, t])).unwrap();
+    let run = || {
+        let (out, lse) = be
+            .attention(&qkvd[0], &qkvd[1], &qkvd[2], heads, Some(&mask), false)
+            .unwrap();
+        let (dq, dk, dv) = be
+            .attention_backward(
+                &qkvd[0],
+                &qkvd[1],
+                &qkvd[2],
+                &out,
+                &lse,
+                &qkvd[3],
+                heads,
+                Some(&mask),
+                false,
+            )
+            .unwrap();
+        assert_eq!(out.dims(), [bsz, t, c]);
+        assert_eq!(lse.dims(), [bsz, heads, t]);
+        [out, lse, dq, dk, dv].map(|x| host(&x))
+    };
+    let pool = |n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    };
+    let whole = pool(1).install(run);
+    for n in [2, 3] {
+        assert_eq!(pool(n).install(run), whole, "{n} threads");
+    }
+    // Padding is per sequence: the last sequence's keys after its 3rd token get no weight,
+    // so its values there get no gradient.
+    let dv = &whole[4];
+    for pos in 3..t {
+        let row = &dv[((bsz - 1) * t + pos) * c..][..c];
+        assert!(
+            row.iter().all(|&g| g == 0.0),
+            "dv at padded key {pos}: {row:?}"
+        );
+    }
+}
