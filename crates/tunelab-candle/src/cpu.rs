@@ -89,6 +89,16 @@ fn add_into(acc: &mut [f32], b: &[f32]) {
     }
 }
 
+/// The element-wise sum of blocks' partial sums, added in block order: a sum made this way
+/// does not depend on how the blocks were scheduled (or on the thread count).
+fn add_in_order(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
+    let mut sums = vec![0f32; len];
+    for p in partials {
+        add_into(&mut sums, p);
+    }
+    sums
+}
+
 /// Runs `f` on the row-major values of each of `ts` (made contiguous first).
 pub fn with_slices<const N: usize, R>(
     ts: [&Tensor; N],
@@ -300,8 +310,7 @@ pub fn layer_norm_backward(
     let n = block_rows(c);
     let (dx, dg, db) = with_slices([x, dy, gamma, mean, rstd], |[xs, dys, g, mu, rs]| {
         let mut dx = vec![0f32; xs.len()];
-        // Each block of rows sums its own `dgamma, dbeta`; the blocks' sums are added in order
-        // afterwards, so the result does not depend on how the blocks were scheduled.
+        // Each block of rows sums its own `dgamma, dbeta`, added in order afterwards.
         let partials: Vec<Vec<f32>> = rows_mut!(dx, n * c)
             .zip(rows!(xs, n * c).zip(rows!(dys, n * c)))
             .zip(rows!(mu, n).zip(rows!(rs, n)))
@@ -333,10 +342,7 @@ pub fn layer_norm_backward(
                 })
             })
             .collect();
-        let mut sums = vec![0f32; 2 * c];
-        for p in &partials {
-            add_into(&mut sums, p);
-        }
+        let mut sums = add_in_order(&partials, 2 * c);
         let db = sums.split_off(c);
         (dx, sums, db)
     })?;
@@ -537,17 +543,16 @@ pub fn add_rows(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if bias.elem_count() != c {
         return Err(len_err("add_bias", "bias", bias.elem_count(), c));
     }
-    let n = block_rows(c);
+    // One pass on one thread: it is bound by memory, and a parallel add would need the
+    // output initialised (copied or zeroed) first.
     let y = with_slices([x, bias], |[xs, b]| {
-        let mut y = xs.to_vec();
-        rows_mut!(y, n * c).for_each(|yb| {
-            vectorized!({
-                for row in yb.chunks_exact_mut(c) {
-                    add_into(row, b);
-                }
-            })
-        });
-        y
+        vectorized!({
+            let mut y = Vec::with_capacity(xs.len());
+            for row in xs.chunks_exact(c) {
+                y.extend(row.iter().zip(b).map(|(v, bi)| v + bi));
+            }
+            y
+        })
     })?;
     tensor(y, x.dims())
 }
@@ -557,7 +562,6 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
     let c = x.dims().last().copied().unwrap_or(1).max(1);
     let n = block_rows(c);
     let out = with_slices([x], |[xs]| {
-        // Per-block sums added in order: the result does not depend on the scheduling.
         let partials: Vec<Vec<f32>> = rows!(xs, n * c)
             .map(|xb| {
                 vectorized!({
@@ -569,11 +573,7 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
                 })
             })
             .collect();
-        let mut acc = vec![0f32; c];
-        for p in &partials {
-            add_into(&mut acc, p);
-        }
-        acc
+        add_in_order(&partials, c)
     })?;
     tensor(out, &[c])
 }

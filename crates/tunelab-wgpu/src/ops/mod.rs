@@ -241,12 +241,9 @@ pub(crate) fn narrow_in(
     (first, count): (u32, u32),
     whole: bool,
 ) -> wgpu::Buffer {
-    if whole {
-        return buf.clone();
-    }
+    let copy = narrow_target(ctx, rec, buf, width, (first, count), whole);
     let bytes = u64::from(count) * width * 4;
-    let copy = rec.scratch(ctx, u64::from(count) * width);
-    if bytes > 0 {
+    if !whole && bytes > 0 {
         rec.copy_buffer_to_buffer(buf, u64::from(first) * width * 4, &copy, 0, bytes);
     }
     copy
