@@ -98,14 +98,20 @@ fn merge_heads(x: &Tensor) -> Result<Tensor> {
 
 impl Candle {
     /// `a @ b` (batched when both have batch dims): in wasm on the CPU through this crate's
-    /// SIMD128 kernel, which beats gemm's there (see `sgemm`); elsewhere candle's (gemm's AVX
-    /// kernels natively, cuBLAS on CUDA).
+    /// SIMD128 kernel, which beats gemm's there (see `sgemm`); on x86-64 CPUs through gemm's
+    /// kernels called directly (`sgemm::gemm_product`: the output zeroed in parallel);
+    /// elsewhere candle's (gemm natively, cuBLAS on CUDA).
     fn mm(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        if cfg!(target_arch = "wasm32")
-            && self.fused()
-            && let Some(y) = crate::sgemm::matmul(a, b).c()?
-        {
-            return Ok(y);
+        if self.fused() {
+            #[cfg(target_arch = "wasm32")]
+            let product = crate::sgemm::matmul(a, b).c()?;
+            #[cfg(target_arch = "x86_64")]
+            let product = crate::sgemm::matmul_gemm(a, b).c()?;
+            #[cfg(not(any(target_arch = "wasm32", target_arch = "x86_64")))]
+            let product = None;
+            if let Some(y) = product {
+                return Ok(y);
+            }
         }
         match a.matmul(b) {
             Ok(y) => Ok(y),
@@ -314,14 +320,23 @@ impl Backend for Candle {
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if self.fused() {
+            return crate::cpu::add(a, b).c();
+        }
         a.add(b).c()
     }
 
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if self.fused() {
+            return crate::cpu::mul(a, b).c();
+        }
         a.mul(b).c()
     }
 
     fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor> {
+        if self.fused() {
+            return crate::cpu::scale(a, s).c();
+        }
         a.affine(f64::from(s), 0.0).c()
     }
 
@@ -331,6 +346,10 @@ impl Backend for Candle {
                 "scale_by",
                 format!("the scale must have one element, got {:?}", s.dims()),
             ));
+        }
+        if self.fused() {
+            let s = crate::cpu::with_slices([s], |[v]| v[0]).c()?;
+            return crate::cpu::scale(a, s).c();
         }
         a.broadcast_mul(&s.flatten_all().c()?).c()
     }
@@ -670,6 +689,9 @@ impl Backend for Candle {
     }
 
     fn sum_squares(&self, x: &Tensor) -> Result<Tensor> {
+        if self.fused() {
+            return crate::cpu::sum_squares(x).c();
+        }
         x.sqr().c()?.sum_all().c()?.reshape(1).c()
     }
 
@@ -682,6 +704,9 @@ impl Backend for Candle {
         grad_scale: f32,
         hp: AdamW,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        if self.fused() {
+            return crate::cpu::adamw(param, grad, m, v, grad_scale, &hp).c();
+        }
         // torch.optim.AdamW (single tensor, foreach=False): decay first, then the Adam step
         // with denom = sqrt(v) / sqrt(bc2) + eps and step size lr / bc1.
         let g = grad.affine(f64::from(grad_scale), 0.0).c()?;

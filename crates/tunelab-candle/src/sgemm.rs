@@ -1,7 +1,9 @@
-//! Single-precision matrix product for the CPU backend compiled to WebAssembly.
+//! Single-precision matrix products for the CPU backend: this crate's kernel for WebAssembly,
+//! and natively on x86-64 the `gemm` crate's kernels called directly ([`gemm_product`]).
 //!
-//! Natively candle's matmul (the `gemm` crate) dispatches to AVX2/AVX-512 kernels and is the
-//! faster choice. In wasm, `gemm`'s SIMD128 kernel keeps 12 accumulators plus its operands
+//! Natively `gemm` (what candle's matmul calls) dispatches to AVX2/AVX-512 kernels and is the
+//! faster choice; [`matmul_gemm`] calls it without candle's serial zero-fill of the output. In
+//! wasm, `gemm`'s SIMD128 kernel keeps 12 accumulators plus its operands
 //! live, more than the 16 vector registers the browser's compiler has on x86-64; this product
 //! keeps a 4 × 8 register tile (8 accumulators) and measured 1.2–1.3× `gemm`'s throughput at
 //! the MiniLM training shapes in V8 (Node 20, a WASI build timing both products on the same
@@ -44,6 +46,8 @@ pub enum SgemmError {
     },
     #[error("matmul output has {len} values, {m} × {n} expected")]
     Output { len: usize, m: usize, n: usize },
+    #[error("matmul stride {0} does not fit in an isize")]
+    Stride(usize),
 }
 
 /// The largest index a strided `rows × cols` view reads, plus one.
@@ -55,15 +59,8 @@ fn extent(rows: usize, cols: usize, m: MatRef) -> usize {
     }
 }
 
-/// `c = a @ b`: `a` is `m × k`, `b` is `k × n`, `c` is `m × n`, row-major and contiguous.
-pub fn sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: MatRef,
-    b: MatRef,
-    c: &mut [f32],
-) -> Result<(), SgemmError> {
+/// Every element of `a` (`m × k`) and `b` (`k × n`) lies in its slice, and `c` has `m × n`.
+fn check(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &[f32]) -> Result<(), SgemmError> {
     for (name, rows, cols, x) in [("a", m, k, a), ("b", k, n, b)] {
         let need = extent(rows, cols, x);
         if need > x.data.len() {
@@ -77,6 +74,22 @@ pub fn sgemm(
     if c.len() != m * n {
         return Err(SgemmError::Output { len: c.len(), m, n });
     }
+    Ok(())
+}
+
+/// A product `c = a @ b` of `m × k` and `k × n` into a row-major, contiguous `m × n`.
+pub type Product = fn(usize, usize, usize, MatRef, MatRef, &mut [f32]) -> Result<(), SgemmError>;
+
+/// `c = a @ b`: `a` is `m × k`, `b` is `k × n`, `c` is `m × n`, row-major and contiguous.
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+) -> Result<(), SgemmError> {
+    check(m, n, k, a, b, c)?;
     if k == 0 {
         c.fill(0.0);
         return Ok(());
@@ -114,6 +127,73 @@ pub fn sgemm(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `c = a @ b` natively through the `gemm` crate's kernels (AVX-512 or AVX2, chosen at run
+/// time), the kernels candle's matmul calls. Called here directly for two reasons measured in
+/// a profile of the MiniLM LoRA step: candle zero-fills each product's output on the calling
+/// thread while the other cores wait (~8% of the step, with the kernels' own outputs), where
+/// [`matmul_gemm`] zeroes it in parallel; and candle asks for the thread count on every
+/// product, which reads `/proc/cpuinfo` unless `RAYON_NUM_THREADS` is set, where this asks
+/// rayon.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub fn gemm_product(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+) -> Result<(), SgemmError> {
+    check(m, n, k, a, b, c)?;
+    // A stride along a dim of one element is never multiplied by a non-zero index.
+    let stride = |s: usize, len: usize| {
+        if len > 1 {
+            isize::try_from(s).map_err(|_| SgemmError::Stride(s))
+        } else {
+            Ok(0)
+        }
+    };
+    let (a_rs, a_cs) = (stride(a.rs, m)?, stride(a.cs, k)?);
+    let (b_rs, b_cs) = (stride(b.rs, k)?, stride(b.cs, n)?);
+    let c_rs = stride(n, m)?;
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: `check` has shown that every element gemm reads, `a[i * a.rs + p * a.cs]` and
+    // `b[p * b.rs + j * b.cs]` for i < m, p < k, j < n, lies inside its slice, and that `c`
+    // has exactly m × n values, which gemm writes at row stride n and column stride 1 (the
+    // strides are the slices' own, converted without loss). `c` is a unique borrow, so it
+    // aliases neither operand. With `read_dst = false` gemm overwrites `c` with 1 · a b
+    // (zeros when k = 0); `c` is initialised, so any read of it is of initialised values.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_rs,
+            false,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
     Ok(())
 }
@@ -233,6 +313,17 @@ fn f32_slice(storage: &Storage) -> Option<&[f32]> {
 /// the tensors are not CPU f32 or their strides do not collapse; the caller then uses
 /// candle's matmul.
 pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    matmul_with(a, b, sgemm)
+}
+
+/// [`matmul`] with the `gemm` crate's kernels ([`gemm_product`]): the native CPU product.
+#[cfg(target_arch = "x86_64")]
+pub fn matmul_gemm(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    matmul_with(a, b, gemm_product)
+}
+
+/// [`matmul`] with the product `product` for each 2-D product of the batch.
+fn matmul_with(a: &Tensor, b: &Tensor, product: Product) -> candle_core::Result<Option<Tensor>> {
     if a.dtype() != DType::F32 || b.dtype() != DType::F32 || a.rank() < 2 || b.rank() < 2 {
         return Ok(None);
     }
@@ -244,7 +335,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let Some(plan) = Plan::new(la, lb) else {
         return Ok(None);
     };
-    let mut out = vec![0f32; plan.batch * plan.m * plan.n];
+    let mut out = crate::cpu::zeroed(plan.batch * plan.m * plan.n);
     if out.is_empty() {
         drop((sa, sb));
         return Tensor::from_vec(out, plan.out_dims, a.device()).map(Some);
@@ -262,7 +353,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
             rs: plan.b_rs,
             cs: plan.b_cs,
         };
-        sgemm(plan.m, plan.n, plan.k, a, b, c).map_err(candle_core::Error::wrap)?;
+        product(plan.m, plan.n, plan.k, a, b, c).map_err(candle_core::Error::wrap)?;
     }
     drop((sa, sb));
     Tensor::from_vec(out, plan.out_dims, a.device()).map(Some)
@@ -353,6 +444,12 @@ pub fn test_values(n: usize, seed: u32) -> Vec<f32> {
 /// the wasm tests in the browser (the SIMD128 kernel); the error names the first mismatch.
 #[doc(hidden)]
 pub fn self_check() -> Result<(), String> {
+    self_check_with(sgemm)
+}
+
+/// [`self_check`] of any [`Product`].
+#[doc(hidden)]
+pub fn self_check_with(product: Product) -> Result<(), String> {
     let cases = [
         (1, 1, 1),
         (3, 7, 5),
@@ -378,7 +475,7 @@ pub fn self_check() -> Result<(), String> {
                 cs: bcs,
             };
             let mut c = vec![f32::NAN; m * n];
-            sgemm(m, n, k, a, b, &mut c).map_err(|e| e.to_string())?;
+            product(m, n, k, a, b, &mut c).map_err(|e| e.to_string())?;
             let tol = 4e-6 * (k as f64).max(1.0);
             for i in 0..m {
                 for j in 0..n {
@@ -421,6 +518,36 @@ mod tests {
     #[test]
     fn matches_the_reference_across_block_edges_and_layouts() {
         self_check().unwrap();
+    }
+
+    /// The native product through `gemm`, on an output filled with NaN (so a product that
+    /// read it instead of overwriting it would fail), and on operands too short for it.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_gemm_product_matches_the_reference_and_checks_its_operands() {
+        self_check_with(gemm_product).unwrap();
+        let (a, b) = (vec![1f32; 5], vec![1f32; 6]);
+        let ar = MatRef {
+            data: &a,
+            rs: 3,
+            cs: 1,
+        };
+        let br = MatRef {
+            data: &b,
+            rs: 2,
+            cs: 1,
+        };
+        let err = gemm_product(2, 2, 3, ar, br, &mut [0.0; 4]).unwrap_err();
+        assert_eq!(
+            err,
+            SgemmError::OutOfBounds {
+                name: "a",
+                need: 6,
+                len: 5
+            }
+        );
+        let err = gemm_product(1, 2, 3, ar, br, &mut [0.0; 3]).unwrap_err();
+        assert_eq!(err, SgemmError::Output { len: 3, m: 1, n: 2 });
     }
 
     #[test]
@@ -489,11 +616,24 @@ mod tests {
             } else {
                 a.matmul(&b).unwrap()
             };
-            let got = matmul(&a, &b).unwrap().expect("a supported layout");
-            assert_eq!(got.dims(), want.dims());
             let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-            let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-            assert_close(&got, &want, 7);
+            #[cfg(target_arch = "x86_64")]
+            let products: [Product; 2] = [sgemm, gemm_product];
+            #[cfg(not(target_arch = "x86_64"))]
+            let products: [Product; 1] = [sgemm];
+            for product in products {
+                let got = matmul_with(&a, &b, product)
+                    .unwrap()
+                    .expect("a supported layout");
+                let out: Vec<usize> = a.dims()[..a.rank() - 1]
+                    .iter()
+                    .copied()
+                    .chain([b.dims()[b.rank() - 1]])
+                    .collect();
+                assert_eq!(got.dims(), out);
+                let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+                assert_close(&got, &want, 7);
+            }
         }
         // Rows that do not collapse into one stride, and batch dims that do not match, are
         // left to candle.
