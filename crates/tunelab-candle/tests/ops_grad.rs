@@ -671,24 +671,13 @@ fn fused_cpu_kernels_match_the_composite_ops() {
         .map(|be| (0..4).map(|i| up(be, &[n], 20 + i)).collect())
         .collect();
     let (vf, vp) = (&vecs[0], &vecs[1]);
-    same(
-        "add",
-        &fused.add(&vf[0], &vf[1]).unwrap(),
-        &plain.add(&vp[0], &vp[1]).unwrap(),
-        0.0,
-    );
-    same(
-        "mul",
-        &fused.mul(&vf[0], &vf[1]).unwrap(),
-        &plain.mul(&vp[0], &vp[1]).unwrap(),
-        0.0,
-    );
-    same(
-        "scale",
-        &fused.scale(&vf[0], 0.3).unwrap(),
-        &plain.scale(&vp[0], 0.3).unwrap(),
-        0.0,
-    );
+    for (name, f, p) in [
+        ("add", fused.add(&vf[0], &vf[1]), plain.add(&vp[0], &vp[1])),
+        ("mul", fused.mul(&vf[0], &vf[1]), plain.mul(&vp[0], &vp[1])),
+        ("scale", fused.scale(&vf[0], 0.3), plain.scale(&vp[0], 0.3)),
+    ] {
+        same(name, &f.unwrap(), &p.unwrap(), 0.0);
+    }
     same(
         "sum_squares",
         &fused.sum_squares(&vf[0]).unwrap(),
