@@ -4,6 +4,7 @@
 //! `layer_norm`/`softmax_last_dim` have no backward). Every backward here is written out and
 //! tested against finite differences.
 
+use crate::sgemm::CPU_PRODUCT;
 use candle_core::{D, DType, Device, Tensor};
 use tunelab_core::Shape;
 use tunelab_core::backend::{AdamW, Backend, BackendError, IGNORE_INDEX, LayerNormSaved, Result};
@@ -153,39 +154,6 @@ impl Candle {
             s = s.broadcast_add(&bias).c()?;
         }
         Ok(s)
-    }
-
-    /// Runs `f` on parts `(start, len)` of a batch of `b` and joins each of its outputs along
-    /// dim 0. Natively the parts (one per thread) run in parallel: attention's per-head
-    /// products are below gemm's threading threshold, so candle runs each on the calling
-    /// thread, and its head splitting/merging copies are single-threaded too; a part per
-    /// thread keeps every core busy with them. In wasm (one thread) `f` sees the whole batch.
-    fn in_batch_parts<const N: usize>(
-        &self,
-        b: usize,
-        f: impl Fn(usize, usize) -> Result<[Tensor; N]> + Sync,
-    ) -> Result<[Tensor; N]> {
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            use rayon::prelude::*;
-            let parts = rayon::current_num_threads().min(b);
-            if parts > 1 {
-                let per = b.div_ceil(parts);
-                let outs = (0..b.div_ceil(per))
-                    .into_par_iter()
-                    .map(|p| f(p * per, per.min(b - p * per)))
-                    .collect::<Result<Vec<_>>>()?;
-                let mut joined = Vec::with_capacity(N);
-                for i in 0..N {
-                    let column: Vec<&Tensor> = outs.iter().map(|o| &o[i]).collect();
-                    joined.push(Tensor::cat(&column, 0).c()?);
-                }
-                return joined
-                    .try_into()
-                    .map_err(|_| shape_err("attention", "batch parts lost an output".to_string()));
-            }
-        }
-        f(0, b)
     }
 
     fn check_key_mask(&self, mask: Option<&Tensor>, b: usize, t: usize) -> Result<()> {
@@ -502,17 +470,7 @@ impl Backend for Candle {
         if self.fused() {
             let (b, t, _) = q.dims3().c()?;
             self.check_key_mask(key_mask, b, t)?;
-            let [out, lse] = self.in_batch_parts(b, |start, len| {
-                let part = |x: &Tensor| split_heads(&x.narrow(0, start, len).c()?, heads);
-                let (qh, kh, vh) = (part(q)?, part(k)?, part(v)?);
-                let mask = key_mask.map(|m| m.narrow(0, start, len)).transpose().c()?;
-                let s = self.mm(&qh, &kh.t().c()?)?;
-                let scale = 1.0 / (qh.dims()[3] as f32).sqrt();
-                let (p, lse) =
-                    crate::cpu::attention_softmax(&s, scale, mask.as_ref(), causal).c()?;
-                Ok([merge_heads(&self.mm(&p, &vh)?)?, lse])
-            })?;
-            return Ok((out, lse));
+            return crate::cpu::attention(q, k, v, heads, key_mask, causal, CPU_PRODUCT).c();
         }
         let (qh, kh, vh) = (
             split_heads(q, heads)?,
@@ -552,32 +510,19 @@ impl Backend for Candle {
         if self.fused() {
             let (b, t, _) = q.dims3().c()?;
             self.check_key_mask(key_mask, b, t)?;
-            let [dq, dk, dv] = self.in_batch_parts(b, |start, len| {
-                let part = |x: &Tensor| split_heads(&x.narrow(0, start, len).c()?, heads);
-                let (qh, kh, vh) = (part(q)?, part(k)?, part(v)?);
-                let (oh, doh) = (part(out)?, part(d_out)?);
-                let lse = lse.narrow(0, start, len).c()?;
-                let mask = key_mask.map(|m| m.narrow(0, start, len)).transpose().c()?;
-                let s = self.mm(&qh, &kh.t().c()?)?;
-                let dp = self.mm(&doh, &vh.t().c()?)?;
-                let row = crate::cpu::row_dot(&doh, &oh).c()?;
-                let scale = 1.0 / (qh.dims()[3] as f32).sqrt();
-                let (p, ds) = crate::cpu::attention_softmax_backward(
-                    &s,
-                    &lse,
-                    &dp,
-                    &row,
-                    scale,
-                    mask.as_ref(),
-                    causal,
-                )
-                .c()?;
-                let dv = self.mm(&p.t().c()?, &doh)?;
-                let dq = self.mm(&ds, &kh)?;
-                let dk = self.mm(&ds.t().c()?, &qh)?;
-                Ok([merge_heads(&dq)?, merge_heads(&dk)?, merge_heads(&dv)?])
-            })?;
-            return Ok((dq, dk, dv));
+            return crate::cpu::attention_backward(
+                q,
+                k,
+                v,
+                out,
+                lse,
+                d_out,
+                heads,
+                key_mask,
+                causal,
+                CPU_PRODUCT,
+            )
+            .c();
         }
         let (qh, kh, vh) = (
             split_heads(q, heads)?,

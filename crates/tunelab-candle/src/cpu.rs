@@ -502,98 +502,6 @@ fn lane_max(xs: &[f32]) -> f32 {
     acc.iter().fold(rest, |m, &v| m.max(v))
 }
 
-/// Softmax over the last dim of `scale * scores + mask`, scores `(B, H, T, T)`: the
-/// probabilities and each row's log-sum-exp `(B, H, T)`.
-pub fn attention_softmax(
-    scores: &Tensor,
-    scale: f32,
-    key_mask: Option<&Tensor>,
-    causal: bool,
-) -> Result<(Tensor, Tensor)> {
-    let (b, h, t, t2) = scores.dims4()?;
-    let mask = ScoreMask::new(key_mask, causal, b, t2)?;
-    let (p, lse) = with_slices([scores], |[s]| {
-        let mut p = zeroed(s.len());
-        let mut lse = vec![0f32; b * h * t];
-        let n = block_rows(t2);
-        rows_mut!(p, n * t2)
-            .zip(rows_mut!(lse, n))
-            .zip(rows!(s, n * t2))
-            .enumerate()
-            .for_each(|(blk, ((pb, lb), sb))| {
-                vectorized!({
-                    let rows = pb.chunks_exact_mut(t2).zip(sb.chunks_exact(t2));
-                    for (k, ((pr, sr), l)) in rows.zip(lb.iter_mut()).enumerate() {
-                        let r = blk * n + k;
-                        mask.apply(r / (h * t), r % t, sr, scale, 0.0, pr);
-                        let max = lane_max(pr);
-                        for o in pr.iter_mut() {
-                            *o = exp(*o - max);
-                        }
-                        let sum = lane_sum(pr);
-                        let inv = 1.0 / sum;
-                        for o in pr.iter_mut() {
-                            *o *= inv;
-                        }
-                        *l = max + sum.ln();
-                    }
-                })
-            });
-        (p, lse)
-    })?;
-    Ok((tensor(p, &[b, h, t, t2])?, tensor(lse, &[b, h, t])?))
-}
-
-/// Attention's softmax backward from the recomputed scores: with
-/// `p = exp(scale * s + mask - lse)`, returns `(p, ds)`, `ds = scale * p * (dp - rowdot)`.
-pub fn attention_softmax_backward(
-    scores: &Tensor,
-    lse: &Tensor,
-    dp: &Tensor,
-    rowdot: &Tensor,
-    scale: f32,
-    key_mask: Option<&Tensor>,
-    causal: bool,
-) -> Result<(Tensor, Tensor)> {
-    let (b, h, t, t2) = scores.dims4()?;
-    let mask = ScoreMask::new(key_mask, causal, b, t2)?;
-    for (what, x, want) in [
-        ("lse", lse, b * h * t),
-        ("dp", dp, scores.elem_count()),
-        ("rowdot", rowdot, b * h * t),
-    ] {
-        if x.elem_count() != want {
-            return Err(len_err("attention backward", what, x.elem_count(), want));
-        }
-    }
-    let (p, ds) = with_slices([scores, dp, lse, rowdot], |[s, dps, lse, rowdot]| {
-        let mut p = zeroed(s.len());
-        let mut ds = zeroed(s.len());
-        let n = block_rows(t2);
-        rows_mut!(p, n * t2)
-            .zip(rows_mut!(ds, n * t2))
-            .zip(rows!(s, n * t2).zip(rows!(dps, n * t2)))
-            .enumerate()
-            .for_each(|(blk, ((pb, dsb), (sb, dpb)))| {
-                vectorized!({
-                    let outs = pb.chunks_exact_mut(t2).zip(dsb.chunks_exact_mut(t2));
-                    let ins = sb.chunks_exact(t2).zip(dpb.chunks_exact(t2));
-                    for (k, ((pr, dsr), (sr, dpr))) in outs.zip(ins).enumerate() {
-                        let r = blk * n + k;
-                        mask.apply(r / (h * t), r % t, sr, scale, -lse[r], pr);
-                        let d = rowdot[r];
-                        for ((o, g), &dv) in pr.iter_mut().zip(dsr.iter_mut()).zip(dpr) {
-                            *o = exp(*o);
-                            *g = scale * *o * (dv - d);
-                        }
-                    }
-                })
-            });
-        (p, ds)
-    })?;
-    Ok((tensor(p, &[b, h, t, t2])?, tensor(ds, &[b, h, t, t2])?))
-}
-
 /// `x + bias` with `bias` `(C)` added to every row of the last dim: blocks of rows in
 /// parallel, each output value written once (nothing is zero-filled first).
 #[allow(unsafe_code)]
@@ -824,33 +732,8 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
     tensor(out, &[c])
 }
 
-/// Per-row dot product over the last dim of two same-shaped tensors, shaped `[.., 1]`.
-pub fn row_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let c = a.dims().last().copied().unwrap_or(1).max(1);
-    if b.elem_count() != a.elem_count() {
-        return Err(len_err("row_dot", "b", b.elem_count(), a.elem_count()));
-    }
-    let n = block_rows(c);
-    let out = with_slices([a, b], |[x, y]| {
-        let mut out = vec![0f32; x.len() / c];
-        rows_mut!(out, n)
-            .zip(rows!(x, n * c).zip(rows!(y, n * c)))
-            .for_each(|(ob, (xb, yb))| {
-                vectorized!({
-                    let rows = xb.chunks_exact(c).zip(yb.chunks_exact(c));
-                    for (o, (u, v)) in ob.iter_mut().zip(rows) {
-                        *o = lane_dot(u, v);
-                    }
-                })
-            });
-        out
-    })?;
-    let mut dims = a.dims().to_vec();
-    if let Some(last) = dims.last_mut() {
-        *last = 1;
-    }
-    tensor(out, &dims)
-}
+mod attention;
+pub use attention::{attention, attention_backward};
 
 #[cfg(test)]
 mod tests {
@@ -912,6 +795,7 @@ mod tests {
         v.into_iter().map(f64::from).collect()
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     fn assert_close(what: &str, got: &Tensor, want: &[f64], tol: f64) {
         let got = values(got);
         assert_eq!(got.len(), want.len(), "{what}");
@@ -941,9 +825,8 @@ mod tests {
             let (y, mean, rstd) = layer_norm(&x, &g, &b, 1e-5).unwrap();
             let (dx, dg, db) = layer_norm_backward(&x, &g, &mean, &rstd, &dy).unwrap();
             let sums = sum_rows(&dy).unwrap();
-            let dots = row_dot(&x, &dy).unwrap();
             let biased = add_rows(&x, &b).unwrap();
-            [y, mean, rstd, dx, dg, db, sums, dots, biased].map(|t| values(&t))
+            [y, mean, rstd, dx, dg, db, sums, biased].map(|t| values(&t))
         };
         let one = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
@@ -963,7 +846,7 @@ mod tests {
         let (xv, dyv, gv, bv) = (values(&x), values(&dy), values(&g), values(&b));
         let n = c as f64;
         let (mut y, mut mean, mut rstd, mut dx) = (vec![], vec![], vec![], vec![]);
-        let (mut dg, mut db, mut dots) = (vec![0.0; c], vec![0.0; c], vec![]);
+        let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
         for r in 0..rows {
             let xr = &xv[r * c..][..c];
             let dyr = &dyv[r * c..][..c];
@@ -981,12 +864,11 @@ mod tests {
             }
             mean.push(mu);
             rstd.push(rs);
-            dots.push(xr.iter().zip(dyr).map(|(a, b)| a * b).sum());
         }
         let biased: Vec<f64> = (0..rows * c).map(|k| xv[k] + bv[k % c]).collect();
-        let want = [&y, &mean, &rstd, &dx, &dg, &db, &db, &dots, &biased];
+        let want = [&y, &mean, &rstd, &dx, &dg, &db, &db, &biased];
         let names = [
-            "y", "mean", "rstd", "dx", "dgamma", "dbeta", "sum_rows", "row_dot", "add_rows",
+            "y", "mean", "rstd", "dx", "dgamma", "dbeta", "sum_rows", "add_rows",
         ];
         for ((name, got), want) in names.iter().zip(&got).zip(want) {
             let got = t(got.iter().map(|&v| v as f32).collect(), &[got.len()]);
@@ -1043,60 +925,6 @@ mod tests {
         assert_eq!(zeroed(12305), vec![0f32; 12305]);
     }
 
-    /// The softmax kernels over many blocks of rows: rows of the right sequence get the right
-    /// key mask, and the backward reproduces the forward's probabilities.
-    #[test]
-    fn softmax_over_many_blocks_matches_a_reference() {
-        let dev = candle_core::Device::Cpu;
-        // 4096 / 24 = 170 rows per block; 3 × 5 × 24 = 360 rows.
-        let (b, h, t) = (3, 5, 24);
-        let s = Tensor::from_vec(
-            crate::sgemm::test_values(b * h * t * t, 5),
-            (b, h, t, t),
-            &dev,
-        )
-        .unwrap();
-        let keep: Vec<f32> = (0..b * t)
-            .map(|k| if k % t < t - k / t * 3 { 1.0 } else { 0.0 })
-            .collect();
-        let m = Tensor::from_vec(keep.clone(), (b, t), &dev).unwrap();
-        let (sv, scale) = (values(&s), 0.7);
-        for causal in [false, true] {
-            let (p, lse) = attention_softmax(&s, scale as f32, Some(&m), causal).unwrap();
-            let mut want = vec![];
-            for r in 0..b * h * t {
-                let (seq, i) = (r / (h * t), r % t);
-                let z: Vec<f64> = (0..t)
-                    .map(|j| {
-                        let masked = keep[seq * t + j] == 0.0 || (causal && j > i);
-                        if masked {
-                            f64::NEG_INFINITY
-                        } else {
-                            sv[r * t + j] * scale
-                        }
-                    })
-                    .collect();
-                let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let sum: f64 = z.iter().map(|v| (v - max).exp()).sum();
-                want.extend(z.iter().map(|v| (v - max).exp() / sum));
-            }
-            assert_close("p", &p, &want, 1e-6);
-            let zeros = Tensor::zeros((b, h, t, t), candle_core::DType::F32, &dev).unwrap();
-            let rowdot = Tensor::zeros((b, h, t), candle_core::DType::F32, &dev).unwrap();
-            let (p2, _) = attention_softmax_backward(
-                &s,
-                &lse,
-                &zeros,
-                &rowdot,
-                scale as f32,
-                Some(&m),
-                causal,
-            )
-            .unwrap();
-            assert_close("recomputed p", &p2, &want, 1e-6);
-        }
-    }
-
     #[test]
     fn mismatched_sizes_are_errors_not_panics() {
         let dev = candle_core::Device::Cpu;
@@ -1104,7 +932,6 @@ mod tests {
         let x = t(&[2, 3, 4]);
         let msg = |r: Result<Tensor>| r.unwrap_err().to_string();
         assert!(msg(add_rows(&x, &t(&[3]))).contains("add_bias: bias has 3 values, expected 4"));
-        assert!(msg(row_dot(&x, &t(&[2, 3]))).contains("row_dot: b has 6 values, expected 24"));
         let err = layer_norm_backward(&x, &t(&[5]), &t(&[2, 3, 1]), &t(&[2, 3, 1]), &x)
             .unwrap_err()
             .to_string();
@@ -1113,74 +940,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("beta has 2 values, expected 4"), "{err}");
-        let s = t(&[2, 1, 3, 3]);
-        let err = attention_softmax(&s, 1.0, Some(&t(&[2, 2])), false)
+        let p = crate::sgemm::CPU_PRODUCT;
+        let q = t(&[2, 3, 4]);
+        let err = attention(&q, &q, &q, 3, None, false, p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hidden size 4 is not divisible by 3 heads"),
+            "{err}"
+        );
+        let err = attention(&q, &q, &q, 2, Some(&t(&[2, 2])), false, p)
             .unwrap_err()
             .to_string();
         assert!(err.contains("key mask has 4 values, expected 6"), "{err}");
-        let err =
-            attention_softmax_backward(&s, &t(&[2, 1, 2]), &s, &t(&[2, 1, 3]), 1.0, None, false)
-                .unwrap_err()
-                .to_string();
-        assert!(err.contains("lse has 4 values, expected 6"), "{err}");
+        let err = attention(&q, &t(&[2, 3, 2]), &q, 2, None, false, p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("k has 12 values, expected 24"), "{err}");
+        let err = attention_backward(&q, &q, &q, &q, &t(&[2, 2, 2]), &q, 2, None, false, p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lse has 8 values, expected 12"), "{err}");
         let u = Tensor::zeros(3, candle_core::DType::U32, &dev).unwrap();
         assert!(msg(gelu(&u)).contains("expected a CPU f32 tensor"));
-    }
-
-    #[test]
-    fn fused_softmax_matches_candle_ops_with_masks() {
-        let dev = candle_core::Device::Cpu;
-        let (b, h, t) = (2, 3, 5);
-        let s = Tensor::randn(0f32, 2.0, (b, h, t, t), &dev).unwrap();
-        let m = Tensor::from_vec(
-            vec![1f32, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0],
-            (b, t),
-            &dev,
-        )
-        .unwrap();
-        for causal in [false, true] {
-            let (p, lse) = attention_softmax(&s, 0.5, Some(&m), causal).unwrap();
-            let mut bias = m
-                .affine(-1.0, 1.0)
-                .unwrap()
-                .affine(f64::from(f32::MIN), 0.0)
-                .unwrap()
-                .reshape((b, 1, 1, t))
-                .unwrap()
-                .broadcast_as((b, h, t, t))
-                .unwrap()
-                .contiguous()
-                .unwrap();
-            if causal {
-                let c: Vec<f32> = (0..t * t)
-                    .map(|k| if k % t > k / t { f32::MIN } else { 0.0 })
-                    .collect();
-                let c = Tensor::from_vec(c, (1, 1, t, t), &dev).unwrap();
-                bias = bias.broadcast_add(&c).unwrap();
-            }
-            let z = s.affine(0.5, 0.0).unwrap().add(&bias).unwrap();
-            let want = candle_core::D::Minus1;
-            let e = z
-                .broadcast_sub(&z.max_keepdim(want).unwrap())
-                .unwrap()
-                .exp()
-                .unwrap();
-            let want_p = e.broadcast_div(&e.sum_keepdim(want).unwrap()).unwrap();
-            let got: Vec<f32> = p.flatten_all().unwrap().to_vec1().unwrap();
-            let want_v: Vec<f32> = want_p.flatten_all().unwrap().to_vec1().unwrap();
-            for (g, w) in got.iter().zip(&want_v) {
-                assert!((g - w).abs() < 1e-6, "causal={causal}: {g} vs {w}");
-            }
-            // lse reproduces p: exp(z - lse) = p.
-            let back = z
-                .broadcast_sub(&lse.unsqueeze(3).unwrap())
-                .unwrap()
-                .exp()
-                .unwrap();
-            let back: Vec<f32> = back.flatten_all().unwrap().to_vec1().unwrap();
-            for (g, w) in back.iter().zip(&want_v) {
-                assert!((g - w).abs() < 1e-6);
-            }
-        }
     }
 }

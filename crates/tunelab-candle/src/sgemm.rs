@@ -322,6 +322,15 @@ pub fn matmul_gemm(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>
     matmul_with(a, b, gemm_product)
 }
 
+/// The CPU backend's product for the fused kernels (attention's per-head products): gemm's
+/// kernels on x86-64, this crate's kernel elsewhere (SIMD128 in wasm).
+#[cfg(target_arch = "x86_64")]
+pub const CPU_PRODUCT: Product = gemm_product;
+/// The CPU backend's product for the fused kernels (attention's per-head products): gemm's
+/// kernels on x86-64, this crate's kernel elsewhere (SIMD128 in wasm).
+#[cfg(not(target_arch = "x86_64"))]
+pub const CPU_PRODUCT: Product = sgemm;
+
 /// [`matmul`] with the product `product` for each 2-D product of the batch.
 fn matmul_with(a: &Tensor, b: &Tensor, product: Product) -> candle_core::Result<Option<Tensor>> {
     if a.dtype() != DType::F32 || b.dtype() != DType::F32 || a.rank() < 2 || b.rank() < 2 {

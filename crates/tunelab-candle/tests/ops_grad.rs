@@ -738,12 +738,11 @@ fn fused_cpu_kernels_match_the_composite_ops() {
     }
 }
 
-/// The fused CPU attention splits the batch into a part per thread: with 1, 2 and 3 threads
-/// (5 sequences: uneven parts), each with its own padding, the outputs and gradients are
-/// bit-identical, and as long as the whole batch's.
+/// The fused CPU attention runs its sequences on rayon's threads: with 1, 2 and 3 threads
+/// (5 sequences, each with its own padding), the outputs and gradients are bit-identical.
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
-fn attention_in_batch_parts_is_independent_of_the_thread_count() {
+fn fused_attention_is_independent_of_the_thread_count() {
     let be = Candle::cpu();
     let (bsz, t, heads, c) = (5, 7, 2, 8);
     let sh = Shape::new([bsz, t, c]);

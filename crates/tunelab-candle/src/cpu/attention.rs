@@ -1,0 +1,244 @@
+//! Attention on the CPU, one sequence and one head at a time.
+//!
+//! Each head's products read `q`, `k`, `v` (and in the backward `out`, `d_out`) where they lie
+//! in the `(B, T, H*D)` activations, through strides, and write into scratch buffers of one
+//! head (`T × T` scores and probabilities, a `T × D` product) that a sequence reuses for all of
+//! its heads; each head's `T × D` result is copied into its columns of the output. Nothing of
+//! size `B × H × T × T` is allocated (the whole-batch version allocated, zero-filled and walked
+//! through memory four such tensors in the backward, and copied every operand into a
+//! head-major layout first), and a head's scratch stays in the core's cache between its
+//! products and its softmax. Sequences run in parallel on rayon's threads (in order in wasm);
+//! each is computed the same way on any thread count, so results do not depend on it.
+
+use super::{ScoreMask, exp, lane_dot, lane_max, lane_sum, len_err, run_vectorized, tensor};
+use super::{with_slices, zeroed};
+use crate::sgemm::{MatRef, Product};
+use candle_core::{Result, Tensor};
+#[cfg(not(target_arch = "wasm32"))]
+use rayon::prelude::*;
+
+/// The shape of one attention call: `b` sequences of `t` tokens, `heads` heads of `d` values.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    heads: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn new(q: &Tensor, heads: usize) -> Result<Self> {
+        let (b, t, c) = q.dims3()?;
+        if heads == 0 || !c.is_multiple_of(heads) {
+            return Err(candle_core::Error::Msg(format!(
+                "attention: hidden size {c} is not divisible by {heads} heads"
+            )));
+        }
+        Ok(Self {
+            b,
+            t,
+            heads,
+            d: c / heads,
+        })
+    }
+
+    fn c(&self) -> usize {
+        self.heads * self.d
+    }
+
+    /// Copies head `h` of sequence `seq` of a `(B, T, H*D)` tensor into `to`, `T × D`
+    /// contiguous. gemm reads its operands where they lie, and with a head's rows `C` apart
+    /// the attention products took longer than the copies take.
+    fn gather(&self, x: &[f32], seq: usize, h: usize, to: &mut [f32]) {
+        let rows = x[seq * self.t * self.c()..].chunks(self.c());
+        for (dst, row) in to.chunks_exact_mut(self.d).zip(rows) {
+            dst.copy_from_slice(&row[h * self.d..][..self.d]);
+        }
+    }
+}
+
+/// A row-major `rows × cols` scratch matrix, or its transpose.
+fn mat(data: &[f32], cols: usize, transposed: bool) -> MatRef<'_> {
+    if transposed {
+        MatRef {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    } else {
+        MatRef {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+}
+
+/// Copies a contiguous `T × D` head result into head `h`'s columns of one sequence's
+/// `T × C` output rows.
+fn put_head(out: &mut [f32], src: &[f32], h: usize, d: usize, c: usize) {
+    for (row, s) in out.chunks_exact_mut(c).zip(src.chunks_exact(d)) {
+        row[h * d..][..d].copy_from_slice(s);
+    }
+}
+
+fn wrap(e: crate::sgemm::SgemmError) -> candle_core::Error {
+    candle_core::Error::wrap(e)
+}
+
+/// Fused attention forward on `(B, T, H*D)` inputs: the output `(B, T, H*D)` and each row's
+/// log-sum-exp `(B, H, T)`, for the backward. `key_mask` is `(B, T)` (1 keeps a key).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    key_mask: Option<&Tensor>,
+    causal: bool,
+    product: Product,
+) -> Result<(Tensor, Tensor)> {
+    let dims = Dims::new(q, heads)?;
+    let Dims { b, t, d, .. } = dims;
+    let c = dims.c();
+    for (what, x) in [("k", k), ("v", v)] {
+        if x.dims() != q.dims() {
+            return Err(len_err("attention", what, x.elem_count(), q.elem_count()));
+        }
+    }
+    let mask = ScoreMask::new(key_mask, causal, b, t)?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (out, lse) = with_slices([q, k, v], |[q, k, v]| {
+        let mut out = zeroed(b * t * c);
+        let mut lse = zeroed(b * heads * t);
+        rows_mut!(out, t * c)
+            .zip(rows_mut!(lse, heads * t))
+            .enumerate()
+            .map(|(seq, (out, lse))| {
+                let (mut s, mut p) = (vec![0f32; t * t], vec![0f32; t * t]);
+                let [mut qh, mut kh, mut vh, mut o] = [(); 4].map(|_| vec![0f32; t * d]);
+                for (h, lse) in lse.chunks_exact_mut(t).enumerate() {
+                    dims.gather(q, seq, h, &mut qh);
+                    dims.gather(k, seq, h, &mut kh);
+                    dims.gather(v, seq, h, &mut vh);
+                    product(t, t, d, mat(&qh, d, false), mat(&kh, d, true), &mut s)
+                        .map_err(wrap)?;
+                    vectorized!({
+                        let rows = p.chunks_exact_mut(t).zip(s.chunks_exact(t));
+                        for (i, ((pr, sr), l)) in rows.zip(lse.iter_mut()).enumerate() {
+                            mask.apply(seq, i, sr, scale, 0.0, pr);
+                            let max = lane_max(pr);
+                            for x in pr.iter_mut() {
+                                *x = exp(*x - max);
+                            }
+                            let sum = lane_sum(pr);
+                            let inv = 1.0 / sum;
+                            for x in pr.iter_mut() {
+                                *x *= inv;
+                            }
+                            *l = max + sum.ln();
+                        }
+                    });
+                    product(t, d, t, mat(&p, t, false), mat(&vh, d, false), &mut o)
+                        .map_err(wrap)?;
+                    put_head(out, &o, h, d, c);
+                }
+                Ok(())
+            })
+            .collect::<Result<Vec<()>>>()?;
+        Ok::<_, candle_core::Error>((out, lse))
+    })??;
+    Ok((tensor(out, &[b, t, c])?, tensor(lse, &[b, heads, t])?))
+}
+
+/// Fused attention backward: `(dq, dk, dv)` from the inputs, the forward's output and
+/// log-sum-exp, and the output's gradient. The probabilities are recomputed per head from the
+/// scores and the log-sum-exp (`p = exp(scale * s + mask - lse)`), then
+/// `ds = scale * p * (dp - rowdot(d_out, out))`, `dv = pᵀ d_out`, `dq = ds k`, `dk = dsᵀ q`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    d_out: &Tensor,
+    heads: usize,
+    key_mask: Option<&Tensor>,
+    causal: bool,
+    product: Product,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dims = Dims::new(q, heads)?;
+    let Dims { b, t, d, .. } = dims;
+    let c = dims.c();
+    for (what, x) in [("k", k), ("v", v), ("out", out), ("d_out", d_out)] {
+        if x.dims() != q.dims() {
+            return Err(len_err(
+                "attention backward",
+                what,
+                x.elem_count(),
+                q.elem_count(),
+            ));
+        }
+    }
+    if lse.elem_count() != b * heads * t {
+        return Err(len_err(
+            "attention backward",
+            "lse",
+            lse.elem_count(),
+            b * heads * t,
+        ));
+    }
+    let mask = ScoreMask::new(key_mask, causal, b, t)?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let grads = with_slices([q, k, v, out, lse, d_out], |[q, k, v, o, lse, dout]| {
+        let (mut dq, mut dk, mut dv) = (zeroed(b * t * c), zeroed(b * t * c), zeroed(b * t * c));
+        rows_mut!(dq, t * c)
+            .zip(rows_mut!(dk, t * c).zip(rows_mut!(dv, t * c)))
+            .enumerate()
+            .map(|(seq, (dq, (dk, dv)))| {
+                let tt = t * t;
+                let (mut s, mut dp) = (vec![0f32; tt], vec![0f32; tt]);
+                let (mut p, mut ds) = (vec![0f32; tt], vec![0f32; tt]);
+                let (mut g, mut row) = (vec![0f32; t * d], vec![0f32; t]);
+                let [mut qh, mut kh, mut vh, mut doh] = [(); 4].map(|_| vec![0f32; t * d]);
+                for h in 0..heads {
+                    dims.gather(q, seq, h, &mut qh);
+                    dims.gather(k, seq, h, &mut kh);
+                    dims.gather(v, seq, h, &mut vh);
+                    dims.gather(dout, seq, h, &mut doh);
+                    let (qm, km, dom) =
+                        (mat(&qh, d, false), mat(&kh, d, false), mat(&doh, d, false));
+                    product(t, t, d, qm, mat(&kh, d, true), &mut s).map_err(wrap)?;
+                    product(t, t, d, dom, mat(&vh, d, true), &mut dp).map_err(wrap)?;
+                    let lse = &lse[(seq * heads + h) * t..][..t];
+                    vectorized!({
+                        for (i, r) in row.iter_mut().enumerate() {
+                            let at = seq * t * c + i * c + h * d;
+                            *r = lane_dot(&dout[at..][..d], &o[at..][..d]);
+                        }
+                        let outs = p.chunks_exact_mut(t).zip(ds.chunks_exact_mut(t));
+                        let ins = s.chunks_exact(t).zip(dp.chunks_exact(t));
+                        for (i, ((pr, dsr), (sr, dpr))) in outs.zip(ins).enumerate() {
+                            mask.apply(seq, i, sr, scale, -lse[i], pr);
+                            let r = row[i];
+                            for ((x, y), &dv) in pr.iter_mut().zip(dsr.iter_mut()).zip(dpr) {
+                                *x = exp(*x);
+                                *y = scale * *x * (dv - r);
+                            }
+                        }
+                    });
+                    product(t, d, t, mat(&p, t, true), dom, &mut g).map_err(wrap)?;
+                    put_head(dv, &g, h, d, c);
+                    product(t, d, t, mat(&ds, t, false), km, &mut g).map_err(wrap)?;
+                    put_head(dq, &g, h, d, c);
+                    product(t, d, t, mat(&ds, t, true), qm, &mut g).map_err(wrap)?;
+                    put_head(dk, &g, h, d, c);
+                }
+                Ok(())
+            })
+            .collect::<Result<Vec<()>>>()?;
+        Ok::<_, candle_core::Error>([dq, dk, dv])
+    })??;
+    let [dq, dk, dv] = grads.map(|g| tensor(g, &[b, t, c]));
+    Ok((dq?, dk?, dv?))
+}
