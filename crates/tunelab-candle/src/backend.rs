@@ -4,7 +4,6 @@
 //! `layer_norm`/`softmax_last_dim` have no backward). Every backward here is written out and
 //! tested against finite differences.
 
-use crate::sgemm::CPU_PRODUCT;
 use candle_core::{D, DType, Device, Tensor};
 use tunelab_core::Shape;
 use tunelab_core::backend::{AdamW, Backend, BackendError, IGNORE_INDEX, LayerNormSaved, Result};
@@ -470,7 +469,7 @@ impl Backend for Candle {
         if self.fused() {
             let (b, t, _) = q.dims3().c()?;
             self.check_key_mask(key_mask, b, t)?;
-            return crate::cpu::attention(q, k, v, heads, key_mask, causal, CPU_PRODUCT).c();
+            return crate::cpu::attention(q, k, v, heads, key_mask, causal).c();
         }
         let (qh, kh, vh) = (
             split_heads(q, heads)?,
@@ -511,16 +510,7 @@ impl Backend for Candle {
             let (b, t, _) = q.dims3().c()?;
             self.check_key_mask(key_mask, b, t)?;
             return crate::cpu::attention_backward(
-                q,
-                k,
-                v,
-                out,
-                lse,
-                d_out,
-                heads,
-                key_mask,
-                causal,
-                CPU_PRODUCT,
+                q, k, v, out, lse, d_out, heads, key_mask, causal,
             )
             .c();
         }

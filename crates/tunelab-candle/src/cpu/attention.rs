@@ -12,7 +12,7 @@
 
 use super::{ScoreMask, exp, lane_dot, lane_max, lane_sum, len_err, run_vectorized, tensor};
 use super::{with_slices, zeroed};
-use crate::sgemm::{MatRef, Product};
+use crate::sgemm::{CPU_PRODUCT as product, MatRef};
 use candle_core::{Result, Tensor};
 #[cfg(not(target_arch = "wasm32"))]
 use rayon::prelude::*;
@@ -87,7 +87,8 @@ fn wrap(e: crate::sgemm::SgemmError) -> candle_core::Error {
 }
 
 /// Fused attention forward on `(B, T, H*D)` inputs: the output `(B, T, H*D)` and each row's
-/// log-sum-exp `(B, H, T)`, for the backward. `key_mask` is `(B, T)` (1 keeps a key).
+/// log-sum-exp `(B, H, T)`, for the backward. `key_mask` is `(B, T)` (1 keeps a key). The
+/// per-head products are [`CPU_PRODUCT`](crate::sgemm::CPU_PRODUCT)'s.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -95,7 +96,6 @@ pub fn attention(
     heads: usize,
     key_mask: Option<&Tensor>,
     causal: bool,
-    product: Product,
 ) -> Result<(Tensor, Tensor)> {
     let dims = Dims::new(q, heads)?;
     let Dims { b, t, d, .. } = dims;
@@ -165,7 +165,6 @@ pub fn attention_backward(
     heads: usize,
     key_mask: Option<&Tensor>,
     causal: bool,
-    product: Product,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dims = Dims::new(q, heads)?;
     let Dims { b, t, d, .. } = dims;
