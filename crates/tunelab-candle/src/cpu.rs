@@ -958,7 +958,10 @@ mod tests {
         let err = attention(&q, &t(&[2, 3, 2]), &q, 2, None, false)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("k has 12 values, expected 24"), "{err}");
+        assert!(
+            err.contains("k has shape [2, 3, 2], expected q's [2, 3, 4]"),
+            "{err}"
+        );
         let err = attention_backward(&q, &q, &q, &q, &t(&[2, 2, 2]), &q, 2, None, false)
             .unwrap_err()
             .to_string();

@@ -82,6 +82,20 @@ fn put_head(out: &mut [f32], src: &[f32], h: usize, d: usize, c: usize) {
     }
 }
 
+/// Each of `others` has `q`'s shape.
+fn same_shape<const N: usize>(op: &str, q: &Tensor, others: [(&str, &Tensor); N]) -> Result<()> {
+    for (what, x) in others {
+        if x.dims() != q.dims() {
+            return Err(candle_core::Error::Msg(format!(
+                "{op}: {what} has shape {:?}, expected q's {:?}",
+                x.dims(),
+                q.dims()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn wrap(e: crate::sgemm::SgemmError) -> candle_core::Error {
     candle_core::Error::wrap(e)
 }
@@ -100,11 +114,7 @@ pub fn attention(
     let dims = Dims::new(q, heads)?;
     let Dims { b, t, d, .. } = dims;
     let c = dims.c();
-    for (what, x) in [("k", k), ("v", v)] {
-        if x.dims() != q.dims() {
-            return Err(len_err("attention", what, x.elem_count(), q.elem_count()));
-        }
-    }
+    same_shape("attention", q, [("k", k), ("v", v)])?;
     let mask = ScoreMask::new(key_mask, causal, b, t)?;
     let scale = 1.0 / (d as f32).sqrt();
     let (out, lse) = with_slices([q, k, v], |[q, k, v]| {
@@ -169,16 +179,8 @@ pub fn attention_backward(
     let dims = Dims::new(q, heads)?;
     let Dims { b, t, d, .. } = dims;
     let c = dims.c();
-    for (what, x) in [("k", k), ("v", v), ("out", out), ("d_out", d_out)] {
-        if x.dims() != q.dims() {
-            return Err(len_err(
-                "attention backward",
-                what,
-                x.elem_count(),
-                q.elem_count(),
-            ));
-        }
-    }
+    let others = [("k", k), ("v", v), ("out", out), ("d_out", d_out)];
+    same_shape("attention backward", q, others)?;
     if lse.elem_count() != b * heads * t {
         return Err(len_err(
             "attention backward",
