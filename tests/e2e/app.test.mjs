@@ -88,6 +88,12 @@ async function losses(page) {
     });
 }
 
+/** Wall time of each reported step, in ms. */
+async function stepMs(page) {
+  const text = await page.getByTestId('losses').textContent();
+  return text.split('\n').filter((l) => l.trim()).map((l) => Number(l.split(' ')[2]));
+}
+
 /** Waits until the page has reported at least `n` steps (steps can be faster than polling). */
 async function waitSteps(page, n, timeout = 300_000) {
   await page.waitForFunction(
@@ -327,7 +333,11 @@ test('without WebGPU the wasm CPU backend trains BitFit, pauses, resumes, stops 
     await page.getByTestId('stop').click();
     await waitPhase(page, ['stopped'], 120_000);
     await noError(page);
-    assert.equal(await page.getByTestId('run-backend').textContent(), 'wasm CPU');
+    // The server makes the page cross-origin isolated, so the threaded worker trains, on
+    // one Web Worker per core.
+    assert.equal(await page.evaluate(() => self.crossOriginIsolated), true);
+    const cores = await page.evaluate(() => Math.min(Math.max(navigator.hardwareConcurrency, 1), 16));
+    assert.equal(await page.getByTestId('run-backend').textContent(), `wasm CPU, ${cores} thread${cores === 1 ? '' : 's'}`);
     const l = await losses(page);
     assert.ok(l.length > pausedAt && l.length < 200, `${l.length} steps`);
     assert.ok(l.every(([, v]) => Number.isFinite(v) && v > 0));
@@ -346,6 +356,36 @@ test('without WebGPU the wasm CPU backend trains BitFit, pauses, resumes, stops 
     assert.equal(JSON.parse(files['tunelab_export.json'].toString('utf8')).method.method, 'bitfit');
     await page.screenshot({ path: join(out, 'cpu-fallback.png'), fullPage: true });
     await page.close();
+  } finally {
+    await ctx.close();
+  }
+});
+
+test('the threaded wasm CPU backend trains exactly as one thread does', async () => {
+  const ctx = await launch({ webgpu: false });
+  try {
+    const query = '?steps=6&batch=4&len=48&eval=100&evaln=8&save=100&cpu=true';
+    const runs = {};
+    for (const threads of ['', '&threads=1']) {
+      const { page, errors } = await open(ctx, query + threads);
+      await page.getByTestId('train').click();
+      await waitPhase(page, ['finished', 'failed'], 300_000);
+      await noError(page);
+      assert.deepEqual(errors, []);
+      runs[threads || 'pool'] = {
+        backend: await page.getByTestId('run-backend').textContent(),
+        losses: await losses(page),
+        ms: await stepMs(page),
+      };
+      await page.close();
+    }
+    const { pool, '&threads=1': one } = runs;
+    assert.equal(one.backend, 'wasm CPU, 1 thread');
+    assert.match(pool.backend, /^wasm CPU, \d+ threads?$/);
+    assert.equal(pool.losses.length, 6);
+    // Every kernel sums in an order that does not depend on the thread count: equal to the bit.
+    assert.deepEqual(pool.losses, one.losses);
+    console.log(`step ms, ${pool.backend}: ${pool.ms.join(', ')}; 1 thread: ${one.ms.join(', ')}`);
   } finally {
     await ctx.close();
   }

@@ -1,7 +1,7 @@
 // The web app's benchmark (run by `cargo xtask bench --web`, which serves the app and sets
 // TUNELAB_URL): time from page load to the first training step with the model not cached and
 // cached in browser storage, and step times on WebGPU (SwiftShader without a GPU) and on the
-// wasm CPU backend. Prints one JSON object on the last line.
+// wasm CPU backend, threaded and on one thread. Prints one JSON object on the last line.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -57,7 +57,10 @@ const cpuCached = await run(page, small + '&cpu=true', 2);
 const uncached = await run(page, small + '&gpu=true', 2);
 const shape = (n, cpu) => `?data=spam&steps=${n}&batch=4&len=128&eval=1000&evaln=4&save=1000${cpu ? '&cpu=true' : '&gpu=true'}`;
 const gpu = await run(page, shape(gpuSteps, false), gpuSteps);
+// The page is cross-origin isolated, so `cpu` is the threaded worker (one Web Worker per
+// core); `cpu1` is the plain single-threaded worker (`threads=1`).
 const cpu = await run(page, shape(cpuSteps, true), cpuSteps);
+const cpu1 = await run(page, shape(cpuSteps, true) + '&threads=1', cpuSteps);
 await ctx.close();
 rmSync(profile, { recursive: true, force: true });
 
@@ -72,4 +75,5 @@ console.log(JSON.stringify({
   first_step: [cpuUncached, cpuCached, uncached].map((r) => ({ ms: r.first_step_ms, model_from: r.model_from, backend: r.backend })),
   webgpu: summary(gpu),
   cpu: summary(cpu),
+  cpu1: summary(cpu1),
 }));

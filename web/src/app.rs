@@ -1081,8 +1081,8 @@ fn PreflightPanel(app: App) -> impl IntoView {
                 }
             }}
             {move || match app.backend.get() {
-                Some(BackendInfo::Cpu { reason, .. }) => Some(view! {
-                    <p class="warn" data-testid="cpu-fallback">{format!("Training on the wasm CPU backend: {reason}.")}</p>
+                Some(BackendInfo::Cpu { reason, threads, .. }) => Some(view! {
+                    <p class="warn" data-testid="cpu-fallback">{format!("Training on the wasm CPU backend ({}): {reason}.", if threads == 1 { "1 thread".to_string() } else { format!("{threads} threads") })}</p>
                 }),
                 _ => None,
             }}
@@ -1187,11 +1187,7 @@ fn TrainPanel(app: App) -> impl IntoView {
                 let last = r.history.steps.last().map(|p| p.report);
                 let step = last.map(|l| l.step).unwrap_or(0);
                 let phase = format!("{:?}", r.phase).to_lowercase();
-                let backend = match &r.backend {
-                    Some(BackendInfo::WebGpu { adapter }) => format!("WebGPU ({})", if adapter.architecture.is_empty() { adapter.vendor.clone() } else { adapter.architecture.clone() }),
-                    Some(BackendInfo::Cpu { .. }) => "wasm CPU".to_string(),
-                    None => "—".into(),
-                };
+                let backend = r.backend.as_ref().map_or_else(|| "—".into(), BackendInfo::label);
                 let speed = rate(&r.history.steps);
                 view! {
                     <div class="progress"><div class="bar" style=format!("width: {:.1}%", 100.0 * step as f64 / r.total.max(1) as f64)></div></div>
@@ -1368,10 +1364,10 @@ fn DevicePanel(app: App) -> impl IntoView {
             {move || {
                 let (r, note) = match app.backend.get() {
                     None => return view! { <p class="muted" data-testid="gpu-status">"Asking the browser for a WebGPU adapter…"</p> }.into_any(),
-                    Some(BackendInfo::Cpu { reason, adapter: None }) => return view! {
+                    Some(BackendInfo::Cpu { reason, adapter: None, .. }) => return view! {
                         <p class="warn" data-testid="gpu-status">"Training on the wasm CPU backend: " {reason}</p>
                     }.into_any(),
-                    Some(BackendInfo::Cpu { reason, adapter: Some(a) }) => (a, Some(reason)),
+                    Some(BackendInfo::Cpu { reason, adapter: Some(a), .. }) => (a, Some(reason)),
                     Some(BackendInfo::WebGpu { adapter }) => (adapter, None),
                 };
                 let l = r.limits.clone();

@@ -65,7 +65,28 @@ pub enum BackendInfo {
     Cpu {
         reason: String,
         adapter: Option<AdapterReport>,
+        /// Threads the CPU kernels run on: the threaded worker's pool of Web Workers, or 1.
+        #[serde(default = "one")]
+        threads: usize,
     },
+}
+
+fn one() -> usize {
+    1
+}
+
+impl BackendInfo {
+    /// A short name for the backend: "WebGPU (architecture)" or "wasm CPU, N threads".
+    pub fn label(&self) -> String {
+        match self {
+            BackendInfo::WebGpu { adapter } if adapter.architecture.is_empty() => {
+                format!("WebGPU ({})", adapter.vendor)
+            }
+            BackendInfo::WebGpu { adapter } => format!("WebGPU ({})", adapter.architecture),
+            BackendInfo::Cpu { threads: 1, .. } => "wasm CPU, 1 thread".into(),
+            BackendInfo::Cpu { threads, .. } => format!("wasm CPU, {threads} threads"),
+        }
+    }
 }
 
 /// A step as charted.

@@ -9,31 +9,33 @@
 //! backend's tests, and against candle's composite ops below.
 
 use candle_core::{CpuStorage, Result, Storage, Tensor};
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(parallel)]
 use rayon::prelude::*;
 
-/// Row chunks of a slice, in parallel natively (rayon's pool: `RAYON_NUM_THREADS` threads) and
-/// in order in wasm; both iterators have the same `zip`/`enumerate`/`map`/`for_each` shape, and
-/// `map(..).collect()` keeps the chunks' order in both.
-#[cfg(not(target_arch = "wasm32"))]
+/// Row chunks of a slice, in parallel where `cfg(parallel)` is set (natively: rayon's pool,
+/// `RAYON_NUM_THREADS` threads; in the browser's threaded wasm build: its Web Workers, see
+/// build.rs) and in order in a single-threaded wasm build; both iterators have the same
+/// `zip`/`enumerate`/`map`/`for_each` shape, and `map(..).collect()` keeps the chunks' order
+/// in both.
+#[cfg(parallel)]
 macro_rules! rows {
     ($v:expr, $n:expr) => {
         $v.par_chunks($n).with_min_len(1)
     };
 }
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(parallel)]
 macro_rules! rows_mut {
     ($v:expr, $n:expr) => {
         $v.par_chunks_mut($n).with_min_len(1)
     };
 }
-#[cfg(target_arch = "wasm32")]
+#[cfg(not(parallel))]
 macro_rules! rows {
     ($v:expr, $n:expr) => {
         $v.chunks($n)
     };
 }
-#[cfg(target_arch = "wasm32")]
+#[cfg(not(parallel))]
 macro_rules! rows_mut {
     ($v:expr, $n:expr) => {
         $v.chunks_mut($n)
@@ -102,10 +104,10 @@ fn add_in_order(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
 /// `n` zeros for a kernel's output, written in parallel natively. `vec![0.0; n]` zero-fills
 /// the whole buffer on the calling thread (mimalloc's `calloc` of reused memory is a
 /// `memset`) while the other cores wait: with candle's matmul outputs, that was ~8% of the
-/// MiniLM LoRA step in a profile. In wasm (one thread) it is `vec![0.0; n]`.
+/// MiniLM LoRA step in a profile. In a single-threaded wasm build it is `vec![0.0; n]`.
 #[allow(unsafe_code)]
 pub(crate) fn zeroed(n: usize) -> Vec<f32> {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(parallel)]
     {
         let mut v = Vec::with_capacity(n);
         v.spare_capacity_mut()[..n]
@@ -115,7 +117,7 @@ pub(crate) fn zeroed(n: usize) -> Vec<f32> {
         unsafe { v.set_len(n) };
         v
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(not(parallel))]
     {
         vec![0f32; n]
     }
@@ -130,7 +132,7 @@ pub(crate) fn zeroed(n: usize) -> Vec<f32> {
 #[allow(unsafe_code)]
 fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     let n = a.len().min(b.len());
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(parallel)]
     {
         let mut out = Vec::with_capacity(n);
         out.spare_capacity_mut()[..n]
@@ -148,7 +150,7 @@ fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32>
         unsafe { out.set_len(n) };
         out
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(not(parallel))]
     {
         a[..n].iter().zip(&b[..n]).map(|(&x, &y)| f(x, y)).collect()
     }
@@ -520,7 +522,7 @@ pub fn add_rows(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         return Err(len_err("add_bias", "bias", bias.elem_count(), c));
     }
     let y = with_slices([x, bias], |[xs, b]| {
-        #[cfg(not(target_arch = "wasm32"))]
+        #[cfg(parallel)]
         {
             let n = xs.len();
             let mut y = Vec::with_capacity(n);
@@ -542,7 +544,7 @@ pub fn add_rows(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
             unsafe { y.set_len(n) };
             y
         }
-        #[cfg(target_arch = "wasm32")]
+        #[cfg(not(parallel))]
         {
             let mut y = Vec::with_capacity(xs.len());
             for row in xs.chunks(c) {
@@ -668,7 +670,7 @@ pub fn adamw(
     let adam = Adam::new(hp, grad_scale);
     let (p2, m2, v2) = with_slices([param, grad, m, v], |[ps, gs, ms, vs]| {
         let mut outs: [Vec<f32>; 3] = std::array::from_fn(|_| Vec::with_capacity(n));
-        #[cfg(not(target_arch = "wasm32"))]
+        #[cfg(parallel)]
         {
             let [po, mo, vo] = &mut outs;
             let out_chunks = po.spare_capacity_mut()[..n]
@@ -700,7 +702,7 @@ pub fn adamw(
                 unsafe { o.set_len(n) };
             }
         }
-        #[cfg(target_arch = "wasm32")]
+        #[cfg(not(parallel))]
         for (((&p, &g), &m), &v) in ps.iter().zip(gs).zip(ms).zip(vs) {
             let (p, m, v) = adam.update(p, g, m, v);
             outs[0].push(p);

@@ -80,7 +80,20 @@ fn check(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &[f32]) -> Resul
 /// A product `c = a @ b` of `m × k` and `k × n` into a row-major, contiguous `m × n`.
 pub type Product = fn(usize, usize, usize, MatRef, MatRef, &mut [f32]) -> Result<(), SgemmError>;
 
+/// Products with fewer multiply-adds than this run on one thread: among them attention's
+/// per-head products (T × T × D, 1M at 128 tokens and head size 64), which already run in
+/// parallel over sequences.
+#[cfg(parallel)]
+const PAR_MIN_MACS: usize = 1 << 22;
+
 /// `c = a @ b`: `a` is `m × k`, `b` is `k × n`, `c` is `m × n`, row-major and contiguous.
+///
+/// Where `cfg(parallel)` is set (see build.rs) a large product is split into blocks of rows
+/// of `c` (at most `MC`, fewer when that leaves a thread idle), each computed on one of
+/// rayon's threads with its own packed panels of `b`; packing `b` once per block costs
+/// `1 / (2 · rows)` of the block's arithmetic. Every value of `c` sums its `k` products in
+/// the same order however the rows are split, so the result does not depend on the thread
+/// count.
 pub fn sgemm(
     m: usize,
     n: usize,
@@ -94,6 +107,30 @@ pub fn sgemm(
         c.fill(0.0);
         return Ok(());
     }
+    #[cfg(parallel)]
+    {
+        use rayon::prelude::*;
+        let threads = rayon::current_num_threads();
+        if threads > 1 && m > MR && m * n * k >= PAR_MIN_MACS {
+            let rows = MC.min(m.div_ceil(threads).next_multiple_of(MR));
+            c.par_chunks_mut(rows * n).enumerate().for_each(|(i, c)| {
+                // `i * rows < m`, so the offset is at most the last row's start, which
+                // `check` showed lies in `a`.
+                let a = MatRef {
+                    data: &a.data[i * rows * a.rs..],
+                    ..a
+                };
+                rows_of_product(c.len() / n, n, k, a, b, c);
+            });
+            return Ok(());
+        }
+    }
+    rows_of_product(m, n, k, a, b, c);
+    Ok(())
+}
+
+/// [`sgemm`]'s loop nest on one thread, for operands `check` has accepted and `k > 0`.
+fn rows_of_product(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
     let mut bp = vec![0f32; KC * n.min(NC).div_ceil(NR) * NR];
     let mut ap = vec![0f32; KC * m.min(MC).div_ceil(MR) * MR];
     let mut tile = [0f32; MR * NR];
@@ -128,7 +165,6 @@ pub fn sgemm(
             }
         }
     }
-    Ok(())
 }
 
 /// `c = a @ b` natively through the `gemm` crate's kernels (AVX-512 or AVX2, chosen at run
@@ -467,6 +503,9 @@ pub fn self_check_with(product: Product) -> Result<(), String> {
         (130, 17, 300),
         (9, 1030, 33),
         (2, 3, 0),
+        // Above `PAR_MIN_MACS` (where `cfg(parallel)` splits rows over threads), with a
+        // row count no block size divides.
+        (301, 70, 260),
     ];
     for (m, n, k) in cases {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -575,6 +614,41 @@ mod tests {
             let err = product(2, 2, 3, ar, br, &mut [0.0; 3]).unwrap_err();
             assert_eq!(err, SgemmError::Output { len: 3, m: 2, n: 2 });
         }
+    }
+
+    /// The product split over one thread and over three is the same to the bit: each value
+    /// sums its inner products in one order however the rows are split.
+    #[cfg(parallel)]
+    #[test]
+    fn products_do_not_depend_on_the_thread_count() {
+        let (m, n, k) = (301, 70, 260);
+        assert!(m * n * k >= PAR_MIN_MACS);
+        let (av, bv) = (values(m * k, 9), values(k * n, 10));
+        let run = || {
+            let a = MatRef {
+                data: &av,
+                rs: k,
+                cs: 1,
+            };
+            let b = MatRef {
+                data: &bv,
+                rs: 1,
+                cs: k,
+            };
+            let mut c = vec![f32::NAN; m * n];
+            sgemm(m, n, k, a, b, &mut c).unwrap();
+            c
+        };
+        let pool = |t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+        };
+        let one = pool(1).install(run);
+        let three = pool(3).install(run);
+        assert!(one.iter().all(|v| v.is_finite()));
+        assert_eq!(one, three);
     }
 
     #[test]

@@ -127,19 +127,16 @@ fn tunelab() -> std::process::Command {
     c
 }
 
-fn target_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
-}
-
 pub fn run(only: Option<String>) -> anyhow::Result<()> {
     crate::assets::ensure(false)?;
     sh::run(cmd("cargo", &["build", "-p", "tunelab-cli"]).current_dir(root()))?;
     let runs_dir = root().join("target/results");
     std::fs::create_dir_all(&runs_dir)?;
-    std::fs::copy(target_dir().join("debug/tunelab"), runs_dir.join("tunelab"))
-        .context("copying the tunelab binary")?;
+    std::fs::copy(
+        crate::sh::target_dir().join("debug/tunelab"),
+        runs_dir.join("tunelab"),
+    )
+    .context("copying the tunelab binary")?;
     let mut rows = Vec::new();
     for r in RUNS {
         let name = format!(

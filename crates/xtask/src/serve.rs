@@ -17,13 +17,91 @@ pub fn prepare() -> anyhow::Result<()> {
     build_web()
 }
 
+/// Trunk's build of the page and the plain worker, then the threaded worker.
 pub fn build_web() -> anyhow::Result<()> {
     let mut c = cmd("trunk", &["build", "--release"]);
     c.current_dir(root())
         .env("TRUNK_OFFLINE", "true")
         .env("TRUNK_SKIP_VERSION_CHECK", "true")
         .env("NO_COLOR", "true");
-    run(&mut c)
+    run(&mut c)?;
+    build_threaded_worker()
+}
+
+/// Rust flags of the threaded worker, added to the wasm target's in `.cargo/config.toml`:
+/// atomics, and a linked module whose memory is shared and imported (what Web Workers need to
+/// run one module's threads), with room to grow to wasm32's 4 GiB (a shared memory's maximum
+/// is fixed when it is created). The linker is not told by `+atomics` alone; the TLS exports
+/// are what wasm-bindgen's thread support initialises each thread with.
+const THREADED_RUSTFLAGS: &str = "target.wasm32-unknown-unknown.rustflags = [\
+    '-C', 'target-feature=+atomics,+bulk-memory,+mutable-globals', \
+    '-C', 'link-arg=--shared-memory', '-C', 'link-arg=--import-memory', \
+    '-C', 'link-arg=--max-memory=4294967296', \
+    '-C', 'link-arg=--export=__wasm_init_tls', '-C', 'link-arg=--export=__tls_size', \
+    '-C', 'link-arg=--export=__tls_align', '-C', 'link-arg=--export=__tls_base']";
+
+/// The loader of the threaded worker: it says where the glue script is (the pool's threads
+/// load it too; see web/src/worker/pool.rs) and where the app's root is (the worker fetches
+/// the assets relative to it), loads the glue and starts the module.
+const THREADED_LOADER: &str = "\
+// Tunelab's threaded training worker; written by `cargo xtask`'s web build (crates/xtask/src/serve.rs).
+self.tunelabGlue = new URL('tunelab-worker.js', self.location.href).href;
+self.tunelabRoot = new URL('../', self.location.href).href;
+importScripts(self.tunelabGlue);
+wasm_bindgen({ module_or_path: new URL('tunelab-worker_bg.wasm', self.location.href).href });
+";
+
+/// The training worker built with shared memory into `dist/threads/`: the page starts it
+/// when it is cross-origin isolated (this server's headers), so the wasm CPU backend runs its
+/// kernels on every core (see web/src/bridge.rs).
+///
+/// The standard library has to be rebuilt with atomics: `-Z build-std`, an unstable cargo
+/// flag, which `RUSTC_BOOTSTRAP=1` allows on the project's stable toolchain (setup installs
+/// its `rust-src`). A separate target folder keeps these flags from rebuilding the plain
+/// wasm build's crates.
+pub fn build_threaded_worker() -> anyhow::Result<()> {
+    let target_dir = crate::sh::target_dir().join("wasm-threads");
+    let target_dir_arg = target_dir.to_string_lossy().to_string();
+    let mut c = cmd(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "tunelab-web",
+            "--bin",
+            "tunelab-worker",
+            "--target",
+            setup::WASM_TARGET,
+            "-Z",
+            "build-std=std,panic_abort",
+            "--config",
+            THREADED_RUSTFLAGS,
+            "--target-dir",
+            &target_dir_arg,
+        ],
+    );
+    c.current_dir(root()).env("RUSTC_BOOTSTRAP", "1");
+    run(&mut c)?;
+    let wasm = target_dir.join(format!(
+        "{}/release/tunelab-worker.wasm",
+        setup::WASM_TARGET
+    ));
+    let out = root().join("dist/threads");
+    run(cmd(
+        "wasm-bindgen",
+        &[
+            "--target",
+            "no-modules",
+            "--no-typescript",
+            "--out-dir",
+            &out.to_string_lossy(),
+            &wasm.to_string_lossy(),
+        ],
+    )
+    .current_dir(root()))?;
+    std::fs::write(out.join("tunelab-worker_loader.js"), THREADED_LOADER)?;
+    Ok(())
 }
 
 pub fn main(port: u16, no_build: bool) -> anyhow::Result<()> {
@@ -120,16 +198,28 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
+/// A file's response headers: its type, and cross-origin isolation (COOP + COEP), without
+/// which a page cannot share memory with its workers: the threaded training worker needs it.
+/// Everything the app loads is same-origin, so `require-corp` blocks nothing of its own.
+fn headers(path: &Path) -> [(&'static str, &'static str); 3] {
+    [
+        ("Content-Type", content_type(path)),
+        ("Cross-Origin-Opener-Policy", "same-origin"),
+        ("Cross-Origin-Embedder-Policy", "require-corp"),
+    ]
+}
+
 fn respond(request: tiny_http::Request, dist: &Path, assets: &Path) {
     let file = resolve(request.url(), dist, assets)
         .filter(|p| p.is_file())
         .and_then(|p| std::fs::File::open(&p).ok().map(|f| (p, f)));
     let result = match file {
         Some((path, f)) => {
-            let header = tiny_http::Header::from_bytes("Content-Type", content_type(&path));
             let mut response = tiny_http::Response::from_file(f);
-            if let Ok(h) = header {
-                response = response.with_header(h);
+            for (name, value) in headers(&path) {
+                if let Ok(h) = tiny_http::Header::from_bytes(name, value) {
+                    response = response.with_header(h);
+                }
             }
             request.respond(response)
         }

@@ -22,6 +22,7 @@ pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
     wasm_target()?;
+    rust_src()?;
     wasm_bindgen_cli()?;
     trunk()?;
     playwright()?;
@@ -33,6 +34,7 @@ pub fn run() -> anyhow::Result<()> {
 pub fn is_complete() -> bool {
     missing_debian_packages().is_empty()
         && has_wasm_target()
+        && has_rust_src()
         && wasm_bindgen_installed().as_deref() == wasm_bindgen_version().ok().as_deref()
         && trunk_installed().as_deref() == Some(TRUNK_VERSION)
         && playwright_installed()
@@ -83,6 +85,20 @@ fn wasm_target() -> anyhow::Result<()> {
         return Ok(());
     }
     sh_run(&mut cmd("rustup", &["target", "add", WASM_TARGET]))
+}
+
+fn has_rust_src() -> bool {
+    output(&mut cmd("rustup", &["component", "list", "--installed"]))
+        .is_some_and(|s| s.lines().any(|l| l.trim().starts_with("rust-src")))
+}
+
+/// The standard library's source: the threaded web worker rebuilds std with atomics.
+fn rust_src() -> anyhow::Result<()> {
+    if has_rust_src() {
+        eprintln!("setup: Rust component rust-src present");
+        return Ok(());
+    }
+    sh_run(&mut cmd("rustup", &["component", "add", "rust-src"]))
 }
 
 /// The wasm-bindgen version pinned in the workspace `Cargo.toml`: the one place it is written.

@@ -12,6 +12,13 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")))
 }
 
+/// Cargo's target folder (`CARGO_TARGET_DIR`, else `target/` in the repository).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 /// Where downloaded registry packages are cached across clones.
 pub fn download_cache() -> PathBuf {
     if let Some(dir) = std::env::var_os("TUNELAB_CACHE") {

@@ -2,6 +2,8 @@
 //! the wasm CPU backend as a fallback) and browser storage, so the page never freezes.
 //! Messages are `[json, payload]` arrays (see `tunelab_web::protocol`).
 
+#[cfg(target_feature = "atomics")]
+mod pool;
 mod run;
 
 use js_sys::{Array, Object, Reflect, Uint8Array};
@@ -147,16 +149,41 @@ fn on_message(ev: MessageEvent) {
     }
 }
 
+/// Threads the CPU backend's kernels run on.
+pub(crate) fn cpu_threads() -> usize {
+    #[cfg(target_feature = "atomics")]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(not(target_feature = "atomics"))]
+    {
+        1
+    }
+}
+
 fn main() {
+    #[cfg(target_feature = "atomics")]
+    if pool::is_pool_thread() {
+        return;
+    }
     console_error_panic_hook::set_once();
     let handler = Closure::<dyn FnMut(MessageEvent)>::new(on_message);
     scope().set_onmessage(Some(handler.as_ref().unchecked_ref()));
     handler.forget();
-    // The page waits for this before it sends anything.
-    post(
-        &Event::Status {
-            message: "worker started".into(),
-        },
-        None,
-    );
+    wasm_bindgen_futures::spawn_local(async {
+        // The threaded build starts its pool first: nothing may block on the pool's threads
+        // before they run. If they cannot start, the page falls back to the plain worker.
+        #[cfg(target_feature = "atomics")]
+        if let Err(e) = pool::start(pool::hardware_threads()).await {
+            post_error(e);
+            return;
+        }
+        // The page waits for this before it sends anything.
+        post(
+            &Event::Status {
+                message: "worker started".into(),
+            },
+            None,
+        );
+    });
 }

@@ -102,7 +102,11 @@ async fn engine(force_cpu: bool, force_gpu: bool) -> (Engine, BackendInfo) {
     let cpu = |reason: String, adapter: Option<tunelab_wgpu::AdapterReport>| {
         (
             Engine::Cpu(Candle::cpu()),
-            BackendInfo::Cpu { reason, adapter },
+            BackendInfo::Cpu {
+                reason,
+                adapter,
+                threads: crate::cpu_threads(),
+            },
         )
     };
     match gpu {
@@ -126,8 +130,20 @@ async fn engine(force_cpu: bool, force_gpu: bool) -> (Engine, BackendInfo) {
     }
 }
 
+/// `url` (relative to the app's root) made absolute. A relative URL in a worker resolves
+/// against the worker's script; the threaded worker's is in `threads/`, so its loader names
+/// the app's root in `self.tunelabRoot`.
+fn app_url(url: &str) -> String {
+    Reflect::get(&js_sys::global(), &"tunelabRoot".into())
+        .ok()
+        .and_then(|root| root.as_string())
+        .and_then(|root| web_sys::Url::new_with_base(url, &root).ok())
+        .map_or_else(|| url.to_string(), |u| u.href())
+}
+
 async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
     let g = js_sys::global();
+    let url = &app_url(url);
     let f: js_sys::Function = Reflect::get(&g, &"fetch".into())
         .map_err(|_| "no fetch in this worker".to_string())?
         .unchecked_into();
@@ -576,10 +592,7 @@ async fn train<B: Held>(
         method: spec.config.method.name().to_string(),
         steps: step,
         stopped,
-        backend: match &backend {
-            BackendInfo::WebGpu { adapter } => format!("WebGPU ({})", adapter.architecture),
-            BackendInfo::Cpu { .. } => "wasm CPU".into(),
-        },
+        backend: backend.label(),
         metrics: history
             .evals
             .last()

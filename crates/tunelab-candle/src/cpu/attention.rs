@@ -7,14 +7,14 @@
 //! size `B × H × T × T` is allocated (the whole-batch version allocated, zero-filled and walked
 //! through memory four such tensors in the backward, and copied every operand into a
 //! head-major layout first), and a head's scratch stays in the core's cache between its
-//! products and its softmax. Sequences run in parallel on rayon's threads (in order in wasm);
+//! products and its softmax. Sequences run in parallel on rayon's threads (in order in a single-threaded wasm build);
 //! each is computed the same way on any thread count, so results do not depend on it.
 
 use super::{ScoreMask, exp, lane_dot, lane_max, lane_sum, len_err, run_vectorized, tensor};
 use super::{with_slices, zeroed};
 use crate::sgemm::{CPU_PRODUCT as product, MatRef};
 use candle_core::{Result, Tensor};
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(parallel)]
 use rayon::prelude::*;
 
 /// The shape of one attention call: `b` sequences of `t` tokens, `heads` heads of `d` values.
