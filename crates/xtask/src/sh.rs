@@ -6,7 +6,12 @@ use std::process::Command;
 
 /// The repository root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // `cargo xtask` (cargo run) sets CARGO_MANIFEST_DIR for the process too; prefer it to the
+    // path compiled in, which names whichever checkout last built xtask when clones share a
+    // target folder (cargo does not rebuild a binary because its checkout moved).
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .join("../..")
         .canonicalize()
         .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")))
