@@ -361,7 +361,7 @@ test('without WebGPU the wasm CPU backend trains BitFit, pauses, resumes, stops 
   }
 });
 
-test('the threaded wasm CPU backend trains exactly as one thread does', async () => {
+test('the threaded wasm CPU backend trains as one thread does', async () => {
   const ctx = await launch({ webgpu: false });
   try {
     const query = '?steps=6&batch=4&len=48&eval=100&evaln=8&save=100&cpu=true';
@@ -383,8 +383,17 @@ test('the threaded wasm CPU backend trains exactly as one thread does', async ()
     assert.equal(one.backend, 'wasm CPU, 1 thread');
     assert.match(pool.backend, /^wasm CPU, \d+ threads?$/);
     assert.equal(pool.losses.length, 6);
-    // Every kernel sums in an order that does not depend on the thread count: equal to the bit.
-    assert.deepEqual(pool.losses, one.losses);
+    // Every kernel sums in an order that does not depend on the thread count, but the threaded
+    // build's matmul fuses each multiply-add (relaxed SIMD), rounding once where the plain
+    // build rounds twice: the runs agree to float rounding, not to the bit. Rows computed on
+    // the wrong thread or a missed block would move a loss by far more.
+    assert.equal(one.losses.length, 6);
+    pool.losses.forEach(([step, loss], i) => {
+      const [oneStep, oneLoss] = one.losses[i];
+      assert.equal(step, oneStep);
+      assert.ok(Math.abs(loss - oneLoss) <= 1e-4 * Math.max(1, Math.abs(oneLoss)),
+        `step ${step}: loss ${loss} threaded vs ${oneLoss} on one thread`);
+    });
     console.log(`step ms, ${pool.backend}: ${pool.ms.join(', ')}; 1 thread: ${one.ms.join(', ')}`);
   } finally {
     await ctx.close();

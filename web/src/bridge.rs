@@ -2,7 +2,8 @@
 //!
 //! Two builds of the worker exist. Where the page is cross-origin isolated (the app's server
 //! sends COOP and COEP headers), it starts the threaded one (`dist/threads/`, built with
-//! shared memory: the CPU backend's kernels run on a pool of Web Workers); elsewhere, or with
+//! shared memory: the CPU backend's kernels run on a pool of Web Workers; and with relaxed
+//! SIMD, so only where the browser validates a relaxed-SIMD module); elsewhere, or with
 //! `?threads=1` in the URL, the plain single-threaded one Trunk builds. A threaded worker that
 //! fails before it says "worker started" is replaced by the plain one, saying why.
 
@@ -42,14 +43,42 @@ fn wants_threads() -> bool {
     isolated && !one
 }
 
+/// A module with one function, `(v128, v128, v128) -> v128`, that returns
+/// `f32x4.relaxed_madd` of its arguments (opcode 0xfd 0x105): a browser that validates it can
+/// load the threaded worker, which is built with relaxed SIMD.
+const RELAXED_SIMD_PROBE: [u8; 37] = [
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+    0x01, 0x08, 0x01, 0x60, 0x03, 0x7b, 0x7b, 0x7b, 0x01, 0x7b, // type: (v128 ×3) -> v128
+    0x03, 0x02, 0x01, 0x00, // function 0 has type 0
+    0x0a, 0x0d, 0x01, 0x0b, 0x00, // code: one body of 11 bytes, no locals
+    0x20, 0x00, 0x20, 0x01, 0x20, 0x02, // local.get 0, 1, 2
+    0xfd, 0x85, 0x02, 0x0b, // f32x4.relaxed_madd, end
+];
+
+/// Whether this browser's WebAssembly has relaxed SIMD.
+fn has_relaxed_simd() -> bool {
+    let probe = Uint8Array::from(&RELAXED_SIMD_PROBE[..]);
+    js_sys::WebAssembly::validate(&probe).unwrap_or(false)
+}
+
 /// Starts the worker; `on_event` gets every event with its payload (if any).
 pub fn start(on_event: impl Fn(Event, Option<Vec<u8>>) + 'static) -> Result<(), String> {
     let on_event: OnEvent = Rc::new(on_event);
-    if wants_threads() {
-        spawn(THREADED, on_event, true)
-    } else {
-        spawn(PLAIN, on_event, false)
+    if !wants_threads() {
+        return spawn(PLAIN, on_event, false);
     }
+    if !has_relaxed_simd() {
+        on_event(
+            Event::Status {
+                message: "This browser's WebAssembly lacks relaxed SIMD, which the CPU \
+                          backend's threaded build needs; using one thread."
+                    .into(),
+            },
+            None,
+        );
+        return spawn(PLAIN, on_event, false);
+    }
+    spawn(THREADED, on_event, true)
 }
 
 /// Replaces a threaded worker that could not start with the plain one.

@@ -32,9 +32,11 @@ pub fn build_web() -> anyhow::Result<()> {
 /// atomics, and a linked module whose memory is shared and imported (what Web Workers need to
 /// run one module's threads), with room to grow to wasm32's 4 GiB (a shared memory's maximum
 /// is fixed when it is created). The linker is not told by `+atomics` alone; the TLS exports
-/// are what wasm-bindgen's thread support initialises each thread with.
+/// are what wasm-bindgen's thread support initialises each thread with. Relaxed SIMD gives the
+/// CPU backend's matmul its fused multiply-add; every browser that loads this build is checked
+/// for it first (`web/src/bridge.rs`), so the plain worker stays loadable everywhere.
 const THREADED_RUSTFLAGS: &str = "target.wasm32-unknown-unknown.rustflags = [\
-    '-C', 'target-feature=+atomics,+bulk-memory,+mutable-globals', \
+    '-C', 'target-feature=+atomics,+bulk-memory,+mutable-globals,+relaxed-simd', \
     '-C', 'link-arg=--shared-memory', '-C', 'link-arg=--import-memory', \
     '-C', 'link-arg=--max-memory=4294967296', \
     '-C', 'link-arg=--export=__wasm_init_tls', '-C', 'link-arg=--export=__tls_size', \
