@@ -124,7 +124,8 @@ fn parse(jsonl: &str) -> anyhow::Result<Rows> {
         .collect()
 }
 
-fn render(ours: &Rows, torch: Option<&Rows>) -> String {
+/// This machine's CPU model (from /proc/cpuinfo) and how many threads it runs at once.
+fn machine() -> (String, usize) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -136,6 +137,11 @@ fn render(ours: &Rows, torch: Option<&Rows>) -> String {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    (cpu, threads)
+}
+
+fn render(ours: &Rows, torch: Option<&Rows>) -> String {
+    let (cpu, threads) = machine();
     let mut s = format!(
         "# Benchmarks\n\nProduced by `cargo xtask bench{}`; do not edit by hand.\n\n## Training step, MiniLM shape, candle CPU backend\n\nall-MiniLM-L6-v2 (6 layers, hidden 384, 12 heads) with a 2-class sequence-classification head, batch {BATCH} × sequence {SEQ}, one full step (forward, loss, backward, global-norm clipping, AdamW). Median and minimum of {STEPS} steps after {WARMUP} warm-up steps; peak resident memory of the process that ran the method. Machine: {cpu}, {threads} threads.\n\n",
         if torch.is_some() { " --vs-torch" } else { "" }
@@ -272,7 +278,7 @@ pub fn web() -> anyhow::Result<()> {
             "--seq",
             "128",
             "--steps",
-            "5",
+            "10",
             "--warmup",
             "1",
             "--methods",
@@ -341,19 +347,39 @@ pub fn web() -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     // The browser's batches are padded to their longest row (at most 128) and its token count
-    // is of real tokens; the native step is a full 4 × 128. Both ratios are reported and the
-    // target is judged on the lower.
+    // is of real tokens; the native step is a full 4 × 128. Over all steps both ratios are
+    // reported (step time favours the browser's shorter batches, tokens per second charges it
+    // for padding); the target is judged on the steps whose batch is a full 4 × 128 — the
+    // native step's exact shape — when at least two were timed, else on the lower ratio.
     let ratios = |wasm: &serde_json::Value, native: f64| {
         let ms = f(wasm, "median_ms");
         let time = native / ms;
         let tokens = (f(wasm, "tokens_per_step") / ms) / (512.0 / native);
         (time, tokens, time.min(tokens))
     };
-    let (ratio_time, ratio_tokens, ratio) = ratios(cpu, native_1);
+    let (ratio_time, ratio_tokens, ratio_lower) = ratios(cpu, native_1);
+    let full_steps = cpu["full_steps"].as_u64().unwrap_or(0);
+    let full_ms = f(cpu, "full_median_ms");
+    let ratio_full = native_1 / full_ms;
+    let ratio = if full_steps >= 2 {
+        ratio_full
+    } else {
+        ratio_lower
+    };
+    let full_line = if full_steps >= 2 {
+        format!(
+            "At exactly the native step's shape — the {full_steps} timed steps whose four rows all have 128 real tokens — the threaded worker's median is {full_ms:.0} ms: **{ratio_full:.2}×** native single-thread speed, the figure the target is judged on."
+        )
+    } else {
+        format!(
+            "Only {full_steps} timed step had four full rows, too few for a same-shape median; the target is judged on the lower ratio above."
+        )
+    };
     let (one_time, one_tokens, _) = ratios(cpu1, native_1);
     let (same_time, same_tokens, _) = ratios(cpu, native_n);
+    let (cpu_name, cores) = machine();
     let section = format!(
-        "{WEB_MARK}\n## Web app (Chromium, headless)\n\nProduced by `cargo xtask bench --web` (`tests/e2e/bench.mjs` drives the release build in Debian's Chromium; without a GPU its WebGPU adapter is SwiftShader, a CPU implementation). Shared 2-core machine; numbers are medians of one run.\n\n### Page load to the first training step\n\nFrom navigation start to the first step's report (the page clicks Train as soon as the data is loaded): all-MiniLM-L6-v2, LoRA, sentiment, batch 8, ≤ 64 tokens. One fresh browser profile: the wasm CPU rows show the loading cost (first the model is fetched and stored in OPFS, then after a reload it comes from OPFS); the WebGPU row (model from OPFS) adds SwiftShader compiling every pipeline and running the step on the CPU.\n\n| backend | model from | ms |\n|---|---|---:|\n{first_rows}\n### Step time at the MiniLM shape, small batch\n\nLoRA (r=8, query/value) on the spam sample, batch 4 × 128 tokens (median tokens per step shown), median over the steps after the first.\n\n| backend | steps | tokens/step | median ms/step |\n|---|---:|---:|---:|\n| {} | {} | {:.0} | {:.0} |\n| {} (threaded worker) | {} | {:.0} | {cpu_ms:.0} |\n| {} (plain worker, `?threads=1`) | {} | {:.0} | {cpu1_ms:.0} |\n| native candle CPU, 1 thread (`tunelab bench --batch 4 --seq 128 --methods lora`) | 5 | 512 | {native_1:.0} |\n| native candle CPU, {pool_threads} threads (the same, `RAYON_NUM_THREADS={pool_threads}`) | 5 | 512 | {native_n:.0} |\n\nThe app's wasm CPU path (the threaded worker, which the page starts when it is cross-origin isolated) relative to native single-thread speed: **{ratio_time:.2}×** by step time, **{ratio_tokens:.2}×** by tokens per second (the browser's tokens are real tokens of batches padded to their longest row; the native step is a full 4 × 128) — target ≥ 0.5×: {}. Thread for thread: the plain worker on one thread is {one_time:.2}× (by tokens {one_tokens:.2}×) native on one thread, and the threaded worker {same_time:.2}× (by tokens {same_tokens:.2}×) native on {pool_threads} threads.\n\n### Bundle size\n\nThe page and the plain worker (what Trunk builds into `dist/`):\n\n| file | MiB | gzip -9 MiB |\n|---|---:|---:|\n{sizes}| total | {:.2} | {:.2} |\n\nThe threaded worker (`dist/threads/`), loaded instead of the plain worker's files where the page is cross-origin isolated: `tunelab-worker_bg.wasm` {:.2} MiB ({:.2} gzip), `tunelab-worker.js` {:.3} MiB ({:.3} gzip).\n",
+        "{WEB_MARK}\n## Web app (Chromium, headless)\n\nProduced by `cargo xtask bench --web` (`tests/e2e/bench.mjs` drives the release build in Debian's Chromium; without a GPU its WebGPU adapter is SwiftShader, a CPU implementation). Machine: {cpu_name}, {cores} cores, shared; numbers are medians of one run.\n\n### Page load to the first training step\n\nFrom navigation start to the first step's report (the page clicks Train as soon as the data is loaded): all-MiniLM-L6-v2, LoRA, sentiment, batch 8, ≤ 64 tokens. One fresh browser profile: the wasm CPU rows show the loading cost (first the model is fetched and stored in OPFS, then after a reload it comes from OPFS); the WebGPU row (model from OPFS) adds SwiftShader compiling every pipeline and running the step on the CPU.\n\n| backend | model from | ms |\n|---|---|---:|\n{first_rows}\n### Step time at the MiniLM shape, small batch\n\nLoRA (r=8, query/value) on the spam sample, batch 4 × 128 tokens (median tokens per step shown), median over the steps after the first.\n\n| backend | steps | tokens/step | median ms/step |\n|---|---:|---:|---:|\n| {} | {} | {:.0} | {:.0} |\n| {} (threaded worker) | {} | {:.0} | {cpu_ms:.0} |\n| {} (plain worker, `?threads=1`) | {} | {:.0} | {cpu1_ms:.0} |\n| native candle CPU, 1 thread (`tunelab bench --batch 4 --seq 128 --methods lora`) | 10 | 512 | {native_1:.0} |\n| native candle CPU, {pool_threads} threads (the same, `RAYON_NUM_THREADS={pool_threads}`) | 10 | 512 | {native_n:.0} |\n\nThe app's wasm CPU path (the threaded worker, which the page starts when it is cross-origin isolated) relative to native single-thread speed: **{ratio_time:.2}×** by step time, **{ratio_tokens:.2}×** by tokens per second (the browser's tokens are real tokens of batches padded to their longest row; the native step is a full 4 × 128). {full_line} Target ≥ 0.5×: {}. Thread for thread: the plain worker on one thread is {one_time:.2}× (by tokens {one_tokens:.2}×) native on one thread, and the threaded worker {same_time:.2}× (by tokens {same_tokens:.2}×) native on {pool_threads} threads.\n\n### Bundle size\n\nThe page and the plain worker (what Trunk builds into `dist/`):\n\n| file | MiB | gzip -9 MiB |\n|---|---:|---:|\n{sizes}| total | {:.2} | {:.2} |\n\nThe threaded worker (`dist/threads/`), loaded instead of the plain worker's files where the page is cross-origin isolated: `tunelab-worker_bg.wasm` {:.2} MiB ({:.2} gzip), `tunelab-worker.js` {:.3} MiB ({:.3} gzip).\n",
         wg["backend"].as_str().unwrap_or("?"),
         wg["steps"],
         f(wg, "tokens_per_step"),
