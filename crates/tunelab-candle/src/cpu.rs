@@ -833,18 +833,10 @@ mod tests {
             let biased = add_rows(&x, &b).unwrap();
             [y, mean, rstd, dx, dg, db, sums, biased].map(|t| values(&t))
         };
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let three = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
-        let got = one.install(run);
+        let got = crate::on_pool(1, run).unwrap();
         assert_eq!(
             got,
-            three.install(run),
+            crate::on_pool(3, run).unwrap(),
             "results depend on the thread count"
         );
 

@@ -54,6 +54,19 @@ impl FromStr for DeviceKind {
     }
 }
 
+/// Runs `f` on a fresh rayon pool of `threads` threads. The kernels promise results that do
+/// not depend on the thread count; their tests compare runs on pools of different sizes.
+#[doc(hidden)]
+pub fn on_pool<T: Send>(
+    threads: usize,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, rayon::ThreadPoolBuildError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    Ok(pool.install(f))
+}
+
 /// Opens the candle device for `kind`.
 pub fn device(kind: DeviceKind) -> Result<candle_core::Device, CandleError> {
     match kind {

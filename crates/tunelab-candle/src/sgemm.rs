@@ -710,14 +710,8 @@ mod tests {
             sgemm(m, n, k, a, b, &mut c).unwrap();
             c
         };
-        let pool = |t| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .unwrap()
-        };
-        let one = pool(1).install(run);
-        let three = pool(3).install(run);
+        let one = crate::on_pool(1, run).unwrap();
+        let three = crate::on_pool(3, run).unwrap();
         assert!(one.iter().all(|v| v.is_finite()));
         assert_eq!(one, three);
     }

@@ -775,15 +775,13 @@ fn fused_attention_is_independent_of_the_thread_count() {
         assert_eq!(lse.dims(), [bsz, heads, t]);
         [out, lse, dq, dk, dv].map(|x| host(&x))
     };
-    let pool = |n| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .unwrap()
-    };
-    let whole = pool(1).install(run);
+    let whole = tunelab_candle::on_pool(1, run).unwrap();
     for n in [2, 3] {
-        assert_eq!(pool(n).install(run), whole, "{n} threads");
+        assert_eq!(
+            tunelab_candle::on_pool(n, run).unwrap(),
+            whole,
+            "{n} threads"
+        );
     }
     // Padding is per sequence: the last sequence's keys after its 3rd token get no weight,
     // so its values there get no gradient.
