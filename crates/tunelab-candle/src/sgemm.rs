@@ -326,7 +326,7 @@ fn pack_a(a: MatRef, ic: usize, mc: usize, pc: usize, kc: usize, out: &mut [f32]
 
 /// `acc + a * b` on four lanes: one fused multiply-add where the build has relaxed SIMD (the
 /// threaded worker's build; V8 emits FMA3's `vfmadd` where the CPU has it, a multiply and an
-/// add where not), else a multiply and an add. Fused, the product kernel measured 1.3–1.5×
+/// add where not), else a multiply and an add. Fused, the whole product measured ~1.3×
 /// faster in Chromium on x86-64 (AVX2).
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[inline(always)]
