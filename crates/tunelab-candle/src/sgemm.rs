@@ -180,30 +180,24 @@ fn rows_of_product(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [
     });
 }
 
-/// Writes (`first`) or adds one row of a register tile into `c`. A full row goes through
-/// fixed-size arrays, which the compiler turns into vector loads and stores: a slice copy of
-/// a run-time length becomes a call to `memmove` (with bulk memory, V8 calls out of wasm
-/// for it); avoiding it raised the wasm product's throughput 1.2–1.4× in Chromium at the
-/// MiniLM shapes.
+/// Writes (`first`) or adds one row of a register tile into `c`. A full row is written as a
+/// fixed-size array, which the compiler turns into vector stores: a slice copy of a run-time
+/// length becomes a call to `memmove` (with bulk memory, V8 calls out of wasm for it);
+/// avoiding it raised the wasm product's throughput 1.2–1.4× in Chromium at the MiniLM
+/// shapes. (Adding was never a copy call.)
 #[inline(always)]
 fn store_tile_row(row: &mut [f32], t: &[f32], first: bool) {
-    if let (Ok(row), Ok(t)) = (
-        <&mut [f32; NR]>::try_from(&mut *row),
-        <&[f32; NR]>::try_from(t),
-    ) {
-        if first {
-            *row = *t;
-        } else {
-            for (r, v) in row.iter_mut().zip(t) {
-                *r += v;
-            }
-        }
-    } else if first {
-        row.copy_from_slice(&t[..row.len()]);
-    } else {
+    if !first {
         for (r, v) in row.iter_mut().zip(t) {
             *r += v;
         }
+    } else if let (Ok(row), Ok(t)) = (
+        <&mut [f32; NR]>::try_from(&mut *row),
+        <&[f32; NR]>::try_from(t),
+    ) {
+        *row = *t;
+    } else {
+        row.copy_from_slice(&t[..row.len()]);
     }
 }
 

@@ -372,7 +372,7 @@ pub fn web() -> anyhow::Result<()> {
         )
     } else {
         format!(
-            "Only {full_steps} timed step had four full rows, too few for a same-shape median; the target is judged on the lower ratio above."
+            "Only {full_steps} of the timed steps had four full rows, too few for a same-shape median; the target is judged on the lower ratio above."
         )
     };
     let (one_time, one_tokens, _) = ratios(cpu1, native_1);
