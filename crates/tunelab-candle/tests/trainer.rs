@@ -429,6 +429,87 @@ const PEFT_PROMPT_KEYS: &[&str] = &[
     "prompt_embeddings",
 ];
 
+/// Sequence classification runs the last layer at position 0 only (`Bert::encode_first`): the
+/// same hidden state and the same gradient for every parameter as the full encoder sliced at
+/// position 0, on padded rows of different lengths (one of a single token).
+#[test]
+fn the_first_position_encoder_equals_the_full_one_sliced() {
+    use tunelab_core::nn::Ctx;
+    use tunelab_core::tape::Tape;
+    let (model, store) = build(TaskKind::Classification, &Method::Full, 3);
+    let be = Candle::cpu();
+    let (batch, len) = (3, 7);
+    let mut rng = Rng::new(4);
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for real in [7, 4, 1] {
+        for t in 0..len {
+            ids.push(if t < real {
+                5 + rng.below(56) as u32
+            } else {
+                0
+            });
+            mask.push(if t < real { 1.0 } else { 0.0 });
+        }
+    }
+    let input = model.input(&be, &store, &ids, &mask, batch, len).unwrap();
+    let c = model.encoder.config.hidden_size;
+    // The hidden state at position 0 read as logits over `c` classes gives a loss that
+    // reaches every encoder parameter.
+    let labels = be
+        .upload_u32(&[1, 5, 9], &tunelab_core::Shape::new([batch]))
+        .unwrap();
+    let run = |first: bool| {
+        let mut tape = Tape::new(be.clone());
+        let bound = store.bind(&mut tape);
+        let mut cx = Ctx {
+            tape: &mut tape,
+            bound: &bound,
+            adapters: &model.adapters,
+            dropout: None,
+        };
+        let h = if first {
+            model.encoder.encode_first(&mut cx, &input, None).unwrap()
+        } else {
+            let h = model.encoder.encode(&mut cx, &input, None).unwrap();
+            cx.tape.slice_seq(h, 0, 1).unwrap()
+        };
+        let x = cx
+            .tape
+            .reshape(h, &tunelab_core::Shape::new([batch, c]))
+            .unwrap();
+        let loss = cx.tape.cross_entropy(x, &labels, 1.0).unwrap();
+        let value = pollster::block_on(be.download(tape.value(h).unwrap())).unwrap();
+        tape.backward(loss).unwrap();
+        let grads: Vec<Option<Vec<f32>>> = store
+            .grads(&mut tape, &bound)
+            .into_iter()
+            .map(|(_, g)| g.map(|g| pollster::block_on(be.download(&g)).unwrap()))
+            .collect();
+        (value, grads)
+    };
+    let (first, first_grads) = run(true);
+    let (full, full_grads) = run(false);
+    assert_eq!(first.len(), batch * c);
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(diff(&first, &full) < 1e-5, "{first:?} vs {full:?}");
+    // The encoder's 2 × 16 + 5 tensors reach the loss; the pooler and classifier do not.
+    let reached = full_grads.iter().filter(|g| g.is_some()).count();
+    assert_eq!(reached, 5 + 16 * model.encoder.config.num_hidden_layers);
+    for (i, (a, b)) in first_grads.iter().zip(&full_grads).enumerate() {
+        let (a, b) = (a.as_ref(), b.as_ref());
+        assert_eq!(a.is_some(), b.is_some(), "parameter {i}");
+        if let (Some(a), Some(b)) = (a, b) {
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            assert!(diff(a, b) <= 1e-4 * scale, "parameter {i}: {a:?} vs {b:?}");
+        }
+    }
+}
+
 fn logits(t: &Trainer<Candle>, model: &TaskModel, store: &ParamStore<Candle>) -> Vec<f32> {
     let f = features(TaskKind::Classification, 5);
     let b = tunelab_core::data::build_batch(&f, &[0, 1, 2, 3, 4], 0, None);
