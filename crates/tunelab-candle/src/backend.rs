@@ -265,6 +265,19 @@ impl Backend for Candle {
         }
     }
 
+    fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        if self.fused()
+            && let Some(y) = crate::sgemm::linear(x, w, bias).c()?
+        {
+            return Ok(y);
+        }
+        let y = self.matmul(x, w, false, true)?;
+        match bias {
+            Some(b) => self.add_bias(&y, b),
+            None => Ok(y),
+        }
+    }
+
     fn add_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         if bias.rank() != 1 || x.dims().last() != bias.dims().first() {
             return Err(shape_err(

@@ -123,6 +123,34 @@ pub(crate) fn zeroed(n: usize) -> Vec<f32> {
     }
 }
 
+/// `len` values (a whole number of rows) that repeat the row `row`: a linear layer's output
+/// starting as its bias, filled in parallel like [`zeroed`].
+#[allow(unsafe_code)]
+pub(crate) fn repeat_rows(row: &[f32], len: usize) -> Vec<f32> {
+    if row.is_empty() {
+        return vec![0.0; len];
+    }
+    let c = row.len();
+    let fill = |chunk: &mut [std::mem::MaybeUninit<f32>]| {
+        for dst in chunk.chunks_mut(c) {
+            for (d, &v) in dst.iter_mut().zip(row) {
+                d.write(v);
+            }
+        }
+    };
+    let mut v = Vec::with_capacity(len);
+    #[cfg(parallel)]
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(block_rows(c) * c)
+        .for_each(fill);
+    #[cfg(not(parallel))]
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the chunks cover `spare_capacity_mut()[..len]` and split into rows of at most
+    // `c` values, each written in full from `row`'s `c` values.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// `f` of the values of `a` and `b` pair by pair (the shorter length), each thread writing
 /// its own blocks of the output once: nothing is zero-filled first. Give `f` an
 /// `#[inline(always)]` where it is more than a line (a closure that is called, not inlined,

@@ -102,9 +102,25 @@ pub fn sgemm(
     b: MatRef,
     c: &mut [f32],
 ) -> Result<(), SgemmError> {
+    sgemm_into(m, n, k, a, b, c, false)
+}
+
+/// [`sgemm`], or with `add` `c += a @ b` (`c` keeps its values: a linear layer's output
+/// starts as its bias rows).
+pub fn sgemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    add: bool,
+) -> Result<(), SgemmError> {
     check(m, n, k, a, b, c)?;
     if k == 0 {
-        c.fill(0.0);
+        if !add {
+            c.fill(0.0);
+        }
         return Ok(());
     }
     #[cfg(parallel)]
@@ -120,12 +136,12 @@ pub fn sgemm(
                     data: &a.data[i * rows * a.rs..],
                     ..a
                 };
-                rows_of_product(c.len() / n, n, k, a, b, c);
+                rows_of_product(c.len() / n, n, k, a, b, c, add);
             });
             return Ok(());
         }
     }
-    rows_of_product(m, n, k, a, b, c);
+    rows_of_product(m, n, k, a, b, c, add);
     Ok(())
 }
 
@@ -136,8 +152,8 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// [`sgemm`]'s loop nest on one thread, for operands `check` has accepted and `k > 0`.
-fn rows_of_product(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
+/// [`sgemm_into`]'s loop nest on one thread, for operands `check` has accepted and `k > 0`.
+fn rows_of_product(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], add: bool) {
     PANELS.with_borrow_mut(|(bp, ap)| {
         // Packing writes every value the kernel reads (padding included), so what a buffer
         // held before does not matter.
@@ -170,7 +186,7 @@ fn rows_of_product(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [
                             let (i0, j0) = (ic + ir, jc + jr);
                             for (i, t) in tile.chunks_exact(NR).take(mr).enumerate() {
                                 let row = &mut c[(i0 + i) * n + j0..][..nr];
-                                store_tile_row(row, t, pc == 0);
+                                store_tile_row(row, t, pc == 0 && !add);
                             }
                         }
                     }
@@ -209,7 +225,6 @@ fn store_tile_row(row: &mut [f32], t: &[f32], first: bool) {
 /// product, which reads `/proc/cpuinfo` unless `RAYON_NUM_THREADS` is set, where this asks
 /// rayon.
 #[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
 pub fn gemm_product(
     m: usize,
     n: usize,
@@ -217,6 +232,21 @@ pub fn gemm_product(
     a: MatRef,
     b: MatRef,
     c: &mut [f32],
+) -> Result<(), SgemmError> {
+    gemm_into(m, n, k, a, b, c, false)
+}
+
+/// [`gemm_product`], or with `add` `c += a @ b`.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub fn gemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    add: bool,
 ) -> Result<(), SgemmError> {
     check(m, n, k, a, b, c)?;
     // A stride along a dim of one element is never multiplied by a non-zero index.
@@ -241,7 +271,8 @@ pub fn gemm_product(
     // has exactly m × n values, which gemm writes at row stride n and column stride 1 (the
     // strides are the slices' own, converted without loss). `c` is a unique borrow, so it
     // aliases neither operand. With `read_dst = false` gemm overwrites `c` with 1 · a b
-    // (zeros when k = 0); `c` is initialised, so any read of it is of initialised values.
+    // (zeros when k = 0), with `read_dst = true` it writes 1 · c + 1 · a b; `c` is
+    // initialised, so any read of it is of initialised values.
     unsafe {
         gemm::gemm(
             m,
@@ -250,14 +281,14 @@ pub fn gemm_product(
             c.as_mut_ptr(),
             1,
             c_rs,
-            false,
+            add,
             a.data.as_ptr(),
             a_cs,
             a_rs,
             b.data.as_ptr(),
             b_cs,
             b_rs,
-            0.0,
+            if add { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -414,13 +445,50 @@ fn f32_slice(storage: &Storage) -> Option<&[f32]> {
 /// the tensors are not CPU f32 or their strides do not collapse; the caller then uses
 /// candle's matmul.
 pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    matmul_with(a, b, sgemm)
+    matmul_with(a, b, sgemm_into, None)
 }
 
 /// [`matmul`] with the `gemm` crate's kernels ([`gemm_product`]): the native CPU product.
 #[cfg(target_arch = "x86_64")]
 pub fn matmul_gemm(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    matmul_with(a, b, gemm_product)
+    matmul_with(a, b, gemm_into, None)
+}
+
+/// `c = a @ b`, or with the flag `c += a @ b`: [`sgemm_into`] or [`gemm_into`].
+type ProductInto =
+    fn(usize, usize, usize, MatRef, MatRef, &mut [f32], bool) -> Result<(), SgemmError>;
+
+/// The CPU backend's product for whole tensors: gemm's kernels on x86-64, this crate's
+/// elsewhere.
+#[cfg(target_arch = "x86_64")]
+const TENSOR_PRODUCT: ProductInto = gemm_into;
+#[cfg(not(target_arch = "x86_64"))]
+const TENSOR_PRODUCT: ProductInto = sgemm_into;
+
+/// `x @ w^T + bias` (a linear layer: `x (.., K)`, `w (N, K)`, `bias (N,)`) with the output
+/// starting as the bias rows, so the product adds onto them instead of a separate pass
+/// adding the bias to the product's output (which also saves zero-filling it). `Ok(None)`
+/// when the tensors are not CPU f32 or do not fit (the caller then uses `matmul` and
+/// `add_bias`).
+pub fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
+    let (Some(&k), Ok((n, kw))) = (x.dims().last(), w.dims2()) else {
+        return Ok(None);
+    };
+    if k != kw || x.rank() < 2 || bias.is_some_and(|b| b.dims() != [n]) {
+        return Ok(None);
+    }
+    let mut out_dims = x.dims().to_vec();
+    let rows = x.elem_count() / k.max(1);
+    *out_dims.last_mut().unwrap_or(&mut 0) = n;
+    let x2 = x.contiguous()?.reshape((rows, k))?;
+    let Some(y) = matmul_with(&x2, &w.t()?, TENSOR_PRODUCT, bias)? else {
+        return Ok(None);
+    };
+    y.reshape(out_dims).map(Some)
 }
 
 /// The CPU backend's product for the fused kernels (attention's per-head products): gemm's
@@ -433,10 +501,20 @@ pub const CPU_PRODUCT: Product = gemm_product;
 pub const CPU_PRODUCT: Product = sgemm;
 
 /// [`matmul`] with the product `product` for each 2-D product of the batch.
-fn matmul_with(a: &Tensor, b: &Tensor, product: Product) -> candle_core::Result<Option<Tensor>> {
+fn matmul_with(
+    a: &Tensor,
+    b: &Tensor,
+    product: ProductInto,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
     if a.dtype() != DType::F32 || b.dtype() != DType::F32 || a.rank() < 2 || b.rank() < 2 {
         return Ok(None);
     }
+    let bias_storage = match bias {
+        Some(t) if t.dtype() != DType::F32 => return Ok(None),
+        Some(t) => Some(t.storage_and_layout()),
+        None => None,
+    };
     let (sa, la) = a.storage_and_layout();
     let (sb, lb) = b.storage_and_layout();
     let (Some(da), Some(db)) = (f32_slice(&sa), f32_slice(&sb)) else {
@@ -445,7 +523,21 @@ fn matmul_with(a: &Tensor, b: &Tensor, product: Product) -> candle_core::Result<
     let Some(plan) = Plan::new(la, lb) else {
         return Ok(None);
     };
-    let mut out = crate::cpu::zeroed(plan.batch * plan.m * plan.n);
+    let len = plan.batch * plan.m * plan.n;
+    let mut out = match &bias_storage {
+        None => crate::cpu::zeroed(len),
+        Some((storage, layout)) => {
+            let bias = f32_slice(storage).and_then(|v| {
+                let at = layout.start_offset();
+                v.get(at..at + plan.n).filter(|_| layout.is_contiguous())
+            });
+            match bias {
+                Some(bias) => crate::cpu::repeat_rows(bias, len),
+                None => return Ok(None),
+            }
+        }
+    };
+    drop(bias_storage);
     if out.is_empty() {
         drop((sa, sb));
         return Tensor::from_vec(out, plan.out_dims, a.device()).map(Some);
@@ -463,7 +555,8 @@ fn matmul_with(a: &Tensor, b: &Tensor, product: Product) -> candle_core::Result<
             rs: plan.b_rs,
             cs: plan.b_cs,
         };
-        product(plan.m, plan.n, plan.k, a, b, c).map_err(candle_core::Error::wrap)?;
+        product(plan.m, plan.n, plan.k, a, b, c, bias.is_some())
+            .map_err(candle_core::Error::wrap)?;
     }
     drop((sa, sb));
     Tensor::from_vec(out, plan.out_dims, a.device()).map(Some)
@@ -744,13 +837,28 @@ mod tests {
             } else {
                 a.matmul(&b).unwrap()
             };
+            // The output can start as bias rows that the product adds onto.
+            let n = b.dims()[b.rank() - 1];
+            let bias = t(n, 9, &[n]);
+            let want_biased: Vec<f32> = want
+                .broadcast_add(&bias)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
             #[cfg(target_arch = "x86_64")]
-            let products: [Product; 2] = [sgemm, gemm_product];
+            let products: [ProductInto; 2] = [sgemm_into, gemm_into];
             #[cfg(not(target_arch = "x86_64"))]
-            let products: [Product; 1] = [sgemm];
+            let products: [ProductInto; 1] = [sgemm_into];
             for product in products {
-                let got = matmul_with(&a, &b, product)
+                let biased = matmul_with(&a, &b, product, Some(&bias))
+                    .unwrap()
+                    .expect("a supported layout");
+                let biased: Vec<f32> = biased.flatten_all().unwrap().to_vec1().unwrap();
+                assert_close(&biased, &want_biased, 7);
+                let got = matmul_with(&a, &b, product, None)
                     .unwrap()
                     .expect("a supported layout");
                 let out: Vec<usize> = a.dims()[..a.rank() - 1]
@@ -772,5 +880,24 @@ mod tests {
         );
         let other = t(3 * 4 * 6, 8, &[3, 4, 6]);
         assert!(matmul(&q, &other).unwrap().is_none());
+
+        // A linear layer `x w^T + bias`, with the batch folded into rows.
+        let bias = t(6, 10, &[6]);
+        let want: Vec<f32> = x
+            .reshape((10, 7))
+            .unwrap()
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got = linear(&x, &w, Some(&bias)).unwrap().expect("supported");
+        assert_eq!(got.dims(), [2, 5, 6]);
+        assert_close(&got.flatten_all().unwrap().to_vec1().unwrap(), &want, 7);
+        // A bias of the wrong length is left to the caller (which reports the error).
+        assert!(linear(&x, &w, Some(&t(5, 11, &[5]))).unwrap().is_none());
     }
 }

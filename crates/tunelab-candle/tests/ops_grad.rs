@@ -151,6 +151,30 @@ fn matmul_linear_and_batched() {
         vec![input(&[2, 3, 5], 9, true), input(&[4, 5], 10, false)],
         &|t, v| t.matmul(v[0], v[1], false, true),
     );
+    // The fused linear op (the product starts from the bias rows on the CPU).
+    grad_check(
+        "linear op with bias",
+        vec![
+            input(&[2, 3, 5], 11, true),
+            input(&[4, 5], 12, true),
+            input(&[4], 13, true),
+        ],
+        &|t, v| t.linear(v[0], v[1], Some(v[2])),
+    );
+    grad_check(
+        "linear op, length 1, frozen weight and bias",
+        vec![
+            input(&[1, 1, 3], 14, true),
+            input(&[2, 3], 15, false),
+            input(&[2], 16, false),
+        ],
+        &|t, v| t.linear(v[0], v[1], Some(v[2])),
+    );
+    grad_check(
+        "linear op without bias, 2-D input",
+        vec![input(&[3, 5], 17, true), input(&[4, 5], 18, true)],
+        &|t, v| t.linear(v[0], v[1], None),
+    );
 }
 
 #[test]
@@ -655,6 +679,17 @@ fn fused_cpu_kernels_match_the_composite_ops() {
         &fused.add_bias(&x[0], &g[0]).unwrap(),
         &plain.add_bias(&x[1], &g[1]).unwrap(),
         0.0,
+    );
+    let w: Vec<_> = [&fused, &plain]
+        .iter()
+        .map(|be| up(be, &[7, 13], 5))
+        .collect();
+    let wb: Vec<_> = [&fused, &plain].iter().map(|be| up(be, &[7], 6)).collect();
+    same(
+        "linear",
+        &fused.linear(&x[0], &w[0], Some(&wb[0])).unwrap(),
+        &plain.linear(&x[1], &w[1], Some(&wb[1])).unwrap(),
+        1e-5,
     );
     same(
         "sum_to_last",

@@ -84,6 +84,21 @@ pub trait Backend: Clone + std::fmt::Debug + 'static {
         ta: bool,
         tb: bool,
     ) -> Result<Self::Tensor>;
+    /// `x @ w^T + bias`, PyTorch's `nn.Linear`: `x (.., K)`, `w (N, K)`, `bias (N,)`. By
+    /// default a [`Backend::matmul`] then [`Backend::add_bias`]; a backend can start the
+    /// product's output from the bias rows instead, saving a pass over the output.
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let y = self.matmul(x, w, false, true)?;
+        match bias {
+            Some(b) => self.add_bias(&y, b),
+            None => Ok(y),
+        }
+    }
     /// `x + bias` with `bias` of shape `(C,)` broadcast over the leading dims of `x`.
     fn add_bias(&self, x: &Self::Tensor, bias: &Self::Tensor) -> Result<Self::Tensor>;
     /// Sum over every dim but the last: `(.., C) -> (C,)`. The gradient of a bias.

@@ -37,6 +37,11 @@ enum Op<T> {
         ta: bool,
         tb: bool,
     },
+    Linear {
+        x: Var,
+        w: Var,
+        bias: Option<Var>,
+    },
     AddBias {
         x: Var,
         bias: Var,
@@ -217,11 +222,25 @@ impl<B: Backend> Tape<B> {
 
     /// `x @ w^T + bias` with `w` as `(out, in)`, PyTorch's `nn.Linear`.
     pub fn linear(&mut self, x: Var, w: Var, bias: Option<Var>) -> Result<Var> {
-        let y = self.matmul(x, w, false, true)?;
-        match bias {
-            Some(b) => self.add_bias(y, b),
-            None => Ok(y),
+        let (rx, rw) = (self.shape(x)?.rank(), self.shape(w)?.rank());
+        if rx < 2 || rw != 2 {
+            return Err(BackendError::Shape {
+                op: "linear",
+                msg: format!(
+                    "expected x (.., K) with rank ≥ 2 and w (N, K), got ranks {rx} and {rw}"
+                ),
+            });
         }
+        let bv = match bias {
+            Some(b) => Some(self.value(b)?),
+            None => None,
+        };
+        let y = self.backend.linear(self.value(x)?, self.value(w)?, bv)?;
+        let inputs: &[Var] = match bias {
+            Some(b) => &[x, w, b],
+            None => &[x, w],
+        };
+        Ok(self.push(y, inputs, Op::Linear { x, w, bias }))
     }
 
     pub fn add_bias(&mut self, x: Var, bias: Var) -> Result<Var> {
@@ -440,6 +459,23 @@ impl<B: Backend> Tape<B> {
         let b = self.backend.clone();
         match op {
             Op::Leaf => {}
+            Op::Linear { x, w, bias } => {
+                if let Some(bias) = bias.filter(|&v| self.wants(v)) {
+                    let db = b.sum_to_last(g)?;
+                    self.accumulate(bias, db)?;
+                }
+                self.backward_op(
+                    i,
+                    Op::Matmul {
+                        a: x,
+                        b: w,
+                        ta: false,
+                        tb: true,
+                    },
+                    g,
+                    is_root,
+                )?;
+            }
             Op::Matmul { a, b: w, ta, tb } => {
                 let av = self.value(a)?.clone();
                 let wv = self.value(w)?.clone();
