@@ -96,6 +96,28 @@ fn merge_heads(x: &Tensor) -> Result<Tensor> {
         .c()
 }
 
+/// `q (B, Tq, C)`, `k` and `v` `(B, T, C)`: at most as many queries as keys, as many when
+/// `causal` (see [`Backend::attention_query_subset`]).
+fn check_attention_shapes(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<()> {
+    let (qd, kd) = (q.dims(), k.dims());
+    let fits = qd.len() == 3
+        && kd.len() == 3
+        && (qd[0], qd[2]) == (kd[0], kd[2])
+        && qd[1] <= kd[1]
+        && (!causal || qd[1] == kd[1]);
+    if !fits || k.dims() != v.dims() {
+        return Err(shape_err(
+            "attention",
+            format!(
+                "q {qd:?}, k {kd:?}, v {:?}: k and v must have one shape (B, T, C), q (B, Tq, C) \
+                 with Tq ≤ T (Tq = T when causal)",
+                v.dims()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Candle {
     /// `a @ b` (batched when both have batch dims): in wasm on the CPU through this crate's
     /// SIMD128 kernel, which beats gemm's there (see `sgemm`); on x86-64 CPUs through gemm's
@@ -119,7 +141,7 @@ impl Candle {
         }
     }
 
-    /// Scaled scores `(B, H, T, T)` with padding and causal masks added.
+    /// Scaled scores `(B, H, Tq, T)` with padding and causal masks added.
     fn scores(
         &self,
         q: &Tensor,
@@ -127,7 +149,8 @@ impl Candle {
         mask: Option<&Tensor>,
         causal: bool,
     ) -> Result<Tensor> {
-        let (b, _h, t, d) = q.dims4().c()?;
+        let (b, _h, _tq, d) = q.dims4().c()?;
+        let t = k.dims4().c()?.2;
         let scale = 1.0 / (d as f64).sqrt();
         self.check_key_mask(mask, b, t)?;
         let mut s = q.matmul(&k.t().c()?).c()?.affine(scale, 0.0).c()?;
@@ -263,6 +286,10 @@ impl Backend for Candle {
         } else {
             self.mm(&a, &b)
         }
+    }
+
+    fn attention_query_subset(&self) -> bool {
+        true
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -468,19 +495,9 @@ impl Backend for Candle {
         key_mask: Option<&Tensor>,
         causal: bool,
     ) -> Result<(Tensor, Tensor)> {
-        if q.dims() != k.dims() || q.dims() != v.dims() {
-            return Err(shape_err(
-                "attention",
-                format!(
-                    "q {:?}, k {:?}, v {:?} must have one shape",
-                    q.dims(),
-                    k.dims(),
-                    v.dims()
-                ),
-            ));
-        }
+        check_attention_shapes(q, k, v, causal)?;
         if self.fused() {
-            let (b, t, _) = q.dims3().c()?;
+            let (b, t, _) = k.dims3().c()?;
             self.check_key_mask(key_mask, b, t)?;
             return crate::cpu::attention(q, k, v, heads, key_mask, causal).c();
         }
@@ -519,8 +536,9 @@ impl Backend for Candle {
         key_mask: Option<&Tensor>,
         causal: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        check_attention_shapes(q, k, v, causal)?;
         if self.fused() {
-            let (b, t, _) = q.dims3().c()?;
+            let (b, t, _) = k.dims3().c()?;
             self.check_key_mask(key_mask, b, t)?;
             return crate::cpu::attention_backward(
                 q, k, v, out, lse, d_out, heads, key_mask, causal,

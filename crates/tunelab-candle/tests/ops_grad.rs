@@ -399,6 +399,41 @@ fn attention_forward_matches_naive_with_masks() {
         err.to_string().contains("not divisible by 4 heads"),
         "{err}"
     );
+
+    // A query subset (the first 2 positions' queries) gives those rows of the full output.
+    assert!(be.attention_query_subset());
+    let tq = 2;
+    let q_sub: Vec<f32> = (0..bsz)
+        .flat_map(|bi| q[bi * t * c..][..tq * c].to_vec())
+        .collect();
+    let (y, lse) = be
+        .attention(
+            &be.upload(&q_sub, &Shape::new([bsz, tq, c])).unwrap(),
+            &up(&k),
+            &up(&v),
+            heads,
+            Some(&m),
+            false,
+        )
+        .unwrap();
+    assert_eq!(be.shape(&lse).dims(), [bsz, heads, tq]);
+    let full = attention_ref(&q, &k, &v, (bsz, t, c), heads, Some(&mask[..]), false);
+    let want: Vec<f64> = (0..bsz)
+        .flat_map(|bi| full[bi * t * c..][..tq * c].to_vec())
+        .collect();
+    close("attention query subset", &host(&y), &want, 1e-5);
+    // More queries than keys, or a causal subset, are refused with the shapes named.
+    let q_long = be
+        .upload(&data(bsz * 6 * c, 34), &Shape::new([bsz, 6, c]))
+        .unwrap();
+    let q_sub = be.upload(&q_sub, &Shape::new([bsz, tq, c])).unwrap();
+    for (q, causal) in [(&q_long, false), (&q_sub, true)] {
+        let err = be
+            .attention(q, &up(&k), &up(&v), heads, None, causal)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Tq ≤ T"), "{err}");
+    }
 }
 
 #[test]
@@ -419,6 +454,16 @@ fn attention_backward() {
             &move |t, v| t.attention(v[0], v[1], v[2], 2, use_mask.then_some(&m), causal),
         );
     }
+    let m = mask.clone();
+    grad_check(
+        "attention, 2 queries against 3 keys",
+        vec![
+            input(&[2, 2, 4], 47, true),
+            input(&[2, 3, 4], 48, true),
+            input(&[2, 3, 4], 49, true),
+        ],
+        &move |t, v| t.attention(v[0], v[1], v[2], 2, Some(&m), false),
+    );
     grad_check(
         "attention length 1",
         vec![
@@ -771,6 +816,41 @@ fn fused_cpu_kernels_match_the_composite_ops() {
             same(&format!("{name} dv"), &gf.2, &gp.2, 1e-5);
         }
     }
+    // A query subset: 3 queries against the 9 keys (not causal), masked.
+    let qkv: Vec<Vec<_>> = [&fused, &plain]
+        .iter()
+        .map(|be| {
+            let dims = [[2, 3, 12], [2, 9, 12], [2, 9, 12], [2, 3, 12]];
+            dims.iter()
+                .zip(20..)
+                .map(|(d, seed)| up(be, d, seed))
+                .collect()
+        })
+        .collect();
+    let run = |be: &Candle, v: &[candle_core::Tensor], mask: &candle_core::Tensor| {
+        let (out, lse) = be
+            .attention(&v[0], &v[1], &v[2], 2, Some(mask), false)
+            .unwrap();
+        let grads = be
+            .attention_backward(&v[0], &v[1], &v[2], &out, &lse, &v[3], 2, Some(mask), false)
+            .unwrap();
+        (out, lse, grads)
+    };
+    let mf = fused.upload(&m, &Shape::new([2, 9])).unwrap();
+    let mp = plain.upload(&m, &Shape::new([2, 9])).unwrap();
+    let (of, lf, gf) = run(&fused, &qkv[0], &mf);
+    let (op, lp, gp) = run(&plain, &qkv[1], &mp);
+    assert_eq!(of.dims(), [2, 3, 12]);
+    assert_eq!(lf.dims(), [2, 2, 3]);
+    assert_eq!(
+        (gf.0.dims(), gf.1.dims()),
+        ([2, 3, 12].as_slice(), [2, 9, 12].as_slice())
+    );
+    same("attention query subset out", &of, &op, 1e-5);
+    same("attention query subset lse", &lf, &lp, 1e-5);
+    same("attention query subset dq", &gf.0, &gp.0, 1e-5);
+    same("attention query subset dk", &gf.1, &gp.1, 1e-5);
+    same("attention query subset dv", &gf.2, &gp.2, 1e-5);
 }
 
 /// The fused CPU attention runs its sequences on rayon's threads: with 1, 2 and 3 threads

@@ -140,7 +140,11 @@ pub trait Backend: Clone + std::fmt::Debug + 'static {
     /// Scaled dot-product attention over `heads` heads. `q, k, v`: `(B, T, H*D)`,
     /// `key_mask`: `(B, T)` with 1 for real tokens and 0 for padding, `causal` masks future
     /// keys. Returns the output `(B, T, H*D)` and the row log-sum-exp `(B, H, T)` that the
-    /// backward pass uses to rebuild the probabilities.
+    /// backward pass uses to rebuild the probabilities. Where
+    /// [`Backend::attention_query_subset`] is true, `q` may have fewer positions than `k` and
+    /// `v` when not causal, `(B, Tq, H*D)` with `Tq ≤ T`: each query attends to every key
+    /// (queries carry no position in attention), and the output is `(B, Tq, H*D)`, the
+    /// log-sum-exp `(B, H, Tq)`.
     fn attention(
         &self,
         q: &Self::Tensor,
@@ -150,6 +154,10 @@ pub trait Backend: Clone + std::fmt::Debug + 'static {
         key_mask: Option<&Self::Tensor>,
         causal: bool,
     ) -> Result<(Self::Tensor, Self::Tensor)>;
+    /// Whether [`Backend::attention`] and its backward take fewer queries than keys.
+    fn attention_query_subset(&self) -> bool {
+        false
+    }
     /// Returns `(dq, dk, dv)`.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(

@@ -12,23 +12,40 @@
 
 use super::{ScoreMask, exp, lane_dot, lane_max, lane_sum, len_err, run_vectorized, tensor};
 use super::{with_slices, zeroed};
+
+/// A zero tensor of `dims` (an empty attention's results).
+fn zeros(dims: &[usize]) -> Result<Tensor> {
+    tensor(vec![0.0; dims.iter().product()], dims)
+}
 use crate::sgemm::{CPU_PRODUCT as product, MatRef};
 use candle_core::{Result, Tensor};
 #[cfg(parallel)]
 use rayon::prelude::*;
 
-/// The shape of one attention call: `b` sequences of `t` tokens, `heads` heads of `d` values.
+/// The shape of one attention call: `b` sequences of `t` keys and `tq` queries, `heads` heads
+/// of `d` values.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
     b: usize,
+    tq: usize,
     t: usize,
     heads: usize,
     d: usize,
 }
 
 impl Dims {
-    fn new(q: &Tensor, heads: usize) -> Result<Self> {
-        let (b, t, c) = q.dims3()?;
+    /// `q (B, Tq, C)` against `k (B, T, C)`: `Tq ≤ T` queries (all `T` when `causal`).
+    fn new(q: &Tensor, k: &Tensor, heads: usize, causal: bool) -> Result<Self> {
+        let (b, tq, c) = q.dims3()?;
+        let (bk, t, ck) = k.dims3()?;
+        if (bk, ck) != (b, c) || tq > t || (causal && tq != t) {
+            return Err(candle_core::Error::Msg(format!(
+                "attention: q {:?} does not fit k {:?} (the same batch and width, at most as \
+                 many queries as keys, as many when causal)",
+                q.dims(),
+                k.dims()
+            )));
+        }
         if heads == 0 || !c.is_multiple_of(heads) {
             return Err(candle_core::Error::Msg(format!(
                 "attention: hidden size {c} is not divisible by {heads} heads"
@@ -36,6 +53,7 @@ impl Dims {
         }
         Ok(Self {
             b,
+            tq,
             t,
             heads,
             d: c / heads,
@@ -46,11 +64,11 @@ impl Dims {
         self.heads * self.d
     }
 
-    /// Copies head `h` of sequence `seq` of a `(B, T, H*D)` tensor into `to`, `T × D`
-    /// contiguous. gemm reads its operands where they lie, and with a head's rows `C` apart
-    /// the attention products took longer than the copies take.
-    fn gather(&self, x: &[f32], seq: usize, h: usize, to: &mut [f32]) {
-        let rows = x[seq * self.t * self.c()..].chunks(self.c());
+    /// Copies head `h` of sequence `seq` of a `(B, T, H*D)` tensor (`t` rows a sequence)
+    /// into `to`, `t × D` contiguous. gemm reads its operands where they lie, and with a
+    /// head's rows `C` apart the attention products took longer than the copies take.
+    fn gather(&self, x: &[f32], t: usize, seq: usize, h: usize, to: &mut [f32]) {
+        let rows = x[seq * t * self.c()..].chunks(self.c());
         for (dst, row) in to.chunks_exact_mut(self.d).zip(rows) {
             copy_short(dst, &row[h * self.d..][..self.d]);
         }
@@ -128,26 +146,30 @@ pub fn attention(
     key_mask: Option<&Tensor>,
     causal: bool,
 ) -> Result<(Tensor, Tensor)> {
-    let dims = Dims::new(q, heads)?;
-    let Dims { b, t, d, .. } = dims;
+    let dims = Dims::new(q, k, heads, causal)?;
+    let Dims { b, tq, t, d, .. } = dims;
     let c = dims.c();
-    same_shape("attention", q, [("k", k), ("v", v)])?;
+    same_shape("attention", k, [("v", v)])?;
     let mask = ScoreMask::new(key_mask, causal, b, t)?;
+    if b * tq * t * c == 0 {
+        return Ok((zeros(&[b, tq, c])?, zeros(&[b, heads, tq])?));
+    }
     let scale = 1.0 / (d as f32).sqrt();
     let (out, lse) = with_slices([q, k, v], |[q, k, v]| {
-        let mut out = zeroed(b * t * c);
-        let mut lse = zeroed(b * heads * t);
-        rows_mut!(out, t * c)
-            .zip(rows_mut!(lse, heads * t))
+        let mut out = zeroed(b * tq * c);
+        let mut lse = zeroed(b * heads * tq);
+        rows_mut!(out, tq * c)
+            .zip(rows_mut!(lse, heads * tq))
             .enumerate()
             .map(|(seq, (out, lse))| {
-                let (mut s, mut p) = (vec![0f32; t * t], vec![0f32; t * t]);
-                let [mut qh, mut kh, mut vh, mut o] = [(); 4].map(|_| vec![0f32; t * d]);
-                for (h, lse) in lse.chunks_exact_mut(t).enumerate() {
-                    dims.gather(q, seq, h, &mut qh);
-                    dims.gather(k, seq, h, &mut kh);
-                    dims.gather(v, seq, h, &mut vh);
-                    product(t, t, d, mat(&qh, d, false), mat(&kh, d, true), &mut s)
+                let (mut s, mut p) = (vec![0f32; tq * t], vec![0f32; tq * t]);
+                let [mut qh, mut o] = [(); 2].map(|_| vec![0f32; tq * d]);
+                let [mut kh, mut vh] = [(); 2].map(|_| vec![0f32; t * d]);
+                for (h, lse) in lse.chunks_exact_mut(tq).enumerate() {
+                    dims.gather(q, tq, seq, h, &mut qh);
+                    dims.gather(k, t, seq, h, &mut kh);
+                    dims.gather(v, t, seq, h, &mut vh);
+                    product(tq, t, d, mat(&qh, d, false), mat(&kh, d, true), &mut s)
                         .map_err(wrap)?;
                     vectorized!({
                         let rows = p.chunks_exact_mut(t).zip(s.chunks_exact(t));
@@ -165,7 +187,7 @@ pub fn attention(
                             *l = max + sum.ln();
                         }
                     });
-                    product(t, d, t, mat(&p, t, false), mat(&vh, d, false), &mut o)
+                    product(tq, d, t, mat(&p, t, false), mat(&vh, d, false), &mut o)
                         .map_err(wrap)?;
                     put_head(out, &o, h, d, c);
                 }
@@ -174,7 +196,7 @@ pub fn attention(
             .collect::<Result<Vec<()>>>()?;
         Ok::<_, candle_core::Error>((out, lse))
     })??;
-    Ok((tensor(out, &[b, t, c])?, tensor(lse, &[b, heads, t])?))
+    Ok((tensor(out, &[b, tq, c])?, tensor(lse, &[b, heads, tq])?))
 }
 
 /// Fused attention backward: `(dq, dk, dv)` from the inputs, the forward's output and
@@ -193,45 +215,49 @@ pub fn attention_backward(
     key_mask: Option<&Tensor>,
     causal: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let dims = Dims::new(q, heads)?;
-    let Dims { b, t, d, .. } = dims;
+    let dims = Dims::new(q, k, heads, causal)?;
+    let Dims { b, tq, t, d, .. } = dims;
     let c = dims.c();
-    let others = [("k", k), ("v", v), ("out", out), ("d_out", d_out)];
-    same_shape("attention backward", q, others)?;
-    if lse.elem_count() != b * heads * t {
+    same_shape("attention backward", q, [("out", out), ("d_out", d_out)])?;
+    same_shape("attention backward", k, [("v", v)])?;
+    if lse.elem_count() != b * heads * tq {
         return Err(len_err(
             "attention backward",
             "lse",
             lse.elem_count(),
-            b * heads * t,
+            b * heads * tq,
         ));
     }
     let mask = ScoreMask::new(key_mask, causal, b, t)?;
+    if b * tq * t * c == 0 {
+        return Ok((zeros(&[b, tq, c])?, zeros(&[b, t, c])?, zeros(&[b, t, c])?));
+    }
     let scale = 1.0 / (d as f32).sqrt();
     let grads = with_slices([q, k, v, out, lse, d_out], |[q, k, v, o, lse, dout]| {
-        let (mut dq, mut dk, mut dv) = (zeroed(b * t * c), zeroed(b * t * c), zeroed(b * t * c));
-        rows_mut!(dq, t * c)
+        let (mut dq, mut dk, mut dv) = (zeroed(b * tq * c), zeroed(b * t * c), zeroed(b * t * c));
+        rows_mut!(dq, tq * c)
             .zip(rows_mut!(dk, t * c).zip(rows_mut!(dv, t * c)))
             .enumerate()
             .map(|(seq, (dq, (dk, dv)))| {
-                let tt = t * t;
-                let (mut s, mut dp) = (vec![0f32; tt], vec![0f32; tt]);
-                let (mut p, mut ds) = (vec![0f32; tt], vec![0f32; tt]);
-                let (mut g, mut row) = (vec![0f32; t * d], vec![0f32; t]);
-                let [mut qh, mut kh, mut vh, mut doh] = [(); 4].map(|_| vec![0f32; t * d]);
+                let st = tq * t;
+                let (mut s, mut dp) = (vec![0f32; st], vec![0f32; st]);
+                let (mut p, mut ds) = (vec![0f32; st], vec![0f32; st]);
+                let (mut g, mut row) = (vec![0f32; t * d], vec![0f32; tq]);
+                let [mut qh, mut doh] = [(); 2].map(|_| vec![0f32; tq * d]);
+                let [mut kh, mut vh] = [(); 2].map(|_| vec![0f32; t * d]);
                 for h in 0..heads {
-                    dims.gather(q, seq, h, &mut qh);
-                    dims.gather(k, seq, h, &mut kh);
-                    dims.gather(v, seq, h, &mut vh);
-                    dims.gather(dout, seq, h, &mut doh);
+                    dims.gather(q, tq, seq, h, &mut qh);
+                    dims.gather(k, t, seq, h, &mut kh);
+                    dims.gather(v, t, seq, h, &mut vh);
+                    dims.gather(dout, tq, seq, h, &mut doh);
                     let (qm, km, dom) =
                         (mat(&qh, d, false), mat(&kh, d, false), mat(&doh, d, false));
-                    product(t, t, d, qm, mat(&kh, d, true), &mut s).map_err(wrap)?;
-                    product(t, t, d, dom, mat(&vh, d, true), &mut dp).map_err(wrap)?;
-                    let lse = &lse[(seq * heads + h) * t..][..t];
+                    product(tq, t, d, qm, mat(&kh, d, true), &mut s).map_err(wrap)?;
+                    product(tq, t, d, dom, mat(&vh, d, true), &mut dp).map_err(wrap)?;
+                    let lse = &lse[(seq * heads + h) * tq..][..tq];
                     vectorized!({
                         for (i, r) in row.iter_mut().enumerate() {
-                            let at = seq * t * c + i * c + h * d;
+                            let at = seq * tq * c + i * c + h * d;
                             *r = lane_dot(&dout[at..][..d], &o[at..][..d]);
                         }
                         let outs = p.chunks_exact_mut(t).zip(ds.chunks_exact_mut(t));
@@ -245,11 +271,12 @@ pub fn attention_backward(
                             }
                         }
                     });
-                    product(t, d, t, mat(&p, t, true), dom, &mut g).map_err(wrap)?;
+                    product(t, d, tq, mat(&p, t, true), dom, &mut g).map_err(wrap)?;
                     put_head(dv, &g, h, d, c);
-                    product(t, d, t, mat(&ds, t, false), km, &mut g).map_err(wrap)?;
-                    put_head(dq, &g, h, d, c);
-                    product(t, d, t, mat(&ds, t, true), qm, &mut g).map_err(wrap)?;
+                    let gq = &mut g[..tq * d];
+                    product(tq, d, t, mat(&ds, t, false), km, gq).map_err(wrap)?;
+                    put_head(dq, gq, h, d, c);
+                    product(t, d, tq, mat(&ds, t, true), qm, &mut g).map_err(wrap)?;
                     put_head(dk, &g, h, d, c);
                 }
                 Ok(())
@@ -257,6 +284,10 @@ pub fn attention_backward(
             .collect::<Result<Vec<()>>>()?;
         Ok::<_, candle_core::Error>([dq, dk, dv])
     })??;
-    let [dq, dk, dv] = grads.map(|g| tensor(g, &[b, t, c]));
-    Ok((dq?, dk?, dv?))
+    let [dq, dk, dv] = grads;
+    Ok((
+        tensor(dq, &[b, tq, c])?,
+        tensor(dk, &[b, t, c])?,
+        tensor(dv, &[b, t, c])?,
+    ))
 }

@@ -447,7 +447,10 @@ impl Bert {
     /// layer, keys and values still cover every position, but the attention output is kept
     /// at position 0 only before the output projection, so that projection, both layer norms
     /// and the MLP run on one position per sequence instead of `T'` — in the forward pass
-    /// and in the backward pass (about 1/8 of a 6-layer model's products).
+    /// and in the backward pass (about 1/8 of a 6-layer model's products). Where the
+    /// backend's attention takes fewer queries than keys
+    /// ([`Backend::attention_query_subset`]), the query projection and the attention itself
+    /// run for position 0 only too.
     pub fn encode_first<B: Backend>(
         &self,
         cx: &mut Ctx<'_, B>,
@@ -470,14 +473,26 @@ impl Bert {
         if first_only && self.layers.is_empty() {
             return cx.tape.slice_seq(h, 0, 1);
         }
+        // Where the backend's attention takes fewer queries than keys, the last layer's
+        // query projection and attention also run for position 0 only.
+        let query_subset = cx.tape.backend().attention_query_subset();
         for (l, layer) in self.layers.iter().enumerate() {
-            let q = layer.query.forward(cx, h)?;
+            let first = first_only && l == last;
+            // Keys and values cover every position; with a query subset the queries (and
+            // from there on everything) are position 0's only.
+            let hq = if first && query_subset {
+                cx.tape.slice_seq(h, 0, 1)?
+            } else {
+                h
+            };
+            let q = layer.query.forward(cx, hq)?;
             let k = layer.key.forward(cx, h)?;
             let v = layer.value.forward(cx, h)?;
             let mut a = cx
                 .tape
                 .attention(q, k, v, heads, Some(&input.mask), false)?;
-            if first_only && l == last {
+            h = hq;
+            if first && !query_subset {
                 // From here on every op is per position: keep position 0 only.
                 a = cx.tape.slice_seq(a, 0, 1)?;
                 h = cx.tape.slice_seq(h, 0, 1)?;
