@@ -2,7 +2,10 @@
 //!
 //! Runs `tunelab bench` (release build) on the MiniLM shape for every PEFT method and, with
 //! `--vs-torch`, PyTorch + PEFT on the same shape, data and thread count in the same run
-//! (`tests/bench/torch_step.py`, in the venv `cargo xtask fixtures` sets up).
+//! (`tests/bench/torch_step.py`, in the venv `cargo xtask fixtures` sets up). With PyTorch the
+//! two alternate for [`ROUNDS`] rounds, and each ratio pairs a round of ours with the PyTorch
+//! round right after it: on a shared machine the step time drifts by tens of percent over
+//! minutes, which one run of each, minutes apart, would read as a difference.
 
 use crate::sh::{self, cmd, root};
 use anyhow::Context;
@@ -12,6 +15,8 @@ const BATCH: usize = 8;
 const SEQ: usize = 128;
 const STEPS: usize = 10;
 const WARMUP: usize = 2;
+/// Rounds of ours-then-PyTorch with `--vs-torch`.
+const ROUNDS: usize = 3;
 
 /// `tunelab bench` from a release build (arguments follow).
 fn tunelab_bench() -> std::process::Command {
@@ -31,10 +36,9 @@ fn tunelab_bench() -> std::process::Command {
     c
 }
 
-pub fn run(vs_torch: bool) -> anyhow::Result<()> {
-    crate::assets::ensure(false)?;
+/// One round of ours: every method's step timings.
+fn ours_round() -> anyhow::Result<Rows> {
     let out = root().join("target/bench-tunelab.jsonl");
-    std::fs::create_dir_all(root().join("target"))?;
     let mut c = tunelab_bench();
     c.args([
         "--batch",
@@ -50,7 +54,94 @@ pub fn run(vs_torch: bool) -> anyhow::Result<()> {
     .arg(&out)
     .current_dir(root());
     sh::run(&mut c)?;
-    let mut ours = parse(&std::fs::read_to_string(&out)?)?;
+    parse(&std::fs::read_to_string(&out)?)
+}
+
+/// One round of PyTorch + PEFT: every method's step timings.
+fn torch_round() -> anyhow::Result<Rows> {
+    let python = crate::fixtures::venv().join("bin/python");
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut c = cmd(
+        &python.to_string_lossy(),
+        &[
+            "tests/bench/torch_step.py",
+            "assets/models/all-MiniLM-L6-v2",
+        ],
+    );
+    c.args([threads, BATCH, SEQ, STEPS, WARMUP].map(|n| n.to_string()))
+        .arg("full,bitfit,lora,prompt")
+        .current_dir(root())
+        .env("HF_HUB_OFFLINE", "1");
+    eprintln!("+ {}", sh::show(&c));
+    let o = c.output().context("running the PyTorch baseline")?;
+    anyhow::ensure!(
+        o.status.success(),
+        "PyTorch baseline failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    parse(&String::from_utf8_lossy(&o.stdout))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Rounds folded into one row per method: the median of the rounds' medians, the minimum of
+/// their minima, the largest peak memory; `rounds_ms` lists each round's median.
+fn fold_rounds(rounds: &[Rows]) -> Rows {
+    let mut out = Rows::new();
+    let Some(first) = rounds.first() else {
+        return out;
+    };
+    for (method, row) in first {
+        let all: Vec<&serde_json::Value> = rounds.iter().filter_map(|r| r.get(method)).collect();
+        let f = |k: &str| -> Vec<f64> { all.iter().filter_map(|v| v[k].as_f64()).collect() };
+        let mut row = row.clone();
+        let med = median(f("median_ms"));
+        row["median_ms"] = med.into();
+        row["min_ms"] = f("min_ms").into_iter().fold(f64::INFINITY, f64::min).into();
+        row["peak_rss_mib"] = f("peak_rss_mib").into_iter().fold(0.0, f64::max).into();
+        row["tokens_per_s"] = ((BATCH * SEQ) as f64 / (med / 1e3)).into();
+        row["rounds_ms"] = f("median_ms").into();
+        out.insert(method.clone(), row);
+    }
+    out
+}
+
+pub fn run(vs_torch: bool) -> anyhow::Result<()> {
+    crate::assets::ensure(false)?;
+    std::fs::create_dir_all(root().join("target"))?;
+    if vs_torch {
+        crate::fixtures::ensure_venv()?;
+    }
+    let (mut ours_rounds, mut torch_rounds) = (Vec::new(), Vec::new());
+    for _ in 0..if vs_torch { ROUNDS } else { 1 } {
+        ours_rounds.push(ours_round()?);
+        if vs_torch {
+            torch_rounds.push(torch_round()?);
+        }
+    }
+    // Per method, ours / PyTorch of each round and the PyTorch round after it.
+    let mut ratios: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (o, t) in ours_rounds.iter().zip(&torch_rounds) {
+        for (m, r) in o {
+            if let (Some(a), Some(b)) = (
+                r["median_ms"].as_f64(),
+                t.get(m).and_then(|v| v["median_ms"].as_f64()),
+            ) {
+                ratios.entry(m.clone()).or_default().push(a / b);
+            }
+        }
+    }
+    let mut ours = fold_rounds(&ours_rounds);
+    let torch = vs_torch.then(|| fold_rounds(&torch_rounds));
     // WGSL matmul throughput on this machine's adapter (only the matmuls: a MiniLM step on a
     // software adapter takes minutes; GPU step timings are in docs/gpu-benchmarks.md).
     let wgpu_out = root().join("target/bench-wgpu.jsonl");
@@ -62,41 +153,13 @@ pub fn run(vs_torch: bool) -> anyhow::Result<()> {
     sh::run(&mut w)?;
     ours.extend(parse(&std::fs::read_to_string(&wgpu_out)?)?);
 
-    let torch = if vs_torch {
-        crate::fixtures::ensure_venv()?;
-        let python = crate::fixtures::venv().join("bin/python");
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let mut c = cmd(
-            &python.to_string_lossy(),
-            &[
-                "tests/bench/torch_step.py",
-                "assets/models/all-MiniLM-L6-v2",
-            ],
-        );
-        c.args([threads, BATCH, SEQ, STEPS, WARMUP].map(|n| n.to_string()))
-            .arg("full,bitfit,lora,prompt")
-            .current_dir(root())
-            .env("HF_HUB_OFFLINE", "1");
-        eprintln!("+ {}", sh::show(&c));
-        let o = c.output().context("running the PyTorch baseline")?;
-        anyhow::ensure!(
-            o.status.success(),
-            "PyTorch baseline failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        Some(parse(&String::from_utf8_lossy(&o.stdout))?)
-    } else {
-        None
-    };
     let path = root().join("docs/benchmarks.md");
     // The web app's section (`--web`) is measured separately and kept.
     let web_part = std::fs::read_to_string(&path)
         .ok()
         .and_then(|t| t.find(WEB_MARK).map(|i| t[i..].to_string()))
         .unwrap_or_default();
-    let report = format!("{}\n{web_part}", render(&ours, torch.as_ref()));
+    let report = format!("{}\n{web_part}", render(&ours, torch.as_ref(), &ratios));
     std::fs::write(&path, &report)?;
     println!("{report}\nwritten to {}", path.display());
     Ok(())
@@ -140,20 +203,27 @@ fn machine() -> (String, usize) {
     (cpu, threads)
 }
 
-fn render(ours: &Rows, torch: Option<&Rows>) -> String {
+fn render(ours: &Rows, torch: Option<&Rows>, ratios: &BTreeMap<String, Vec<f64>>) -> String {
     let (cpu, threads) = machine();
     let mut s = format!(
-        "# Benchmarks\n\nProduced by `cargo xtask bench{}`; do not edit by hand.\n\n## Training step, MiniLM shape, candle CPU backend\n\nall-MiniLM-L6-v2 (6 layers, hidden 384, 12 heads) with a 2-class sequence-classification head, batch {BATCH} × sequence {SEQ}, one full step (forward, loss, backward, global-norm clipping, AdamW). Median and minimum of {STEPS} steps after {WARMUP} warm-up steps; peak resident memory of the process that ran the method. Machine: {cpu}, {threads} threads.\n\n",
-        if torch.is_some() { " --vs-torch" } else { "" }
+        "# Benchmarks\n\nProduced by `cargo xtask bench{}`; do not edit by hand.\n\n## Training step, MiniLM shape, candle CPU backend\n\nall-MiniLM-L6-v2 (6 layers, hidden 384, 12 heads) with a 2-class sequence-classification head, batch {BATCH} × sequence {SEQ}, one full step (forward, loss, backward, global-norm clipping, AdamW). Median and minimum of {STEPS} steps after {WARMUP} warm-up steps{}; peak resident memory of the process that ran the method. Machine: {cpu}, {threads} threads.\n\n",
+        if torch.is_some() { " --vs-torch" } else { "" },
+        if torch.is_some() {
+            format!(
+                " (with PyTorch: {ROUNDS} rounds, each ours then PyTorch; the median of the rounds' medians, the minimum over all rounds)"
+            )
+        } else {
+            String::new()
+        }
     );
     s.push_str("| method | trainable | median ms | min ms | tokens/s | peak MiB |");
     if torch.is_some() {
-        s.push_str(" PyTorch median ms | ours / PyTorch |");
+        s.push_str(" PyTorch median ms | ours / PyTorch | per round |");
     }
     s.push('\n');
     s.push_str("|---|---:|---:|---:|---:|---:|");
     if torch.is_some() {
-        s.push_str("---:|---:|");
+        s.push_str("---:|---:|---|");
     }
     s.push('\n');
     for (m, r) in ours.iter().filter(|(k, _)| !k.starts_with("~wgpu")) {
@@ -171,7 +241,15 @@ fn render(ours: &Rows, torch: Option<&Rows>) -> String {
                 .get(m)
                 .and_then(|v| v["median_ms"].as_f64())
                 .unwrap_or(f64::NAN);
-            s.push_str(&format!(" {tm:.0} | {:.2}× |", f("median_ms") / tm));
+            let per: Vec<String> = ratios
+                .get(m)
+                .map(|v| v.iter().map(|r| format!("{r:.2}")).collect())
+                .unwrap_or_default();
+            s.push_str(&format!(
+                " {tm:.0} | {:.2}× | {} |",
+                ratios.get(m).map_or(f64::NAN, |v| median(v.clone())),
+                per.join(", ")
+            ));
         }
         s.push('\n');
     }
@@ -181,11 +259,11 @@ fn render(ours: &Rows, torch: Option<&Rows>) -> String {
             .next()
             .and_then(|v| v["torch"].as_str())
             .unwrap_or("?");
-        s.push_str(&format!("\nPyTorch {version} + PEFT on the same shape, data and thread count, measured in the same run (`tests/bench/torch_step.py`).\n"));
+        s.push_str(&format!("\nPyTorch {version} + PEFT on the same shape, data and thread count, measured in the same run (`tests/bench/torch_step.py`). Ours / PyTorch is the median over the rounds of each round's ratio of medians (ours, then PyTorch right after); the per-round ratios show the spread.\n"));
         let ratios: Vec<f64> = ours
-            .iter()
-            .filter(|(k, _)| !k.starts_with("~wgpu"))
-            .filter_map(|(m, r)| Some(r["median_ms"].as_f64()? / t.get(m)?["median_ms"].as_f64()?))
+            .keys()
+            .filter(|k| !k.starts_with("~wgpu"))
+            .filter_map(|m| Some(median(ratios.get(m)?.clone())))
             .collect();
         let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0f64), |(lo, hi), r| {
             (lo.min(*r), hi.max(*r))
@@ -404,4 +482,40 @@ pub fn web() -> anyhow::Result<()> {
     std::fs::write(&path, format!("{}\n\n{section}", head.trim_end()))?;
     println!("{section}\nwritten to {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(ms: f64, min: f64, peak: f64) -> Rows {
+        let row = serde_json::json!({"method": "lora", "median_ms": ms, "min_ms": min, "peak_rss_mib": peak});
+        Rows::from([("lora".to_string(), row)])
+    }
+
+    #[test]
+    fn rounds_fold_to_the_median_of_medians_and_pair_ratios() {
+        let ours = [
+            round(500.0, 450.0, 400.0),
+            round(420.0, 380.0, 410.0),
+            round(700.0, 390.0, 405.0),
+        ];
+        let folded = fold_rounds(&ours);
+        let r = &folded["lora"];
+        assert_eq!(r["median_ms"].as_f64(), Some(500.0));
+        assert_eq!(r["min_ms"].as_f64(), Some(380.0));
+        assert_eq!(r["peak_rss_mib"].as_f64(), Some(410.0));
+        assert_eq!(r["rounds_ms"], serde_json::json!([500.0, 420.0, 700.0]));
+        assert_eq!(median(vec![3.0, 1.0]), 2.0);
+        assert!(median(vec![]).is_nan());
+
+        let torch = fold_rounds(&[round(600.0, 1.0, 1.0)]);
+        let ratios = BTreeMap::from([("lora".to_string(), vec![0.9, 0.7, 0.75])]);
+        let text = render(&folded, Some(&torch), &ratios);
+        assert!(
+            text.contains("| 600 | 0.75× | 0.90, 0.70, 0.75 |"),
+            "{text}"
+        );
+        assert!(text.contains("Now: 0.75× to 0.75× — met"), "{text}");
+    }
 }
