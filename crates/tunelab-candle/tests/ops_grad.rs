@@ -170,6 +170,21 @@ fn matmul_linear_and_batched() {
         ],
         &|t, v| t.linear(v[0], v[1], Some(v[2])),
     );
+    // A linear layer with a LoRA update through the merged weight: every input's gradient,
+    // with the base weight trainable or frozen.
+    for (w_trainable, name) in [(true, "lora_linear"), (false, "lora_linear, frozen base")] {
+        grad_check(
+            name,
+            vec![
+                input(&[2, 3, 5], 19, true),
+                input(&[4, 5], 20, w_trainable),
+                input(&[4], 21, false),
+                input(&[2, 5], 22, true),
+                input(&[4, 2], 23, true),
+            ],
+            &|t, v| t.lora_linear(v[0], v[1], Some(v[2]), v[3], v[4], 1.5),
+        );
+    }
     grad_check(
         "linear op without bias, 2-D input",
         vec![input(&[3, 5], 17, true), input(&[4, 5], 18, true)],

@@ -53,13 +53,20 @@ pub struct Linear {
 impl Linear {
     pub fn forward<B: Backend>(&self, cx: &mut Ctx<'_, B>, x: Var) -> Result<Var> {
         let (w, b) = (cx.p(self.weight), self.bias.map(|b| cx.p(b)));
-        let y = cx.tape.linear(x, w, b)?;
         match cx.adapters.lora.get(&self.name) {
-            None => Ok(y),
+            None => cx.tape.linear(x, w, b),
+            // Without dropout the update's input is the layer's: one product with the merged
+            // weight (see `Tape::lora_linear`).
+            Some(l) if l.dropout == 0.0 || cx.dropout.is_none() => {
+                let (a, bm) = (cx.p(l.a), cx.p(l.b));
+                cx.tape.lora_linear(x, w, b, a, bm, l.scale)
+            }
+            // Training with LoRA dropout: the update reads a dropped-out copy of the input.
             Some(l) => {
+                let y = cx.tape.linear(x, w, b)?;
                 let (a, bm) = (cx.p(l.a), cx.p(l.b));
                 let x = match cx.dropout.as_deref_mut() {
-                    Some(rng) if l.dropout > 0.0 => {
+                    Some(rng) => {
                         let shape = cx.tape.shape(x)?;
                         let mask = dropout_mask(rng, shape.numel(), l.dropout);
                         let mask = cx.tape.backend().upload(&mask, &shape)?;

@@ -42,6 +42,16 @@ enum Op<T> {
         w: Var,
         bias: Option<Var>,
     },
+    LoraLinear {
+        x: Var,
+        w: Var,
+        bias: Option<Var>,
+        a: Var,
+        b: Var,
+        scale: f32,
+        /// `w + scale · b a`, the weight the forward pass multiplied by.
+        merged: T,
+    },
     AddBias {
         x: Var,
         bias: Var,
@@ -241,6 +251,50 @@ impl<B: Backend> Tape<B> {
             None => &[x, w],
         };
         Ok(self.push(y, inputs, Op::Linear { x, w, bias }))
+    }
+
+    /// A linear layer with a LoRA update: `x (w + scale · b a)^T + bias` with `w (out, in)`,
+    /// `a (r, in)` and `b (out, r)`. Equal to PEFT's `x w^T + bias + scale · (x a^T) b^T` up to
+    /// rounding, computed as one product with the merged weight (`out × in × r`
+    /// multiply-adds to build) instead of the base product plus four ops over the output
+    /// (the update's two products, its scale and the sum), and the backward passes one
+    /// product `g (w + scale · b a)` for the input's gradient. The update's input must be
+    /// the layer's input: LoRA dropout in training needs the separate branch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lora_linear(
+        &mut self,
+        x: Var,
+        w: Var,
+        bias: Option<Var>,
+        a: Var,
+        b: Var,
+        scale: f32,
+    ) -> Result<Var> {
+        let ba = self
+            .backend
+            .matmul(self.value(b)?, self.value(a)?, false, false)?;
+        let update = self.backend.scale(&ba, scale)?;
+        let merged = self.backend.add(self.value(w)?, &update)?;
+        let bv = match bias {
+            Some(v) => Some(self.value(v)?),
+            None => None,
+        };
+        let y = self.backend.linear(self.value(x)?, &merged, bv)?;
+        let mut inputs = vec![x, w, a, b];
+        inputs.extend(bias);
+        Ok(self.push(
+            y,
+            &inputs,
+            Op::LoraLinear {
+                x,
+                w,
+                bias,
+                a,
+                b,
+                scale,
+                merged,
+            },
+        ))
     }
 
     pub fn add_bias(&mut self, x: Var, bias: Var) -> Result<Var> {
@@ -475,6 +529,53 @@ impl<B: Backend> Tape<B> {
                     g,
                     is_root,
                 )?;
+            }
+            Op::LoraLinear {
+                x,
+                w,
+                bias,
+                a,
+                b: lb,
+                scale,
+                merged,
+            } => {
+                if let Some(bias) = bias.filter(|&v| self.wants(v)) {
+                    let db = b.sum_to_last(g)?;
+                    self.accumulate(bias, db)?;
+                }
+                if self.wants(x) {
+                    let dx = b.matmul(g, &merged, false, false)?;
+                    self.accumulate(x, dx)?;
+                }
+                if self.wants(w) || self.wants(a) || self.wants(lb) {
+                    // Rows × features views of the input and the output's gradient.
+                    let (xs, gs) = (b.shape(self.value(x)?), b.shape(g));
+                    let (k, n) = (
+                        xs.dims().last().copied().unwrap_or(1),
+                        gs.dims().last().copied().unwrap_or(1),
+                    );
+                    let rows = xs.numel() / k.max(1);
+                    let x2 = b.reshape(self.value(x)?, &Shape::new([rows, k]))?;
+                    let g2 = b.reshape(g, &Shape::new([rows, n]))?;
+                    if self.wants(w) {
+                        let dw = b.matmul(&g2, &x2, true, false)?;
+                        self.accumulate(w, dw)?;
+                    }
+                    if self.wants(lb) {
+                        // d b = scale · gᵀ (x aᵀ)
+                        let down = b.matmul(&x2, self.value(a)?, false, true)?;
+                        let db = b.matmul(&g2, &down, true, false)?;
+                        let db = b.scale(&db, scale)?;
+                        self.accumulate(lb, db)?;
+                    }
+                    if self.wants(a) {
+                        // d a = scale · (g b)ᵀ x
+                        let gb = b.matmul(&g2, self.value(lb)?, false, false)?;
+                        let da = b.matmul(&gb, &x2, true, false)?;
+                        let da = b.scale(&da, scale)?;
+                        self.accumulate(a, da)?;
+                    }
+                }
             }
             Op::Matmul { a, b: w, ta, tb } => {
                 let av = self.value(a)?.clone();
