@@ -981,7 +981,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("k has shape [2, 3, 2], expected q's [2, 3, 4]"),
+            err.contains("q [2, 3, 4] does not fit k [2, 3, 2]"),
+            "{err}"
+        );
+        let err = attention(&q, &q, &t(&[2, 3, 2]), 2, None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("v has shape [2, 3, 2], expected k's [2, 3, 4]"),
+            "{err}"
+        );
+        let err = attention_backward(
+            &q,
+            &q,
+            &q,
+            &t(&[2, 2, 4]),
+            &t(&[2, 2, 3]),
+            &q,
+            2,
+            None,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("out has shape [2, 2, 4], expected q's [2, 3, 4]"),
             "{err}"
         );
         let err = attention_backward(&q, &q, &q, &q, &t(&[2, 2, 2]), &q, 2, None, false)

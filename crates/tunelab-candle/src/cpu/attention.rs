@@ -1,14 +1,15 @@
 //! Attention on the CPU, one sequence and one head at a time.
 //!
-//! Each head's products read `q`, `k`, `v` (and in the backward `out`, `d_out`) where they lie
-//! in the `(B, T, H*D)` activations, through strides, and write into scratch buffers of one
-//! head (`T × T` scores and probabilities, a `T × D` product) that a sequence reuses for all of
-//! its heads; each head's `T × D` result is copied into its columns of the output. Nothing of
-//! size `B × H × T × T` is allocated (the whole-batch version allocated, zero-filled and walked
-//! through memory four such tensors in the backward, and copied every operand into a
-//! head-major layout first), and a head's scratch stays in the core's cache between its
-//! products and its softmax. Sequences run in parallel on rayon's threads (in order in a single-threaded wasm build);
-//! each is computed the same way on any thread count, so results do not depend on it.
+//! A sequence's `q`, `k`, `v` (and in the backward `d_out`) are copied head-major in one pass
+//! along its rows (`H` contiguous `T × D` blocks); each head's products read its blocks and
+//! write into scratch buffers of one head (`T × T` scores and probabilities) that the sequence
+//! reuses for all of its heads, and its `T × D` results into head-major outputs that are
+//! copied into the `(B, T, H*D)` layout once at the end. Nothing of size `B × H × T × T` is
+//! allocated (the whole-batch version allocated, zero-filled and walked through memory four
+//! such tensors in the backward), and a head's scratch stays in the core's cache between its
+//! products and its softmax. Queries may be fewer than keys (`Tq ≤ T`, not causal). Sequences
+//! run in parallel on rayon's threads (in order in a single-threaded wasm build); each is
+//! computed the same way on any thread count, so results do not depend on it.
 
 use super::{ScoreMask, exp, lane_dot, lane_max, lane_sum, len_err, run_vectorized, tensor};
 use super::{with_slices, zeroed};
@@ -64,13 +65,26 @@ impl Dims {
         self.heads * self.d
     }
 
-    /// Copies head `h` of sequence `seq` of a `(B, T, H*D)` tensor (`t` rows a sequence)
-    /// into `to`, `t × D` contiguous. gemm reads its operands where they lie, and with a
-    /// head's rows `C` apart the attention products took longer than the copies take.
-    fn gather(&self, x: &[f32], t: usize, seq: usize, h: usize, to: &mut [f32]) {
-        let rows = x[seq * t * self.c()..].chunks(self.c());
-        for (dst, row) in to.chunks_exact_mut(self.d).zip(rows) {
-            copy_short(dst, &row[h * self.d..][..self.d]);
+    /// Every head of sequence `seq` of a `(B, T, H*D)` tensor (`t` rows a sequence) into
+    /// `to`, head-major: head `h` is the contiguous `t × D` block `h`. gemm reads its operands
+    /// where they lie, but with a head's rows `C` apart the attention products took longer
+    /// than copies take; and copying all heads in one pass along the rows reads memory in
+    /// order, where copying one head at a time read `D` values every `C`.
+    fn split_heads(&self, x: &[f32], t: usize, seq: usize, to: &mut [f32]) {
+        let (c, d) = (self.c(), self.d);
+        for (i, row) in x[seq * t * c..][..t * c].chunks_exact(c).enumerate() {
+            for (h, src) in row.chunks_exact(d).enumerate() {
+                copy_short(&mut to[(h * t + i) * d..][..d], src);
+            }
+        }
+    }
+}
+
+/// Writes head-major `src` (`H` blocks of `t × D`) into one sequence's `t × C` rows `out`.
+fn merge_heads(out: &mut [f32], src: &[f32], t: usize, d: usize, c: usize) {
+    for (i, row) in out.chunks_exact_mut(c).enumerate() {
+        for (h, dst) in row.chunks_exact_mut(d).enumerate() {
+            copy_short(dst, &src[(h * t + i) * d..][..d]);
         }
     }
 }
@@ -92,14 +106,6 @@ fn mat(data: &[f32], cols: usize, transposed: bool) -> MatRef<'_> {
     }
 }
 
-/// Copies a contiguous `T × D` head result into head `h`'s columns of one sequence's
-/// `T × C` output rows.
-fn put_head(out: &mut [f32], src: &[f32], h: usize, d: usize, c: usize) {
-    for (row, s) in out.chunks_exact_mut(c).zip(src.chunks_exact(d)) {
-        copy_short(&mut row[h * d..][..d], s);
-    }
-}
-
 /// `dst.copy_from_slice(src)` for a head's row (tens of values), as fixed-size 8-value
 /// copies that compile to vector moves: a copy of run-time length is a call to `memmove`,
 /// which took ~14% of the attention ops' time at head size 32 (one call per 128 bytes).
@@ -117,14 +123,18 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// Each of `others` has `q`'s shape.
-fn same_shape<const N: usize>(op: &str, q: &Tensor, others: [(&str, &Tensor); N]) -> Result<()> {
+/// Each of `others` has the shape of `like` (named `name` in the error).
+fn same_shape<const N: usize>(
+    op: &str,
+    (name, like): (&str, &Tensor),
+    others: [(&str, &Tensor); N],
+) -> Result<()> {
     for (what, x) in others {
-        if x.dims() != q.dims() {
+        if x.dims() != like.dims() {
             return Err(candle_core::Error::Msg(format!(
-                "{op}: {what} has shape {:?}, expected q's {:?}",
+                "{op}: {what} has shape {:?}, expected {name}'s {:?}",
                 x.dims(),
-                q.dims()
+                like.dims()
             )));
         }
     }
@@ -149,7 +159,7 @@ pub fn attention(
     let dims = Dims::new(q, k, heads, causal)?;
     let Dims { b, tq, t, d, .. } = dims;
     let c = dims.c();
-    same_shape("attention", k, [("v", v)])?;
+    same_shape("attention", ("k", k), [("v", v)])?;
     let mask = ScoreMask::new(key_mask, causal, b, t)?;
     if b * tq * t * c == 0 {
         return Ok((zeros(&[b, tq, c])?, zeros(&[b, heads, tq])?));
@@ -163,14 +173,15 @@ pub fn attention(
             .enumerate()
             .map(|(seq, (out, lse))| {
                 let (mut s, mut p) = (vec![0f32; tq * t], vec![0f32; tq * t]);
-                let [mut qh, mut o] = [(); 2].map(|_| vec![0f32; tq * d]);
-                let [mut kh, mut vh] = [(); 2].map(|_| vec![0f32; t * d]);
+                let [mut qa, mut oa] = [(); 2].map(|_| vec![0f32; heads * tq * d]);
+                let [mut ka, mut va] = [(); 2].map(|_| vec![0f32; heads * t * d]);
+                dims.split_heads(q, tq, seq, &mut qa);
+                dims.split_heads(k, t, seq, &mut ka);
+                dims.split_heads(v, t, seq, &mut va);
                 for (h, lse) in lse.chunks_exact_mut(tq).enumerate() {
-                    dims.gather(q, tq, seq, h, &mut qh);
-                    dims.gather(k, t, seq, h, &mut kh);
-                    dims.gather(v, t, seq, h, &mut vh);
-                    product(tq, t, d, mat(&qh, d, false), mat(&kh, d, true), &mut s)
-                        .map_err(wrap)?;
+                    let qh = &qa[h * tq * d..][..tq * d];
+                    let (kh, vh) = (&ka[h * t * d..][..t * d], &va[h * t * d..][..t * d]);
+                    product(tq, t, d, mat(qh, d, false), mat(kh, d, true), &mut s).map_err(wrap)?;
                     vectorized!({
                         let rows = p.chunks_exact_mut(t).zip(s.chunks_exact(t));
                         for (i, ((pr, sr), l)) in rows.zip(lse.iter_mut()).enumerate() {
@@ -187,10 +198,10 @@ pub fn attention(
                             *l = max + sum.ln();
                         }
                     });
-                    product(tq, d, t, mat(&p, t, false), mat(&vh, d, false), &mut o)
-                        .map_err(wrap)?;
-                    put_head(out, &o, h, d, c);
+                    let o = &mut oa[h * tq * d..][..tq * d];
+                    product(tq, d, t, mat(&p, t, false), mat(vh, d, false), o).map_err(wrap)?;
                 }
+                merge_heads(out, &oa, tq, d, c);
                 Ok(())
             })
             .collect::<Result<Vec<()>>>()?;
@@ -218,8 +229,12 @@ pub fn attention_backward(
     let dims = Dims::new(q, k, heads, causal)?;
     let Dims { b, tq, t, d, .. } = dims;
     let c = dims.c();
-    same_shape("attention backward", q, [("out", out), ("d_out", d_out)])?;
-    same_shape("attention backward", k, [("v", v)])?;
+    same_shape(
+        "attention backward",
+        ("q", q),
+        [("out", out), ("d_out", d_out)],
+    )?;
+    same_shape("attention backward", ("k", k), [("v", v)])?;
     if lse.elem_count() != b * heads * tq {
         return Err(len_err(
             "attention backward",
@@ -242,18 +257,19 @@ pub fn attention_backward(
                 let st = tq * t;
                 let (mut s, mut dp) = (vec![0f32; st], vec![0f32; st]);
                 let (mut p, mut ds) = (vec![0f32; st], vec![0f32; st]);
-                let (mut g, mut row) = (vec![0f32; t * d], vec![0f32; tq]);
-                let [mut qh, mut doh] = [(); 2].map(|_| vec![0f32; tq * d]);
-                let [mut kh, mut vh] = [(); 2].map(|_| vec![0f32; t * d]);
+                let mut row = vec![0f32; tq];
+                let [mut qa, mut doa, mut dqa] = [(); 3].map(|_| vec![0f32; heads * tq * d]);
+                let [mut ka, mut va, mut dka, mut dva] = [(); 4].map(|_| vec![0f32; heads * t * d]);
+                dims.split_heads(q, tq, seq, &mut qa);
+                dims.split_heads(k, t, seq, &mut ka);
+                dims.split_heads(v, t, seq, &mut va);
+                dims.split_heads(dout, tq, seq, &mut doa);
                 for h in 0..heads {
-                    dims.gather(q, tq, seq, h, &mut qh);
-                    dims.gather(k, t, seq, h, &mut kh);
-                    dims.gather(v, t, seq, h, &mut vh);
-                    dims.gather(dout, tq, seq, h, &mut doh);
-                    let (qm, km, dom) =
-                        (mat(&qh, d, false), mat(&kh, d, false), mat(&doh, d, false));
-                    product(tq, t, d, qm, mat(&kh, d, true), &mut s).map_err(wrap)?;
-                    product(tq, t, d, dom, mat(&vh, d, true), &mut dp).map_err(wrap)?;
+                    let (qh, doh) = (&qa[h * tq * d..][..tq * d], &doa[h * tq * d..][..tq * d]);
+                    let (kh, vh) = (&ka[h * t * d..][..t * d], &va[h * t * d..][..t * d]);
+                    let (qm, km, dom) = (mat(qh, d, false), mat(kh, d, false), mat(doh, d, false));
+                    product(tq, t, d, qm, mat(kh, d, true), &mut s).map_err(wrap)?;
+                    product(tq, t, d, dom, mat(vh, d, true), &mut dp).map_err(wrap)?;
                     let lse = &lse[(seq * heads + h) * tq..][..tq];
                     vectorized!({
                         for (i, r) in row.iter_mut().enumerate() {
@@ -271,14 +287,16 @@ pub fn attention_backward(
                             }
                         }
                     });
-                    product(t, d, tq, mat(&p, t, true), dom, &mut g).map_err(wrap)?;
-                    put_head(dv, &g, h, d, c);
-                    let gq = &mut g[..tq * d];
-                    product(tq, d, t, mat(&ds, t, false), km, gq).map_err(wrap)?;
-                    put_head(dq, gq, h, d, c);
-                    product(t, d, tq, mat(&ds, t, true), qm, &mut g).map_err(wrap)?;
-                    put_head(dk, &g, h, d, c);
+                    let dvh = &mut dva[h * t * d..][..t * d];
+                    product(t, d, tq, mat(&p, t, true), dom, dvh).map_err(wrap)?;
+                    let dqh = &mut dqa[h * tq * d..][..tq * d];
+                    product(tq, d, t, mat(&ds, t, false), km, dqh).map_err(wrap)?;
+                    let dkh = &mut dka[h * t * d..][..t * d];
+                    product(t, d, tq, mat(&ds, t, true), qm, dkh).map_err(wrap)?;
                 }
+                merge_heads(dq, &dqa, tq, d, c);
+                merge_heads(dk, &dka, t, d, c);
+                merge_heads(dv, &dva, t, d, c);
                 Ok(())
             })
             .collect::<Result<Vec<()>>>()?;
