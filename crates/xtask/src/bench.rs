@@ -16,7 +16,7 @@ const SEQ: usize = 128;
 const STEPS: usize = 10;
 const WARMUP: usize = 2;
 /// Rounds of ours-then-PyTorch with `--vs-torch`.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// `tunelab bench` from a release build (arguments follow).
 fn tunelab_bench() -> std::process::Command {
