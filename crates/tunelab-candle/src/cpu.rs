@@ -747,7 +747,11 @@ pub fn adamw(
 /// The sum over every row of the last dim: `(.., C) -> (C)` (a bias's gradient).
 pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
     let c = x.dims().last().copied().unwrap_or(1).max(1);
-    let n = block_rows(c);
+    // Blocks of at least 32 rows: the partials are added in order on one thread, and with
+    // `block_rows`' ~4096 values (2 rows of an MLP's 1536) a bias gradient over 1024 rows
+    // had 512 partials, as many values as half its input. The blocks depend on the shape
+    // only, so the result does not depend on the thread count.
+    let n = block_rows(c).max(32);
     let out = with_slices([x], |[xs]| {
         let partials: Vec<Vec<f32>> = rows!(xs, n * c)
             .map(|xb| {
@@ -899,6 +903,19 @@ mod tests {
             let got = t(got.iter().map(|&v| v as f32).collect(), &[got.len()]);
             assert_close(name, &got, want, 2e-5);
         }
+
+        // Wide rows: `sum_rows` takes blocks of 32 rows (here ten, the last one partial).
+        let (rows, c) = (301, 1000);
+        let wide = t(rnd(rows * c, 5), &[rows, c]);
+        let run = || values(&sum_rows(&wide).unwrap());
+        let got = crate::on_pool(1, run).unwrap();
+        assert_eq!(got, crate::on_pool(3, run).unwrap(), "wide sum_rows");
+        let wv = values(&wide);
+        let want: Vec<f64> = (0..c)
+            .map(|j| (0..rows).map(|r| wv[r * c + j]).sum())
+            .collect();
+        let got = t(got.iter().map(|&v| v as f32).collect(), &[c]);
+        assert_close("wide sum_rows", &got, &want, 2e-5);
     }
 
     /// The element-wise kernels over several blocks (the last one partial), on a contiguous
