@@ -93,7 +93,11 @@ thread_local! {
 /// scratch is NaN in builds with debug assertions (the tests), so a read before a write shows.
 fn with_scratch<const N: usize, R>(lens: [usize; N], f: impl FnOnce([&mut [f32]; N]) -> R) -> R {
     let total = lens.iter().sum();
-    let fill = if cfg!(debug_assertions) { f32::NAN } else { 0.0 };
+    let fill = if cfg!(debug_assertions) {
+        f32::NAN
+    } else {
+        0.0
+    };
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < total {
