@@ -121,19 +121,13 @@ fn check_attention_shapes(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> R
 impl Candle {
     /// `a @ b` (batched when both have batch dims): in wasm on the CPU through this crate's
     /// SIMD128 kernel, which beats gemm's there (see `sgemm`); on x86-64 CPUs through gemm's
-    /// kernels called directly (`sgemm::gemm_product`: the output zeroed in parallel);
+    /// kernels called directly (`sgemm::gemm_into`: the output zeroed in parallel);
     /// elsewhere candle's (gemm natively, cuBLAS on CUDA).
     fn mm(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        if self.fused() {
-            #[cfg(target_arch = "wasm32")]
-            let product = crate::sgemm::matmul(a, b).c()?;
-            #[cfg(target_arch = "x86_64")]
-            let product = crate::sgemm::matmul_gemm(a, b).c()?;
-            #[cfg(not(any(target_arch = "wasm32", target_arch = "x86_64")))]
-            let product = None;
-            if let Some(y) = product {
-                return Ok(y);
-            }
+        if self.fused()
+            && let Some(y) = crate::sgemm::matmul(a, b).c()?
+        {
+            return Ok(y);
         }
         match a.matmul(b) {
             Ok(y) => Ok(y),

@@ -2,7 +2,7 @@
 //! and natively on x86-64 the `gemm` crate's kernels called directly ([`gemm_product`]).
 //!
 //! Natively `gemm` (what candle's matmul calls) dispatches to AVX2/AVX-512 kernels and is the
-//! faster choice; [`matmul_gemm`] calls it without candle's serial zero-fill of the output. In
+//! faster choice; [`matmul`] calls it without candle's serial zero-fill of the output. In
 //! wasm, `gemm`'s SIMD128 kernel keeps 12 accumulators plus its operands
 //! live, more than the 16 vector registers the browser's compiler has on x86-64; this product
 //! keeps a 4 × 8 register tile (8 accumulators) and measured 1.2–1.3× `gemm`'s throughput at
@@ -221,7 +221,7 @@ fn store_tile_row(row: &mut [f32], t: &[f32], first: bool) {
 /// time), the kernels candle's matmul calls. Called here directly for two reasons measured in
 /// a profile of the MiniLM LoRA step: candle zero-fills each product's output on the calling
 /// thread while the other cores wait (~8% of the step, with the kernels' own outputs), where
-/// [`matmul_gemm`] zeroes it in parallel; and candle asks for the thread count on every
+/// [`matmul`] zeroes it in parallel; and candle asks for the thread count on every
 /// product, which reads `/proc/cpuinfo` unless `RAYON_NUM_THREADS` is set, where this asks
 /// rayon.
 #[cfg(target_arch = "x86_64")]
@@ -440,42 +440,43 @@ fn f32_slice(storage: &Storage) -> Option<&[f32]> {
     }
 }
 
-/// `a @ b` on CPU f32 tensors with this crate's kernel: `b` 2-D (a shared weight; `a`'s
-/// leading dims fold into rows) or both of one rank with equal batch dims. `Ok(None)` when
-/// the tensors are not CPU f32 or their strides do not collapse; the caller then uses
-/// candle's matmul.
-pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    matmul_with(a, b, sgemm_into, None)
-}
-
-/// [`matmul`] with the `gemm` crate's kernels ([`gemm_product`]): the native CPU product.
-#[cfg(target_arch = "x86_64")]
-pub fn matmul_gemm(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    matmul_with(a, b, gemm_into, None)
-}
-
 /// `c = a @ b`, or with the flag `c += a @ b`: [`sgemm_into`] or [`gemm_into`].
 type ProductInto =
     fn(usize, usize, usize, MatRef, MatRef, &mut [f32], bool) -> Result<(), SgemmError>;
 
-/// The CPU backend's product for whole tensors: gemm's kernels on x86-64, this crate's
-/// elsewhere.
+/// The CPU backend's product for whole tensors: on x86-64 gemm's kernels called directly
+/// ([`gemm_into`]), in wasm this crate's ([`sgemm_into`]). Elsewhere none: candle's matmul
+/// (gemm's kernels for that CPU, e.g. NEON) is used, not this crate's plain-Rust kernel.
 #[cfg(target_arch = "x86_64")]
-const TENSOR_PRODUCT: ProductInto = gemm_into;
-#[cfg(not(target_arch = "x86_64"))]
-const TENSOR_PRODUCT: ProductInto = sgemm_into;
+const TENSOR_PRODUCT: Option<ProductInto> = Some(gemm_into);
+#[cfg(target_arch = "wasm32")]
+const TENSOR_PRODUCT: Option<ProductInto> = Some(sgemm_into);
+#[cfg(not(any(target_arch = "x86_64", target_arch = "wasm32")))]
+const TENSOR_PRODUCT: Option<ProductInto> = None;
+
+/// `a @ b` on CPU f32 tensors with the CPU backend's product (`TENSOR_PRODUCT`): `b` 2-D (a
+/// shared weight; `a`'s leading dims fold into rows) or both of one rank with equal batch
+/// dims. `Ok(None)` when the tensors are not CPU f32, their strides do not collapse, or this
+/// CPU has no such product; the caller then uses candle's matmul.
+pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    match TENSOR_PRODUCT {
+        Some(product) => matmul_with(a, b, product, None),
+        None => Ok(None),
+    }
+}
 
 /// `x @ w^T + bias` (a linear layer: `x (.., K)`, `w (N, K)`, `bias (N,)`) with the output
 /// starting as the bias rows, so the product adds onto them instead of a separate pass
 /// adding the bias to the product's output (which also saves zero-filling it). `Ok(None)`
-/// when the tensors are not CPU f32 or do not fit (the caller then uses `matmul` and
-/// `add_bias`).
+/// when the tensors are not CPU f32 or do not fit, or this CPU has no product of the
+/// backend's own (the caller then uses `matmul` and `add_bias`).
 pub fn linear(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
-    let (Some(&k), Ok((n, kw))) = (x.dims().last(), w.dims2()) else {
+    let (Some(product), Some(&k), Ok((n, kw))) = (TENSOR_PRODUCT, x.dims().last(), w.dims2())
+    else {
         return Ok(None);
     };
     if k != kw || x.rank() < 2 || bias.is_some_and(|b| b.dims() != [n]) {
@@ -485,7 +486,7 @@ pub fn linear(
     let rows = x.elem_count() / k.max(1);
     *out_dims.last_mut().unwrap_or(&mut 0) = n;
     let x2 = x.contiguous()?.reshape((rows, k))?;
-    let Some(y) = matmul_with(&x2, &w.t()?, TENSOR_PRODUCT, bias)? else {
+    let Some(y) = matmul_with(&x2, &w.t()?, product, bias)? else {
         return Ok(None);
     };
     y.reshape(out_dims).map(Some)
