@@ -53,33 +53,27 @@ pub struct Linear {
 impl Linear {
     pub fn forward<B: Backend>(&self, cx: &mut Ctx<'_, B>, x: Var) -> Result<Var> {
         let (w, b) = (cx.p(self.weight), self.bias.map(|b| cx.p(b)));
-        match cx.adapters.lora.get(&self.name) {
-            None => cx.tape.linear(x, w, b),
-            // Without dropout the update's input is the layer's: one product with the merged
-            // weight (see `Tape::lora_linear`).
-            Some(l) if l.dropout == 0.0 || cx.dropout.is_none() => {
-                let (a, bm) = (cx.p(l.a), cx.p(l.b));
-                cx.tape.lora_linear(x, w, b, a, bm, l.scale)
-            }
+        let Some(l) = cx.adapters.lora.get(&self.name) else {
+            return cx.tape.linear(x, w, b);
+        };
+        let (a, bm, p, scale) = (cx.p(l.a), cx.p(l.b), l.dropout, l.scale);
+        match cx.dropout.as_deref_mut() {
             // Training with LoRA dropout: the update reads a dropped-out copy of the input.
-            Some(l) => {
+            Some(rng) if p > 0.0 => {
+                let shape = cx.tape.shape(x)?;
+                let mask = dropout_mask(rng, shape.numel(), p);
+                let mask = cx.tape.backend().upload(&mask, &shape)?;
+                let mask = cx.tape.leaf(mask, false);
                 let y = cx.tape.linear(x, w, b)?;
-                let (a, bm) = (cx.p(l.a), cx.p(l.b));
-                let x = match cx.dropout.as_deref_mut() {
-                    Some(rng) => {
-                        let shape = cx.tape.shape(x)?;
-                        let mask = dropout_mask(rng, shape.numel(), l.dropout);
-                        let mask = cx.tape.backend().upload(&mask, &shape)?;
-                        let mask = cx.tape.leaf(mask, false);
-                        cx.tape.mul(x, mask)?
-                    }
-                    _ => x,
-                };
-                let down = cx.tape.matmul(x, a, false, true)?; // (.., r)
+                let dropped = cx.tape.mul(x, mask)?;
+                let down = cx.tape.matmul(dropped, a, false, true)?; // (.., r)
                 let up = cx.tape.matmul(down, bm, false, true)?; // (.., out)
-                let up = cx.tape.scale(up, l.scale)?;
+                let up = cx.tape.scale(up, scale)?;
                 cx.tape.add(y, up)
             }
+            // Otherwise the update's input is the layer's: one product with the merged weight
+            // (see `Tape::lora_linear`).
+            _ => cx.tape.lora_linear(x, w, b, a, bm, scale),
         }
     }
 }

@@ -24,6 +24,14 @@
 use crate::Shape;
 use crate::backend::{Backend, BackendError, LayerNormSaved, Result};
 
+/// `t (.., C)` seen as `(rows, C)`: a batched input or gradient with its leading dims folded
+/// into rows, for the weight gradient of a shared 2-D weight.
+fn rows_view<B: Backend>(b: &B, t: &B::Tensor) -> Result<B::Tensor> {
+    let s = b.shape(t);
+    let c = s.dims().last().copied().unwrap_or(1);
+    b.reshape(t, &Shape::new([s.numel() / c.max(1), c]))
+}
+
 /// A value on the tape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Var(usize);
@@ -548,15 +556,7 @@ impl<B: Backend> Tape<B> {
                     self.accumulate(x, dx)?;
                 }
                 if self.wants(w) || self.wants(a) || self.wants(lb) {
-                    // Rows × features views of the input and the output's gradient.
-                    let (xs, gs) = (b.shape(self.value(x)?), b.shape(g));
-                    let (k, n) = (
-                        xs.dims().last().copied().unwrap_or(1),
-                        gs.dims().last().copied().unwrap_or(1),
-                    );
-                    let rows = xs.numel() / k.max(1);
-                    let x2 = b.reshape(self.value(x)?, &Shape::new([rows, k]))?;
-                    let g2 = b.reshape(g, &Shape::new([rows, n]))?;
+                    let (x2, g2) = (rows_view(&b, self.value(x)?)?, rows_view(&b, g)?);
                     if self.wants(w) {
                         let dw = b.matmul(&g2, &x2, true, false)?;
                         self.accumulate(w, dw)?;
@@ -593,13 +593,7 @@ impl<B: Backend> Tape<B> {
                     // A shared 2-D weight with a batched input: fold the batch into the rows so
                     // the weight gradient sums over it.
                     let (av, g) = if rw == 2 && ra > 2 {
-                        let sa = b.shape(&av);
-                        let sg = b.shape(g);
-                        let rows = sa.numel() / sa.dims()[ra - 1];
-                        (
-                            b.reshape(&av, &Shape::new([rows, sa.dims()[ra - 1]]))?,
-                            b.reshape(g, &Shape::new([rows, sg.dims()[ra - 1]]))?,
-                        )
+                        (rows_view(&b, &av)?, rows_view(&b, g)?)
                     } else {
                         (av, g.clone())
                     };

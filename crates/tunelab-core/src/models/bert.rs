@@ -447,10 +447,9 @@ impl Bert {
     /// layer, keys and values still cover every position, but the attention output is kept
     /// at position 0 only before the output projection, so that projection, both layer norms
     /// and the MLP run on one position per sequence instead of `T'` — in the forward pass
-    /// and in the backward pass (about 1/8 of a 6-layer model's products). Where the
-    /// backend's attention takes fewer queries than keys
+    /// and in the backward pass. Where the backend's attention takes fewer queries than keys
     /// ([`Backend::attention_query_subset`]), the query projection and the attention itself
-    /// run for position 0 only too.
+    /// run for position 0 only too: ~1/7 of the MiniLM training step's products.
     pub fn encode_first<B: Backend>(
         &self,
         cx: &mut Ctx<'_, B>,

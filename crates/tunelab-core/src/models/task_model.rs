@@ -166,15 +166,15 @@ impl TaskModel {
                 Some(cx.tape.embedding(table, &rows)?)
             }
         };
-        let p = match prompt {
-            Some(v) => cx.tape.shape(v)?.dims()[1],
-            None => 0,
-        };
         // Sequence classification reads the first position only (see `Bert::encode_first`).
         if matches!(self.head.task, Task::SequenceClassification { .. }) {
             let h = self.encoder.encode_first(cx, input, prompt)?;
             return self.head.forward(cx, &self.encoder, h);
         }
+        let p = match prompt {
+            Some(v) => cx.tape.shape(v)?.dims()[1],
+            None => 0,
+        };
         let mut h = self.encoder.encode(cx, input, prompt)?;
         if p > 0 {
             let total = cx.tape.shape(h)?.dims()[1];
