@@ -96,6 +96,12 @@ fn merge_heads(x: &Tensor) -> Result<Tensor> {
         .c()
 }
 
+/// The most attention probabilities (`B × H × Tq × T` values, 32 MiB) the fused CPU forward
+/// saves for its backward; above it the backward recomputes them from the log-sum-exp. Saving
+/// spares the backward one of its five per-head products and an exponential per score;
+/// MiniLM's 8 × 128 batch keeps 6 MiB a layer.
+const SAVED_PROBS_MAX: usize = 1 << 23;
+
 /// `q (B, Tq, C)`, `k` and `v` `(B, T, C)`: at most as many queries as keys, as many when
 /// `causal` (see [`Backend::attention_query_subset`]).
 fn check_attention_shapes(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<()> {
@@ -493,7 +499,9 @@ impl Backend for Candle {
         if self.fused() {
             let (b, t, _) = k.dims3().c()?;
             self.check_key_mask(key_mask, b, t)?;
-            return crate::cpu::attention(q, k, v, heads, key_mask, causal).c();
+            let probs = b * heads * q.dims3().c()?.1 * t;
+            let save_probs = probs <= SAVED_PROBS_MAX;
+            return crate::cpu::attention(q, k, v, heads, key_mask, causal, save_probs).c();
         }
         let (qh, kh, vh) = (
             split_heads(q, heads)?,
@@ -547,12 +555,16 @@ impl Backend for Candle {
         let (oh, doh) = (split_heads(out, heads)?, split_heads(d_out, heads)?);
         let d = qh.dims()[3];
         let scale = 1.0 / (d as f64).sqrt();
-        let s = self.scores(&qh, &kh, key_mask, causal)?;
-        let p = s
-            .broadcast_sub(&lse.unsqueeze(D::Minus1).c()?)
-            .c()?
-            .exp()
-            .c()?;
+        // The fused kernel's forward may have saved the probabilities themselves.
+        let p = if lse.rank() == 4 {
+            lse.clone()
+        } else {
+            self.scores(&qh, &kh, key_mask, causal)?
+                .broadcast_sub(&lse.unsqueeze(D::Minus1).c()?)
+                .c()?
+                .exp()
+                .c()?
+        };
         let dv = p.t().c()?.matmul(&doh).c()?;
         let dp = doh.matmul(&vh.t().c()?).c()?;
         let row = doh.mul(&oh).c()?.sum_keepdim(D::Minus1).c()?;

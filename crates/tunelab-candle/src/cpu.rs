@@ -983,25 +983,25 @@ mod tests {
             .to_string();
         assert!(err.contains("beta has 2 values, expected 4"), "{err}");
         let q = t(&[2, 3, 4]);
-        let err = attention(&q, &q, &q, 3, None, false)
+        let err = attention(&q, &q, &q, 3, None, false, true)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("hidden size 4 is not divisible by 3 heads"),
             "{err}"
         );
-        let err = attention(&q, &q, &q, 2, Some(&t(&[2, 2])), false)
+        let err = attention(&q, &q, &q, 2, Some(&t(&[2, 2])), false, true)
             .unwrap_err()
             .to_string();
         assert!(err.contains("key mask has 4 values, expected 6"), "{err}");
-        let err = attention(&q, &t(&[2, 3, 2]), &q, 2, None, false)
+        let err = attention(&q, &t(&[2, 3, 2]), &q, 2, None, false, true)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("q [2, 3, 4] does not fit k [2, 3, 2]"),
             "{err}"
         );
-        let err = attention(&q, &q, &t(&[2, 3, 2]), 2, None, false)
+        let err = attention(&q, &q, &t(&[2, 3, 2]), 2, None, false, true)
             .unwrap_err()
             .to_string();
         assert!(
@@ -1028,7 +1028,13 @@ mod tests {
         let err = attention_backward(&q, &q, &q, &q, &t(&[2, 2, 2]), &q, 2, None, false)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("lse has 8 values, expected 12"), "{err}");
+        assert!(
+            err.contains(
+                "the saved tensor has shape [2, 2, 2], expected the probabilities [2, 2, 3, 3] \
+                 or the log-sum-exp [2, 2, 3]"
+            ),
+            "{err}"
+        );
         let u = Tensor::zeros(3, candle_core::DType::U32, &dev).unwrap();
         assert!(msg(gelu(&u)).contains("expected a CPU f32 tensor"));
     }

@@ -431,7 +431,8 @@ fn attention_forward_matches_naive_with_masks() {
             false,
         )
         .unwrap();
-    assert_eq!(be.shape(&lse).dims(), [bsz, heads, tq]);
+    // The saved probabilities (small here): queries × keys per head.
+    assert_eq!(be.shape(&lse).dims(), [bsz, heads, tq, t]);
     let full = attention_ref(&q, &k, &v, (bsz, t, c), heads, Some(&mask[..]), false);
     let want: Vec<f64> = (0..bsz)
         .flat_map(|bi| full[bi * t * c..][..tq * c].to_vec())
@@ -822,13 +823,32 @@ fn fused_cpu_kernels_match_the_composite_ops() {
                     .unwrap();
                 (out, lse, grads)
             };
-            let (of, lf, gf) = run(&fused, &qkv[0], &masks[0]);
+            let (of, pf, gf) = run(&fused, &qkv[0], &masks[0]);
             let (op, lp, gp) = run(&plain, &qkv[1], &masks[1]);
             same(&format!("{name} out"), &of, &op, 1e-5);
-            same(&format!("{name} lse"), &lf, &lp, 1e-5);
+            // The fused forward saved the probabilities (these are small): rows of one.
+            assert_eq!(pf.dims(), [2, 2, 9, 9], "{name}: saved probabilities");
+            for (i, row) in host(&pf).chunks(9).enumerate() {
+                let sum: f32 = row.iter().sum();
+                assert!((sum - 1.0).abs() < 1e-5, "{name}: row {i} sums to {sum}");
+            }
             same(&format!("{name} dq"), &gf.0, &gp.0, 1e-5);
             same(&format!("{name} dk"), &gf.1, &gp.1, 1e-5);
             same(&format!("{name} dv"), &gf.2, &gp.2, 1e-5);
+            // The kernel's other mode saves the log-sum-exp and rebuilds the probabilities.
+            let (v, mask) = (&qkv[0], masked.then_some(&masks[0]));
+            let (ol, lse) =
+                tunelab_candle::cpu::attention(&v[0], &v[1], &v[2], 2, mask, causal, false)
+                    .unwrap();
+            let gl = tunelab_candle::cpu::attention_backward(
+                &v[0], &v[1], &v[2], &ol, &lse, &v[3], 2, mask, causal,
+            )
+            .unwrap();
+            same(&format!("{name} out (lse)"), &ol, &op, 1e-5);
+            same(&format!("{name} lse"), &lse, &lp, 1e-5);
+            same(&format!("{name} dq (lse)"), &gl.0, &gp.0, 1e-5);
+            same(&format!("{name} dk (lse)"), &gl.1, &gp.1, 1e-5);
+            same(&format!("{name} dv (lse)"), &gl.2, &gp.2, 1e-5);
         }
     }
     // A query subset: 3 queries against the 9 keys (not causal), masked.
@@ -853,16 +873,20 @@ fn fused_cpu_kernels_match_the_composite_ops() {
     };
     let mf = fused.upload(&m, &Shape::new([2, 9])).unwrap();
     let mp = plain.upload(&m, &Shape::new([2, 9])).unwrap();
-    let (of, lf, gf) = run(&fused, &qkv[0], &mf);
+    let (of, pf, gf) = run(&fused, &qkv[0], &mf);
     let (op, lp, gp) = run(&plain, &qkv[1], &mp);
     assert_eq!(of.dims(), [2, 3, 12]);
-    assert_eq!(lf.dims(), [2, 2, 3]);
+    assert_eq!(pf.dims(), [2, 2, 3, 9]);
+    assert_eq!(lp.dims(), [2, 2, 3]);
     assert_eq!(
         (gf.0.dims(), gf.1.dims()),
         ([2, 3, 12].as_slice(), [2, 9, 12].as_slice())
     );
     same("attention query subset out", &of, &op, 1e-5);
-    same("attention query subset lse", &lf, &lp, 1e-5);
+    let v = &qkv[0];
+    let (_, lse) =
+        tunelab_candle::cpu::attention(&v[0], &v[1], &v[2], 2, Some(&mf), false, false).unwrap();
+    same("attention query subset lse", &lse, &lp, 1e-5);
     same("attention query subset dq", &gf.0, &gp.0, 1e-5);
     same("attention query subset dk", &gf.1, &gp.1, 1e-5);
     same("attention query subset dv", &gf.2, &gp.2, 1e-5);
@@ -902,7 +926,7 @@ fn fused_attention_is_independent_of_the_thread_count() {
             )
             .unwrap();
         assert_eq!(out.dims(), [bsz, t, c]);
-        assert_eq!(lse.dims(), [bsz, heads, t]);
+        assert_eq!(lse.dims(), [bsz, heads, t, t]);
         [out, lse, dq, dk, dv].map(|x| host(&x))
     };
     let whole = tunelab_candle::on_pool(1, run).unwrap();

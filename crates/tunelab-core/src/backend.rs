@@ -139,12 +139,14 @@ pub trait Backend: Clone + std::fmt::Debug + 'static {
     // ---- attention -----------------------------------------------------------------------
     /// Scaled dot-product attention over `heads` heads. `q, k, v`: `(B, T, H*D)`,
     /// `key_mask`: `(B, T)` with 1 for real tokens and 0 for padding, `causal` masks future
-    /// keys. Returns the output `(B, T, H*D)` and the row log-sum-exp `(B, H, T)` that the
-    /// backward pass uses to rebuild the probabilities. Where
-    /// [`Backend::attention_query_subset`] is true, `q` may have fewer positions than `k` and
-    /// `v` when not causal, `(B, Tq, H*D)` with `Tq ≤ T`: each query attends to every key
-    /// (queries carry no position in attention), and the output is `(B, Tq, H*D)`, the
-    /// log-sum-exp `(B, H, Tq)`.
+    /// keys. Returns the output `(B, T, H*D)` and what the backward pass needs, which the
+    /// backend chooses: the row log-sum-exp `(B, H, T)`, from which it rebuilds the
+    /// probabilities, or the probabilities themselves `(B, H, T, T)` (the candle CPU kernel's
+    /// choice while they are small). Callers pass it to [`Backend::attention_backward`]
+    /// unchanged. Where [`Backend::attention_query_subset`] is true, `q` may have fewer
+    /// positions than `k` and `v` when not causal, `(B, Tq, H*D)` with `Tq ≤ T`: each query
+    /// attends to every key (queries carry no position in attention), and the output is
+    /// `(B, Tq, H*D)`, the saved tensor `(B, H, Tq)` or `(B, H, Tq, T)`.
     fn attention(
         &self,
         q: &Self::Tensor,
@@ -158,7 +160,7 @@ pub trait Backend: Clone + std::fmt::Debug + 'static {
     fn attention_query_subset(&self) -> bool {
         false
     }
-    /// Returns `(dq, dk, dv)`.
+    /// Returns `(dq, dk, dv)`; `saved` is the second tensor [`Backend::attention`] returned.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -166,7 +168,7 @@ pub trait Backend: Clone + std::fmt::Debug + 'static {
         k: &Self::Tensor,
         v: &Self::Tensor,
         out: &Self::Tensor,
-        lse: &Self::Tensor,
+        saved: &Self::Tensor,
         d_out: &Self::Tensor,
         heads: usize,
         key_mask: Option<&Self::Tensor>,

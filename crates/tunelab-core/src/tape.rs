@@ -95,7 +95,8 @@ enum Op<T> {
         heads: usize,
         mask: Option<T>,
         causal: bool,
-        lse: T,
+        /// What the backend's forward saved for the backward (log-sum-exp or probabilities).
+        saved: T,
     },
     Embedding {
         table: Var,
@@ -361,7 +362,7 @@ impl<B: Backend> Tape<B> {
         mask: Option<&B::Tensor>,
         causal: bool,
     ) -> Result<Var> {
-        let (y, lse) = self.backend.attention(
+        let (y, saved) = self.backend.attention(
             self.value(q)?,
             self.value(k)?,
             self.value(v)?,
@@ -379,7 +380,7 @@ impl<B: Backend> Tape<B> {
                 heads,
                 mask: mask.cloned(),
                 causal,
-                lse,
+                saved,
             },
         ))
     }
@@ -658,7 +659,7 @@ impl<B: Backend> Tape<B> {
                 heads,
                 mask,
                 causal,
-                lse,
+                saved,
             } => {
                 let out = self.nodes[i]
                     .value
@@ -669,7 +670,7 @@ impl<B: Backend> Tape<B> {
                     self.value(k)?,
                     self.value(v)?,
                     out,
-                    &lse,
+                    &saved,
                     g,
                     heads,
                     mask.as_ref(),

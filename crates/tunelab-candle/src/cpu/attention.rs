@@ -11,7 +11,7 @@
 //! run in parallel on rayon's threads (in order in a single-threaded wasm build); each is
 //! computed the same way on any thread count, so results do not depend on it.
 
-use super::{ScoreMask, exp, lane_dot, lane_max, lane_sum, len_err, run_vectorized, tensor};
+use super::{ScoreMask, exp, lane_dot, lane_max, lane_sum, run_vectorized, tensor};
 use super::{with_slices, zeroed};
 use crate::sgemm::{CPU_PRODUCT as product, MatRef};
 use candle_core::{Result, Tensor};
@@ -184,9 +184,12 @@ fn wrap(e: crate::sgemm::SgemmError) -> candle_core::Error {
 }
 
 /// Fused attention forward on `k`, `v` `(B, T, H*D)` and `q` `(B, Tq, H*D)` (`Tq ≤ T`, equal
-/// when causal): the output `(B, Tq, H*D)` and each row's log-sum-exp `(B, H, Tq)`, for the
-/// backward. `key_mask` is `(B, T)` (1 keeps a key). The
-/// per-head products are [`CPU_PRODUCT`](crate::sgemm::CPU_PRODUCT)'s.
+/// when causal): the output `(B, Tq, H*D)` and what the backward needs. With `save_probs`
+/// that is the probabilities `(B, H, Tq, T)`, which spares the backward a product and an
+/// exponential per score (the Candle backend saves them while they are small); otherwise each
+/// row's log-sum-exp `(B, H, Tq)`, from which the backward rebuilds them. `key_mask` is
+/// `(B, T)` (1 keeps a key). The per-head products are
+/// [`CPU_PRODUCT`](crate::sgemm::CPU_PRODUCT)'s.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -194,36 +197,49 @@ pub fn attention(
     heads: usize,
     key_mask: Option<&Tensor>,
     causal: bool,
+    save_probs: bool,
 ) -> Result<(Tensor, Tensor)> {
     let dims = Dims::new(q, k, heads, causal)?;
     let Dims { b, tq, t, d, .. } = dims;
     let c = dims.c();
     same_shape("attention", ("k", k), [("v", v)])?;
     let mask = ScoreMask::new(key_mask, causal, b, t)?;
+    // Per head, the probabilities (`Tq × T`) or the log-sum-exp (`Tq`).
+    let (per_head, saved_dims) = if save_probs {
+        (tq * t, vec![b, heads, tq, t])
+    } else {
+        (tq, vec![b, heads, tq])
+    };
     if b * tq * t * c == 0 {
-        return Ok((zeros(&[b, tq, c])?, zeros(&[b, heads, tq])?));
+        return Ok((zeros(&[b, tq, c])?, zeros(&saved_dims)?));
     }
     let scale = 1.0 / (d as f32).sqrt();
-    let (out, lse) = with_slices([q, k, v], |[q, k, v]| {
+    let (out, saved) = with_slices([q, k, v], |[q, k, v]| {
         let mut out = zeroed(b * tq * c);
-        let mut lse = zeroed(b * heads * tq);
+        let mut saved = zeroed(b * heads * per_head);
         rows_mut!(out, tq * c)
-            .zip(rows_mut!(lse, heads * tq))
+            .zip(rows_mut!(saved, heads * per_head))
             .enumerate()
-            .map(|(seq, (out, lse))| {
+            .map(|(seq, (out, saved))| {
                 let (hq, hk) = (heads * tq * d, heads * t * d);
-                let lens = [tq * t, tq * t, hq, hq, hk, hk];
-                with_scratch(lens, |[s, p, qa, oa, ka, va]| {
+                let scratch_p = if save_probs { 0 } else { tq * t };
+                let lens = [tq * t, scratch_p, hq, hq, hk, hk];
+                with_scratch(lens, |[s, scratch_p, qa, oa, ka, va]| {
                     dims.split_heads(q, tq, seq, qa);
                     dims.split_heads(k, t, seq, ka);
                     dims.split_heads(v, t, seq, va);
-                    for (h, lse) in lse.chunks_exact_mut(tq).enumerate() {
+                    for (h, saved) in saved.chunks_exact_mut(per_head).enumerate() {
                         let qh = &qa[h * tq * d..][..tq * d];
                         let (kh, vh) = (&ka[h * t * d..][..t * d], &va[h * t * d..][..t * d]);
                         product(tq, t, d, mat(qh, d, false), mat(kh, d, true), s).map_err(wrap)?;
+                        let (p, mut lse) = if save_probs {
+                            (saved, None)
+                        } else {
+                            (&mut *scratch_p, Some(saved))
+                        };
                         vectorized!({
                             let rows = p.chunks_exact_mut(t).zip(s.chunks_exact(t));
-                            for (i, ((pr, sr), l)) in rows.zip(lse.iter_mut()).enumerate() {
+                            for (i, (pr, sr)) in rows.enumerate() {
                                 mask.apply(seq, i, sr, scale, 0.0, pr);
                                 let max = lane_max(pr);
                                 for x in pr.iter_mut() {
@@ -234,7 +250,9 @@ pub fn attention(
                                 for x in pr.iter_mut() {
                                     *x *= inv;
                                 }
-                                *l = max + sum.ln();
+                                if let Some(lse) = lse.as_deref_mut() {
+                                    lse[i] = max + sum.ln();
+                                }
                             }
                         });
                         let o = &mut oa[h * tq * d..][..tq * d];
@@ -245,22 +263,23 @@ pub fn attention(
                 })
             })
             .collect::<Result<Vec<()>>>()?;
-        Ok::<_, candle_core::Error>((out, lse))
+        Ok::<_, candle_core::Error>((out, saved))
     })??;
-    Ok((tensor(out, &[b, tq, c])?, tensor(lse, &[b, heads, tq])?))
+    Ok((tensor(out, &[b, tq, c])?, tensor(saved, &saved_dims)?))
 }
 
-/// Fused attention backward: `(dq, dk, dv)` from the inputs, the forward's output and
-/// log-sum-exp, and the output's gradient. The probabilities are recomputed per head from the
-/// scores and the log-sum-exp (`p = exp(scale * s + mask - lse)`), then
-/// `ds = scale * p * (dp - rowdot(d_out, out))`, `dv = pᵀ d_out`, `dq = ds k`, `dk = dsᵀ q`.
+/// Fused attention backward: `(dq, dk, dv)` from the inputs, the forward's output and what
+/// it saved (see [`attention`]), and the output's gradient. From a saved log-sum-exp the
+/// probabilities are recomputed per head from the scores (`p = exp(scale * s + mask - lse)`);
+/// then `ds = scale * p * (dp - rowdot(d_out, out))`, `dv = pᵀ d_out`, `dq = ds k`,
+/// `dk = dsᵀ q`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     out: &Tensor,
-    lse: &Tensor,
+    saved: &Tensor,
     d_out: &Tensor,
     heads: usize,
     key_mask: Option<&Tensor>,
@@ -275,30 +294,40 @@ pub fn attention_backward(
         [("out", out), ("d_out", d_out)],
     )?;
     same_shape("attention backward", ("k", k), [("v", v)])?;
-    if lse.elem_count() != b * heads * tq {
-        return Err(len_err(
-            "attention backward",
-            "lse",
-            lse.elem_count(),
-            b * heads * tq,
-        ));
+    let probs = saved.rank() == 4;
+    let expected = if probs {
+        vec![b, heads, tq, t]
+    } else {
+        vec![b, heads, tq]
+    };
+    if saved.dims() != expected.as_slice() {
+        return Err(candle_core::Error::Msg(format!(
+            "attention backward: the saved tensor has shape {:?}, expected the probabilities \
+             {:?} or the log-sum-exp {:?}",
+            saved.dims(),
+            [b, heads, tq, t],
+            [b, heads, tq]
+        )));
     }
     let mask = ScoreMask::new(key_mask, causal, b, t)?;
     if b * tq * t * c == 0 {
         return Ok((zeros(&[b, tq, c])?, zeros(&[b, t, c])?, zeros(&[b, t, c])?));
     }
     let scale = 1.0 / (d as f32).sqrt();
-    let grads = with_slices([q, k, v, out, lse, d_out], |[q, k, v, o, lse, dout]| {
+    let per_head = if probs { tq * t } else { tq };
+    let grads = with_slices([q, k, v, out, saved, d_out], |[q, k, v, o, saved, dout]| {
         let (mut dq, mut dk, mut dv) = (zeroed(b * tq * c), zeroed(b * t * c), zeroed(b * t * c));
         rows_mut!(dq, tq * c)
             .zip(rows_mut!(dk, t * c).zip(rows_mut!(dv, t * c)))
             .enumerate()
             .map(|(seq, (dq, (dk, dv)))| {
                 let (st, hq, hk) = (tq * t, heads * tq * d, heads * t * d);
-                let lens = [st, st, st, st, tq, hq, hq, hq, hk, hk, hk, hk];
+                // Scores and probabilities only where they are rebuilt.
+                let rebuilt = if probs { 0 } else { st };
+                let lens = [rebuilt, st, rebuilt, st, tq, hq, hq, hq, hk, hk, hk, hk];
                 with_scratch(
                     lens,
-                    |[s, dp, p, ds, row, qa, doa, dqa, ka, va, dka, dva]| {
+                    |[s, dp, p_buf, ds, row, qa, doa, dqa, ka, va, dka, dva]| {
                         dims.split_heads(q, tq, seq, qa);
                         dims.split_heads(k, t, seq, ka);
                         dims.split_heads(v, t, seq, va);
@@ -309,23 +338,34 @@ pub fn attention_backward(
                             let (kh, vh) = (&ka[h * t * d..][..t * d], &va[h * t * d..][..t * d]);
                             let (qm, km, dom) =
                                 (mat(qh, d, false), mat(kh, d, false), mat(doh, d, false));
-                            product(tq, t, d, qm, mat(kh, d, true), s).map_err(wrap)?;
+                            let saved = &saved[(seq * heads + h) * per_head..][..per_head];
+                            let p: &[f32] = if probs {
+                                saved
+                            } else {
+                                product(tq, t, d, qm, mat(kh, d, true), s).map_err(wrap)?;
+                                vectorized!({
+                                    let rows = p_buf.chunks_exact_mut(t).zip(s.chunks_exact(t));
+                                    for (i, (pr, sr)) in rows.enumerate() {
+                                        mask.apply(seq, i, sr, scale, -saved[i], pr);
+                                        for x in pr.iter_mut() {
+                                            *x = exp(*x);
+                                        }
+                                    }
+                                });
+                                p_buf
+                            };
                             product(tq, t, d, dom, mat(vh, d, true), dp).map_err(wrap)?;
-                            let lse = &lse[(seq * heads + h) * tq..][..tq];
                             vectorized!({
                                 for (i, r) in row.iter_mut().enumerate() {
                                     let at = seq * tq * c + i * c + h * d;
                                     *r = lane_dot(&dout[at..][..d], &o[at..][..d]);
                                 }
-                                let outs = p.chunks_exact_mut(t).zip(ds.chunks_exact_mut(t));
-                                let ins = s.chunks_exact(t).zip(dp.chunks_exact(t));
-                                for (i, ((pr, dsr), (sr, dpr))) in outs.zip(ins).enumerate() {
-                                    mask.apply(seq, i, sr, scale, -lse[i], pr);
-                                    let r = row[i];
-                                    for ((x, y), &dv) in pr.iter_mut().zip(dsr.iter_mut()).zip(dpr)
-                                    {
-                                        *x = exp(*x);
-                                        *y = scale * *x * (dv - r);
+                                let rows = ds.chunks_exact_mut(t).zip(p.chunks_exact(t));
+                                for ((dsr, pr), (dpr, &r)) in
+                                    rows.zip(dp.chunks_exact(t).zip(&*row))
+                                {
+                                    for ((y, &x), &dv) in dsr.iter_mut().zip(pr).zip(dpr) {
+                                        *y = scale * x * (dv - r);
                                     }
                                 }
                             });

@@ -447,7 +447,7 @@ mod tests {
         let Some(ctx) = crate::context::tests::context() else {
             return;
         };
-        let cb = tunelab_candle::Candle::cpu();
+        let cb = tunelab_candle::Candle::cpu_composite();
         let host = |t: &<tunelab_candle::Candle as Backend>::Tensor| {
             pollster::block_on(cb.download(t)).unwrap()
         };
