@@ -64,6 +64,17 @@ impl<T> Ctx<T> for candle_core::Result<T> {
     }
 }
 
+/// An accumulator `c` that is not of the product's shape (`rows` then `n` columns).
+fn onto_err(c: &Tensor, rows: &[usize], n: usize) -> BackendError {
+    shape_err(
+        "matmul_add",
+        format!(
+            "the accumulator has shape {:?}, expected the product's {rows:?} x {n}",
+            c.dims()
+        ),
+    )
+}
+
 fn shape_err(op: &'static str, msg: String) -> BackendError {
     BackendError::Shape { op, msg }
 }
@@ -129,15 +140,68 @@ impl Candle {
     /// SIMD128 kernel, which beats gemm's there (see `sgemm`); on x86-64 CPUs through gemm's
     /// kernels called directly (`sgemm::gemm_into`: the output zeroed in parallel);
     /// elsewhere candle's (gemm natively, cuBLAS on CUDA).
-    fn mm(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        if self.fused()
-            && let Some(y) = crate::sgemm::matmul(a, b).c()?
-        {
-            return Ok(y);
+    /// With `onto`, `onto + a @ b` (`onto` of the product's shape), the product added onto a
+    /// copy of it on the fused CPU path.
+    fn mm(&self, a: &Tensor, b: &Tensor, onto: Option<&Tensor>) -> Result<Tensor> {
+        if self.fused() {
+            let y = match onto {
+                None => crate::sgemm::matmul(a, b),
+                Some(c) => crate::sgemm::matmul_onto(c, a, b),
+            };
+            if let Some(y) = y.c()? {
+                return Ok(y);
+            }
         }
-        match a.matmul(b) {
-            Ok(y) => Ok(y),
-            Err(_) => a.contiguous().c()?.matmul(&b.contiguous().c()?).c(),
+        let y = match a.matmul(b) {
+            Ok(y) => y,
+            Err(_) => a.contiguous().c()?.matmul(&b.contiguous().c()?).c()?,
+        };
+        match onto {
+            Some(c) => self.add(c, &y),
+            None => Ok(y),
+        }
+    }
+
+    /// [`Backend::matmul`], added onto `onto` where given.
+    fn product(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        ta: bool,
+        tb: bool,
+        onto: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let a = if ta { a.t().c()? } else { a.clone() };
+        let b = if tb { b.t().c()? } else { b.clone() };
+        let (ka, kb) = (a.dims()[a.rank() - 1], b.dims()[b.rank() - 2]);
+        if ka != kb {
+            return Err(shape_err(
+                "matmul",
+                format!("inner dims differ: {:?} @ {:?}", a.dims(), b.dims()),
+            ));
+        }
+        if b.rank() == 2 && a.rank() > 2 {
+            // Shared weight: fold the batch into the rows for one large product.
+            let dims = a.dims().to_vec();
+            let rows: usize = dims[..dims.len() - 1].iter().product();
+            // gemm and sgemm read a transposed 2-D weight through its strides: no copy of it.
+            let a2 = a.contiguous().c()?.reshape((rows, ka)).c()?;
+            let n = b.dims()[1];
+            let lead = &dims[..dims.len() - 1];
+            let onto = match onto {
+                Some(c) if c.dims().split_last() == Some((&n, lead)) => {
+                    Some(c.reshape((rows, n)).c()?)
+                }
+                Some(c) => return Err(onto_err(c, lead, n)),
+                None => None,
+            };
+            let y = self.mm(&a2, &b, onto.as_ref())?;
+            let mut out = dims;
+            let last = out.len() - 1;
+            out[last] = n;
+            y.reshape(out).c()
+        } else {
+            self.mm(&a, &b, onto)
         }
     }
 
@@ -263,29 +327,11 @@ impl Backend for Candle {
     }
 
     fn matmul(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
-        let a = if ta { a.t().c()? } else { a.clone() };
-        let b = if tb { b.t().c()? } else { b.clone() };
-        let (ka, kb) = (a.dims()[a.rank() - 1], b.dims()[b.rank() - 2]);
-        if ka != kb {
-            return Err(shape_err(
-                "matmul",
-                format!("inner dims differ: {:?} @ {:?}", a.dims(), b.dims()),
-            ));
-        }
-        if b.rank() == 2 && a.rank() > 2 {
-            // Shared weight: fold the batch into the rows for one large product.
-            let dims = a.dims().to_vec();
-            let rows: usize = dims[..dims.len() - 1].iter().product();
-            // gemm and sgemm read a transposed 2-D weight through its strides: no copy of it.
-            let a2 = a.contiguous().c()?.reshape((rows, ka)).c()?;
-            let y = self.mm(&a2, &b)?;
-            let mut out = dims;
-            let last = out.len() - 1;
-            out[last] = b.dims()[1];
-            y.reshape(out).c()
-        } else {
-            self.mm(&a, &b)
-        }
+        self.product(a, b, ta, tb, None)
+    }
+
+    fn matmul_add(&self, c: &Tensor, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+        self.product(a, b, ta, tb, Some(c))
     }
 
     fn attention_query_subset(&self) -> bool {

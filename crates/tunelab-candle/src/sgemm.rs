@@ -460,7 +460,7 @@ const TENSOR_PRODUCT: Option<ProductInto> = None;
 /// CPU has no such product; the caller then uses candle's matmul.
 pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
     match TENSOR_PRODUCT {
-        Some(product) => matmul_with(a, b, product, None),
+        Some(product) => matmul_with(a, b, product, Start::Zeros),
         None => Ok(None),
     }
 }
@@ -486,7 +486,8 @@ pub fn linear(
     let rows = x.elem_count() / k.max(1);
     *out_dims.last_mut().unwrap_or(&mut 0) = n;
     let x2 = x.contiguous()?.reshape((rows, k))?;
-    let Some(y) = matmul_with(&x2, &w.t()?, product, bias)? else {
+    let start = bias.map_or(Start::Zeros, Start::BiasRows);
+    let Some(y) = matmul_with(&x2, &w.t()?, product, start)? else {
         return Ok(None);
     };
     y.reshape(out_dims).map(Some)
@@ -501,20 +502,44 @@ pub const CPU_PRODUCT: Product = gemm_product;
 #[cfg(not(target_arch = "x86_64"))]
 pub const CPU_PRODUCT: Product = sgemm;
 
-/// [`matmul`] with the product `product` for each 2-D product of the batch.
+/// `c + a @ b` for `c` of the product's shape, with the output starting as a copy of `c` and
+/// the product added onto it: a gradient that several products feed (a layer input read by
+/// the query, key and value projections, a residual stream) accumulates without a zero-filled
+/// output per product and an addition pass over it. `Ok(None)` as for [`matmul`], or when
+/// `c` is not a contiguous CPU f32 tensor of the product's shape.
+pub fn matmul_onto(c: &Tensor, a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    match TENSOR_PRODUCT {
+        Some(product) => matmul_with(a, b, product, Start::Copy(c)),
+        None => Ok(None),
+    }
+}
+
+/// What a product's output holds before the product is added onto it.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    /// Nothing: the product overwrites it.
+    Zeros,
+    /// The bias `(N,)` in every row (a linear layer).
+    BiasRows(&'a Tensor),
+    /// A copy of this tensor of the output's shape.
+    Copy(&'a Tensor),
+}
+
+/// [`matmul`] with the product `product` for each 2-D product of the batch, added onto
+/// `start`.
 fn matmul_with(
     a: &Tensor,
     b: &Tensor,
     product: ProductInto,
-    bias: Option<&Tensor>,
+    start: Start,
 ) -> candle_core::Result<Option<Tensor>> {
     if a.dtype() != DType::F32 || b.dtype() != DType::F32 || a.rank() < 2 || b.rank() < 2 {
         return Ok(None);
     }
-    let bias_storage = match bias {
-        Some(t) if t.dtype() != DType::F32 => return Ok(None),
-        Some(t) => Some(t.storage_and_layout()),
-        None => None,
+    let start_storage = match start {
+        Start::Zeros => None,
+        Start::BiasRows(t) | Start::Copy(t) if t.dtype() != DType::F32 => return Ok(None),
+        Start::BiasRows(t) | Start::Copy(t) => Some((t.storage_and_layout(), t.dims())),
     };
     let (sa, la) = a.storage_and_layout();
     let (sb, lb) = b.storage_and_layout();
@@ -525,20 +550,27 @@ fn matmul_with(
         return Ok(None);
     };
     let len = plan.batch * plan.m * plan.n;
-    let mut out = match &bias_storage {
+    let mut out = match &start_storage {
         None => crate::cpu::zeroed(len),
-        Some((storage, layout)) => {
-            let bias = f32_slice(storage).and_then(|v| {
+        Some(((storage, layout), dims)) => {
+            let (want, dims_fit) = match start {
+                Start::Copy(_) => (len, *dims == plan.out_dims.as_slice()),
+                _ => (plan.n, true),
+            };
+            let values = f32_slice(storage).and_then(|v| {
                 let at = layout.start_offset();
-                v.get(at..at + plan.n).filter(|_| layout.is_contiguous())
+                v.get(at..at + want)
+                    .filter(|_| layout.is_contiguous() && dims_fit)
             });
-            match bias {
-                Some(bias) => crate::cpu::repeat_rows(bias, len),
-                None => return Ok(None),
+            match (values, start) {
+                (Some(bias), Start::BiasRows(_)) => crate::cpu::repeat_rows(bias, len),
+                (Some(c), _) => c.to_vec(),
+                (None, _) => return Ok(None),
             }
         }
     };
-    drop(bias_storage);
+    drop(start_storage);
+    let add = !matches!(start, Start::Zeros);
     if out.is_empty() {
         drop((sa, sb));
         return Tensor::from_vec(out, plan.out_dims, a.device()).map(Some);
@@ -556,8 +588,7 @@ fn matmul_with(
             rs: plan.b_rs,
             cs: plan.b_cs,
         };
-        product(plan.m, plan.n, plan.k, a, b, c, bias.is_some())
-            .map_err(candle_core::Error::wrap)?;
+        product(plan.m, plan.n, plan.k, a, b, c, add).map_err(candle_core::Error::wrap)?;
     }
     drop((sa, sb));
     Tensor::from_vec(out, plan.out_dims, a.device()).map(Some)
@@ -848,18 +879,40 @@ mod tests {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+            let want_t = want;
+            let want: Vec<f32> = want_t.flatten_all().unwrap().to_vec1().unwrap();
             #[cfg(target_arch = "x86_64")]
             let products: [ProductInto; 2] = [sgemm_into, gemm_into];
             #[cfg(not(target_arch = "x86_64"))]
             let products: [ProductInto; 1] = [sgemm_into];
+            // Or as a copy of a tensor of the output's shape (a gradient accumulated).
+            let onto = t(want.len(), 11, want_t.dims());
+            let want_onto: Vec<f32> = (&want_t + &onto)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             for product in products {
-                let biased = matmul_with(&a, &b, product, Some(&bias))
+                let biased = matmul_with(&a, &b, product, Start::BiasRows(&bias))
                     .unwrap()
                     .expect("a supported layout");
                 let biased: Vec<f32> = biased.flatten_all().unwrap().to_vec1().unwrap();
                 assert_close(&biased, &want_biased, 7);
-                let got = matmul_with(&a, &b, product, None)
+                let summed = matmul_with(&a, &b, product, Start::Copy(&onto))
+                    .unwrap()
+                    .expect("a supported layout");
+                assert_eq!(summed.dims(), want_t.dims());
+                let summed: Vec<f32> = summed.flatten_all().unwrap().to_vec1().unwrap();
+                assert_close(&summed, &want_onto, 7);
+                // An accumulator of another shape is left to the caller.
+                let flat = onto.flatten_all().unwrap();
+                assert!(
+                    matmul_with(&a, &b, product, Start::Copy(&flat))
+                        .unwrap()
+                        .is_none()
+                );
+                let got = matmul_with(&a, &b, product, Start::Zeros)
                     .unwrap()
                     .expect("a supported layout");
                 let out: Vec<usize> = a.dims()[..a.rank() - 1]

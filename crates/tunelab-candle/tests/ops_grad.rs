@@ -948,3 +948,51 @@ fn fused_attention_is_independent_of_the_thread_count() {
         );
     }
 }
+
+/// `matmul_add`, how the tape adds a product to a gradient that already holds another
+/// contribution, equals the product plus the accumulator on the fused CPU path and on
+/// candle's ops, for the shapes the tape passes (a batched input by a shared weight, plain and
+/// transposed 2-D products, a batched pair); an accumulator of another shape is refused.
+#[test]
+fn matmul_add_is_the_product_plus_the_accumulator() {
+    // a, b and the product's dims; whether each operand is transposed.
+    type Case<'a> = (&'a [usize], &'a [usize], &'a [usize], bool, bool);
+    let cases: [Case; 4] = [
+        (&[2, 3, 5], &[4, 5], &[2, 3, 4], false, true),
+        (&[3, 5], &[5, 4], &[3, 4], false, false),
+        (&[5, 3], &[5, 4], &[3, 4], true, false),
+        (&[2, 3, 5], &[2, 5, 4], &[2, 3, 4], false, false),
+    ];
+    for be in [Candle::cpu(), Candle::cpu_composite()] {
+        let up = |dims: &[usize], seed: u64| {
+            let s = Shape::new(dims);
+            be.upload(&data(s.numel(), seed), &s).unwrap()
+        };
+        for (i, &(ad, bd, cd, ta, tb)) in cases.iter().enumerate() {
+            let (a, b, c) = (up(ad, 60), up(bd, 61), up(cd, 62));
+            let want = host(&be.add(&c, &be.matmul(&a, &b, ta, tb).unwrap()).unwrap());
+            let got = be.matmul_add(&c, &a, &b, ta, tb).unwrap();
+            assert_eq!(got.dims(), cd, "case {i}");
+            for (j, (x, y)) in host(&got).iter().zip(&want).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
+                    "case {i}[{j}]: {x} vs {y}"
+                );
+            }
+        }
+        let err = be
+            .matmul_add(
+                &up(&[3, 2, 4], 63),
+                &up(&[2, 3, 5], 60),
+                &up(&[4, 5], 61),
+                false,
+                true,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the accumulator has shape [3, 2, 4], expected the product's [2, 3] x 4"),
+            "{err}"
+        );
+    }
+}

@@ -84,6 +84,21 @@ pub trait Backend: Clone + std::fmt::Debug + 'static {
         ta: bool,
         tb: bool,
     ) -> Result<Self::Tensor>;
+    /// `c + op(a) @ op(b)` for `c` of the product's shape: how the tape adds a product to a
+    /// gradient that already holds another contribution (a layer input read by several
+    /// projections, a residual stream). A backend can add the product onto `c` in one pass;
+    /// the default adds the two.
+    fn matmul_add(
+        &self,
+        c: &Self::Tensor,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        ta: bool,
+        tb: bool,
+    ) -> Result<Self::Tensor> {
+        let p = self.matmul(a, b, ta, tb)?;
+        self.add(c, &p)
+    }
     /// `x @ w^T + bias`, PyTorch's `nn.Linear`: `x (.., K)`, `w (N, K)`, `bias (N,)`. By
     /// default a [`Backend::matmul`] then [`Backend::add_bias`]; a backend can start the
     /// product's output from the bias rows instead, saving a pass over the output.

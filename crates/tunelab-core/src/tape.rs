@@ -465,6 +465,27 @@ impl<B: Backend> Tape<B> {
         Ok(())
     }
 
+    /// Adds `op(p) @ op(q)` to `v`'s gradient: one product onto the gradient so far
+    /// ([`Backend::matmul_add`]) where there is one, instead of a product and then a sum.
+    fn accumulate_product(
+        &mut self,
+        v: Var,
+        p: &B::Tensor,
+        q: &B::Tensor,
+        tp: bool,
+        tq: bool,
+    ) -> Result<()> {
+        if !self.wants(v) {
+            return Ok(());
+        }
+        let sum = match self.nodes[v.0].grad.take() {
+            Some(prev) => self.backend.matmul_add(&prev, p, q, tp, tq)?,
+            None => self.backend.matmul(p, q, tp, tq)?,
+        };
+        self.nodes[v.0].grad = Some(sum);
+        Ok(())
+    }
+
     fn wants(&self, v: Var) -> bool {
         self.nodes[v.0].needs_grad
     }
@@ -552,10 +573,7 @@ impl<B: Backend> Tape<B> {
                     let db = b.sum_to_last(g)?;
                     self.accumulate(bias, db)?;
                 }
-                if self.wants(x) {
-                    let dx = b.matmul(g, &merged, false, false)?;
-                    self.accumulate(x, dx)?;
-                }
+                self.accumulate_product(x, g, &merged, false, false)?;
                 if self.wants(w) || self.wants(a) || self.wants(lb) {
                     let (x2, g2) = (rows_view(&b, self.value(x)?)?, rows_view(&b, g)?);
                     if self.wants(w) {
@@ -581,13 +599,10 @@ impl<B: Backend> Tape<B> {
             Op::Matmul { a, b: w, ta, tb } => {
                 let av = self.value(a)?.clone();
                 let wv = self.value(w)?.clone();
-                if self.wants(a) {
-                    let da = if ta {
-                        b.matmul(&wv, g, tb, true)?
-                    } else {
-                        b.matmul(g, &wv, false, !tb)?
-                    };
-                    self.accumulate(a, da)?;
+                if ta {
+                    self.accumulate_product(a, &wv, g, tb, true)?;
+                } else {
+                    self.accumulate_product(a, g, &wv, false, !tb)?;
                 }
                 if self.wants(w) {
                     let (ra, rw) = (b.shape(&av).rank(), b.shape(&wv).rank());
