@@ -197,12 +197,33 @@ macro_rules! on_device {
 /// Prints the error chain (no backtrace) and exits 1.
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
-    match run() {
+    match on_worker_thread(run) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs the command on a thread of the compute pool (rayon's, one thread per core unless
+/// `RAYON_NUM_THREADS` says otherwise) instead of on `main`.
+///
+/// A CPU training step is a few thousand parallel ops. Called from `main`, each one hands its
+/// work to the pool's threads and puts `main` to sleep until they finish, then wakes it:
+/// thousands of cross-thread wake-ups a step, and one thread more than there are cores, so
+/// the pool's threads, still spinning for work, and `main` preempt each other. Run on a pool
+/// thread, an op splits its work in place and the other threads steal their share. Measured
+/// on the MiniLM LoRA step, 12 steps on 2 cores: 9317 → 2143 voluntary and 6633 → 146
+/// involuntary context switches, 1.24 → 0.26 s system time; about 10% off the step time
+/// (seven alternating rounds; this machine's noise is of the same order). If the pool cannot
+/// be built, the command runs on `main`.
+fn on_worker_thread(f: fn() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    // `main`'s stack size: commands run as deep there as they would have on `main`.
+    const STACK: usize = 8 << 20;
+    match rayon::ThreadPoolBuilder::new().stack_size(STACK).build() {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
     }
 }
 
