@@ -14,7 +14,7 @@ use tunelab_core::params::ParamStore;
 use tunelab_core::peft::Method;
 use tunelab_core::session::{self, DataText, ModelFiles, Session};
 use tunelab_core::tokenizer::Tokenizer;
-use tunelab_core::trainer::TaskKind;
+use tunelab_core::trainer::{StepReport, TaskKind, TrainError, Trainer};
 use tunelab_web::protocol::{
     BackendInfo, Event, History, ModelFacts, ModelSource, PastRun, RunSpec, SavedRun, StepPoint,
 };
@@ -544,7 +544,7 @@ async fn train<B: Held>(
             Control::Run => {}
         }
         let t0 = now_ms();
-        let report = match sess.trainer.train_step().await {
+        let report = match B::train_step(&mut sess.trainer).await {
             Ok(r) => r,
             Err(e) => {
                 failure = Some(format!(
@@ -619,10 +619,15 @@ async fn train<B: Held>(
     Ok(())
 }
 
-/// Backends the worker holds: how a slot on each is wrapped and unwrapped.
+/// Backends the worker holds: how a slot on each is wrapped and unwrapped, and how a training
+/// step runs on it.
 pub(crate) trait Held: Backend + 'static {
     fn wrap(slot: Slot<Self>) -> Live;
     fn unwrap(live: Live) -> Result<Slot<Self>, Live>;
+    /// One training step (on this worker's thread unless the backend says otherwise).
+    async fn train_step(trainer: &mut Trainer<Self>) -> Result<StepReport, TrainError> {
+        trainer.train_step().await
+    }
 }
 
 impl Held for tunelab_wgpu::Wgpu {
@@ -646,6 +651,28 @@ impl Held for Candle {
             Live::Cpu(s) => Ok(s),
             other => Err(other),
         }
+    }
+    /// In the threaded build the step runs on a thread of rayon's pool, as the CLI runs its
+    /// command: from this worker, every parallel op of the step (a few thousand) would wake
+    /// the pool and put this worker to sleep until it finished, one thread more than cores.
+    /// The CPU backend's futures are ready when first polled (its downloads are synchronous),
+    /// so the step is polled once there.
+    #[cfg(target_feature = "atomics")]
+    async fn train_step(trainer: &mut Trainer<Self>) -> Result<StepReport, TrainError> {
+        let step = trainer.state.step + 1;
+        rayon::scope(|_| {
+            let mut fut = std::pin::pin!(trainer.train_step());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match fut.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => Err(TrainError::Backend(
+                    tunelab_core::backend::BackendError::Device {
+                        backend: "candle",
+                        msg: format!("step {step} waited on the CPU backend, which never waits"),
+                    },
+                )),
+            }
+        })
     }
 }
 

@@ -4,10 +4,11 @@
 //! along its rows (`H` contiguous `T × D` blocks); each head's products read its blocks and
 //! write into scratch buffers of one head (`T × T` scores and probabilities) that the sequence
 //! reuses for all of its heads, and its `T × D` results into head-major outputs that are
-//! copied into the `(B, T, H*D)` layout once at the end. Nothing of size `B × H × T × T` is
+//! copied into the `(B, T, H*D)` layout once at the end. No scratch of size `B × H × T × T` is
 //! allocated (the whole-batch version allocated, zero-filled and walked through memory four
 //! such tensors in the backward), and a head's scratch stays in the core's cache between its
-//! products and its softmax. Queries may be fewer than keys (`Tq ≤ T`, not causal). Sequences
+//! products and its softmax; the one tensor of that size is the probabilities the forward may
+//! save for the backward (written where the head's probabilities would have been). Queries may be fewer than keys (`Tq ≤ T`, not causal). Sequences
 //! run in parallel on rayon's threads (in order in a single-threaded wasm build); each is
 //! computed the same way on any thread count, so results do not depend on it.
 
