@@ -578,7 +578,7 @@ impl Backend for Candle {
         k: &Tensor,
         v: &Tensor,
         out: &Tensor,
-        lse: &Tensor,
+        saved: &Tensor,
         d_out: &Tensor,
         heads: usize,
         key_mask: Option<&Tensor>,
@@ -589,7 +589,7 @@ impl Backend for Candle {
             let (b, t, _) = k.dims3().c()?;
             self.check_key_mask(key_mask, b, t)?;
             return crate::cpu::attention_backward(
-                q, k, v, out, lse, d_out, heads, key_mask, causal,
+                q, k, v, out, saved, d_out, heads, key_mask, causal,
             )
             .c();
         }
@@ -602,11 +602,11 @@ impl Backend for Candle {
         let d = qh.dims()[3];
         let scale = 1.0 / (d as f64).sqrt();
         // The fused kernel's forward may have saved the probabilities themselves.
-        let p = if lse.rank() == 4 {
-            lse.clone()
+        let p = if saved.rank() == 4 {
+            saved.clone()
         } else {
             self.scores(&qh, &kh, key_mask, causal)?
-                .broadcast_sub(&lse.unsqueeze(D::Minus1).c()?)
+                .broadcast_sub(&saved.unsqueeze(D::Minus1).c()?)
                 .c()?
                 .exp()
                 .c()?
