@@ -151,6 +151,28 @@ pub(crate) fn repeat_rows(row: &[f32], len: usize) -> Vec<f32> {
     v
 }
 
+/// A copy of `src` made in parallel like [`zeroed`] (`to_vec` copies on the calling thread
+/// while the others wait): the start of a product added onto a gradient so far.
+pub(crate) fn copied(src: &[f32]) -> Vec<f32> {
+    let mut v = Vec::with_capacity(src.len());
+    let slots = &mut v.spare_capacity_mut()[..src.len()];
+    #[cfg(parallel)]
+    slots
+        .par_chunks_mut(BLOCK)
+        .zip(src.par_chunks(BLOCK))
+        .for_each(|(d, s)| {
+            d.write_copy_of_slice(s);
+        });
+    #[cfg(not(parallel))]
+    slots.write_copy_of_slice(src);
+    // SAFETY: the chunks cover `spare_capacity_mut()[..src.len()]`, each written from `src`.
+    #[allow(unsafe_code)]
+    unsafe {
+        v.set_len(src.len())
+    };
+    v
+}
+
 /// `f` of the values of `a` and `b` pair by pair (the shorter length), each thread writing
 /// its own blocks of the output once: nothing is zero-filled first. Give `f` an
 /// `#[inline(always)]` where it is more than a line (a closure that is called, not inlined,
@@ -965,6 +987,9 @@ mod tests {
             "{err}"
         );
         assert_eq!(zeroed(12305), vec![0f32; 12305]);
+        // A copy over several blocks, the last one short.
+        let src = crate::sgemm::test_values(3 * BLOCK + 17, 5);
+        assert_eq!(copied(&src), src);
     }
 
     #[test]
