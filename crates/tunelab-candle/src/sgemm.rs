@@ -223,7 +223,7 @@ fn store_tile_row(row: &mut [f32], t: &[f32], first: bool) {
 /// time), the kernels candle's matmul calls. Called here directly for two reasons measured in
 /// a profile of the MiniLM LoRA step: candle zero-fills each product's output on the calling
 /// thread while the other cores wait (~8% of the step, with the kernels' own outputs), where
-/// [`matmul`] zeroes it in parallel; and candle asks for the thread count on every
+/// [`matmul`] writes it without filling it first ([`gemm_fresh`]); and candle asks for the thread count on every
 /// product, which reads `/proc/cpuinfo` unless `RAYON_NUM_THREADS` is set, where this asks
 /// rayon.
 #[cfg(target_arch = "x86_64")]
