@@ -2,10 +2,11 @@
 //!
 //! Runs `tunelab bench` (release build) on the MiniLM shape for every PEFT method and, with
 //! `--vs-torch`, PyTorch + PEFT on the same shape, data and thread count in the same run
-//! (`tests/bench/torch_step.py`, in the venv `cargo xtask fixtures` sets up). With PyTorch the
-//! two alternate for [`ROUNDS`] rounds, and each ratio pairs a round of ours with the PyTorch
-//! round right after it: on a shared machine the step time drifts by tens of percent over
-//! minutes, which one run of each, minutes apart, would read as a difference.
+//! (`tests/bench/torch_step.py`, in the venv `cargo xtask fixtures` sets up). With PyTorch
+//! there are [`ROUNDS`] rounds, and in each, per method, ours and PyTorch's run back to back
+//! (in alternating order) and give one ratio: on a shared machine the step time drifts by
+//! tens of percent over minutes, which one run of each, minutes apart, would read as a
+//! difference.
 
 use crate::sh::{self, cmd, root};
 use anyhow::Context;
@@ -15,8 +16,10 @@ const BATCH: usize = 8;
 const SEQ: usize = 128;
 const STEPS: usize = 10;
 const WARMUP: usize = 2;
-/// Rounds of ours-then-PyTorch with `--vs-torch`.
-const ROUNDS: usize = 5;
+/// Rounds of paired runs with `--vs-torch`.
+const ROUNDS: usize = 7;
+/// The methods timed, in the order they run.
+const METHODS: [&str; 4] = ["full", "bitfit", "lora", "prompt"];
 
 /// `tunelab bench` from a release build (arguments follow).
 fn tunelab_bench() -> std::process::Command {
@@ -36,8 +39,8 @@ fn tunelab_bench() -> std::process::Command {
     c
 }
 
-/// One round of ours: every method's step timings.
-fn ours_round() -> anyhow::Result<Rows> {
+/// Ours: the step timings of `methods` (a comma-separated list), or of every method.
+fn ours_run(methods: Option<&str>) -> anyhow::Result<Rows> {
     let out = root().join("target/bench-tunelab.jsonl");
     let mut c = tunelab_bench();
     c.args([
@@ -53,12 +56,15 @@ fn ours_round() -> anyhow::Result<Rows> {
     .arg("--json-out")
     .arg(&out)
     .current_dir(root());
+    if let Some(m) = methods {
+        c.args(["--methods", m]);
+    }
     sh::run(&mut c)?;
     parse(&std::fs::read_to_string(&out)?)
 }
 
-/// One round of PyTorch + PEFT: every method's step timings.
-fn torch_round() -> anyhow::Result<Rows> {
+/// PyTorch + PEFT: the step timings of `methods` (a comma-separated list).
+fn torch_run(methods: &str) -> anyhow::Result<Rows> {
     let python = crate::fixtures::venv().join("bin/python");
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -71,7 +77,7 @@ fn torch_round() -> anyhow::Result<Rows> {
         ],
     );
     c.args([threads, BATCH, SEQ, STEPS, WARMUP].map(|n| n.to_string()))
-        .arg("full,bitfit,lora,prompt")
+        .arg(methods)
         .current_dir(root())
         .env("HF_HUB_OFFLINE", "1");
     eprintln!("+ {}", sh::show(&c));
@@ -82,6 +88,24 @@ fn torch_round() -> anyhow::Result<Rows> {
         String::from_utf8_lossy(&o.stderr)
     );
     parse(&String::from_utf8_lossy(&o.stdout))
+}
+
+/// One round with PyTorch: per method, ours and PyTorch's run back to back (seconds apart,
+/// not the minutes a run of all four methods takes), ours first in the first, third, ... round
+/// and PyTorch first in the others, so neither side always meets the machine in the state the
+/// other left (`round` counts from 0).
+fn paired_round(round: usize) -> anyhow::Result<(Rows, Rows)> {
+    let (mut ours, mut torch) = (Rows::new(), Rows::new());
+    for m in METHODS {
+        if round.is_multiple_of(2) {
+            ours.extend(ours_run(Some(m))?);
+            torch.extend(torch_run(m)?);
+        } else {
+            torch.extend(torch_run(m)?);
+            ours.extend(ours_run(Some(m))?);
+        }
+    }
+    Ok((ours, torch))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -122,13 +146,16 @@ pub fn run(vs_torch: bool) -> anyhow::Result<()> {
         crate::fixtures::ensure_venv()?;
     }
     let (mut ours_rounds, mut torch_rounds) = (Vec::new(), Vec::new());
-    for _ in 0..if vs_torch { ROUNDS } else { 1 } {
-        ours_rounds.push(ours_round()?);
-        if vs_torch {
-            torch_rounds.push(torch_round()?);
+    if vs_torch {
+        for round in 0..ROUNDS {
+            let (o, t) = paired_round(round)?;
+            ours_rounds.push(o);
+            torch_rounds.push(t);
         }
+    } else {
+        ours_rounds.push(ours_run(None)?);
     }
-    // Per method, ours / PyTorch of each round and the PyTorch round after it.
+    // Per method, ours / PyTorch of each round: the two runs made back to back.
     let mut ratios: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for (o, t) in ours_rounds.iter().zip(&torch_rounds) {
         for (m, r) in o {
@@ -210,7 +237,7 @@ fn render(ours: &Rows, torch: Option<&Rows>, ratios: &BTreeMap<String, Vec<f64>>
         if torch.is_some() { " --vs-torch" } else { "" },
         if torch.is_some() {
             format!(
-                " (with PyTorch: {ROUNDS} rounds, each ours then PyTorch; the median of the rounds' medians, the minimum over all rounds)"
+                " (with PyTorch: {ROUNDS} rounds, in each of which every method runs in ours and in PyTorch back to back, ours first in odd rounds and PyTorch first in even ones; the median of the rounds' medians, the minimum over all rounds)"
             )
         } else {
             String::new()
@@ -259,7 +286,7 @@ fn render(ours: &Rows, torch: Option<&Rows>, ratios: &BTreeMap<String, Vec<f64>>
             .next()
             .and_then(|v| v["torch"].as_str())
             .unwrap_or("?");
-        s.push_str(&format!("\nPyTorch {version} + PEFT on the same shape, data and thread count, measured in the same run (`tests/bench/torch_step.py`). Ours / PyTorch is the median over the rounds of each round's ratio of medians (ours, then PyTorch right after); the per-round ratios show the spread.\n"));
+        s.push_str(&format!("\nPyTorch {version} + PEFT on the same shape, data and thread count, measured in the same run (`tests/bench/torch_step.py`). Ours / PyTorch is the median over the rounds of each round's ratio of medians (the two runs of a method in a round are back to back, seconds apart); the per-round ratios show the spread.\n"));
         let ratios: Vec<f64> = ours
             .keys()
             .filter(|k| !k.starts_with("~wgpu"))
