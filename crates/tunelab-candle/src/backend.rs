@@ -138,7 +138,7 @@ fn check_attention_shapes(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> R
 impl Candle {
     /// `a @ b` (batched when both have batch dims): in wasm on the CPU through this crate's
     /// SIMD128 kernel, which beats gemm's there (see `sgemm`); on x86-64 CPUs through gemm's
-    /// kernels called directly (`sgemm::gemm_into`: the output zeroed in parallel);
+    /// kernels called directly (`sgemm::gemm_fresh`: the output is not zero-filled first);
     /// elsewhere candle's (gemm natively, cuBLAS on CUDA).
     /// With `onto`, `onto + a @ b` (`onto` of the product's shape), the product added onto a
     /// copy of it on the fused CPU path.

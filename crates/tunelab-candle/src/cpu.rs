@@ -101,30 +101,10 @@ fn add_in_order(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
     sums
 }
 
-/// `n` zeros for a kernel's output, written in parallel natively. `vec![0.0; n]` zero-fills
-/// the whole buffer on the calling thread (mimalloc's `calloc` of reused memory is a
-/// `memset`) while the other cores wait: with candle's matmul outputs, that was ~8% of the
-/// MiniLM LoRA step in a profile. In a single-threaded wasm build it is `vec![0.0; n]`.
-#[allow(unsafe_code)]
-pub(crate) fn zeroed(n: usize) -> Vec<f32> {
-    #[cfg(parallel)]
-    {
-        let mut v = Vec::with_capacity(n);
-        v.spare_capacity_mut()[..n]
-            .par_chunks_mut(BLOCK)
-            .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
-        // SAFETY: the chunks cover `spare_capacity_mut()[..n]`, and each was filled above.
-        unsafe { v.set_len(n) };
-        v
-    }
-    #[cfg(not(parallel))]
-    {
-        vec![0f32; n]
-    }
-}
-
 /// `len` values (a whole number of rows) that repeat the row `row`: a linear layer's output
-/// starting as its bias, filled in parallel like [`zeroed`].
+/// starting as its bias, filled in parallel natively (on the calling thread the other cores
+/// would wait: `vec![0.0; n]` outputs zero-filled that way took ~8% of the MiniLM LoRA step
+/// in a profile, with candle's matmul).
 #[allow(unsafe_code)]
 pub(crate) fn repeat_rows(row: &[f32], len: usize) -> Vec<f32> {
     if row.is_empty() {
@@ -151,8 +131,8 @@ pub(crate) fn repeat_rows(row: &[f32], len: usize) -> Vec<f32> {
     v
 }
 
-/// A copy of `src` made in parallel like [`zeroed`] (`to_vec` copies on the calling thread
-/// while the others wait): the start of a product added onto a gradient so far.
+/// A copy of `src` made in parallel like [`repeat_rows`] (`to_vec` copies on the calling
+/// thread while the others wait): the start of a product added onto a gradient so far.
 pub(crate) fn copied(src: &[f32]) -> Vec<f32> {
     let mut v = Vec::with_capacity(src.len());
     let slots = &mut v.spare_capacity_mut()[..src.len()];
@@ -356,6 +336,7 @@ pub fn gelu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
 }
 
 /// Layer norm over the last dim: `(y, mean, rstd)`, the statistics shaped `[.., 1]`.
+#[allow(unsafe_code)]
 pub fn layer_norm(
     x: &Tensor,
     gamma: &Tensor,
@@ -371,9 +352,10 @@ pub fn layer_norm(
     }
     let n = block_rows(c);
     let (y, mean, rstd) = with_slices([x, gamma, beta], |[xs, g, b]| {
-        let mut y = zeroed(xs.len());
+        // Written row by row into the new buffer's spare capacity: nothing is zero-filled.
+        let mut y = Vec::with_capacity(xs.len());
         let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
-        rows_mut!(y, n * c)
+        rows_mut!(y.spare_capacity_mut()[..xs.len()], n * c)
             .zip(rows!(xs, n * c))
             .zip(rows_mut!(mean, n).zip(rows_mut!(rstd, n)))
             .for_each(|((yb, xb), (mb, sb))| {
@@ -382,8 +364,11 @@ pub fn layer_norm(
                     for ((xr, yr), (m, s)) in rows.zip(mb.iter_mut().zip(sb.iter_mut())) {
                         let mu = lane_sum(xr) / c as f32;
                         for (o, &v) in yr.iter_mut().zip(xr) {
-                            *o = (v - mu) * (v - mu);
+                            o.write((v - mu) * (v - mu));
                         }
+                        // SAFETY: `yr` and `xr` are both `c` long, so the loop above wrote
+                        // every value of `yr`.
+                        let yr = unsafe { yr.assume_init_mut() };
                         let rs = 1.0 / (lane_sum(yr) / c as f32 + eps).sqrt();
                         for (((o, &v), &gi), &bi) in yr.iter_mut().zip(xr).zip(g).zip(b) {
                             *o = (v - mu) * rs * gi + bi;
@@ -392,6 +377,11 @@ pub fn layer_norm(
                     }
                 })
             });
+        // SAFETY: `xs` holds `rows × c` values (`rows` is its length over `c`); `y`'s first
+        // `xs.len()` slots and `xs` split into the same blocks of `n` rows, matched with
+        // `n` statistics each (`mean` and `rstd` hold `rows`), so every row of every block
+        // was written above.
+        unsafe { y.set_len(xs.len()) };
         (y, mean, rstd)
     })?;
     let mut stat_dims = x.dims().to_vec();
@@ -406,6 +396,7 @@ pub fn layer_norm(
 }
 
 /// Layer norm's backward: `(dx, dgamma, dbeta)`.
+#[allow(unsafe_code)]
 pub fn layer_norm_backward(
     x: &Tensor,
     gamma: &Tensor,
@@ -427,9 +418,10 @@ pub fn layer_norm_backward(
     }
     let n = block_rows(c);
     let (dx, dg, db) = with_slices([x, dy, gamma, mean, rstd], |[xs, dys, g, mu, rs]| {
-        let mut dx = zeroed(xs.len());
+        // Written row by row into the new buffer's spare capacity: nothing is zero-filled.
+        let mut dx = Vec::with_capacity(xs.len());
         // Each block of rows sums its own `dgamma, dbeta`, added in order afterwards.
-        let partials: Vec<Vec<f32>> = rows_mut!(dx, n * c)
+        let partials: Vec<Vec<f32>> = rows_mut!(dx.spare_capacity_mut()[..xs.len()], n * c)
             .zip(rows!(xs, n * c).zip(rows!(dys, n * c)))
             .zip(rows!(mu, n).zip(rows!(rs, n)))
             .map(|((dxb, (xb, dyb)), (mb, sb))| {
@@ -452,7 +444,7 @@ pub fn layer_norm_backward(
                         let m1 = lane_sum(dxhat) / c as f32;
                         let m2 = lane_dot(dxhat, xhat) / c as f32;
                         for i in 0..c {
-                            dxr[i] = (dxhat[i] - m1 - xhat[i] * m2) * s;
+                            dxr[i].write((dxhat[i] - m1 - xhat[i] * m2) * s);
                         }
                     }
                     acc.truncate(2 * c);
@@ -460,6 +452,10 @@ pub fn layer_norm_backward(
                 })
             })
             .collect();
+        // SAFETY: `dx`'s first `xs.len()` slots, `xs` and `dys` (checked to hold `rows × c`
+        // values) split into the same blocks of `n` rows, matched with `n` statistics each,
+        // and every value of every row was written above.
+        unsafe { dx.set_len(xs.len()) };
         let mut sums = add_in_order(&partials, 2 * c);
         let db = sums.split_off(c);
         (dx, sums, db)
@@ -487,6 +483,48 @@ impl ScoreMask {
             .map(|m| with_slices([m], |[m]| m.iter().map(|v| (1.0 - v) * f32::MIN).collect()))
             .transpose()?;
         Ok(Self { keys, causal, t })
+    }
+
+    /// [`apply`](Self::apply) into slots that need not be initialised. Returns the values it
+    /// wrote: `out`'s first `min(s.len(), out.len())` (the mask has a row's `t` keys).
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    fn apply_fresh<'o>(
+        &self,
+        batch: usize,
+        i: usize,
+        s: &[f32],
+        scale: f32,
+        shift: f32,
+        out: &'o mut [std::mem::MaybeUninit<f32>],
+    ) -> &'o mut [f32] {
+        let keys = self.keys.as_ref().map(|k| &k[batch * self.t..][..self.t]);
+        let n = s
+            .len()
+            .min(out.len())
+            .min(keys.map_or(usize::MAX, <[f32]>::len));
+        let out = &mut out[..n];
+        match keys {
+            Some(k) => {
+                for ((o, &v), &b) in out.iter_mut().zip(s).zip(k) {
+                    o.write(v * scale + b + shift);
+                }
+            }
+            None => {
+                for (o, &v) in out.iter_mut().zip(s) {
+                    o.write(v * scale + shift);
+                }
+            }
+        }
+        // SAFETY: `out`, `s` and the mask's row each have at least `n` values, so the loop
+        // above wrote all `n` of `out`.
+        let out = unsafe { out.assume_init_mut() };
+        if self.causal {
+            for o in out.iter_mut().skip(i + 1) {
+                *o += f32::MIN;
+            }
+        }
+        out
     }
 
     /// `out[j] = scale * s[j] + bias(j) + shift` for query `i` of sequence `batch`.
@@ -986,7 +1024,6 @@ mod tests {
             err.contains("add: shapes [2461, 5] and [5, 2461] differ"),
             "{err}"
         );
-        assert_eq!(zeroed(12305), vec![0f32; 12305]);
         // A copy over several blocks, the last one short.
         let src = crate::sgemm::test_values(3 * BLOCK + 17, 5);
         assert_eq!(copied(&src), src);

@@ -12,12 +12,13 @@
 //! run in parallel on rayon's threads (in order in a single-threaded wasm build); each is
 //! computed the same way on any thread count, so results do not depend on it.
 
+use super::with_slices;
 use super::{ScoreMask, exp, lane_dot, lane_max, lane_sum, run_vectorized, tensor};
-use super::{with_slices, zeroed};
 use crate::sgemm::{CPU_PRODUCT as product, MatRef};
 use candle_core::{Result, Tensor};
 #[cfg(parallel)]
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// A zero tensor of `dims` (an empty attention's results).
 fn zeros(dims: &[usize]) -> Result<Tensor> {
@@ -119,13 +120,33 @@ fn split_lens<const N: usize>(mut buf: &mut [f32], lens: [usize; N]) -> [&mut [f
     })
 }
 
-/// Writes head-major `src` (`H` blocks of `t × D`) into one sequence's `t × C` rows `out`.
-fn merge_heads(out: &mut [f32], src: &[f32], t: usize, d: usize, c: usize) {
+/// Writes head-major `src` (`H` blocks of `t × D`) into one sequence's `t × C` rows `out`
+/// (slots of a new output, written once each).
+/// Returns how many values it wrote.
+fn merge_heads(out: &mut [MaybeUninit<f32>], src: &[f32], t: usize, d: usize, c: usize) -> usize {
+    let mut written = 0;
     for (i, row) in out.chunks_exact_mut(c).enumerate() {
         for (h, dst) in row.chunks_exact_mut(d).enumerate() {
-            copy_short(dst, &src[(h * t + i) * d..][..d]);
+            written += copy_short_into(dst, &src[(h * t + i) * d..][..d]);
         }
     }
+    written
+}
+
+/// `buf` as slots to write (it stays initialised: only values are written through it).
+#[allow(unsafe_code)]
+fn as_slots(buf: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and every write through the slots
+    // (`MaybeUninit::write`, `MaybeUninit::new`) stores an initialised `f32`.
+    unsafe { &mut *(std::ptr::from_mut(buf) as *mut [MaybeUninit<f32>]) }
+}
+
+/// The error for an output whose slots were not all written (a shape the kernel does not
+/// cover), which is then dropped unread.
+fn unwritten(what: &str, written: usize, len: usize) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "attention: {written} of the {len} values of {what} were written"
+    ))
 }
 
 /// A row-major `rows × cols` scratch matrix, or its transpose.
@@ -160,6 +181,26 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
         *d = *s;
     }
+}
+
+/// [`copy_short`] into slots of a new output; returns how many it wrote.
+#[inline(always)]
+fn copy_short_into(dst: &mut [MaybeUninit<f32>], src: &[f32]) -> usize {
+    let n = dst.len().min(src.len());
+    let mut d8 = dst.chunks_exact_mut(8);
+    let mut s8 = src.chunks_exact(8);
+    for (d, s) in d8.by_ref().zip(s8.by_ref()) {
+        if let (Ok(d), Ok(s)) = (
+            <&mut [MaybeUninit<f32>; 8]>::try_from(d),
+            <&[f32; 8]>::try_from(s),
+        ) {
+            *d = s.map(MaybeUninit::new);
+        }
+    }
+    for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+        d.write(*s);
+    }
+    n
 }
 
 /// Each of `others` has the shape of `like` (named `name` in the error).
@@ -215,11 +256,16 @@ pub fn attention(
         return Ok((zeros(&[b, tq, c])?, zeros(&saved_dims)?));
     }
     let scale = 1.0 / (d as f32).sqrt();
+    let (len_out, len_saved) = (b * tq * c, b * heads * per_head);
     let (out, saved) = with_slices([q, k, v], |[q, k, v]| {
-        let mut out = zeroed(b * tq * c);
-        let mut saved = zeroed(b * heads * per_head);
-        rows_mut!(out, tq * c)
-            .zip(rows_mut!(saved, heads * per_head))
+        // Both outputs are written once each into new buffers' spare capacity (nothing is
+        // zero-filled), and the writes are counted before the buffers are taken as written.
+        let (mut out, mut saved) = (Vec::with_capacity(len_out), Vec::with_capacity(len_saved));
+        let written = rows_mut!(out.spare_capacity_mut()[..len_out], tq * c)
+            .zip(rows_mut!(
+                saved.spare_capacity_mut()[..len_saved],
+                heads * per_head
+            ))
             .enumerate()
             .map(|(seq, (out, saved))| {
                 let (hq, hk) = (heads * tq * d, heads * t * d);
@@ -229,6 +275,7 @@ pub fn attention(
                     dims.split_heads(q, tq, seq, qa);
                     dims.split_heads(k, t, seq, ka);
                     dims.split_heads(v, t, seq, va);
+                    let mut saved_written = 0;
                     for (h, saved) in saved.chunks_exact_mut(per_head).enumerate() {
                         let qh = &qa[h * tq * d..][..tq * d];
                         let (kh, vh) = (&ka[h * t * d..][..t * d], &va[h * t * d..][..t * d]);
@@ -236,12 +283,15 @@ pub fn attention(
                         let (p, mut lse) = if save_probs {
                             (saved, None)
                         } else {
-                            (&mut *scratch_p, Some(saved))
+                            (as_slots(scratch_p), Some(saved))
                         };
-                        vectorized!({
+                        // Rows written in full, and log-sum-exps written.
+                        let (rows_written, lse_written) = vectorized!({
+                            let (mut full, mut lses) = (0, 0);
                             let rows = p.chunks_exact_mut(t).zip(s.chunks_exact(t));
                             for (i, (pr, sr)) in rows.enumerate() {
-                                mask.apply(seq, i, sr, scale, 0.0, pr);
+                                let pr = mask.apply_fresh(seq, i, sr, scale, 0.0, pr);
+                                full += usize::from(pr.len() == t);
                                 let max = lane_max(pr);
                                 for x in pr.iter_mut() {
                                     *x = exp(*x - max);
@@ -252,18 +302,44 @@ pub fn attention(
                                     *x *= inv;
                                 }
                                 if let Some(lse) = lse.as_deref_mut() {
-                                    lse[i] = max + sum.ln();
+                                    lse[i].write(max + sum.ln());
+                                    lses += 1;
                                 }
                             }
+                            (full, lses)
                         });
+                        if rows_written != tq || p.len() != tq * t {
+                            return Err(unwritten("the probabilities", rows_written * t, tq * t));
+                        }
+                        saved_written += if save_probs { tq * t } else { lse_written };
+                        // SAFETY: `p` is `tq` rows of `t` slots (checked), and each row was
+                        // written in full (`tq` rows counted).
+                        #[allow(unsafe_code)]
+                        let p: &[f32] = unsafe { p.assume_init_ref() };
                         let o = &mut oa[h * tq * d..][..tq * d];
                         product(tq, d, t, mat(p, t, false), mat(vh, d, false), o).map_err(wrap)?;
                     }
-                    merge_heads(out, oa, tq, d, c);
-                    Ok(())
+                    Ok((merge_heads(out, oa, tq, d, c), saved_written))
                 })
             })
-            .collect::<Result<Vec<()>>>()?;
+            .collect::<Result<Vec<(usize, usize)>>>()?;
+        let (wo, ws) = written
+            .iter()
+            .fold((0, 0), |(a, b), &(o, s)| (a + o, b + s));
+        if wo != len_out {
+            return Err(unwritten("the output", wo, len_out));
+        }
+        if ws != len_saved {
+            return Err(unwritten("the saved tensor", ws, len_saved));
+        }
+        // SAFETY: every slot of both outputs was written once: the writes, counted per
+        // sequence and head, add up to the outputs' lengths, and no slot is written twice
+        // (each sequence, head, row and value has its own).
+        #[allow(unsafe_code)]
+        unsafe {
+            out.set_len(len_out);
+            saved.set_len(len_saved);
+        }
         Ok::<_, candle_core::Error>((out, saved))
     })??;
     Ok((tensor(out, &[b, tq, c])?, tensor(saved, &saved_dims)?))
@@ -317,9 +393,20 @@ pub fn attention_backward(
     let scale = 1.0 / (d as f32).sqrt();
     let per_head = if probs { tq * t } else { tq };
     let grads = with_slices([q, k, v, out, saved, d_out], |[q, k, v, o, saved, dout]| {
-        let (mut dq, mut dk, mut dv) = (zeroed(b * tq * c), zeroed(b * t * c), zeroed(b * t * c));
-        rows_mut!(dq, tq * c)
-            .zip(rows_mut!(dk, t * c).zip(rows_mut!(dv, t * c)))
+        // The three gradients are written once each into new buffers' spare capacity
+        // (nothing is zero-filled), and the writes are counted before they are taken as
+        // written.
+        let (len_q, len_k) = (b * tq * c, b * t * c);
+        let (mut dq, mut dk, mut dv) = (
+            Vec::with_capacity(len_q),
+            Vec::with_capacity(len_k),
+            Vec::with_capacity(len_k),
+        );
+        let written = rows_mut!(dq.spare_capacity_mut()[..len_q], tq * c)
+            .zip(
+                rows_mut!(dk.spare_capacity_mut()[..len_k], t * c)
+                    .zip(rows_mut!(dv.spare_capacity_mut()[..len_k], t * c)),
+            )
             .enumerate()
             .map(|(seq, (dq, (dk, dv)))| {
                 let (st, hq, hk) = (tq * t, heads * tq * d, heads * t * d);
@@ -377,14 +464,36 @@ pub fn attention_backward(
                             let dkh = &mut dka[h * t * d..][..t * d];
                             product(t, d, tq, mat(ds, t, true), qm, dkh).map_err(wrap)?;
                         }
-                        merge_heads(dq, dqa, tq, d, c);
-                        merge_heads(dk, dka, t, d, c);
-                        merge_heads(dv, dva, t, d, c);
-                        Ok(())
+                        Ok([
+                            merge_heads(dq, dqa, tq, d, c),
+                            merge_heads(dk, dka, t, d, c),
+                            merge_heads(dv, dva, t, d, c),
+                        ])
                     },
                 )
             })
-            .collect::<Result<Vec<()>>>()?;
+            .collect::<Result<Vec<[usize; 3]>>>()?;
+        let sums = written
+            .iter()
+            .fold([0; 3], |[a, b, c], [x, y, z]| [a + x, b + y, c + z]);
+        for ((what, got), len) in ["dq", "dk", "dv"]
+            .iter()
+            .zip(sums)
+            .zip([len_q, len_k, len_k])
+        {
+            if got != len {
+                return Err(unwritten(what, got, len));
+            }
+        }
+        // SAFETY: every slot of the three gradients was written once: the writes, counted
+        // per sequence, add up to their lengths, and each sequence, head, row and value has
+        // its own slot.
+        #[allow(unsafe_code)]
+        unsafe {
+            dq.set_len(len_q);
+            dk.set_len(len_k);
+            dv.set_len(len_k);
+        }
         Ok::<_, candle_core::Error>([dq, dk, dv])
     })??;
     let [dq, dk, dv] = grads;
