@@ -131,6 +131,15 @@ pub(crate) fn repeat_rows(row: &[f32], len: usize) -> Vec<f32> {
     v
 }
 
+/// `buf` as slots to write (it stays initialised: only values are written through it), for
+/// the kernels that write both new outputs and scratch.
+#[allow(unsafe_code)]
+fn as_slots(buf: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and every write through the slots
+    // (`MaybeUninit::write`, `MaybeUninit::new`) stores an initialised `f32`.
+    unsafe { &mut *(std::ptr::from_mut(buf) as *mut [std::mem::MaybeUninit<f32>]) }
+}
+
 /// A copy of `src` made in parallel like [`repeat_rows`] (`to_vec` copies on the calling
 /// thread while the others wait): the start of a product added onto a gradient so far.
 pub(crate) fn copied(src: &[f32]) -> Vec<f32> {
@@ -485,11 +494,13 @@ impl ScoreMask {
         Ok(Self { keys, causal, t })
     }
 
-    /// [`apply`](Self::apply) into slots that need not be initialised. Returns the values it
-    /// wrote: `out`'s first `min(s.len(), out.len())` (the mask has a row's `t` keys).
+    /// `out[j] = scale * s[j] + bias(j) + shift` for query `i` of sequence `batch`, into
+    /// slots that need not be initialised (a new output's, or scratch through [`as_slots`]).
+    /// Returns the values it wrote: `out`'s first `min(s.len(), out.len())` (the mask has a
+    /// row's `t` keys).
     #[inline(always)]
     #[allow(unsafe_code)]
-    fn apply_fresh<'o>(
+    fn apply<'o>(
         &self,
         batch: usize,
         i: usize,
@@ -525,29 +536,6 @@ impl ScoreMask {
             }
         }
         out
-    }
-
-    /// `out[j] = scale * s[j] + bias(j) + shift` for query `i` of sequence `batch`.
-    #[inline(always)]
-    fn apply(&self, batch: usize, i: usize, s: &[f32], scale: f32, shift: f32, out: &mut [f32]) {
-        match &self.keys {
-            Some(k) => {
-                let k = &k[batch * self.t..][..self.t];
-                for ((o, &v), &b) in out.iter_mut().zip(s).zip(k) {
-                    *o = v * scale + b + shift;
-                }
-            }
-            None => {
-                for (o, &v) in out.iter_mut().zip(s) {
-                    *o = v * scale + shift;
-                }
-            }
-        }
-        if self.causal {
-            for o in out.iter_mut().skip(i + 1) {
-                *o += f32::MIN;
-            }
-        }
     }
 }
 

@@ -223,9 +223,9 @@ fn store_tile_row(row: &mut [f32], t: &[f32], first: bool) {
 /// time), the kernels candle's matmul calls. Called here directly for two reasons measured in
 /// a profile of the MiniLM LoRA step: candle zero-fills each product's output on the calling
 /// thread while the other cores wait (~8% of the step, with the kernels' own outputs), where
-/// [`matmul`] writes it without filling it first ([`gemm_fresh`]); and candle asks for the thread count on every
-/// product, which reads `/proc/cpuinfo` unless `RAYON_NUM_THREADS` is set, where this asks
-/// rayon.
+/// [`matmul`] writes it without filling it first ([`gemm_fresh`]); and candle asks for the
+/// thread count on every product, which reads `/proc/cpuinfo` unless `RAYON_NUM_THREADS` is
+/// set, where this asks rayon.
 #[cfg(target_arch = "x86_64")]
 pub fn gemm_product(
     m: usize,
@@ -350,7 +350,8 @@ unsafe fn gemm_raw(
 /// [`sgemm`] into an output that need not be initialised: zero-filled, then the product.
 /// (This crate's loop nest takes an initialised output; in wasm the fill is cheap next to
 /// the product.)
-#[allow(unsafe_code, dead_code)]
+#[allow(unsafe_code)]
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 pub fn sgemm_fresh(
     m: usize,
     n: usize,
@@ -365,6 +366,8 @@ pub fn sgemm_fresh(
     sgemm_into(m, n, k, a, b, c, false)
 }
 
+/// Packs `b[pc..pc+kc, jc..jc+nc]` into `NR`-wide panels, each `kc × NR` row-major, the last
+/// one zero-padded.
 fn pack_b(b: MatRef, pc: usize, kc: usize, jc: usize, nc: usize, out: &mut [f32]) {
     for (pi, jr) in (0..nc).step_by(NR).enumerate() {
         let nr = NR.min(nc - jr);
@@ -649,39 +652,36 @@ fn matmul_with(
         };
         (a, b)
     };
-    let mut out = match &start_storage {
-        None => {
-            let mut out = Vec::with_capacity(len);
-            if len > 0 {
-                let slots = &mut out.spare_capacity_mut()[..len];
-                for (i, c) in slots.chunks_exact_mut(plan.m * plan.n).enumerate() {
-                    let (a, b) = operands(i);
-                    (kernels.fresh)(plan.m, plan.n, plan.k, a, b, c)
-                        .map_err(candle_core::Error::wrap)?;
-                }
-                // SAFETY: the chunks cover the first `len` slots (`len` is the batch's
-                // number of `m × n` outputs), and a fresh product writes all of its chunk.
-                unsafe { out.set_len(len) };
+    let Some(((storage, layout), dims)) = &start_storage else {
+        // Nothing to start from: each product writes its chunk of a new output's slots.
+        let mut out = Vec::with_capacity(len);
+        if len > 0 {
+            let slots = &mut out.spare_capacity_mut()[..len];
+            for (i, c) in slots.chunks_exact_mut(plan.m * plan.n).enumerate() {
+                let (a, b) = operands(i);
+                (kernels.fresh)(plan.m, plan.n, plan.k, a, b, c)
+                    .map_err(candle_core::Error::wrap)?;
             }
-            drop((sa, sb));
-            return Tensor::from_vec(out, plan.out_dims, a.device()).map(Some);
+            // SAFETY: the chunks cover the first `len` slots (`len` is the batch's number of
+            // `m × n` outputs), and a fresh product writes all of its chunk.
+            unsafe { out.set_len(len) };
         }
-        Some(((storage, layout), dims)) => {
-            let (want, dims_fit) = match start {
-                Start::Copy(_) => (len, *dims == plan.out_dims.as_slice()),
-                _ => (plan.n, true),
-            };
-            let values = f32_slice(storage).and_then(|v| {
-                let at = layout.start_offset();
-                v.get(at..at + want)
-                    .filter(|_| layout.is_contiguous() && dims_fit)
-            });
-            match (values, start) {
-                (Some(bias), Start::BiasRows(_)) => crate::cpu::repeat_rows(bias, len),
-                (Some(c), _) => crate::cpu::copied(c),
-                (None, _) => return Ok(None),
-            }
-        }
+        drop((sa, sb));
+        return Tensor::from_vec(out, plan.out_dims, a.device()).map(Some);
+    };
+    let (want, dims_fit) = match start {
+        Start::Copy(_) => (len, *dims == plan.out_dims.as_slice()),
+        _ => (plan.n, true),
+    };
+    let values = f32_slice(storage).and_then(|v| {
+        let at = layout.start_offset();
+        v.get(at..at + want)
+            .filter(|_| layout.is_contiguous() && dims_fit)
+    });
+    let mut out = match (values, start) {
+        (Some(bias), Start::BiasRows(_)) => crate::cpu::repeat_rows(bias, len),
+        (Some(c), _) => crate::cpu::copied(c),
+        (None, _) => return Ok(None),
     };
     drop(start_storage);
     if out.is_empty() {

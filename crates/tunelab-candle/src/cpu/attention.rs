@@ -8,12 +8,14 @@
 //! allocated (the whole-batch version allocated, zero-filled and walked through memory four
 //! such tensors in the backward), and a head's scratch stays in the core's cache between its
 //! products and its softmax; the one tensor of that size is the probabilities the forward may
-//! save for the backward (written where the head's probabilities would have been). Queries may be fewer than keys (`Tq ≤ T`, not causal). Sequences
-//! run in parallel on rayon's threads (in order in a single-threaded wasm build); each is
-//! computed the same way on any thread count, so results do not depend on it.
+//! save for the backward (written where the head's probabilities would have been). Queries
+//! may be fewer than keys (`Tq ≤ T`, not causal). Sequences run in parallel on rayon's
+//! threads (in order in a single-threaded wasm build); each is computed the same way on any
+//! thread count, so results do not depend on it. Outputs are written once into new buffers'
+//! spare capacity; the writes are counted, and an output not written in full is an error.
 
 use super::with_slices;
-use super::{ScoreMask, exp, lane_dot, lane_max, lane_sum, run_vectorized, tensor};
+use super::{ScoreMask, as_slots, exp, lane_dot, lane_max, lane_sum, run_vectorized, tensor};
 use crate::sgemm::{CPU_PRODUCT as product, MatRef};
 use candle_core::{Result, Tensor};
 #[cfg(parallel)]
@@ -76,7 +78,7 @@ impl Dims {
         let (c, d) = (self.c(), self.d);
         for (i, row) in x[seq * t * c..][..t * c].chunks_exact(c).enumerate() {
             for (h, src) in row.chunks_exact(d).enumerate() {
-                copy_short(&mut to[(h * t + i) * d..][..d], src);
+                copy_short(as_slots(&mut to[(h * t + i) * d..][..d]), src);
             }
         }
     }
@@ -127,18 +129,10 @@ fn merge_heads(out: &mut [MaybeUninit<f32>], src: &[f32], t: usize, d: usize, c:
     let mut written = 0;
     for (i, row) in out.chunks_exact_mut(c).enumerate() {
         for (h, dst) in row.chunks_exact_mut(d).enumerate() {
-            written += copy_short_into(dst, &src[(h * t + i) * d..][..d]);
+            written += copy_short(dst, &src[(h * t + i) * d..][..d]);
         }
     }
     written
-}
-
-/// `buf` as slots to write (it stays initialised: only values are written through it).
-#[allow(unsafe_code)]
-fn as_slots(buf: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and every write through the slots
-    // (`MaybeUninit::write`, `MaybeUninit::new`) stores an initialised `f32`.
-    unsafe { &mut *(std::ptr::from_mut(buf) as *mut [MaybeUninit<f32>]) }
 }
 
 /// The error for an output whose slots were not all written (a shape the kernel does not
@@ -169,23 +163,10 @@ fn mat(data: &[f32], cols: usize, transposed: bool) -> MatRef<'_> {
 /// `dst.copy_from_slice(src)` for a head's row (tens of values), as fixed-size 8-value
 /// copies that compile to vector moves: a copy of run-time length is a call to `memmove`,
 /// which took ~14% of the attention ops' time at head size 32 (one call per 128 bytes).
+/// Writes into slots (of a new output, or scratch through `as_slots`); returns how many
+/// values it wrote.
 #[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let mut d8 = dst.chunks_exact_mut(8);
-    let mut s8 = src.chunks_exact(8);
-    for (d, s) in d8.by_ref().zip(s8.by_ref()) {
-        if let (Ok(d), Ok(s)) = (<&mut [f32; 8]>::try_from(d), <&[f32; 8]>::try_from(s)) {
-            *d = *s;
-        }
-    }
-    for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
-        *d = *s;
-    }
-}
-
-/// [`copy_short`] into slots of a new output; returns how many it wrote.
-#[inline(always)]
-fn copy_short_into(dst: &mut [MaybeUninit<f32>], src: &[f32]) -> usize {
+fn copy_short(dst: &mut [MaybeUninit<f32>], src: &[f32]) -> usize {
     let n = dst.len().min(src.len());
     let mut d8 = dst.chunks_exact_mut(8);
     let mut s8 = src.chunks_exact(8);
@@ -290,7 +271,7 @@ pub fn attention(
                             let (mut full, mut lses) = (0, 0);
                             let rows = p.chunks_exact_mut(t).zip(s.chunks_exact(t));
                             for (i, (pr, sr)) in rows.enumerate() {
-                                let pr = mask.apply_fresh(seq, i, sr, scale, 0.0, pr);
+                                let pr = mask.apply(seq, i, sr, scale, 0.0, pr);
                                 full += usize::from(pr.len() == t);
                                 let max = lane_max(pr);
                                 for x in pr.iter_mut() {
@@ -434,7 +415,8 @@ pub fn attention_backward(
                                 vectorized!({
                                     let rows = p_buf.chunks_exact_mut(t).zip(s.chunks_exact(t));
                                     for (i, (pr, sr)) in rows.enumerate() {
-                                        mask.apply(seq, i, sr, scale, -saved[i], pr);
+                                        let pr = as_slots(pr);
+                                        let pr = mask.apply(seq, i, sr, scale, -saved[i], pr);
                                         for x in pr.iter_mut() {
                                             *x = exp(*x);
                                         }
