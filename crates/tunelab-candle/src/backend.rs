@@ -37,9 +37,16 @@ impl Candle {
         }
     }
 
-    /// Whether this op runs a fused CPU kernel.
+    /// Whether this op runs a fused CPU kernel. Every op asks this first; on the CPU it also
+    /// keeps the pool's other threads looking for work until the op's parallel parts reach
+    /// them (see [`crate::cpu::spin`]).
     fn fused(&self) -> bool {
-        self.fused && self.device.is_cpu()
+        let fused = self.fused && self.device.is_cpu();
+        #[cfg(all(parallel, not(target_arch = "wasm32")))]
+        if fused {
+            crate::cpu::spin::keep_awake();
+        }
+        fused
     }
 
     pub fn device(&self) -> &Device {

@@ -819,6 +819,8 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
 
 mod attention;
 pub use attention::{attention, attention_backward};
+#[cfg(all(parallel, not(target_arch = "wasm32")))]
+pub mod spin;
 
 #[cfg(test)]
 mod tests {

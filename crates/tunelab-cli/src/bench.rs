@@ -67,10 +67,24 @@ pub struct Result {
     /// the step's wall time is recording, submission and waiting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_ms_per_step: Option<f64>,
+    /// With `--cpu-wait-ab`: the steps with idle threads sleeping against those with them
+    /// spinning (the rest of the numbers are the spinning steps').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ab: Option<WaitAb>,
     /// CPU time the stepping thread spent per timed step (Linux), in ms: on a GPU backend
     /// that is recording and submitting the step's commands, not waiting for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_cpu_ms: Option<f64>,
+}
+
+/// `--cpu-wait-ab`'s comparison: timed steps alternate between the pool's idle threads
+/// spinning for work (`tunelab_candle::cpu::spin`) and sleeping, in one process.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WaitAb {
+    /// The median of the steps with idle threads sleeping.
+    pub passive_median_ms: f64,
+    /// The median over pairs of a spinning step's time over the sleeping step's after it.
+    pub median_pair_ratio: f64,
 }
 
 /// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, Linux).
@@ -108,6 +122,7 @@ pub fn run_one(
     wgpu: bool,
     profile: bool,
     device: &str,
+    wait_ab: bool,
 ) -> anyhow::Result<Result> {
     if wgpu {
         let be = crate::job::wgpu_backend()?;
@@ -121,12 +136,24 @@ pub fn run_one(
             steps,
             warmup,
             profiler,
+            false,
         )?;
         r.method = format!("{method_name}@wgpu");
         return Ok(r);
     }
     let be = crate::job::backend(device)?;
-    let mut r = run_on(&be, assets, method_name, batch, seq, steps, warmup, None)?;
+    let wait_ab = wait_ab && device == "cpu";
+    let mut r = run_on(
+        &be,
+        assets,
+        method_name,
+        batch,
+        seq,
+        steps,
+        warmup,
+        None,
+        wait_ab,
+    )?;
     if device != "cpu" {
         r.method = format!("{method_name}@{device}");
     }
@@ -143,6 +170,7 @@ fn run_on<B: Backend>(
     steps: usize,
     warmup: usize,
     profiler: Option<&tunelab_wgpu::Context>,
+    wait_ab: bool,
 ) -> anyhow::Result<Result> {
     let (_, method) = methods()
         .into_iter()
@@ -218,10 +246,21 @@ fn run_on<B: Backend>(
     };
     let mut times = Vec::new();
     let mut cpu_ns = 0u64;
+    // With `wait_ab`, timed steps alternate between idle threads spinning and sleeping (the
+    // first spinning), and `passive` holds the sleeping ones.
+    let mut passive = Vec::new();
     for i in 0..warmup + steps {
+        let sleeping = wait_ab && i >= warmup && (i - warmup) % 2 == 1;
+        if wait_ab {
+            tunelab_candle::cpu::spin::set_enabled(!sleeping);
+        }
         let cpu0 = thread_cpu_ns();
         let start = Instant::now();
         step(&mut store)?;
+        if sleeping {
+            passive.push(start.elapsed().as_secs_f64() * 1e3);
+            continue;
+        }
         if i >= warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
             if let (Some(a), Some(b)) = (cpu0, thread_cpu_ns()) {
@@ -229,7 +268,15 @@ fn run_on<B: Backend>(
             }
         }
     }
-    let host_cpu_ms = (cpu_ns > 0).then(|| cpu_ns as f64 / 1e6 / steps.max(1) as f64);
+    let host_cpu_ms = (cpu_ns > 0).then(|| cpu_ns as f64 / 1e6 / times.len().max(1) as f64);
+    // Each spinning step against the sleeping one right after it, before `times` is sorted.
+    let wait_ab = (!passive.is_empty()).then(|| {
+        let mut ratios: Vec<f64> = times.iter().zip(&passive).map(|(a, p)| a / p).collect();
+        WaitAb {
+            passive_median_ms: median(&mut passive),
+            median_pair_ratio: median(&mut ratios),
+        }
+    });
     // Profiled steps run after the timed ones, so timestamp queries do not touch the timings.
     let (mut kernels, mut gpu_ms_per_step) = (None, None);
     if let Some(ctx) = profiler {
@@ -259,8 +306,7 @@ fn run_on<B: Backend>(
                 .collect(),
         );
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = median(&mut times);
     Ok(Result {
         method: method_name.to_string(),
         trainable,
@@ -273,7 +319,14 @@ fn run_on<B: Backend>(
         kernels,
         gpu_ms_per_step,
         host_cpu_ms,
+        wait_ab,
     })
+}
+
+/// The median of `xs` (sorted in place; the upper one of an even count).
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// One matmul shape's throughput on the wgpu adapter.

@@ -171,6 +171,10 @@ enum Command {
         /// matmul table (on CUDA this is cuBLAS fp32, the WebGPU target's baseline).
         #[arg(long)]
         matmul: bool,
+        /// CPU: alternate the timed steps between the pool's idle threads spinning for work
+        /// (the default) and sleeping, and report both (`TUNELAB_CPU_WAIT`).
+        #[arg(long)]
+        cpu_wait_ab: bool,
         /// Internal: run a single method in this process and print its JSON line.
         #[arg(long, hide = true)]
         child: bool,
@@ -194,9 +198,27 @@ macro_rules! on_device {
     };
 }
 
+/// `TUNELAB_CPU_WAIT`: `active` (the default) keeps the CPU pool's idle threads spinning for
+/// work between ops, `passive` lets them sleep (see `tunelab_candle::cpu::spin`).
+fn cpu_wait_policy() -> anyhow::Result<()> {
+    match std::env::var("TUNELAB_CPU_WAIT").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("active") => Ok(()),
+        Ok("passive") => {
+            tunelab_candle::cpu::spin::set_enabled(false);
+            Ok(())
+        }
+        Ok(other) => anyhow::bail!("TUNELAB_CPU_WAIT is `{other}`; expected active or passive"),
+        Err(e) => anyhow::bail!("TUNELAB_CPU_WAIT: {e}"),
+    }
+}
+
 /// Prints the error chain (no backtrace) and exits 1.
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
+    if let Err(e) = cpu_wait_policy() {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     match on_worker_thread(run) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -308,12 +330,22 @@ fn run() -> anyhow::Result<()> {
             profile,
             matmul,
             device,
+            cpu_wait_ab,
             child,
         } => {
             if child {
                 let name = methods.first().context("--child needs one method")?;
                 let r = bench::run_one(
-                    &assets, name, batch, seq, steps, warmup, wgpu, profile, &device,
+                    &assets,
+                    name,
+                    batch,
+                    seq,
+                    steps,
+                    warmup,
+                    wgpu,
+                    profile,
+                    &device,
+                    cpu_wait_ab,
                 )?;
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
@@ -354,6 +386,9 @@ fn run() -> anyhow::Result<()> {
                     ])
                     .arg("--assets")
                     .arg(&assets);
+                if cpu_wait_ab {
+                    c.arg("--cpu-wait-ab");
+                }
                 if on_wgpu {
                     c.arg("--wgpu");
                     if profile {
@@ -379,6 +414,13 @@ fn run() -> anyhow::Result<()> {
                     r.tokens_per_s,
                     r.peak_rss_mib
                 );
+                if let Some(ab) = &r.wait_ab {
+                    println!(
+                        "  idle threads sleeping: median {:.1} ms; spinning / sleeping, median \
+                         of step pairs: {:.3}",
+                        ab.passive_median_ms, ab.median_pair_ratio
+                    );
+                }
                 if on_wgpu && let Some(cpu) = r.host_cpu_ms {
                     println!("  CPU time of the stepping thread: {cpu:.2} ms per step");
                 }

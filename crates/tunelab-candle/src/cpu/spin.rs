@@ -1,0 +1,193 @@
+//! Keeps the pool's other threads looking for work between the CPU ops of a step, instead of
+//! sleeping until each op wakes them.
+//!
+//! A training step on the CPU is hundreds of ops, most of them parallel (a product several
+//! times over), run from one pool thread; the pool's other threads steal their share of each. Left to rayon,
+//! a thread that finds no work spins a few microseconds, then sleeps, and the next op wakes it
+//! through the kernel. In a virtual machine that wake-up takes tens of microseconds, during
+//! which the op's work sits with one thread: on the MiniLM LoRA step on 2 vCPUs the second
+//! thread slept ~1,100 times a step and was off the CPU 10-20% of the time. OpenMP runtimes
+//! (behind PyTorch's CPU ops) avoid this by spinning for a while after each parallel region
+//! before they sleep; this does the same on rayon's pool.
+//!
+//! [`keep_awake`], called as an op starts, hands each other thread of the calling thread's
+//! pool a job that runs the pool's pending work ([`rayon::yield_now`]) as soon as it appears,
+//! and returns once it has found none for [`IDLE`]. While these jobs run, the next call does
+//! nothing but one atomic load. Only pool threads arm them (a call from outside any pool
+//! does nothing), and only natively (the module is not built for wasm: the browser's threaded
+//! build leaves its Web Workers as rayon runs them). Nothing here changes what any op
+//! computes.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a thread keeps looking for work after it last found some. Longer than the gaps
+/// between one step's ops (microseconds: the tape's bookkeeping between kernels) and short
+/// against the pauses between steps that are not compute (loading and batching data,
+/// checkpoints), after which the threads sleep again.
+pub const IDLE: Duration = Duration::from_millis(5);
+
+/// Whether [`keep_awake`] arms spinners (see [`set_enabled`]).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the spinning on (the default) or off for the whole process, like OpenMP's
+/// `OMP_WAIT_POLICY=active`/`passive` (the CLI reads `TUNELAB_CPU_WAIT`): off, idle threads
+/// sleep as soon as rayon lets them, and running spinners return at their next idle poll.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether spinning is on (see [`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// The spinners one thread armed.
+#[derive(Default)]
+struct Armed {
+    /// Those not yet returned.
+    running: AtomicUsize,
+    /// Those that have spun (rather than returned at once), all told.
+    spun: AtomicUsize,
+}
+
+thread_local! {
+    /// The spinners this thread armed (each thread that arms has its own).
+    static ARMED: Arc<Armed> = Arc::new(Armed::default());
+    /// Whether this thread is running a spinner: one armed by another thread, picked up while
+    /// spinning, returns at once instead of spinning inside it.
+    static SPINNING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Arms the spinners of the calling pool thread's pool (see the module's documentation),
+/// unless those it armed last are still running. Does nothing outside a pool, in a pool of
+/// one thread, or with spinning turned off.
+pub fn keep_awake() {
+    if !enabled() {
+        return;
+    }
+    let (Some(me), threads) = (rayon::current_thread_index(), rayon::current_num_threads()) else {
+        return;
+    };
+    if threads < 2 {
+        return;
+    }
+    let armed = ARMED.with(Arc::clone);
+    if armed
+        .running
+        .compare_exchange(0, threads - 1, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    // Every thread of the pool runs this once; the calling thread's copy returns at once and
+    // is not counted.
+    rayon::spawn_broadcast(move |ctx| {
+        if ctx.index() != me {
+            if spin() {
+                armed.spun.fetch_add(1, Ordering::AcqRel);
+            }
+            armed.running.fetch_sub(1, Ordering::AcqRel);
+        }
+    });
+}
+
+/// Runs the pool's pending work until there has been none for [`IDLE`] or spinning is turned
+/// off; false, at once, where this thread is already doing so.
+fn spin() -> bool {
+    if SPINNING.with(|s| s.replace(true)) {
+        return false;
+    }
+    let mut last_work = Instant::now();
+    let mut idle_polls = 0u32;
+    loop {
+        match rayon::yield_now() {
+            Some(rayon::Yield::Executed) => {
+                last_work = Instant::now();
+                idle_polls = 0;
+            }
+            Some(rayon::Yield::Idle) => {
+                idle_polls += 1;
+                // The clock is read every 64 polls.
+                if idle_polls.is_multiple_of(64) && (last_work.elapsed() >= IDLE || !enabled()) {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            None => break,
+        }
+    }
+    SPINNING.with(|s| s.set(false));
+    true
+}
+
+/// The calling thread's spinners: how many are still running, and how many have spun.
+pub fn armed() -> (usize, usize) {
+    ARMED.with(|a| {
+        (
+            a.running.load(Ordering::Acquire),
+            a.spun.load(Ordering::Acquire),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits up to ten seconds (the tests share two cores) for `done(armed())`.
+    fn wait_until(done: impl Fn((usize, usize)) -> bool) -> (usize, usize) {
+        let start = Instant::now();
+        while !done(armed()) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::yield_now();
+        }
+        armed()
+    }
+
+    #[test]
+    fn other_threads_spin_for_work_and_then_stop() {
+        crate::on_pool(3, || {
+            assert_eq!(armed(), (0, 0));
+            keep_awake();
+            // The two other threads of the pool pick up a spinner each.
+            assert_eq!(wait_until(|(_, spun)| spun == 2).1, 2);
+            // Work arriving while they spin is done, its results in order.
+            let squares: Vec<u64> = {
+                use rayon::prelude::*;
+                (0..10_000u64).into_par_iter().map(|i| i * i).collect()
+            };
+            assert!(
+                squares
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &s)| s == (i * i) as u64)
+            );
+            // With no work for IDLE they return, and the next call arms them again.
+            assert_eq!(wait_until(|(running, _)| running == 0), (0, 2));
+            keep_awake();
+            assert_eq!(wait_until(|(running, _)| running == 0), (0, 4));
+            // Turned off, it arms nothing (the switch is the process's: no other test of
+            // this crate looks at the spinners).
+            set_enabled(false);
+            keep_awake();
+            let off = armed();
+            set_enabled(true);
+            assert_eq!(off, (0, 4));
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn nothing_is_armed_outside_a_pool_or_on_one_thread() {
+        // The test thread is not a pool thread.
+        keep_awake();
+        assert_eq!(armed(), (0, 0));
+        crate::on_pool(1, || {
+            keep_awake();
+            assert_eq!(armed(), (0, 0));
+        })
+        .unwrap();
+    }
+}
