@@ -49,7 +49,7 @@ pub fn enabled() -> bool {
 struct Armed {
     /// Those not yet returned.
     running: AtomicUsize,
-    /// Those that have spun (rather than returned at once), all told.
+    /// Those that started spinning (rather than returned at once), all told.
     spun: AtomicUsize,
 }
 
@@ -63,9 +63,11 @@ thread_local! {
 
 /// Arms the spinners of the calling pool thread's pool (see the module's documentation),
 /// unless those it armed last are still running. Does nothing outside a pool, in a pool of
-/// one thread, or with spinning turned off.
+/// one thread, on a thread that is itself spinning, or with spinning turned off.
 pub fn keep_awake() {
-    if !enabled() {
+    // A thread running a spinner arms none: it is not the one the op's work comes from, and
+    // the thread that is would otherwise take a spinner while it waits for a stolen job.
+    if !enabled() || SPINNING.with(Cell::get) {
         return;
     }
     let (Some(me), threads) = (rayon::current_thread_index(), rayon::current_num_threads()) else {
@@ -86,20 +88,20 @@ pub fn keep_awake() {
     // is not counted.
     rayon::spawn_broadcast(move |ctx| {
         if ctx.index() != me {
-            if spin() {
-                armed.spun.fetch_add(1, Ordering::AcqRel);
-            }
+            spin(&armed.spun);
             armed.running.fetch_sub(1, Ordering::AcqRel);
         }
     });
 }
 
 /// Runs the pool's pending work until there has been none for [`IDLE`] or spinning is turned
-/// off; false, at once, where this thread is already doing so.
-fn spin() -> bool {
+/// off, counting itself in `spun` as it starts; returns at once where this thread is already
+/// doing so.
+fn spin(spun: &AtomicUsize) {
     if SPINNING.with(|s| s.replace(true)) {
-        return false;
+        return;
     }
+    spun.fetch_add(1, Ordering::AcqRel);
     let mut last_work = Instant::now();
     let mut idle_polls = 0u32;
     loop {
@@ -120,10 +122,9 @@ fn spin() -> bool {
         }
     }
     SPINNING.with(|s| s.set(false));
-    true
 }
 
-/// The calling thread's spinners: how many are still running, and how many have spun.
+/// The calling thread's spinners: how many are still running, and how many started spinning.
 pub fn armed() -> (usize, usize) {
     ARMED.with(|a| {
         (
@@ -164,17 +165,41 @@ mod tests {
                     .enumerate()
                     .all(|(i, &s)| s == (i * i) as u64)
             );
+            // A spinning thread that calls it (running a job it picked up) arms nothing. Its
+            // spinner may have stopped before the job came (the test thread preempted for
+            // IDLE), so this is tried until one was spinning.
+            let me = rayon::current_thread_index();
+            let mut seen_spinning = 0;
+            for _ in 0..100 {
+                keep_awake();
+                let from_spinners = rayon::broadcast(|ctx| {
+                    let spinning = SPINNING.with(Cell::get);
+                    (Some(ctx.index()) != me && spinning).then(|| {
+                        keep_awake();
+                        armed()
+                    })
+                });
+                for armed_there in from_spinners.into_iter().flatten() {
+                    assert_eq!(armed_there, (0, 0));
+                    seen_spinning += 1;
+                }
+                if seen_spinning > 0 {
+                    break;
+                }
+            }
+            assert!(seen_spinning > 0, "no spinner ran the broadcast");
             // With no work for IDLE they return, and the next call arms them again.
-            assert_eq!(wait_until(|(running, _)| running == 0), (0, 2));
+            let (running, spun) = wait_until(|(running, _)| running == 0);
+            assert_eq!(running, 0, "the spinners did not stop");
             keep_awake();
-            assert_eq!(wait_until(|(running, _)| running == 0), (0, 4));
+            assert_eq!(wait_until(|(running, _)| running == 0), (0, spun + 2));
             // Turned off, it arms nothing (the switch is the process's: no other test of
             // this crate looks at the spinners).
             set_enabled(false);
             keep_awake();
             let off = armed();
             set_enabled(true);
-            assert_eq!(off, (0, 4));
+            assert_eq!(off, (0, spun + 2));
         })
         .unwrap();
     }
