@@ -111,67 +111,50 @@ fn peak_rss_mib() -> f64 {
 
 /// Runs one method in this process on candle (`device`: cpu, cuda, cuda:N), or on wgpu with
 /// `wgpu`.
-#[allow(clippy::too_many_arguments)]
 pub fn run_one(
-    assets: &std::path::Path,
-    method_name: &str,
-    batch: usize,
-    seq: usize,
-    steps: usize,
-    warmup: usize,
+    plan: Plan,
     wgpu: bool,
     profile: bool,
     device: &str,
     wait_ab: bool,
 ) -> anyhow::Result<Result> {
+    let method_name = plan.method_name;
     if wgpu {
         let be = crate::job::wgpu_backend()?;
         let profiler = profile.then(|| be.context());
-        let mut r = run_on(
-            &be,
-            assets,
-            method_name,
-            batch,
-            seq,
-            steps,
-            warmup,
-            profiler,
-            false,
-        )?;
+        let mut r = run_on(&be, plan, profiler, false)?;
         r.method = format!("{method_name}@wgpu");
         return Ok(r);
     }
     let be = crate::job::backend(device)?;
-    let wait_ab = wait_ab && device == "cpu";
-    let mut r = run_on(
-        &be,
-        assets,
-        method_name,
-        batch,
-        seq,
-        steps,
-        warmup,
-        None,
-        wait_ab,
-    )?;
+    let mut r = run_on(&be, plan, None, wait_ab && device == "cpu")?;
     if device != "cpu" {
         r.method = format!("{method_name}@{device}");
     }
     Ok(r)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One method's timing: the assets holding the model, the method, the shape, the steps.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan<'a> {
+    pub assets: &'a std::path::Path,
+    pub method_name: &'a str,
+    pub batch: usize,
+    pub seq: usize,
+    pub steps: usize,
+    pub warmup: usize,
+}
+
+/// Times `plan` on `be`; with `profiler`, then per-kernel GPU times; with `wait_ab`, steps
+/// alternate between idle CPU threads spinning and sleeping.
 fn run_on<B: Backend>(
     be: &B,
-    assets: &std::path::Path,
-    method_name: &str,
-    batch: usize,
-    seq: usize,
-    steps: usize,
-    warmup: usize,
+    plan: Plan,
     profiler: Option<&tunelab_wgpu::Context>,
     wait_ab: bool,
 ) -> anyhow::Result<Result> {
+    let (assets, method_name, batch, seq) = (plan.assets, plan.method_name, plan.batch, plan.seq);
+    let (steps, warmup) = (plan.steps, plan.warmup);
     let (_, method) = methods()
         .into_iter()
         .find(|(n, _)| *n == method_name)

@@ -335,18 +335,15 @@ fn run() -> anyhow::Result<()> {
         } => {
             if child {
                 let name = methods.first().context("--child needs one method")?;
-                let r = bench::run_one(
-                    &assets,
-                    name,
+                let plan = bench::Plan {
+                    assets: &assets,
+                    method_name: name,
                     batch,
                     seq,
                     steps,
                     warmup,
-                    wgpu,
-                    profile,
-                    &device,
-                    cpu_wait_ab,
-                )?;
+                };
+                let r = bench::run_one(plan, wgpu, profile, &device, cpu_wait_ab)?;
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
