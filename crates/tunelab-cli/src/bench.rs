@@ -294,7 +294,7 @@ fn run_on<B: Backend>(
         method: method_name.to_string(),
         trainable,
         total,
-        steps,
+        steps: times.len(),
         median_ms: median,
         min_ms: times[0],
         tokens_per_s: (batch * seq) as f64 / (median / 1e3),

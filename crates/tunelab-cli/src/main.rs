@@ -357,6 +357,10 @@ fn run() -> anyhow::Result<()> {
             } else {
                 methods
             };
+            anyhow::ensure!(
+                !cpu_wait_ab || device == "cpu",
+                "--cpu-wait-ab compares CPU steps; it does not apply to --device {device}"
+            );
             let exe = std::env::current_exe()?;
             let mut lines = Vec::new();
             println!(

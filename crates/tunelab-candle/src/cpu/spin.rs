@@ -6,7 +6,8 @@
 //! a thread that finds no work spins a few microseconds, then sleeps, and the next op wakes it
 //! through the kernel. In a virtual machine that wake-up takes tens of microseconds, during
 //! which the op's work sits with one thread: on the MiniLM LoRA step on 2 vCPUs the second
-//! thread slept ~1,100 times a step and was off the CPU 10-20% of the time. OpenMP runtimes
+//! thread was switched out ~1,100 times a step and was off the CPU ~20% of the time (busy
+//! 79%, counting rayon's own spinning; with this, 99.8%). OpenMP runtimes
 //! (behind PyTorch's CPU ops) avoid this by spinning for a while after each parallel region
 //! before they sleep; this does the same on rayon's pool.
 //!
@@ -76,14 +77,17 @@ pub fn keep_awake() {
     if threads < 2 {
         return;
     }
-    let armed = ARMED.with(Arc::clone);
-    if armed
-        .running
-        .compare_exchange(0, threads - 1, Ordering::AcqRel, Ordering::Relaxed)
-        .is_err()
-    {
+    // While this thread's spinners run, the check ends here with one load (no reference
+    // count taken, no locked compare-exchange).
+    let Some(armed) = ARMED.with(|a| {
+        let free = a.running.load(Ordering::Acquire) == 0
+            && a.running
+                .compare_exchange(0, threads - 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        free.then(|| Arc::clone(a))
+    }) else {
         return;
-    }
+    };
     // Every thread of the pool runs this once; the calling thread's copy returns at once and
     // is not counted.
     rayon::spawn_broadcast(move |ctx| {
