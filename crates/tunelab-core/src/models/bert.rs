@@ -217,6 +217,24 @@ pub struct EncoderInput<T> {
     pub mask: T,
 }
 
+/// Hidden states between layers: whole `(B, T', C)`, or (prompt tuning, before the first
+/// layer) a prompt's rows `(B, P, C)` and the token rows `(B, T, C)` apart.
+#[derive(Debug, Clone, Copy)]
+enum Rows {
+    Whole(Var),
+    Split { prompt: Var, tokens: Var },
+}
+
+impl Rows {
+    /// The whole `(B, T', C)`.
+    fn join<B: Backend>(self, cx: &mut Ctx<'_, B>) -> Result<Var> {
+        match self {
+            Self::Whole(h) => Ok(h),
+            Self::Split { prompt, tokens } => cx.tape.concat_seq(prompt, tokens),
+        }
+    }
+}
+
 fn linear(
     store_ids: &impl Fn(&str) -> std::result::Result<ParamId, LoadError>,
     name: &str,
@@ -417,18 +435,63 @@ impl Bert {
         input: &EncoderInput<B::Tensor>,
         prompt: Option<Var>,
     ) -> Result<Var> {
-        let word = cx.p(self.word_embeddings);
-        let mut h = cx.tape.embedding(word, &input.ids)?; // (B, T, C)
-        if let Some(p) = prompt {
-            h = cx.tape.concat_seq(p, h)?; // (B, P+T, C)
+        match self.embed_rows(cx, input, prompt)? {
+            Rows::Whole(h) => Ok(h),
+            Rows::Split { prompt, tokens } => cx.tape.concat_seq(prompt, tokens),
         }
+    }
+
+    /// [`Bert::embed`], with a prompt's rows and the token rows kept apart where the token
+    /// rows need no gradient (prompt tuning: frozen embeddings and layer norm). Every op up to
+    /// the first layer's projections is per position, so the parts are exact; the first
+    /// layer then needs input gradients for the prompt's rows only (see
+    /// [`Bert::layers_forward`]).
+    fn embed_rows<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        input: &EncoderInput<B::Tensor>,
+        prompt: Option<Var>,
+    ) -> Result<Rows> {
+        let word = cx.p(self.word_embeddings);
+        let tokens = cx.tape.embedding(word, &input.ids)?; // (B, T, C)
         let pos_table = cx.p(self.position_embeddings);
-        let pos = cx.tape.embedding(pos_table, &input.positions)?;
+        let pos = cx.tape.embedding(pos_table, &input.positions)?; // (B, P+T, C)
         let tt_table = cx.p(self.token_type_embeddings);
         let tt = cx.tape.embedding(tt_table, &input.token_types)?;
-        let h = cx.tape.add(h, pos)?;
-        let h = cx.tape.add(h, tt)?;
-        self.emb_ln.forward(cx, h)
+        let whole = |cx: &mut Ctx<'_, B>, h: Var| -> Result<Var> {
+            let h = cx.tape.add(h, pos)?;
+            let h = cx.tape.add(h, tt)?;
+            self.emb_ln.forward(cx, h)
+        };
+        let Some(p) = prompt else {
+            return whole(cx, tokens).map(Rows::Whole);
+        };
+        let frozen = [
+            tokens,
+            pos,
+            tt,
+            cx.p(self.emb_ln.weight),
+            cx.p(self.emb_ln.bias),
+        ];
+        if frozen.iter().any(|&v| cx.tape.needs_grad(v)) {
+            let h = cx.tape.concat_seq(p, tokens)?; // (B, P+T, C)
+            return whole(cx, h).map(Rows::Whole);
+        }
+        let (p_len, t_len) = (
+            cx.tape.shape(p)?.dims()[1],
+            cx.tape.shape(tokens)?.dims()[1],
+        );
+        let mut part = |h: Var, start: usize, len: usize| -> Result<Var> {
+            let pos = cx.tape.slice_seq(pos, start, len)?;
+            let tt = cx.tape.slice_seq(tt, start, len)?;
+            let h = cx.tape.add(h, pos)?;
+            let h = cx.tape.add(h, tt)?;
+            self.emb_ln.forward(cx, h)
+        };
+        Ok(Rows::Split {
+            prompt: part(p, 0, p_len)?,
+            tokens: part(tokens, p_len, t_len)?,
+        })
     }
 
     /// The encoder: `(B, T', C)` hidden states of the last layer.
@@ -466,10 +529,11 @@ impl Bert {
         prompt: Option<Var>,
         first_only: bool,
     ) -> Result<Var> {
-        let mut h = self.embed(cx, input, prompt)?;
+        let mut rows = self.embed_rows(cx, input, prompt)?;
         let heads = self.config.num_attention_heads;
         let last = self.layers.len().saturating_sub(1);
         if first_only && self.layers.is_empty() {
+            let h = rows.join(cx)?;
             return cx.tape.slice_seq(h, 0, 1);
         }
         // Where the backend's attention takes fewer queries than keys, the last layer's
@@ -477,20 +541,38 @@ impl Bert {
         let query_subset = cx.tape.backend().attention_query_subset();
         for (l, layer) in self.layers.iter().enumerate() {
             let first = first_only && l == last;
-            // Keys and values cover every position; with a query subset the queries (and
-            // from there on everything) are position 0's only.
-            let hq = if first && query_subset {
-                cx.tape.slice_seq(h, 0, 1)?
-            } else {
-                h
+            let (q, k, v, h) = match rows {
+                // A prompt's rows apart from the frozen token rows (prompt tuning, first
+                // layer): each projection runs on both parts and joins them, so the backward
+                // computes the projections' input gradient for the prompt's rows only.
+                Rows::Split { prompt, tokens } if !first => {
+                    let mut proj = |lin: &Linear| -> Result<Var> {
+                        let a = lin.forward(cx, prompt)?;
+                        let b = lin.forward(cx, tokens)?;
+                        cx.tape.concat_seq(a, b)
+                    };
+                    let (q, k, v) = (proj(&layer.query)?, proj(&layer.key)?, proj(&layer.value)?);
+                    (q, k, v, cx.tape.concat_seq(prompt, tokens)?)
+                }
+                _ => {
+                    let h = rows.join(cx)?;
+                    // Keys and values cover every position; with a query subset the queries
+                    // (and from there on everything) are position 0's only.
+                    let hq = if first && query_subset {
+                        cx.tape.slice_seq(h, 0, 1)?
+                    } else {
+                        h
+                    };
+                    let q = layer.query.forward(cx, hq)?;
+                    let k = layer.key.forward(cx, h)?;
+                    let v = layer.value.forward(cx, h)?;
+                    (q, k, v, hq)
+                }
             };
-            let q = layer.query.forward(cx, hq)?;
-            let k = layer.key.forward(cx, h)?;
-            let v = layer.value.forward(cx, h)?;
             let mut a = cx
                 .tape
                 .attention(q, k, v, heads, Some(&input.mask), false)?;
-            h = hq;
+            let mut h = h;
             if first && !query_subset {
                 // From here on every op is per position: keep position 0 only.
                 a = cx.tape.slice_seq(a, 0, 1)?;
@@ -503,9 +585,9 @@ impl Bert {
             let i = cx.tape.gelu(i)?;
             let o = layer.out.forward(cx, i)?;
             let o = cx.tape.add(o, h)?;
-            h = layer.out_ln.forward(cx, o)?;
+            rows = Rows::Whole(layer.out_ln.forward(cx, o)?);
         }
-        Ok(h)
+        rows.join(cx)
     }
 
     /// Names of the linear layers (`encoder.layer.N.attention.self.query`, ...), for PEFT
