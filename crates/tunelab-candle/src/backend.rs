@@ -345,6 +345,25 @@ impl Backend for Candle {
         true
     }
 
+    /// On the CPU natively, one pass per thread of the calling thread's pool (see
+    /// [`crate::cpu::passes`]); 1 on CUDA and in wasm.
+    fn concurrent_passes(&self) -> usize {
+        #[cfg(all(parallel, not(target_arch = "wasm32")))]
+        if self.fused && self.device.is_cpu() {
+            return crate::cpu::passes::passes();
+        }
+        1
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn run_concurrently<R: Send>(&self, n: usize, f: &(dyn Fn(usize) -> R + Sync)) -> Vec<R> {
+        #[cfg(parallel)]
+        if self.fused && self.device.is_cpu() {
+            return crate::cpu::passes::run(n, f);
+        }
+        (0..n).map(f).collect()
+    }
+
     fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         if self.fused()
             && let Some(y) = crate::sgemm::linear(x, w, bias).c()?

@@ -820,6 +820,8 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
 mod attention;
 pub use attention::{attention, attention_backward};
 #[cfg(all(parallel, not(target_arch = "wasm32")))]
+pub mod passes;
+#[cfg(all(parallel, not(target_arch = "wasm32")))]
 pub mod spin;
 
 #[cfg(test)]

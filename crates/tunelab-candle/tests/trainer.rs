@@ -220,6 +220,58 @@ fn grad_accumulation_equals_the_large_batch() {
     assert!(counts.iter().any(|&c| c != counts[0]), "{counts:?}");
 }
 
+/// On a pool of 2 threads a step runs its batch as 2 concurrent passes (half the rows each,
+/// one per thread); on 1 thread as one pass. Both train the same: losses, gradient norms and
+/// weights agree to rounding (full fine-tuning with token labels of uneven counts, and prompt
+/// tuning, whose first layer keeps the prompt's rows apart).
+#[test]
+fn concurrent_passes_train_as_one_pass() {
+    for (kind, method) in [
+        (TaskKind::TokenClassification, Method::Full),
+        (
+            TaskKind::Classification,
+            Method::Prompt(PromptConfig {
+                num_virtual_tokens: 3,
+                init_token_ids: Vec::new(),
+            }),
+        ),
+    ] {
+        let cfg = TrainConfig {
+            lr: Some(1e-2),
+            max_steps: Some(3),
+            warmup_steps: Some(1),
+            seed: 5,
+            batch_size: 5,
+            ..Default::default()
+        };
+        let run = |threads: usize| {
+            let mut t = trainer(kind, method.clone(), cfg.clone(), 15);
+            tunelab_candle::on_pool(threads, || {
+                let passes = t.backend.concurrent_passes();
+                let reports: Vec<_> = (0..3)
+                    .map(|_| pollster::block_on(t.train_step()).unwrap())
+                    .collect();
+                (passes, reports, trainable_values(&t))
+            })
+            .unwrap()
+        };
+        let (one, two) = (run(1), run(2));
+        assert_eq!((one.0, two.0), (1, 2), "{method:?}");
+        for (a, b) in one.1.iter().zip(&two.1) {
+            assert_eq!(a.tokens, b.tokens);
+            assert!(
+                (a.loss - b.loss).abs() < 1e-5,
+                "{method:?}: {} vs {}",
+                a.loss,
+                b.loss
+            );
+            assert!((a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm.max(1.0));
+        }
+        let d = max_diff(&one.2, &two.2);
+        assert!(d < 1e-5, "{method:?}: weights differ by {d}");
+    }
+}
+
 #[test]
 fn a_resumed_run_repeats_the_uninterrupted_one() {
     resume_repeats(lora());

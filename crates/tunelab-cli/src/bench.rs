@@ -10,13 +10,14 @@ use anyhow::Context as _;
 use std::time::Instant;
 use tunelab_core::Shape;
 use tunelab_core::backend::Backend;
+use tunelab_core::data::MicroBatch;
 use tunelab_core::models::heads::Task;
 use tunelab_core::models::task_model::TaskModel;
 use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule};
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
 use tunelab_core::rng::Rng;
-use tunelab_core::train;
+use tunelab_core::train::{self, Micro};
 use tunelab_wgpu::ops::matmul::Dims;
 
 /// The methods benchmarked, as the issue defines them.
@@ -67,23 +68,54 @@ pub struct Result {
     /// the step's wall time is recording, submission and waiting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_ms_per_step: Option<f64>,
-    /// With `--cpu-wait-ab`: the steps with idle threads sleeping against those with them
-    /// spinning (the rest of the numbers are the spinning steps').
+    /// With `--cpu-wait-ab` or `--cpu-passes-ab`: the steps with the alternative against
+    /// those with the default (the rest of the numbers are the default steps').
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait_ab: Option<WaitAb>,
+    pub ab: Option<AbResult>,
     /// CPU time the stepping thread spent per timed step (Linux), in ms: on a GPU backend
     /// that is recording and submitting the step's commands, not waiting for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_cpu_ms: Option<f64>,
 }
 
-/// `--cpu-wait-ab`'s comparison: timed steps alternate between the pool's idle threads
-/// spinning for work (`tunelab_candle::cpu::spin`) and sleeping, in one process.
+/// What `--cpu-wait-ab` and `--cpu-passes-ab` compare, step by step in one process: a CPU
+/// default against its alternative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuAb {
+    /// The pool's idle threads spinning for work (`tunelab_candle::cpu::spin`) against
+    /// sleeping.
+    Wait,
+    /// The batch's parts as concurrent passes, one per core (`tunelab_candle::cpu::passes`),
+    /// against one pass over the whole batch with each op split across the cores.
+    Passes,
+}
+
+impl CpuAb {
+    /// Turns the default (`true`) or the alternative on.
+    fn set_default(self, on: bool) {
+        match self {
+            Self::Wait => tunelab_candle::cpu::spin::set_enabled(on),
+            Self::Passes => tunelab_candle::cpu::passes::set_enabled(on),
+        }
+    }
+
+    /// The alternative, in words.
+    pub fn alternative(self) -> &'static str {
+        match self {
+            Self::Wait => "idle threads sleeping",
+            Self::Passes => "one pass over the whole batch",
+        }
+    }
+}
+
+/// An A/B comparison's result (see [`CpuAb`]).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct WaitAb {
-    /// The median of the steps with idle threads sleeping.
-    pub passive_median_ms: f64,
-    /// The median over pairs of a spinning step's time over the sleeping step's after it.
+pub struct AbResult {
+    /// The alternative, in words.
+    pub alternative: String,
+    /// The median of the steps with the alternative.
+    pub alt_median_ms: f64,
+    /// The median over pairs of a default step's time over the alternative step's after it.
     pub median_pair_ratio: f64,
 }
 
@@ -116,18 +148,18 @@ pub fn run_one(
     wgpu: bool,
     profile: bool,
     device: &str,
-    wait_ab: bool,
+    ab: Option<CpuAb>,
 ) -> anyhow::Result<Result> {
     let method_name = plan.method_name;
     if wgpu {
         let be = crate::job::wgpu_backend()?;
         let profiler = profile.then(|| be.context());
-        let mut r = run_on(&be, plan, profiler, false)?;
+        let mut r = run_on(&be, plan, profiler, None)?;
         r.method = format!("{method_name}@wgpu");
         return Ok(r);
     }
     let be = crate::job::backend(device)?;
-    let mut r = run_on(&be, plan, None, wait_ab && device == "cpu")?;
+    let mut r = run_on(&be, plan, None, ab.filter(|_| device == "cpu"))?;
     if device != "cpu" {
         r.method = format!("{method_name}@{device}");
     }
@@ -145,13 +177,13 @@ pub struct Plan<'a> {
     pub warmup: usize,
 }
 
-/// Times `plan` on `be`; with `profiler`, then per-kernel GPU times; with `wait_ab`, steps
-/// alternate between idle CPU threads spinning and sleeping.
+/// Times `plan` on `be`; with `profiler`, then per-kernel GPU times; with `ab`, steps
+/// alternate between a CPU default and its alternative.
 fn run_on<B: Backend>(
     be: &B,
     plan: Plan,
     profiler: Option<&tunelab_wgpu::Context>,
-    wait_ab: bool,
+    ab: Option<CpuAb>,
 ) -> anyhow::Result<Result> {
     let (assets, method_name, batch, seq) = (plan.assets, plan.method_name, plan.batch, plan.seq);
     let (steps, warmup) = (plan.steps, plan.warmup);
@@ -205,8 +237,30 @@ fn run_on<B: Backend>(
         .collect();
     let mask = vec![1.0f32; batch * seq];
     let labels: Vec<u32> = (0..batch).map(|i| (i % 2) as u32).collect();
-    let input = model.input(be, &store, &ids, &mask, batch, seq)?;
-    let labels = be.upload_u32(&labels, &Shape::new([batch]))?;
+    // The batch as the trainer runs it: in as many parts as the backend runs passes at once
+    // (`MicroBatch::split`), and whole, for `--cpu-passes-ab`'s alternative steps.
+    let whole = MicroBatch {
+        ids,
+        mask,
+        labels,
+        batch,
+        len: seq,
+        loss_tokens: batch,
+    };
+    let upload = |parts: usize| -> anyhow::Result<Vec<Micro<B::Tensor>>> {
+        whole
+            .split(parts)
+            .iter()
+            .map(|b| {
+                Ok(Micro {
+                    input: model.input(be, &store, &b.ids, &b.mask, b.batch, b.len)?,
+                    labels: be.upload_u32(&b.labels, &Shape::new([b.batch]))?,
+                    dropout_seed: None,
+                })
+            })
+            .collect()
+    };
+    let (split, one) = (upload(be.concurrent_passes())?, upload(1)?);
     let mut opt = Optimizer::<B>::new(
         AdamWConfig {
             lr: 1e-4,
@@ -216,32 +270,36 @@ fn run_on<B: Backend>(
     );
 
     let mut step = |store: &mut ParamStore<B>| {
-        pollster::block_on(train::step(
+        let micro = if be.concurrent_passes() > 1 {
+            &split
+        } else {
+            &one
+        };
+        pollster::block_on(train::step_accumulated(
             be,
             &model,
             store,
             &mut opt,
-            &input,
-            &labels,
+            micro,
             1.0 / batch as f32,
             1.0,
         ))
     };
     let mut times = Vec::new();
     let mut cpu_ns = 0u64;
-    // With `wait_ab`, timed steps alternate between idle threads spinning and sleeping (the
-    // first spinning), and `passive` holds the sleeping ones.
-    let mut passive = Vec::new();
+    // With `ab`, timed steps alternate between the default and the alternative (the first
+    // the default), and `alt` holds the alternative's.
+    let mut alt = Vec::new();
     for i in 0..warmup + steps {
-        let sleeping = wait_ab && i >= warmup && (i - warmup) % 2 == 1;
-        if wait_ab {
-            tunelab_candle::cpu::spin::set_enabled(!sleeping);
+        let alternative = ab.is_some() && i >= warmup && (i - warmup) % 2 == 1;
+        if let Some(ab) = ab {
+            ab.set_default(!alternative);
         }
         let cpu0 = thread_cpu_ns();
         let start = Instant::now();
         step(&mut store)?;
-        if sleeping {
-            passive.push(start.elapsed().as_secs_f64() * 1e3);
+        if alternative {
+            alt.push(start.elapsed().as_secs_f64() * 1e3);
             continue;
         }
         if i >= warmup {
@@ -252,11 +310,13 @@ fn run_on<B: Backend>(
         }
     }
     let host_cpu_ms = (cpu_ns > 0).then(|| cpu_ns as f64 / 1e6 / times.len().max(1) as f64);
-    // Each spinning step against the sleeping one right after it, before `times` is sorted.
-    let wait_ab = (!passive.is_empty()).then(|| {
-        let mut ratios: Vec<f64> = times.iter().zip(&passive).map(|(a, p)| a / p).collect();
-        WaitAb {
-            passive_median_ms: median(&mut passive),
+    // Each default step against the alternative one right after it, before `times` is sorted.
+    let ab = ab.filter(|_| !alt.is_empty()).map(|ab| {
+        let mut ratios: Vec<f64> = times.iter().zip(&alt).map(|(a, p)| a / p).collect();
+        ab.set_default(true);
+        AbResult {
+            alternative: ab.alternative().to_string(),
+            alt_median_ms: median(&mut alt),
             median_pair_ratio: median(&mut ratios),
         }
     });
@@ -302,7 +362,7 @@ fn run_on<B: Backend>(
         kernels,
         gpu_ms_per_step,
         host_cpu_ms,
-        wait_ab,
+        ab,
     })
 }
 

@@ -173,8 +173,13 @@ enum Command {
         matmul: bool,
         /// CPU: alternate the timed steps between the pool's idle threads spinning for work
         /// (the default) and sleeping, and report both (`TUNELAB_CPU_WAIT`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cpu_passes_ab")]
         cpu_wait_ab: bool,
+        /// CPU: alternate the timed steps between the batch's parts running at once, one per
+        /// core (the default), and one pass over the whole batch with each op split across the
+        /// cores, and report both (`TUNELAB_CPU_PASSES`).
+        #[arg(long)]
+        cpu_passes_ab: bool,
         /// Internal: run a single method in this process and print its JSON line.
         #[arg(long, hide = true)]
         child: bool,
@@ -212,10 +217,25 @@ fn cpu_wait_policy() -> anyhow::Result<()> {
     }
 }
 
+/// `TUNELAB_CPU_PASSES`: `split` (the default) runs a step's batch as concurrent passes, one
+/// per core, `whole` as one pass with each op split across the cores (see
+/// `tunelab_candle::cpu::passes`).
+fn cpu_passes_policy() -> anyhow::Result<()> {
+    match std::env::var("TUNELAB_CPU_PASSES").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("split") => Ok(()),
+        Ok("whole") => {
+            tunelab_candle::cpu::passes::set_enabled(false);
+            Ok(())
+        }
+        Ok(other) => anyhow::bail!("TUNELAB_CPU_PASSES is `{other}`; expected split or whole"),
+        Err(e) => anyhow::bail!("TUNELAB_CPU_PASSES: {e}"),
+    }
+}
+
 /// Prints the error chain (no backtrace) and exits 1.
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
-    if let Err(e) = cpu_wait_policy() {
+    if let Err(e) = cpu_wait_policy().and_then(|()| cpu_passes_policy()) {
         eprintln!("error: {e:#}");
         return std::process::ExitCode::FAILURE;
     }
@@ -331,8 +351,16 @@ fn run() -> anyhow::Result<()> {
             matmul,
             device,
             cpu_wait_ab,
+            cpu_passes_ab,
             child,
         } => {
+            let ab = if cpu_wait_ab {
+                Some(bench::CpuAb::Wait)
+            } else if cpu_passes_ab {
+                Some(bench::CpuAb::Passes)
+            } else {
+                None
+            };
             if child {
                 let name = methods.first().context("--child needs one method")?;
                 let plan = bench::Plan {
@@ -343,7 +371,7 @@ fn run() -> anyhow::Result<()> {
                     steps,
                     warmup,
                 };
-                let r = bench::run_one(plan, wgpu, profile, &device, cpu_wait_ab)?;
+                let r = bench::run_one(plan, wgpu, profile, &device, ab)?;
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
@@ -358,8 +386,9 @@ fn run() -> anyhow::Result<()> {
                 methods
             };
             anyhow::ensure!(
-                !cpu_wait_ab || device == "cpu",
-                "--cpu-wait-ab compares CPU steps; it does not apply to --device {device}"
+                ab.is_none() || device == "cpu",
+                "--cpu-wait-ab and --cpu-passes-ab compare CPU steps; they do not apply to \
+                 --device {device}"
             );
             let exe = std::env::current_exe()?;
             let mut lines = Vec::new();
@@ -387,8 +416,14 @@ fn run() -> anyhow::Result<()> {
                     ])
                     .arg("--assets")
                     .arg(&assets);
-                if cpu_wait_ab {
-                    c.arg("--cpu-wait-ab");
+                match ab {
+                    Some(bench::CpuAb::Wait) => {
+                        c.arg("--cpu-wait-ab");
+                    }
+                    Some(bench::CpuAb::Passes) => {
+                        c.arg("--cpu-passes-ab");
+                    }
+                    None => {}
                 }
                 if on_wgpu {
                     c.arg("--wgpu");
@@ -415,11 +450,11 @@ fn run() -> anyhow::Result<()> {
                     r.tokens_per_s,
                     r.peak_rss_mib
                 );
-                if let Some(ab) = &r.wait_ab {
+                if let Some(ab) = &r.ab {
                     println!(
-                        "  idle threads sleeping: median {:.1} ms; spinning / sleeping, median \
-                         of step pairs: {:.3}",
-                        ab.passive_median_ms, ab.median_pair_ratio
+                        "  {}: median {:.1} ms; default / alternative, median of step pairs: \
+                         {:.3}",
+                        ab.alternative, ab.alt_median_ms, ab.median_pair_ratio
                     );
                 }
                 if on_wgpu && let Some(cpu) = r.host_cpu_ms {

@@ -52,10 +52,25 @@ pub struct LayerNormSaved<T> {
     pub rstd: T,
 }
 
+/// `Send + Sync` natively, where a step's passes may run on several threads
+/// ([`Backend::run_concurrently`]); nothing in WebAssembly, where the GPU backend's handles
+/// are bound to their thread.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSync: Send + Sync {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send + Sync> MaybeSync for T {}
+/// `Send + Sync` natively, where a step's passes may run on several threads
+/// ([`Backend::run_concurrently`]); nothing in WebAssembly, where the GPU backend's handles
+/// are bound to their thread.
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSync {}
+#[cfg(target_arch = "wasm32")]
+impl<T> MaybeSync for T {}
+
 /// A compute device with its tensors.
-pub trait Backend: Clone + std::fmt::Debug + 'static {
+pub trait Backend: Clone + std::fmt::Debug + MaybeSync + 'static {
     /// A dense tensor on the device (f32 or u32).
-    type Tensor: Clone + std::fmt::Debug;
+    type Tensor: Clone + std::fmt::Debug + MaybeSync;
 
     /// A short name for messages (`candle-cpu`, `wgpu`).
     fn name(&self) -> &'static str;
@@ -70,6 +85,19 @@ pub trait Backend: Clone + std::fmt::Debug + 'static {
     /// the host records what follows (GPU backends submit their pending commands). Backends
     /// that compute eagerly have nothing to do.
     fn flush(&self) {}
+    /// How many micro-batches of one step this backend runs at once with
+    /// [`Backend::run_concurrently`] (1, the default: one after another, each op using the
+    /// whole device). The trainer splits a batch into this many parts.
+    fn concurrent_passes(&self) -> usize {
+        1
+    }
+    /// Runs `f(0)`, ..., `f(n - 1)`, independent forward and backward passes, and returns
+    /// their results in order: at once, each on its own share of the device, where
+    /// [`Backend::concurrent_passes`] is more than 1; by default one after another.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn run_concurrently<R: Send>(&self, n: usize, f: &(dyn Fn(usize) -> R + Sync)) -> Vec<R> {
+        (0..n).map(f).collect()
+    }
     fn zeros(&self, shape: &Shape) -> Result<Self::Tensor>;
     /// The same data seen with another shape of equal element count.
     fn reshape(&self, t: &Self::Tensor, shape: &Shape) -> Result<Self::Tensor>;

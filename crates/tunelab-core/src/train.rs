@@ -63,6 +63,37 @@ pub async fn step<B: Backend>(
     step_accumulated(backend, model, store, opt, &micro, scale, max_grad_norm).await
 }
 
+/// One pass's loss (on the device) and the trainable parameters' gradients.
+type Pass<B> = (
+    <B as Backend>::Tensor,
+    Vec<(ParamId, Option<<B as Backend>::Tensor>)>,
+);
+
+/// Forward, loss (`scale * sum CE`) and backward of one micro-batch on its own tape.
+fn forward_backward<B: Backend>(
+    backend: &B,
+    model: &TaskModel,
+    store: &ParamStore<B>,
+    m: &Micro<B::Tensor>,
+    scale: f32,
+) -> Result<Pass<B>, BackendError> {
+    let mut tape = Tape::new(backend.clone());
+    let bound = store.bind(&mut tape);
+    let mut rng = m.dropout_seed.map(crate::rng::Rng::new);
+    let mut cx = Ctx {
+        tape: &mut tape,
+        bound: &bound,
+        adapters: &model.adapters,
+        dropout: rng.as_mut(),
+    };
+    let logits = model.logits(&mut cx, &m.input)?;
+    let loss = model.loss(&mut cx, logits, &m.labels, scale)?;
+    let loss_value = tape.value(loss)?.clone();
+    backend.flush();
+    tape.backward(loss)?;
+    Ok((loss_value, store.grads(&mut tape, &bound)))
+}
+
 /// One optimiser step over several micro-batches (gradient accumulation): each contributes
 /// `scale * sum CE` and the gradients add up, so with `scale = 1 / (loss tokens of all
 /// micro-batches)` the step equals one large batch exactly. A NaN or infinite loss or
@@ -80,22 +111,29 @@ pub async fn step_accumulated<B: Backend>(
     // Losses are read after the backward passes are recorded: the device runs each forward
     // pass (flushed) while the host records its backward pass, and the step waits once.
     let mut losses = Vec::with_capacity(micro.len());
-    for m in micro {
-        let mut tape = Tape::new(backend.clone());
-        let bound = store.bind(&mut tape);
-        let mut rng = m.dropout_seed.map(crate::rng::Rng::new);
-        let mut cx = Ctx {
-            tape: &mut tape,
-            bound: &bound,
-            adapters: &model.adapters,
-            dropout: rng.as_mut(),
-        };
-        let logits = model.logits(&mut cx, &m.input)?;
-        let loss = model.loss(&mut cx, logits, &m.labels, scale)?;
-        losses.push(tape.value(loss)?.clone());
-        backend.flush();
-        tape.backward(loss)?;
-        for (id, g) in store.grads(&mut tape, &bound) {
+    let store_ref: &ParamStore<B> = store;
+    let pass = |m: &Micro<B::Tensor>| forward_backward(backend, model, store_ref, m, scale);
+    #[cfg(not(target_arch = "wasm32"))]
+    let passes: Vec<Result<Pass<B>, BackendError>> = {
+        // Up to `concurrent_passes` micro-batches at once (see `Backend::run_concurrently`).
+        let at_once = backend.concurrent_passes().max(1);
+        let mut out = Vec::with_capacity(micro.len());
+        for group in micro.chunks(at_once) {
+            if group.len() == 1 {
+                out.push(pass(&group[0]));
+            } else {
+                out.extend(backend.run_concurrently(group.len(), &|i| pass(&group[i])));
+            }
+        }
+        out
+    };
+    #[cfg(target_arch = "wasm32")]
+    let passes: Vec<Result<Pass<B>, BackendError>> = micro.iter().map(pass).collect();
+    // Gradients add up in the micro-batches' order, however the passes ran.
+    for p in passes {
+        let (loss, grads) = p?;
+        losses.push(loss);
+        for (id, g) in grads {
             let Some(g) = g else { continue };
             let g = match sums.remove(&id) {
                 Some(s) => backend.add(&s, &g)?,

@@ -214,6 +214,67 @@ pub struct MicroBatch {
     pub loss_tokens: usize,
 }
 
+impl MicroBatch {
+    /// The rows cut into `parts` micro-batches of consecutive rows, as even as possible (fewer
+    /// when there are fewer rows; none empty), each padded only to its own longest row. Their
+    /// losses and gradients add up to this batch's (see
+    /// [`step_accumulated`](crate::train::step_accumulated)): how a step runs its passes at
+    /// once on several cores ([`Backend::concurrent_passes`](crate::Backend)).
+    pub fn split(&self, parts: usize) -> Vec<MicroBatch> {
+        let parts = parts.clamp(1, self.batch.max(1));
+        if parts == 1 {
+            return vec![self.clone()];
+        }
+        let per_row_labels = self.labels.len() == self.batch * self.len;
+        let row_len = |r: usize| {
+            self.mask[r * self.len..(r + 1) * self.len]
+                .iter()
+                .rposition(|&m| m > 0.0)
+                .map_or(0, |i| i + 1)
+        };
+        let (base, extra) = (self.batch / parts, self.batch % parts);
+        let mut start = 0;
+        (0..parts)
+            .map(|p| {
+                let rows = start..start + base + usize::from(p < extra);
+                start = rows.end;
+                let len = rows
+                    .clone()
+                    .map(row_len)
+                    .max()
+                    .unwrap_or(0)
+                    .max(1)
+                    .min(self.len);
+                let cut = |v: &[u32]| -> Vec<u32> {
+                    rows.clone()
+                        .flat_map(|r| v[r * self.len..r * self.len + len].iter().copied())
+                        .collect()
+                };
+                let ids = cut(&self.ids);
+                let mask = rows
+                    .clone()
+                    .flat_map(|r| self.mask[r * self.len..r * self.len + len].iter().copied())
+                    .collect();
+                let (labels, loss_tokens) = if per_row_labels {
+                    let l = cut(&self.labels);
+                    let n = l.iter().filter(|&&x| x != IGNORE_INDEX).count();
+                    (l, n)
+                } else {
+                    (self.labels[rows.clone()].to_vec(), rows.len())
+                };
+                MicroBatch {
+                    ids,
+                    mask,
+                    labels,
+                    batch: rows.len(),
+                    len,
+                    loss_tokens,
+                }
+            })
+            .collect()
+    }
+}
+
 /// Masked-LM masking: BERT's 15% / 80-10-10 recipe.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Masking {
@@ -327,6 +388,46 @@ mod tests {
         assert_eq!(a, batch_order(100, 7, 0));
         assert_ne!(a, batch_order(100, 7, 1));
         assert_ne!(a, batch_order(100, 8, 0));
+    }
+
+    /// Parts are consecutive rows (sizes differing by at most one, none empty), each padded
+    /// to its own longest row, with their labels and loss tokens; their loss tokens add up.
+    #[test]
+    fn split_cuts_rows_and_trims_padding() {
+        let rows = vec![
+            vec![5, 6, 7, 8],
+            vec![9],
+            vec![10, 11],
+            vec![12],
+            vec![13, 14, 15],
+        ];
+        let f = features(FeatureKind::Token, rows.clone());
+        let b = build_batch(&f, &[0, 1, 2, 3, 4], 0, None);
+        let parts = b.split(2);
+        assert_eq!(parts.len(), 2);
+        let (p, q) = (&parts[0], &parts[1]);
+        assert_eq!((p.batch, p.len, q.batch, q.len), (3, 4, 2, 3));
+        assert_eq!(p.ids, &b.ids[..12]);
+        assert_eq!(q.ids, vec![12, 0, 0, 13, 14, 15]);
+        assert_eq!(q.mask, vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+        assert_eq!(q.labels, vec![0, IGNORE_INDEX, IGNORE_INDEX, 1, 2, 0]);
+        assert_eq!(p.loss_tokens + q.loss_tokens, b.loss_tokens);
+        assert_eq!((p.loss_tokens, q.loss_tokens), (7, 4));
+
+        let f = features(FeatureKind::Sequence, rows);
+        let b = build_batch(&f, &[4, 3, 2, 1, 0], 0, None);
+        let parts = b.split(3);
+        let sizes: Vec<(usize, usize, usize)> = parts
+            .iter()
+            .map(|p| (p.batch, p.len, p.loss_tokens))
+            .collect();
+        assert_eq!(sizes, vec![(2, 3, 2), (2, 2, 2), (1, 4, 1)]);
+        assert_eq!(parts[2].ids, vec![5, 6, 7, 8]);
+        assert!(parts.iter().all(|p| p.labels == vec![1; p.batch]));
+        // More parts than rows: one row each; one part: the batch as it is.
+        assert_eq!(b.split(9).len(), 5);
+        assert_eq!(b.split(1), vec![b.clone()]);
+        assert_eq!(b.split(0), vec![b.clone()]);
     }
 
     #[test]

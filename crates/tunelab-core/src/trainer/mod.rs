@@ -264,9 +264,13 @@ impl<B: Backend> Trainer<B> {
             .map(|b| b.mask.iter().filter(|&&m| m > 0.0).count() as u64)
             .sum();
         let examples: u64 = batches.iter().map(|b| b.batch as u64).sum();
+        // Each batch in as many parts as the backend runs passes at once (one per core on
+        // the CPU): the gradients add up to the batch's.
+        let parts = self.backend.concurrent_passes();
         let micro = batches
             .iter()
-            .map(|b| self.upload(b))
+            .flat_map(|b| b.split(parts))
+            .map(|b| self.upload(&b))
             .collect::<Result<Vec<_>, _>>()?;
         let step = self.state.step + 1;
         let stats = step_accumulated(
