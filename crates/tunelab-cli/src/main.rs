@@ -203,39 +203,43 @@ macro_rules! on_device {
     };
 }
 
-/// `TUNELAB_CPU_WAIT`: `active` (the default) keeps the CPU pool's idle threads spinning for
-/// work between ops, `passive` lets them sleep (see `tunelab_candle::cpu::spin`).
-fn cpu_wait_policy() -> anyhow::Result<()> {
-    match std::env::var("TUNELAB_CPU_WAIT").as_deref() {
-        Err(std::env::VarError::NotPresent) | Ok("active") => Ok(()),
-        Ok("passive") => {
-            tunelab_candle::cpu::spin::set_enabled(false);
+/// A two-valued CPU switch from the environment: unset or `on` keeps the default, `off` calls
+/// `set(false)`, anything else is an error naming the variable.
+fn cpu_switch(var: &str, [on, off]: [&str; 2], set: fn(bool)) -> anyhow::Result<()> {
+    match std::env::var(var) {
+        Err(std::env::VarError::NotPresent) => Ok(()),
+        Ok(v) if v == on => Ok(()),
+        Ok(v) if v == off => {
+            set(false);
             Ok(())
         }
-        Ok(other) => anyhow::bail!("TUNELAB_CPU_WAIT is `{other}`; expected active or passive"),
-        Err(e) => anyhow::bail!("TUNELAB_CPU_WAIT: {e}"),
+        Ok(other) => anyhow::bail!("{var} is `{other}`; expected {on} or {off}"),
+        Err(e) => anyhow::bail!("{var}: {e}"),
     }
 }
 
-/// `TUNELAB_CPU_PASSES`: `split` (the default) runs a step's batch as concurrent passes, one
-/// per core, `whole` as one pass with each op split across the cores (see
-/// `tunelab_candle::cpu::passes`).
-fn cpu_passes_policy() -> anyhow::Result<()> {
-    match std::env::var("TUNELAB_CPU_PASSES").as_deref() {
-        Err(std::env::VarError::NotPresent) | Ok("split") => Ok(()),
-        Ok("whole") => {
-            tunelab_candle::cpu::passes::set_enabled(false);
-            Ok(())
-        }
-        Ok(other) => anyhow::bail!("TUNELAB_CPU_PASSES is `{other}`; expected split or whole"),
-        Err(e) => anyhow::bail!("TUNELAB_CPU_PASSES: {e}"),
-    }
+/// The CPU switches: `TUNELAB_CPU_WAIT` — `active` (the default) keeps the CPU pool's idle
+/// threads spinning for work between ops, `passive` lets them sleep
+/// (`tunelab_candle::cpu::spin`); `TUNELAB_CPU_PASSES` — `split` (the default) runs a step's
+/// batch as concurrent passes, one per core, `whole` as one pass with each op split across
+/// the cores (`tunelab_candle::cpu::passes`).
+fn cpu_switches() -> anyhow::Result<()> {
+    cpu_switch(
+        "TUNELAB_CPU_WAIT",
+        ["active", "passive"],
+        tunelab_candle::cpu::spin::set_enabled,
+    )?;
+    cpu_switch(
+        "TUNELAB_CPU_PASSES",
+        ["split", "whole"],
+        tunelab_candle::cpu::passes::set_enabled,
+    )
 }
 
 /// Prints the error chain (no backtrace) and exits 1.
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
-    if let Err(e) = cpu_wait_policy().and_then(|()| cpu_passes_policy()) {
+    if let Err(e) = cpu_switches() {
         eprintln!("error: {e:#}");
         return std::process::ExitCode::FAILURE;
     }

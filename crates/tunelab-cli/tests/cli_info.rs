@@ -1,4 +1,5 @@
-//! `tunelab info` on broken asset folders: the error names the file and the fix.
+//! `tunelab info` on broken asset folders: the error names the file and the fix; unknown
+//! values of the CPU switches in the environment are refused at start-up.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
 
 use std::process::Command;
@@ -34,4 +35,33 @@ fn malformed_manifest_is_reported_not_panicked() {
     assert!(!ok);
     assert!(text.contains("is not valid"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
+}
+
+/// A CPU switch set to a value it does not know stops the program before any work, naming
+/// the variable and its two values; a known value runs.
+#[test]
+fn unknown_cpu_switch_values_are_refused() {
+    for (var, values) in [
+        ("TUNELAB_CPU_WAIT", "active or passive"),
+        ("TUNELAB_CPU_PASSES", "split or whole"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
+            .args(["info", "--help"])
+            .env(var, "sometimes")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            text.contains(&format!("{var} is `sometimes`; expected {values}")),
+            "{text}"
+        );
+        let known = values.split(" or ").nth(1).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
+            .args(["info", "--help"])
+            .env(var, known)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{var}={known}");
+    }
 }
