@@ -113,33 +113,34 @@ pub async fn step_accumulated<B: Backend>(
     let mut losses = Vec::with_capacity(micro.len());
     let store_ref: &ParamStore<B> = store;
     let pass = |m: &Micro<B::Tensor>| forward_backward(backend, model, store_ref, m, scale);
+    // Up to `concurrent_passes` micro-batches at once (see `Backend::run_concurrently`); each
+    // group's gradients are added before the next group runs, in the micro-batches' order.
     #[cfg(not(target_arch = "wasm32"))]
-    let passes: Vec<Result<Pass<B>, BackendError>> = {
-        // Up to `concurrent_passes` micro-batches at once (see `Backend::run_concurrently`).
-        let at_once = backend.concurrent_passes().max(1);
-        let mut out = Vec::with_capacity(micro.len());
-        for group in micro.chunks(at_once) {
-            if group.len() == 1 {
-                out.push(pass(&group[0]));
-            } else {
-                out.extend(backend.run_concurrently(group.len(), &|i| pass(&group[i])));
+    let (at_once, run_group) = (
+        backend.concurrent_passes().max(1),
+        |group: &[Micro<B::Tensor>]| -> Vec<Result<Pass<B>, BackendError>> {
+            match group {
+                [one] => vec![pass(one)],
+                _ => backend.run_concurrently(group.len(), &|i| pass(&group[i])),
             }
-        }
-        out
-    };
+        },
+    );
     #[cfg(target_arch = "wasm32")]
-    let passes: Vec<Result<Pass<B>, BackendError>> = micro.iter().map(pass).collect();
-    // Gradients add up in the micro-batches' order, however the passes ran.
-    for p in passes {
-        let (loss, grads) = p?;
-        losses.push(loss);
-        for (id, g) in grads {
-            let Some(g) = g else { continue };
-            let g = match sums.remove(&id) {
-                Some(s) => backend.add(&s, &g)?,
-                None => g,
-            };
-            sums.insert(id, g);
+    let (at_once, run_group) = (1, |group: &[Micro<B::Tensor>]| {
+        group.iter().map(pass).collect::<Vec<_>>()
+    });
+    for group in micro.chunks(at_once) {
+        for p in run_group(group) {
+            let (loss, grads) = p?;
+            losses.push(loss);
+            for (id, g) in grads {
+                let Some(g) = g else { continue };
+                let g = match sums.remove(&id) {
+                    Some(s) => backend.add(&s, &g)?,
+                    None => g,
+                };
+                sums.insert(id, g);
+            }
         }
     }
     let grads: Vec<(ParamId, B::Tensor)> = sums.into_iter().collect();
