@@ -12,8 +12,9 @@
 //!
 //! Results differ from one pass over the whole batch only by the order in which the
 //! gradients' terms are added (rounding), and do not depend on the thread count beyond the
-//! number of parts. [`set_enabled`] turns it off for the process (the CLI reads
-//! `TUNELAB_CPU_PASSES`).
+//! number of parts; with LoRA dropout each part draws its own masks (from the trainer's
+//! checkpointed stream), so a run resumed with another thread count draws other masks.
+//! [`set_enabled`] turns it off for the process (the CLI reads `TUNELAB_CPU_PASSES`).
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 use std::sync::atomic::{AtomicBool, Ordering};
