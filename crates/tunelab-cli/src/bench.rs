@@ -99,6 +99,14 @@ impl CpuAb {
         }
     }
 
+    /// The command-line flag that asks for it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Wait => "--cpu-wait-ab",
+            Self::Passes => "--cpu-passes-ab",
+        }
+    }
+
     /// The alternative, in words.
     pub fn alternative(self) -> &'static str {
         match self {
@@ -311,9 +319,11 @@ fn run_on<B: Backend>(
     }
     let host_cpu_ms = (cpu_ns > 0).then(|| cpu_ns as f64 / 1e6 / times.len().max(1) as f64);
     // Each default step against the alternative one right after it, before `times` is sorted.
+    if let Some(ab) = ab {
+        ab.set_default(true);
+    }
     let ab = ab.filter(|_| !alt.is_empty()).map(|ab| {
         let mut ratios: Vec<f64> = times.iter().zip(&alt).map(|(a, p)| a / p).collect();
-        ab.set_default(true);
         AbResult {
             alternative: ab.alternative().to_string(),
             alt_median_ms: median(&mut alt),

@@ -420,14 +420,8 @@ fn run() -> anyhow::Result<()> {
                     ])
                     .arg("--assets")
                     .arg(&assets);
-                match ab {
-                    Some(bench::CpuAb::Wait) => {
-                        c.arg("--cpu-wait-ab");
-                    }
-                    Some(bench::CpuAb::Passes) => {
-                        c.arg("--cpu-passes-ab");
-                    }
-                    None => {}
+                if let Some(ab) = ab {
+                    c.arg(ab.flag());
                 }
                 if on_wgpu {
                     c.arg("--wgpu");

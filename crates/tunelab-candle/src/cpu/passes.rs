@@ -7,8 +7,10 @@
 //! [`MicroBatch::split`](tunelab_core::data::MicroBatch::split)), whose forward and
 //! backward passes are independent: each runs on its own pool with its share of the threads
 //! (one each when there are as many parts as threads, so a part's ops run whole on one core),
-//! and the parts' gradients add up to the batch's (gradient accumulation). On the MiniLM shape (batch 8 × 128 tokens, 2 vCPUs), two passes of four
-//! sequences took less time than one pass of eight on both cores (see `docs/benchmarks.md`).
+//! and the parts' gradients add up to the batch's (gradient accumulation). On the MiniLM
+//! shape (batch 8 × 128 tokens, 2 vCPUs), two passes of four sequences took 0.87–1.01 of the
+//! time of one pass of eight on both cores, step by step in one process (`tunelab bench
+//! --cpu-passes-ab`; see `docs/ARCHITECTURE.md`).
 //!
 //! Results differ from one pass over the whole batch only by the order in which the
 //! gradients' terms are added (rounding), and do not depend on the thread count beyond the
@@ -87,8 +89,12 @@ fn pools(n: usize, threads: usize) -> Option<Vec<Arc<ThreadPool>>> {
 /// pools' threads cannot be started. A panic in one is raised again here once all have
 /// finished.
 pub fn run<R: Send>(n: usize, f: &(dyn Fn(usize) -> R + Sync)) -> Vec<R> {
-    let threads = rayon::current_num_threads();
-    let Some(pools) = pools(n, threads).filter(|_| n > 1) else {
+    let pools = if n > 1 {
+        pools(n, rayon::current_num_threads())
+    } else {
+        None
+    };
+    let Some(pools) = pools else {
         return (0..n).map(f).collect();
     };
     std::thread::scope(|s| {

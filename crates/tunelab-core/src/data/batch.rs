@@ -245,18 +245,10 @@ impl MicroBatch {
                     .unwrap_or(0)
                     .max(1)
                     .min(self.len);
-                let cut = |v: &[u32]| -> Vec<u32> {
-                    rows.clone()
-                        .flat_map(|r| v[r * self.len..r * self.len + len].iter().copied())
-                        .collect()
-                };
-                let ids = cut(&self.ids);
-                let mask = rows
-                    .clone()
-                    .flat_map(|r| self.mask[r * self.len..r * self.len + len].iter().copied())
-                    .collect();
+                let ids = cut_rows(&self.ids, rows.clone(), self.len, len);
+                let mask = cut_rows(&self.mask, rows.clone(), self.len, len);
                 let (labels, loss_tokens) = if per_row_labels {
-                    let l = cut(&self.labels);
+                    let l = cut_rows(&self.labels, rows.clone(), self.len, len);
                     let n = l.iter().filter(|&&x| x != IGNORE_INDEX).count();
                     (l, n)
                 } else {
@@ -273,6 +265,12 @@ impl MicroBatch {
             })
             .collect()
     }
+}
+
+/// The first `len` values of each of `rows` of a row-major `(B, stride)` array.
+fn cut_rows<T: Copy>(v: &[T], rows: std::ops::Range<usize>, stride: usize, len: usize) -> Vec<T> {
+    rows.flat_map(|r| v[r * stride..r * stride + len].iter().copied())
+        .collect()
 }
 
 /// Masked-LM masking: BERT's 15% / 80-10-10 recipe.

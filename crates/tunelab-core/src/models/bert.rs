@@ -435,10 +435,7 @@ impl Bert {
         input: &EncoderInput<B::Tensor>,
         prompt: Option<Var>,
     ) -> Result<Var> {
-        match self.embed_rows(cx, input, prompt)? {
-            Rows::Whole(h) => Ok(h),
-            Rows::Split { prompt, tokens } => cx.tape.concat_seq(prompt, tokens),
-        }
+        self.embed_rows(cx, input, prompt)?.join(cx)
     }
 
     /// [`Bert::embed`], with a prompt's rows and the token rows kept apart where the token
@@ -458,13 +455,14 @@ impl Bert {
         let pos = cx.tape.embedding(pos_table, &input.positions)?; // (B, P+T, C)
         let tt_table = cx.p(self.token_type_embeddings);
         let tt = cx.tape.embedding(tt_table, &input.token_types)?;
-        let whole = |cx: &mut Ctx<'_, B>, h: Var| -> Result<Var> {
+        // Position and token-type embeddings added, then layer norm: per position.
+        let finish = |cx: &mut Ctx<'_, B>, h: Var, pos: Var, tt: Var| -> Result<Var> {
             let h = cx.tape.add(h, pos)?;
             let h = cx.tape.add(h, tt)?;
             self.emb_ln.forward(cx, h)
         };
         let Some(p) = prompt else {
-            return whole(cx, tokens).map(Rows::Whole);
+            return finish(cx, tokens, pos, tt).map(Rows::Whole);
         };
         let frozen = [
             tokens,
@@ -475,7 +473,7 @@ impl Bert {
         ];
         if frozen.iter().any(|&v| cx.tape.needs_grad(v)) {
             let h = cx.tape.concat_seq(p, tokens)?; // (B, P+T, C)
-            return whole(cx, h).map(Rows::Whole);
+            return finish(cx, h, pos, tt).map(Rows::Whole);
         }
         let (p_len, t_len) = (
             cx.tape.shape(p)?.dims()[1],
@@ -484,9 +482,7 @@ impl Bert {
         let mut part = |h: Var, start: usize, len: usize| -> Result<Var> {
             let pos = cx.tape.slice_seq(pos, start, len)?;
             let tt = cx.tape.slice_seq(tt, start, len)?;
-            let h = cx.tape.add(h, pos)?;
-            let h = cx.tape.add(h, tt)?;
-            self.emb_ln.forward(cx, h)
+            finish(cx, h, pos, tt)
         };
         Ok(Rows::Split {
             prompt: part(p, 0, p_len)?,
