@@ -264,18 +264,23 @@ impl Form {
     /// Sets one field from text, by its query key (the form's inputs use the same keys). On
     /// an error the form is unchanged and the message names the field and what it expects.
     pub fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
-        fn whole<T: std::str::FromStr + PartialOrd + From<u8>>(
-            label: &str,
-            v: &str,
-            min: u8,
-        ) -> Result<T, String> {
-            match v.trim().parse::<T>() {
-                Ok(n) if n >= T::from(min) => Ok(n),
-                _ => Err(format!(
+        // A whole number in `min..=max`: the upper bounds keep a shared link from asking the
+        // tab for more than it can hold (a rank or prompt beyond the model's size, a batch or
+        // length beyond the position table).
+        fn whole<T: TryFrom<u64>>(label: &str, v: &str, min: u64, max: u64) -> Result<T, String> {
+            match v.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => {
+                    T::try_from(n).map_err(|_| format!("{label} `{v}`: too large"))
+                }
+                _ if max == u64::MAX => Err(format!(
                     "{label} `{v}`: expected a whole number of at least {min}"
+                )),
+                _ => Err(format!(
+                    "{label} `{v}`: expected a whole number from {min} to {max}"
                 )),
             }
         }
+        const ANY: u64 = u64::MAX;
         fn real(label: &str, v: &str, ok: fn(f32) -> bool, expected: &str) -> Result<f32, String> {
             match v.trim().parse::<f32>() {
                 Ok(x) if x.is_finite() && ok(x) => Ok(x),
@@ -299,7 +304,7 @@ impl Form {
                 }
                 self.method = v.to_string();
             }
-            "r" => self.r = whole("rank r", v, 1)?,
+            "r" => self.r = whole("rank r", v, 1, MAX_RANK)?,
             "alpha" => self.alpha = real("alpha", v, |x| x > 0.0, "a positive number such as 16")?,
             "dropout" => {
                 self.dropout = real(
@@ -310,10 +315,10 @@ impl Form {
                 )?
             }
             "targets" => self.targets = v.to_string(),
-            "vt" => self.virtual_tokens = whole("virtual tokens", v, 1)?,
-            "steps" => self.steps = whole("steps", v, 1)?,
-            "batch" => self.batch = whole("batch", v, 1)?,
-            "len" => self.max_len = whole("max tokens", v, 1)?,
+            "vt" => self.virtual_tokens = whole("virtual tokens", v, 1, MAX_VIRTUAL_TOKENS)?,
+            "steps" => self.steps = whole("steps", v, 1, ANY)?,
+            "batch" => self.batch = whole("batch", v, 1, MAX_BATCH)?,
+            "len" => self.max_len = whole("max tokens", v, 4, MAX_LEN)?,
             "lr" => {
                 let before = std::mem::replace(&mut self.lr, v.trim().to_string());
                 if let Err(e) = self.lr() {
@@ -321,10 +326,10 @@ impl Form {
                     return Err(e);
                 }
             }
-            "eval" => self.eval_every = whole("evaluate every", v, 1)?,
-            "evaln" => self.eval_examples = whole("eval examples", v, 1)?,
-            "save" => self.save_every = whole("checkpoint every", v, 1)?,
-            "seed" => self.seed = whole("seed", v, 0)?,
+            "eval" => self.eval_every = whole("evaluate every", v, 1, ANY)?,
+            "evaln" => self.eval_examples = whole("eval examples", v, 1, ANY)?,
+            "save" => self.save_every = whole("checkpoint every", v, 1, ANY)?,
+            "seed" => self.seed = whole("seed", v, 0, ANY)?,
             "skipbad" => self.skip_bad = flag("skip bad rows", v)?,
             "cpu" => self.cpu = flag("cpu", v)?,
             "gpu" => self.gpu = flag("gpu", v)?,
@@ -365,6 +370,15 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The largest LoRA rank the form takes (a rank beyond a layer's width adds nothing).
+pub const MAX_RANK: u64 = 1024;
+/// The most virtual tokens the form takes (BERT-family position tables hold 512).
+pub const MAX_VIRTUAL_TOKENS: u64 = 512;
+/// The largest batch the form takes.
+pub const MAX_BATCH: u64 = 256;
+/// The longest input the form takes, in tokens.
+pub const MAX_LEN: u64 = 512;
+
 /// Parameter counts for the form's method on a model: `(trainable, total)`.
 pub fn counts(
     config: &BertConfig,
@@ -384,34 +398,7 @@ pub fn counts(
     count_params(config, task, method).map_err(|e| e.to_string())
 }
 
-/// Estimated device memory of a training step in bytes: weights, gradients and AdamW moments
-/// of the trainable part, and the activations kept for the backward pass.
-pub fn memory_estimate(
-    config: &BertConfig,
-    trainable: usize,
-    total: usize,
-    batch: usize,
-    seq: usize,
-) -> u64 {
-    let (c, i, l, h) = (
-        config.hidden_size as u64,
-        config.intermediate_size as u64,
-        config.num_hidden_layers as u64,
-        config.num_attention_heads as u64,
-    );
-    let (b, t) = (batch as u64, seq as u64);
-    let weights = total as u64 * 4;
-    let training = trainable as u64 * 4 * 3;
-    // Per layer: ~12 hidden-sized and 2 intermediate-sized activations per token, and the
-    // attention probabilities (recomputed in the fused kernel, but budgeted once).
-    let acts = l * b * t * (12 * c + 2 * i) * 4 + l * b * h * t * t * 4;
-    weights + training + acts
-}
-
-/// `b` bytes in MiB, one decimal.
-pub fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
-}
+pub use tunelab_core::preflight::{memory_estimate, mib};
 
 /// Whether the largest single tensor of a step fits one GPU buffer of `max_buffer` bytes:
 /// the word-embedding table, or for masked LM the logits (batch × sequence × vocabulary).
@@ -424,9 +411,10 @@ pub fn largest_tensor_fits(
     seq: usize,
     max_buffer: u64,
 ) -> Result<(), String> {
-    let table = (config.vocab_size * config.hidden_size * 4) as u64;
+    // In u64: in 32-bit wasm a usize product of these wraps.
+    let table = config.vocab_size as u64 * config.hidden_size as u64 * 4;
     let logits = if kind == TaskKind::MaskedLm {
-        (batch * seq * config.vocab_size * 4) as u64
+        batch as u64 * seq as u64 * config.vocab_size as u64 * 4
     } else {
         0
     };
@@ -505,6 +493,27 @@ mod tests {
             ("method", "magic", "method `magic`"),
             ("cpu", "yes", "expected true or false"),
             ("nope", "1", "`nope` is not a field"),
+            // Shared links cannot ask for more than a tab can hold.
+            (
+                "r",
+                "100000",
+                "rank r `100000`: expected a whole number from 1 to 1024",
+            ),
+            (
+                "vt",
+                "10000",
+                "virtual tokens `10000`: expected a whole number from 1 to 512",
+            ),
+            (
+                "batch",
+                "100000",
+                "batch `100000`: expected a whole number from 1 to 256",
+            ),
+            (
+                "len",
+                "4096",
+                "max tokens `4096`: expected a whole number from 4 to 512",
+            ),
         ] {
             let err = f.set(key, value).unwrap_err();
             assert!(err.contains(says), "{key}={value}: {err}");

@@ -1,15 +1,16 @@
-//! Zip archives of exported files (stored, not compressed: safetensors barely compress).
+//! Zip archives of exported files: written stored (safetensors barely compress), read stored
+//! or deflated (as most zip tools write them).
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read, Write};
 
 /// A zip holding `files` at its top level.
 pub fn pack(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
-    let mut w = zip_stored::ZipWriter::new(Cursor::new(Vec::new()));
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
     // A fixed timestamp: wasm has no clock for the zip crate to read.
-    let opts = zip_stored::write::SimpleFileOptions::default()
-        .compression_method(zip_stored::CompressionMethod::Stored)
-        .last_modified_time(zip_stored::DateTime::default())
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .last_modified_time(zip::DateTime::default())
         .large_file(files.iter().any(|(_, b)| b.len() >= u32::MAX as usize));
     for (name, bytes) in files {
         w.start_file(name.as_str(), opts)
@@ -21,7 +22,7 @@ pub fn pack(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
 
 /// The files of a zip by their base name (folders inside the zip are flattened).
 pub fn unpack(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
-    let mut z = zip_stored::ZipArchive::new(Cursor::new(bytes))
+    let mut z = zip::ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| format!("{file}: not a zip archive ({e})"))?;
     let mut out = BTreeMap::new();
     for i in 0..z.len() {
@@ -52,6 +53,20 @@ mod tests {
         assert_eq!(back.len(), 2);
         assert_eq!(back["adapter_config.json"], files[0].1);
         assert_eq!(back["adapter_model.safetensors"], files[1].1);
+        // A zip made by another tool is usually deflated: it reads the same.
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .last_modified_time(zip::DateTime::default());
+        for (name, bytes) in &files {
+            w.start_file(format!("export/{name}"), opts).unwrap();
+            std::io::Write::write_all(&mut w, bytes).unwrap();
+        }
+        let deflated = w.finish().unwrap().into_inner();
+        assert!(deflated.len() < z.len(), "the archive is not compressed");
+        let back = super::unpack("deflated.zip", &deflated).unwrap();
+        assert_eq!(back["adapter_model.safetensors"], files[1].1);
+        assert_eq!(back["adapter_config.json"], files[0].1);
         assert!(
             super::unpack("bad.zip", b"not a zip")
                 .unwrap_err()

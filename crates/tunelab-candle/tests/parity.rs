@@ -164,7 +164,7 @@ fn check(kind: &str, task_name: &str, m: &str) {
         .iter()
         .zip(want)
         .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+        .fold(0f32, nan_max);
     assert!(diff < 1e-4, "{case}: logits max abs diff {diff}");
     let l = host(tape.value(loss).unwrap())[0];
     assert!(
@@ -286,4 +286,14 @@ fn roberta_token_lora() {
 #[test]
 fn roberta_mlm_full() {
     check("roberta", "mlm", "full");
+}
+
+/// The larger of two differences, NaN if either is (`f32::max` drops NaN, so a NaN
+/// difference would pass a tolerance check).
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
 }

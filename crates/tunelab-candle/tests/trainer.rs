@@ -166,7 +166,7 @@ fn max_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     a.iter()
         .flat_map(|(k, va)| va.iter().zip(&b[k]).map(|(x, y)| (x - y).abs()))
-        .fold(0.0, f32::max)
+        .fold(0.0, nan_max)
 }
 
 #[test]
@@ -546,7 +546,7 @@ fn the_first_position_encoder_equals_the_full_one_sliced() {
         a.iter()
             .zip(b)
             .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max)
+            .fold(0f32, nan_max)
     };
     assert!(diff(&first, &full) < 1e-5, "{first:?} vs {full:?}");
     // The encoder's 2 × 16 + 5 tensors reach the loss; the pooler and classifier do not.
@@ -654,7 +654,7 @@ fn exports_use_peft_names_and_import_to_the_same_model() {
             .iter()
             .zip(&b)
             .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max);
+            .fold(0.0, nan_max);
         assert!(d < 1e-6, "{}: logits differ by {d}", method.name());
     }
 }
@@ -705,4 +705,23 @@ fn a_peft_adapter_without_tunelab_manifest_imports() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("layer.9"), "{e}");
+}
+
+/// The larger of two differences, NaN if either is (`f32::max` drops NaN, so a NaN
+/// difference would pass a tolerance check).
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// The tests' comparisons see NaN: a NaN difference is never within a tolerance.
+#[test]
+fn the_difference_helpers_do_not_drop_nan() {
+    let map = |v: &[f32]| BTreeMap::from([("w".to_string(), v.to_vec())]);
+    assert!(max_diff(&map(&[1.0, f32::NAN, 3.0]), &map(&[1.0, 2.0, 3.0])).is_nan());
+    assert!(max_diff(&map(&[f32::NAN]), &map(&[f32::NAN])).is_nan());
+    assert_eq!(max_diff(&map(&[1.0, 2.0]), &map(&[1.5, 2.0])), 0.5);
 }

@@ -80,7 +80,7 @@ async fn a_tiny_bert_matches_pytorch_in_wasm() {
         .iter()
         .zip(&fx["logits"].data)
         .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+        .fold(0f32, nan_max);
     assert!(diff < 1e-4, "logits max abs diff {diff}");
     let l = be.download(tape.value(loss).unwrap()).await.unwrap()[0];
     assert!((l - fx["loss"].data[0]).abs() < 1e-5, "loss {l}");
@@ -100,4 +100,14 @@ async fn a_tiny_bert_matches_pytorch_in_wasm() {
         checked, expected,
         "every trainable tensor PyTorch has gets a gradient"
     );
+}
+
+/// The larger of two differences, NaN if either is (`f32::max` drops NaN, so a NaN
+/// difference would pass a tolerance check).
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
 }

@@ -48,81 +48,120 @@ pub struct TrainArgs {
     #[arg(long, help_heading = "Model and data")]
     pub skip_bad_rows: bool,
     /// Truncate inputs to this many tokens; masked LM: the block length. [default: 128]
-    #[arg(long, alias = "max-seq-length", help_heading = "Model and data")]
+    #[arg(
+        long,
+        alias = "max-seq-length",
+        help_heading = "Model and data",
+        allow_negative_numbers = true
+    )]
     pub max_len: Option<usize>,
 
     /// The PEFT method: full, bitfit, lora or prompt. [default: lora]
     #[arg(long, help_heading = "Method")]
     pub method: Option<String>,
     /// LoRA rank. [default: 8]
-    #[arg(long, help_heading = "Method")]
+    #[arg(long, help_heading = "Method", allow_negative_numbers = true)]
     pub lora_r: Option<usize>,
     /// LoRA alpha (updates are scaled by alpha / r). [default: 16]
-    #[arg(long, help_heading = "Method")]
+    #[arg(long, help_heading = "Method", allow_negative_numbers = true)]
     pub lora_alpha: Option<f32>,
     /// LoRA dropout on the update's input while training (PEFT's `lora_dropout`).
-    #[arg(long, help_heading = "Method")]
+    #[arg(long, help_heading = "Method", allow_negative_numbers = true)]
     pub lora_dropout: Option<f32>,
     /// LoRA target modules (comma-separated names or name suffixes). [default: query,value]
     #[arg(long, value_delimiter = ',', help_heading = "Method")]
     pub lora_targets: Option<Vec<String>>,
     /// Prompt tuning: number of virtual tokens. [default: 20]
-    #[arg(long, help_heading = "Method")]
+    #[arg(long, help_heading = "Method", allow_negative_numbers = true)]
     pub prompt_tokens: Option<usize>,
     /// Prompt tuning: initialise the virtual tokens from this text's embeddings.
     #[arg(long, help_heading = "Method")]
     pub prompt_init_text: Option<String>,
 
     /// Total number of training epochs. [default: 3]
-    #[arg(long, alias = "num-train-epochs", help_heading = "Training")]
+    #[arg(
+        long,
+        alias = "num-train-epochs",
+        help_heading = "Training",
+        allow_negative_numbers = true
+    )]
     pub epochs: Option<u32>,
     /// Stop after this many optimiser steps (overrides --epochs).
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, help_heading = "Training", allow_negative_numbers = true)]
     pub max_steps: Option<u64>,
     /// Examples per micro-batch. [default: 16]
-    #[arg(long, alias = "per-device-train-batch-size", help_heading = "Training")]
+    #[arg(
+        long,
+        alias = "per-device-train-batch-size",
+        help_heading = "Training",
+        allow_negative_numbers = true
+    )]
     pub batch_size: Option<usize>,
     /// Micro-batches per optimiser step; the loss is normalised by their total token count,
     /// so this equals a batch that many times larger. [default: 1]
-    #[arg(long, alias = "gradient-accumulation-steps", help_heading = "Training")]
+    #[arg(
+        long,
+        alias = "gradient-accumulation-steps",
+        help_heading = "Training",
+        allow_negative_numbers = true
+    )]
     pub grad_accum: Option<usize>,
     /// Peak AdamW learning rate. [default: by method: full 5e-5, bitfit 1e-3, lora 5e-4,
     /// prompt 1e-2]
-    #[arg(long, alias = "learning-rate", help_heading = "Training")]
+    #[arg(
+        long,
+        alias = "learning-rate",
+        help_heading = "Training",
+        allow_negative_numbers = true
+    )]
     pub lr: Option<f64>,
     /// Decoupled AdamW weight decay. [default: 0.01]
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, help_heading = "Training", allow_negative_numbers = true)]
     pub weight_decay: Option<f64>,
     /// Linear warmup over this fraction of the steps. [default: 0.1]
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, help_heading = "Training", allow_negative_numbers = true)]
     pub warmup_ratio: Option<f64>,
     /// Linear warmup over this many steps (overrides --warmup-ratio).
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, help_heading = "Training", allow_negative_numbers = true)]
     pub warmup_steps: Option<u32>,
     /// The schedule after warmup: linear, cosine or constant. [default: linear]
     #[arg(long, alias = "lr-scheduler-type", value_parser = parse_schedule, help_heading = "Training")]
     pub schedule: Option<ScheduleKind>,
     /// Clip gradients to this global L2 norm (0 disables). [default: 1.0]
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, help_heading = "Training", allow_negative_numbers = true)]
     pub max_grad_norm: Option<f64>,
     /// Masked LM: fraction of tokens to predict. [default: 0.15]
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, help_heading = "Training", allow_negative_numbers = true)]
     pub mlm_probability: Option<f32>,
     /// Seed for initialisation, shuffling and masking. [default: 42]
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, help_heading = "Training", allow_negative_numbers = true)]
     pub seed: Option<u64>,
 
     /// Evaluate every N steps (default: at the end of each epoch).
-    #[arg(long, alias = "eval-steps", help_heading = "Evaluation and saving")]
+    #[arg(
+        long,
+        alias = "eval-steps",
+        help_heading = "Evaluation and saving",
+        allow_negative_numbers = true
+    )]
     pub eval_every: Option<u64>,
     /// Evaluate on at most this many validation examples.
-    #[arg(long, help_heading = "Evaluation and saving")]
+    #[arg(
+        long,
+        help_heading = "Evaluation and saving",
+        allow_negative_numbers = true
+    )]
     pub eval_max_examples: Option<usize>,
     /// The metric that picks the best checkpoint (accuracy, macro_f1, f1, loss, ...).
     #[arg(long, help_heading = "Evaluation and saving")]
     pub metric_for_best: Option<String>,
     /// Also save a resumable checkpoint every N steps (one is saved at every evaluation).
-    #[arg(long, alias = "save-steps", help_heading = "Evaluation and saving")]
+    #[arg(
+        long,
+        alias = "save-steps",
+        help_heading = "Evaluation and saving",
+        allow_negative_numbers = true
+    )]
     pub save_every: Option<u64>,
     /// Where the metrics log, checkpoint and exports go. [default: runs/<task>-<method>]
     #[arg(long, help_heading = "Evaluation and saving")]

@@ -144,7 +144,7 @@ fn inputs(texts: &[String], input: Option<&Path>) -> anyhow::Result<Vec<String>>
     let mut out = texts.to_vec();
     if let Some(p) = input {
         let name = p.display().to_string();
-        let text = std::fs::read_to_string(p).with_context(|| format!("reading {name}"))?;
+        let text = job::read_text(p)?;
         let fmt = Format::from_path(&name).unwrap_or(Format::Text);
         for e in data::parse(&name, &text, fmt, &Default::default())?.examples {
             out.push(match e {
@@ -175,7 +175,17 @@ pub fn predict<B: Backend>(
         manifest,
     } = job::load_export(model_dir, assets, backend)?;
     let mut out = Vec::new();
-    for text in inputs(texts, input)? {
+    for (i, text) in inputs(texts, input)?.into_iter().enumerate() {
+        // Longer inputs are cut to the length the model was trained on: say so.
+        let tokens = tokenizer.encode_text(&text, usize::MAX)?.len();
+        let truncated = tokens > manifest.max_len;
+        if truncated {
+            eprintln!(
+                "warning: text {} has {tokens} tokens; the model reads only the first {} (its max_len), the rest is ignored",
+                i + 1,
+                manifest.max_len
+            );
+        }
         let p = pollster::block_on(predict::predict(
             &backend,
             &model,
@@ -186,7 +196,7 @@ pub fn predict<B: Backend>(
             manifest.max_len,
             &text,
         ))?;
-        out.push(match p {
+        let mut line = match p {
             Prediction::Class {
                 label,
                 score,
@@ -201,13 +211,19 @@ pub fn predict<B: Backend>(
             }
             Prediction::Tags { tags } => serde_json::json!({"text": text, "tags": tags}),
             Prediction::Masks { fills } => serde_json::json!({"text": text, "masks": fills}),
-        });
+        };
+        if truncated && let Some(o) = line.as_object_mut() {
+            o.insert("truncated_to".into(), manifest.max_len.into());
+        }
+        out.push(line);
     }
     Ok(out)
 }
 
 /// Turns a resumable checkpoint into an export folder.
 pub fn export_checkpoint(checkpoint_file: &Path, out: &Path, assets: &Path) -> anyhow::Result<()> {
+    // Refused before any work: the folder must be new, empty or an earlier export.
+    job::check_export_dir(out)?;
     let name = checkpoint_file.display().to_string();
     let bytes = std::fs::read(checkpoint_file).with_context(|| format!("reading {name}"))?;
     let (meta, _) = checkpoint::read(&name, &bytes)?;

@@ -16,7 +16,7 @@ use tunelab_core::safetensors_io::{self, HostTensor};
 pub use tunelab_core::session::{feature_kind, head_task, masking};
 use tunelab_core::tokenizer::Tokenizer;
 use tunelab_core::trainer::{TaskKind, TrainConfig, resolve_task};
-use tunelab_core::{Manifest, ModelCard};
+use tunelab_core::{Manifest, ModelCard, preflight};
 
 /// The candle backend for `--device cpu | cuda | cuda:N`.
 pub fn backend(device: &str) -> anyhow::Result<Candle> {
@@ -105,8 +105,11 @@ pub fn model_dir(assets: &Path, model: &str) -> anyhow::Result<PathBuf> {
     Ok(assets.join(&card.dir))
 }
 
-fn read_text(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+/// A text file (data, configs): UTF-8, a byte-order mark dropped; other bytes are an error
+/// naming the line.
+pub fn read_text(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(data::decode_text(&path.display().to_string(), &bytes)?)
 }
 
 /// A checkpoint's tensors (`model.safetensors`, or the shards of its index).
@@ -220,6 +223,9 @@ pub fn read_split(path: &Path, cfg: &TrainConfig) -> anyhow::Result<Parsed> {
     let format = format_of(path, cfg)?;
     let text = read_text(path)?;
     let parsed = data::parse(&path.display().to_string(), &text, format, &cfg.columns)?;
+    for w in &parsed.warnings {
+        eprintln!("warning: {w}");
+    }
     if !parsed.skipped.is_empty() {
         eprintln!(
             "warning: skipped {} bad row(s) of {}; the first: {}",
@@ -285,6 +291,14 @@ pub fn prepare<B: Backend>(
             labels.names
         );
     }
+    check_memory(
+        cfg,
+        kind,
+        &labels,
+        &base_cfg,
+        &tokenizer,
+        backend.name() == "candle-cpu",
+    )?;
     let fk = feature_kind(kind);
     let train = data::encode(
         &tokenizer,
@@ -308,6 +322,8 @@ pub fn prepare<B: Backend>(
         }
         None => None,
     };
+    let all: Vec<&Features> = std::iter::once(&train).chain(validation.as_ref()).collect();
+    tunelab_core::preflight::check_positions(&base_cfg, &cfg.method, &all)?;
     let built = build_model(cfg, kind, &labels, &dir, &base_cfg, &tokenizer, backend)?;
     let masking = masking(kind, &tokenizer, cfg.mlm_probability)?;
     Ok(Job {
@@ -325,6 +341,65 @@ pub fn prepare<B: Backend>(
         base_model: built.base_model,
         files,
     })
+}
+
+/// Refuses a job whose estimated memory exceeds what the machine has available (Linux's
+/// `MemAvailable`), before anything large is allocated: the operating system would kill it
+/// half-way otherwise. `on_host`: the step itself runs in host memory (the CPU device).
+fn check_memory(
+    cfg: &TrainConfig,
+    kind: TaskKind,
+    labels: &Labels,
+    base_cfg: &BertConfig,
+    tokenizer: &Tokenizer,
+    on_host: bool,
+) -> anyhow::Result<()> {
+    let model_cfg = match &cfg.from_scratch {
+        Some(s) => BertConfig::from_json(
+            "from_scratch",
+            &s.config_json(
+                tokenizer.vocab_size().max(base_cfg.vocab_size),
+                tokenizer.pad_id(),
+            ),
+        )?,
+        None => base_cfg.clone(),
+    };
+    let (trainable, total) = tunelab_core::models::task_model::count_params(
+        &model_cfg,
+        head_task(kind, labels),
+        &cfg.method,
+    )?;
+    let need = preflight::host_estimate(
+        &model_cfg,
+        trainable,
+        total,
+        cfg.batch_size,
+        cfg.max_len,
+        on_host,
+    );
+    let available = std::env::var("TUNELAB_MEMORY_AVAILABLE_MIB")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|m| m << 20)
+        .or_else(|| {
+            std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|t| preflight::mem_available(&t))
+        });
+    if let Some(available) = available
+        && need > available
+    {
+        bail!(
+            "this job needs about {} of memory ({} trainable of {} parameters, batch {} x {} tokens) but {} is available; nothing was started: lower --batch-size or --max-len, or use a smaller method (e.g. a lower --lora-r)",
+            preflight::mib(need),
+            trainable,
+            total,
+            cfg.batch_size,
+            cfg.max_len,
+            preflight::mib(available)
+        );
+    }
+    Ok(())
 }
 
 /// A model as a config describes it, before training.
@@ -467,22 +542,117 @@ pub fn load_export<B: Backend>(dir: &Path, assets: &Path, backend: B) -> anyhow:
     })
 }
 
-/// Writes files into `dir` atomically: into `dir.tmp` first, then renamed over `dir`.
+/// The names of the files an export writes (any method): a folder holding only these (and
+/// Tunelab's manifest) is a previous export, which a new one may replace.
+const EXPORT_FILES: &[&str] = &[
+    export::MANIFEST,
+    export::ADAPTER_CONFIG,
+    export::ADAPTER_WEIGHTS,
+    export::BITFIT_WEIGHTS,
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+];
+
+/// Whether `dir` may be written as an export: it does not exist, is empty, or is a previous
+/// export of ours (its manifest and nothing but export files). Anything else is refused by
+/// name, so a user's folder (`--out .`, say) is never emptied.
+pub fn check_export_dir(dir: &Path) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if dir.is_file() => bail!(
+            "{} is a file, not a folder: give --out a folder to write the export into ({e})",
+            dir.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        names.push((
+            e.file_name().to_string_lossy().to_string(),
+            e.path().is_file(),
+        ));
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    let ours = names.iter().any(|(n, _)| n == export::MANIFEST);
+    let foreign: Vec<&str> = names
+        .iter()
+        .filter(|(n, file)| !(*file && EXPORT_FILES.contains(&n.as_str())))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !ours || !foreign.is_empty() {
+        let shown: Vec<&str> = if foreign.is_empty() {
+            names.iter().map(|(n, _)| n.as_str()).take(5).collect()
+        } else {
+            foreign.into_iter().take(5).collect()
+        };
+        bail!(
+            "{} is not empty and is not an earlier export of Tunelab (it holds {}); nothing was written: choose an empty or new folder",
+            dir.display(),
+            shown.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// A sibling path of `dir` for staging (`.<name>.<what>-<pid>`).
+fn sibling(dir: &Path, what: &str) -> anyhow::Result<PathBuf> {
+    let name = dir
+        .file_name()
+        .with_context(|| format!("{} does not name a folder", dir.display()))?;
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let staged = format!(".{}.{what}-{}", name.to_string_lossy(), std::process::id());
+    Ok(parent.map_or_else(|| PathBuf::from(&staged), |p| p.join(&staged)))
+}
+
+/// Writes an export's files into `dir`: first into a sibling folder, which then takes the
+/// place of `dir` by renames, so `dir` always holds a whole export (the old or the new one).
+/// `dir` must pass [`check_export_dir`].
 pub fn write_dir(dir: &Path, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
-    let tmp = dir.with_extension("tmp");
+    // `--out .` or `--out ..` name no folder to rename: resolve them first.
+    let dir = &if dir.file_name().is_none() && dir.exists() {
+        dir.canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?
+    } else {
+        dir.to_path_buf()
+    };
+    check_export_dir(dir)?;
+    let tmp = sibling(dir, "new")?;
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    for (name, bytes) in files {
-        std::fs::write(tmp.join(name), bytes)
-            .with_context(|| format!("writing {}", tmp.join(name).display()))?;
+    let staged = (|| -> anyhow::Result<()> {
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        for (name, bytes) in files {
+            std::fs::write(tmp.join(name), bytes)
+                .with_context(|| format!("writing {}", tmp.join(name).display()))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = staged {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
+    let old = sibling(dir, "old")?;
+    let had_old = dir.exists();
+    if had_old {
+        std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
     }
-    std::fs::rename(&tmp, dir)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        if had_old {
+            let _ = std::fs::rename(&old, dir);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()));
+    }
+    if had_old {
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("removing the previous export {}", old.display()))?;
+    }
     Ok(())
 }
 

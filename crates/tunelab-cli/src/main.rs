@@ -66,6 +66,11 @@ enum Command {
         /// Pause after this many steps in total, saving a checkpoint to resume from.
         #[arg(long, value_name = "STEPS")]
         stop_after: Option<u64>,
+        /// Train into an --output-dir that already holds files (an earlier run): they are
+        /// moved to `<dir>.previous` while the new run trains, put back if it fails and
+        /// removed once it finishes. Without it such a folder is refused.
+        #[arg(long, conflicts_with = "resume")]
+        overwrite_output_dir: bool,
         /// Compute device: cpu, cuda or cuda:N (candle; CUDA needs a build with --features
         /// cuda), or wgpu (WebGPU natively: Vulkan, Metal or DX12).
         #[arg(long, default_value = "cpu")]
@@ -279,10 +284,16 @@ fn run() -> anyhow::Result<()> {
             args,
             resume,
             stop_after,
+            overwrite_output_dir,
             device,
             assets,
         } => {
             let cfg = args.resolve()?;
+            let existing = if overwrite_output_dir {
+                train::Existing::Overwrite
+            } else {
+                train::Existing::Refuse
+            };
             on_device!(device, be => train::run(
                 cfg,
                 &assets,
@@ -290,6 +301,7 @@ fn run() -> anyhow::Result<()> {
                 resume.as_deref(),
                 args.prompt_init_text.as_deref(),
                 stop_after,
+                existing,
             )?);
             Ok(())
         }

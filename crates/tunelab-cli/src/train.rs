@@ -86,8 +86,129 @@ fn metrics_line(r: &EvalReport) -> String {
         .join(" · ")
 }
 
-/// Runs (or resumes) training.
+/// How a fresh run treats an output folder that already holds files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse to start (the default, as `Trainer`'s).
+    Refuse,
+    /// `--overwrite-output-dir`: replace it, but only once the new run has not failed.
+    Overwrite,
+}
+
+/// An output folder's earlier contents, moved aside while a new run writes the folder
+/// (`--overwrite-output-dir`): put back if the run fails, removed once it finished or paused.
+struct Previous {
+    out: PathBuf,
+    kept: PathBuf,
+}
+
+impl Previous {
+    /// Makes `out` ready for a fresh run: absent or empty as it is, or (with
+    /// [`Existing::Overwrite`]) emptied by moving what it holds to `<out>.previous`.
+    fn make_room(out: &Path, existing: Existing) -> anyhow::Result<Option<Self>> {
+        if out.is_file() {
+            anyhow::bail!(
+                "--output-dir {} is a file; give a folder for the run",
+                out.display()
+            );
+        }
+        let entries: Vec<String> = match std::fs::read_dir(out) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", out.display())),
+        };
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        if existing == Existing::Refuse {
+            let mut shown: Vec<&str> = entries.iter().map(String::as_str).take(4).collect();
+            shown.sort_unstable();
+            anyhow::bail!(
+                "output folder {} is not empty (it holds {}); nothing was changed. Continue that run with `--resume {0}`, replace it with --overwrite-output-dir, or choose another --output-dir",
+                out.display(),
+                shown.join(", ")
+            );
+        }
+        let name = out
+            .file_name()
+            .with_context(|| format!("{} does not name a folder", out.display()))?;
+        let kept = out.with_file_name(format!("{}.previous", name.to_string_lossy()));
+        if kept.exists() {
+            anyhow::bail!(
+                "{} exists (an earlier run's files kept by --overwrite-output-dir); remove it first, nothing was changed",
+                kept.display()
+            );
+        }
+        std::fs::rename(out, &kept)
+            .with_context(|| format!("moving {} aside to {}", out.display(), kept.display()))?;
+        eprintln!(
+            "--overwrite-output-dir: the earlier contents of {} are kept in {} until this run finishes (put back if it fails)",
+            out.display(),
+            kept.display()
+        );
+        Ok(Some(Self {
+            out: out.to_path_buf(),
+            kept,
+        }))
+    }
+
+    /// The new run failed: its files go, the earlier ones come back.
+    fn restore(self) {
+        let _ = std::fs::remove_dir_all(&self.out);
+        match std::fs::rename(&self.kept, &self.out) {
+            Ok(()) => eprintln!(
+                "the earlier contents of {} were put back",
+                self.out.display()
+            ),
+            Err(e) => eprintln!(
+                "could not put {} back to {}: {e}; the files are still there",
+                self.kept.display(),
+                self.out.display()
+            ),
+        }
+    }
+
+    /// The new run finished (or paused): the earlier files are replaced for good.
+    fn discard(self) -> anyhow::Result<()> {
+        std::fs::remove_dir_all(&self.kept)
+            .with_context(|| format!("removing {}", self.kept.display()))
+    }
+}
+
+/// Runs (or resumes) training. A fresh run into a folder that holds files is refused unless
+/// `existing` is [`Existing::Overwrite`]; a run that fails leaves the earlier files as they
+/// were.
 pub fn run<B: Backend>(
+    cfg: TrainConfig,
+    assets: &Path,
+    backend: B,
+    resume: Option<&Path>,
+    prompt_text: Option<&str>,
+    stop_after: Option<u64>,
+    existing: Existing,
+) -> anyhow::Result<Option<Summary>> {
+    let previous = match resume {
+        None => Previous::make_room(Path::new(&cfg.output_dir()), existing)?,
+        Some(_) => None,
+    };
+    let result = run_in(cfg, assets, backend, resume, prompt_text, stop_after);
+    match (result, previous) {
+        (Ok(s), Some(p)) => {
+            p.discard()?;
+            Ok(s)
+        }
+        (Err(e), Some(p)) => {
+            p.restore();
+            Err(e)
+        }
+        (r, None) => r,
+    }
+}
+
+fn run_in<B: Backend>(
     mut cfg: TrainConfig,
     assets: &Path,
     backend: B,
@@ -142,6 +263,15 @@ pub fn run<B: Backend>(
     )?;
     if let Some((path, bytes)) = &checkpoint_bytes {
         trainer.restore(&path.display().to_string(), bytes)?;
+        if trainer.is_done() {
+            anyhow::bail!(
+                "the run in {} already finished (step {} of {}); nothing was changed. Its exports are in {}",
+                out.display(),
+                trainer.state.step,
+                trainer.total_steps(),
+                out.join("final").display()
+            );
+        }
         // Steps logged after the checkpoint will be trained again: drop them from the log.
         let log_path = out.join("metrics.jsonl");
         if let Ok(text) = std::fs::read_to_string(&log_path) {
@@ -165,9 +295,8 @@ pub fn run<B: Backend>(
             trainer.state.epoch + 1
         );
     } else {
+        // `run` made sure the folder is new or empty.
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-        // A fresh run replaces an old log in the same folder.
-        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
     }
     job::write_file(
         &out.join("train_config.json"),

@@ -131,6 +131,12 @@ pub async fn export<B: Backend>(
     for name in &selected {
         let t = host(name)?;
         let data = backend.download(&t).await?;
+        if crate::train::first_non_finite([(name.as_str(), data.as_slice())]).is_some() {
+            return Err(invalid(
+                "export",
+                format!("`{name}` is not finite: a diverged model is not exported"),
+            ));
+        }
         let key = match method {
             Method::Lora(_) if is_head(name) => format!("base_model.model.{name}"),
             Method::Lora(_) => format!("base_model.model.{mt}.{name}"),
@@ -356,6 +362,18 @@ pub fn import(files: &BTreeMap<String, Vec<u8>>) -> Result<Imported, ExportError
         })?;
     let (raw, _) = safetensors_io::read(weights_file, bytes)
         .map_err(|e| invalid(weights_file, e.to_string()))?;
+    // Weights that are NaN or infinite would predict nothing (or `null`): refuse them here.
+    for (key, t) in &raw {
+        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+            return Err(invalid(
+                weights_file,
+                format!(
+                    "`{key}` holds {} at index {i}: the weights are not finite (the run that wrote them diverged)",
+                    t.data[i]
+                ),
+            ));
+        }
+    }
     // Back to store names.
     let mut tensors = BTreeMap::new();
     for (key, t) in raw {
@@ -373,26 +391,82 @@ pub fn import(files: &BTreeMap<String, Vec<u8>>) -> Result<Imported, ExportError
         .to_string();
         tensors.insert(name, t);
     }
-    let manifest = match manifest {
-        Some(m) => m,
-        None => {
-            let cfg = parse_json(ADAPTER_CONFIG)?.ok_or_else(|| ExportError::Missing {
+    // A PEFT adapter's config is read even beside Tunelab's manifest: it is what PEFT loads,
+    // so it must be valid and say the same.
+    let peft = parse_json(ADAPTER_CONFIG)?
+        .map(|cfg| peft_manifest(&cfg, &tensors))
+        .transpose()?;
+    let manifest = match (manifest, peft) {
+        (Some(m), Some(p)) => {
+            let same = match (&m.method, &p.method) {
+                (Method::Lora(a), Method::Lora(b)) => {
+                    a.r == b.r && a.alpha == b.alpha && a.target_modules == b.target_modules
+                }
+                (Method::Prompt(a), Method::Prompt(b)) => {
+                    a.num_virtual_tokens == b.num_virtual_tokens
+                }
+                _ => false,
+            };
+            if !same || m.task != p.task {
+                return Err(invalid(
+                    ADAPTER_CONFIG,
+                    format!(
+                        "describes {} for {:?}, but {MANIFEST} says {} for {:?}",
+                        describe(&p.method),
+                        p.task,
+                        describe(&m.method),
+                        m.task
+                    ),
+                ));
+            }
+            m
+        }
+        (Some(m), None) if matches!(m.method, Method::Lora(_) | Method::Prompt(_)) => {
+            return Err(ExportError::Missing {
                 file: ADAPTER_CONFIG.into(),
-            })?;
-            peft_manifest(&cfg, &tensors)?
+            });
+        }
+        (Some(m), None) => m,
+        (None, Some(p)) => p,
+        (None, None) => {
+            return Err(ExportError::Missing {
+                file: ADAPTER_CONFIG.into(),
+            });
         }
     };
     Ok(Imported { manifest, tensors })
 }
 
+/// A method and its main options, for messages.
+fn describe(m: &Method) -> String {
+    match m {
+        Method::Lora(l) => format!(
+            "LoRA (r {}, alpha {}, targets {:?})",
+            l.r, l.alpha, l.target_modules
+        ),
+        Method::Prompt(p) => format!("prompt tuning ({} virtual tokens)", p.num_virtual_tokens),
+        other => other.name().to_string(),
+    }
+}
+
 /// Puts imported weights into a model built with the export's method; every tensor must
-/// name a parameter of the same shape. Nothing changes unless all of them fit.
+/// name a parameter of the same shape, and every trainable parameter of the model must be
+/// there. Nothing changes unless all of them fit.
 pub fn apply<B: Backend>(
     backend: &B,
     store: &mut ParamStore<B>,
     tensors: &BTreeMap<String, HostTensor>,
     file: &str,
 ) -> Result<usize, ExportError> {
+    for id in store.trainable() {
+        let name = &store.get(id).name;
+        if !tensors.contains_key(name) {
+            return Err(invalid(
+                file,
+                format!("`{name}` is missing: the method trains it, so the export must hold it"),
+            ));
+        }
+    }
     let mut updates = Vec::new();
     for (name, t) in tensors {
         let id = store

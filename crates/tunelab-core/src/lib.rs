@@ -20,6 +20,7 @@ pub mod optim;
 pub mod params;
 pub mod peft;
 pub mod predict;
+pub mod preflight;
 pub mod rng;
 pub mod safetensors_io;
 pub mod session;

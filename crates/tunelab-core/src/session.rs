@@ -183,6 +183,15 @@ pub fn prepare<B: Backend>(
     let validation = val_rows
         .map(|(rows, name)| data::encode(&tokenizer, &rows, fk, &labels, cfg.max_len, &name))
         .transpose()?;
+    let model_config = crate::models::bert::BertConfig::from_json(
+        &format!("{}/config.json", model.name),
+        &model.config_json,
+    )
+    .map_err(crate::models::task_model::ModelError::from)?;
+    let all: Vec<&data::Features> = std::iter::once(&features)
+        .chain(validation.as_ref())
+        .collect();
+    crate::preflight::check_positions(&model_config, &cfg.method, &all)?;
     let (tensors, _) =
         crate::safetensors_io::read(&format!("{}/model.safetensors", model.name), &model.weights)
             .map_err(crate::models::task_model::ModelError::from)?;

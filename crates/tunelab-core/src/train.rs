@@ -31,6 +31,56 @@ pub enum StepError {
         "the loss is {loss} and the gradient norm {grad_norm}: training diverged (try a lower learning rate); the model was not updated"
     )]
     NonFinite { loss: f32, grad_norm: f64 },
+    /// The update itself made a trainable parameter NaN, infinite or so large that its
+    /// square overflows (beyond ~1.8e19): the model is unusable and is not saved.
+    #[error(
+        "the update made the weights non-finite (`{param}`): training diverged (try a lower learning rate); nothing was saved from this step"
+    )]
+    NonFiniteWeights { param: String },
+}
+
+/// The largest weight magnitude taken as finite: beyond it the weight's square overflows f32
+/// (the device's sums of squares, and so the next step's loss, would be infinite).
+pub const MAX_WEIGHT: f32 = 1.8e19;
+
+/// The first name in `tensors` holding a value that is NaN, infinite or beyond
+/// [`MAX_WEIGHT`] in magnitude.
+pub fn first_non_finite<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a [f32])>,
+) -> Option<&'a str> {
+    tensors
+        .into_iter()
+        .find(|(_, d)| d.iter().any(|v| !(v.abs() <= MAX_WEIGHT)))
+        .map(|(n, _)| n)
+}
+
+/// Checks on the device that every trainable parameter is finite (one sum of squares, read
+/// back); on failure, reads them to name the first bad one.
+pub async fn check_weights<B: Backend>(
+    backend: &B,
+    store: &ParamStore<B>,
+) -> Result<(), StepError> {
+    let ids = store.trainable();
+    let values: Vec<&B::Tensor> = ids.iter().map(|&id| &store.get(id).value).collect();
+    let Some(sq) = ParamStore::<B>::grad_sq_norm(backend, &values)? else {
+        return Ok(());
+    };
+    if backend.download(&sq).await?[0].is_finite() {
+        return Ok(());
+    }
+    for &id in &ids {
+        let p = store.get(id);
+        let data = backend.download(&p.value).await?;
+        if first_non_finite([(p.name.as_str(), data.as_slice())]).is_some() {
+            return Err(StepError::NonFiniteWeights {
+                param: p.name.clone(),
+            });
+        }
+    }
+    // The sum overflowed although no single weight is too large: still diverged.
+    Err(StepError::NonFiniteWeights {
+        param: "(their sum of squares)".into(),
+    })
 }
 
 /// One micro-batch on the device: encoder inputs and labels.

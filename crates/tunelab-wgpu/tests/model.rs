@@ -209,16 +209,16 @@ fn assert_same(what: &str, candle: (&[f32], &Named), wgpu: (&[f32], &Named)) {
         .iter()
         .zip(wgpu.0)
         .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+        .fold(0f32, nan_max);
     assert!(d < 1e-4, "{what}: logits differ by {d}");
     assert_eq!(candle.1.len(), wgpu.1.len(), "{what}");
     for ((name, a), (_, b)) in candle.1.iter().zip(wgpu.1) {
-        let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
+        let scale = a.iter().map(|x| x.abs()).fold(0f32, nan_max).max(1e-6);
         let d = a
             .iter()
             .zip(b)
             .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+            .fold(0f32, nan_max);
         assert!(
             d / scale < 1e-3 || d < 1e-6,
             "{what}: gradient of {name} differs by {d} (scale {scale})"
@@ -621,15 +621,15 @@ fn the_real_minilm_matches_the_candle_backend() {
             .iter()
             .zip(&wl)
             .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+            .fold(0f32, nan_max);
         assert!(d < 1e-4, "{name}: logits differ by {d}");
         for ((n, a), (_, g)) in cg.iter().zip(&wgr) {
-            let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
+            let scale = a.iter().map(|x| x.abs()).fold(0f32, nan_max).max(1e-6);
             let d = a
                 .iter()
                 .zip(g)
                 .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
+                .fold(0f32, nan_max);
             assert!(
                 d / scale < 1e-3 || d < 1e-6,
                 "{name}: gradient of {n} differs by {d} (scale {scale})"
@@ -638,5 +638,15 @@ fn the_real_minilm_matches_the_candle_backend() {
         for (i, (x, y)) in closs.iter().zip(&wloss).enumerate() {
             assert!((x - y).abs() < 1e-3, "{name}: step {i} loss {x} vs {y}");
         }
+    }
+}
+
+/// The larger of two differences, NaN if either is (`f32::max` drops NaN, so a NaN
+/// difference would pass a tolerance check).
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
     }
 }

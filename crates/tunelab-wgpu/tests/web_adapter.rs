@@ -126,12 +126,12 @@ async fn a_tiny_bert_trains_on_webgpu_like_on_the_cpu() {
         }
         assert_eq!(cg.len(), wgr.len(), "{name}");
         for (a, b) in cg.iter().zip(&wgr) {
-            let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
+            let scale = a.iter().map(|x| x.abs()).fold(0f32, nan_max).max(1e-6);
             let d = a
                 .iter()
                 .zip(b)
                 .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
+                .fold(0f32, nan_max);
             assert!(
                 d / scale < 1e-3 || d < 1e-6,
                 "{name}: gradient differs by {d} (scale {scale})"
@@ -143,5 +143,15 @@ async fn a_tiny_bert_trains_on_webgpu_like_on_the_cpu() {
                 "{name}: losses {closs:?} vs {wloss:?}"
             );
         }
+    }
+}
+
+/// The larger of two differences, NaN if either is (`f32::max` drops NaN, so a NaN
+/// difference would pass a tolerance check).
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
     }
 }

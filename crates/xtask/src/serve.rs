@@ -128,7 +128,11 @@ pub struct Server {
 impl Server {
     /// Starts serving on `port` (0 picks a free port).
     pub fn start(port: u16) -> anyhow::Result<Self> {
-        let dist = root().join("dist");
+        Self::start_in(port, root().join("dist"), assets::assets_dir())
+    }
+
+    /// Serves `dist` (the built app) and `assets` under `/assets/`.
+    pub fn start_in(port: u16, dist: PathBuf, assets: PathBuf) -> anyhow::Result<Self> {
         anyhow::ensure!(
             dist.join("index.html").exists(),
             "{} has no index.html: build the app first (cargo xtask serve builds it)",
@@ -137,12 +141,25 @@ impl Server {
         let http = tiny_http::Server::http(("127.0.0.1", port))
             .map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1:{port}: {e}"))?;
         let http = Arc::new(http);
-        let assets = assets::assets_dir();
         let server = Arc::clone(&http);
+        let port = http.server_addr().to_ip().map_or(0, |a| a.port());
+        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let thread = std::thread::spawn(move || {
+            use std::sync::atomic::Ordering;
             for request in server.incoming_requests() {
-                let (dist, assets) = (dist.clone(), assets.clone());
-                std::thread::spawn(move || respond(request, &dist, &assets));
+                // At most MAX_CONNECTIONS requests are served at once; more get a 503 at once
+                // instead of a thread each.
+                if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    let _ = request
+                        .respond(tiny_http::Response::from_string("busy").with_status_code(503));
+                    continue;
+                }
+                let (dist, assets, busy) = (dist.clone(), assets.clone(), Arc::clone(&busy));
+                std::thread::spawn(move || {
+                    respond(request, port, &dist, &assets);
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
         Ok(Self { http, thread })
@@ -200,18 +217,52 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
-/// A file's response headers: its type, and cross-origin isolation (COOP + COEP), without
-/// which a page cannot share memory with its workers: the threaded training worker needs it.
-/// Everything the app loads is same-origin, so `require-corp` blocks nothing of its own.
-fn headers(path: &Path) -> [(&'static str, &'static str); 3] {
+/// Requests served at once; the rest are answered 503.
+const MAX_CONNECTIONS: usize = 64;
+
+/// A file's response headers: its type (and `nosniff`, so a browser never reads a file as
+/// another type), and cross-origin isolation (COOP + COEP), without which a page cannot share
+/// memory with its workers: the threaded training worker needs it. Everything the app loads
+/// is same-origin, so `require-corp` blocks nothing of its own.
+fn headers(path: &Path) -> [(&'static str, &'static str); 4] {
     [
         ("Content-Type", content_type(path)),
+        ("X-Content-Type-Options", "nosniff"),
         ("Cross-Origin-Opener-Policy", "same-origin"),
         ("Cross-Origin-Embedder-Policy", "require-corp"),
     ]
 }
 
-fn respond(request: tiny_http::Request, dist: &Path, assets: &Path) {
+/// Whether a request's `Host` header names this server on the loopback interface
+/// (`127.0.0.1`, `localhost` or `[::1]`, with the server's port): a page of another site
+/// that rebinds its DNS name to 127.0.0.1 sends its own name and is refused.
+pub fn host_allowed(host: Option<&str>, port: u16) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let (name, p) = match host.rsplit_once(':') {
+        Some((n, p)) if !n.is_empty() => (n, p),
+        _ => return false,
+    };
+    p.parse::<u16>() == Ok(port) && ["127.0.0.1", "localhost", "[::1]"].contains(&name)
+}
+
+fn respond(request: tiny_http::Request, port: u16, dist: &Path, assets: &Path) {
+    let host = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Host"))
+        .map(|h| h.value.as_str().to_string());
+    if !host_allowed(host.as_deref(), port) {
+        let r = request.respond(
+            tiny_http::Response::from_string("unknown host: open the app at 127.0.0.1")
+                .with_status_code(421),
+        );
+        if let Err(e) = r {
+            eprintln!("serve: {e}");
+        }
+        return;
+    }
     let file = resolve(request.url(), dist, assets)
         .filter(|p| p.is_file())
         .and_then(|p| std::fs::File::open(&p).ok().map(|f| (p, f)));
@@ -236,8 +287,55 @@ fn respond(request: tiny_http::Request, dist: &Path, assets: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use super::resolve;
+    use super::{host_allowed, resolve};
     use std::path::Path;
+
+    #[test]
+    fn only_loopback_names_with_the_port_are_served() {
+        assert!(host_allowed(Some("127.0.0.1:8080"), 8080));
+        assert!(host_allowed(Some("localhost:8080"), 8080));
+        assert!(host_allowed(Some("[::1]:8080"), 8080));
+        assert!(!host_allowed(Some("evil.example:8080"), 8080));
+        assert!(!host_allowed(Some("127.0.0.1:9999"), 8080));
+        assert!(!host_allowed(Some("127.0.0.1"), 8080));
+        assert!(!host_allowed(None, 8080));
+    }
+
+    /// The server answers with the security headers and refuses a foreign `Host` (a live
+    /// server on a free loopback port).
+    #[test]
+    fn a_live_server_sends_its_headers_and_refuses_other_hosts() {
+        use std::io::{Read as _, Write as _};
+        let dir = std::env::temp_dir().join(format!("tunelab-serve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("index.html"), "<p>hi</p>").unwrap();
+        let server = super::Server::start_in(0, dir.clone(), dir.clone()).unwrap();
+        let port = server.http.server_addr().to_ip().unwrap().port();
+        let get = |host: &str| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(
+                s,
+                "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        let ok = get(&format!("127.0.0.1:{port}"));
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        for h in [
+            "X-Content-Type-Options: nosniff",
+            "Cross-Origin-Opener-Policy: same-origin",
+            "Cross-Origin-Embedder-Policy: require-corp",
+        ] {
+            assert!(ok.contains(h), "{h} missing: {ok}");
+        }
+        let refused = get(&format!("rebound.example:{port}"));
+        assert!(refused.starts_with("HTTP/1.1 421"), "{refused}");
+        server.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn urls_map_into_dist_and_assets_only() {

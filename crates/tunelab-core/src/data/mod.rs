@@ -121,6 +121,32 @@ pub enum DataError {
 pub struct Parsed {
     pub examples: Vec<Example>,
     pub skipped: Vec<DataError>,
+    /// Rows that were read but look suspicious (`file:line: ...`), e.g. a quoted CSV field
+    /// running over several lines, as an unbalanced quote makes it.
+    pub warnings: Vec<String>,
+}
+
+/// A data file's bytes as text: a UTF-8 byte-order mark is dropped; bytes that are not
+/// UTF-8 are an error naming the line and column (in bytes) where they start.
+pub fn decode_text(file: &str, bytes: &[u8]) -> Result<String, DataError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(t) => Ok(t.to_string()),
+        Err(e) => {
+            let good = &bytes[..e.valid_up_to()];
+            let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column =
+                good.len() - good.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) + 1;
+            Err(DataError::Row {
+                file: file.into(),
+                line,
+                reason: format!(
+                    "byte {column} of this line is not UTF-8 text (byte 0x{:02x}); save the file as UTF-8",
+                    bytes[e.valid_up_to()]
+                ),
+            })
+        }
+    }
 }
 
 /// An ordered set of label names; a label's index is its class id.

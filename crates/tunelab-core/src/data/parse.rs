@@ -10,6 +10,14 @@ pub fn parse(
     opts: &ParseOptions,
 ) -> Result<Parsed, DataError> {
     let mut out = Parsed::default();
+    // A byte-order mark (as some editors write) is not part of the first row.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim().is_empty() {
+        return Err(DataError::File {
+            file: file.into(),
+            reason: "the file is empty".into(),
+        });
+    }
     let row = |r: Result<Example, DataError>, out: &mut Parsed| -> Result<(), DataError> {
         match r {
             Ok(e) => out.examples.push(e),
@@ -20,11 +28,41 @@ pub fn parse(
     };
     match format {
         Format::Jsonl => {
+            // Labels must be all strings or all numbers/booleans: `1` beside `"positive"` is
+            // a mistake that would silently make a class of its own.
+            let mut first_label: Option<(usize, bool, String)> = None;
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
-                row(jsonl_row(file, i + 1, line, opts), &mut out)?;
+                let r = jsonl_row(file, i + 1, line, opts).and_then(|(e, quoted)| {
+                    let Example::Text {
+                        label: Some(l), ..
+                    } = &e
+                    else {
+                        return Ok(e);
+                    };
+                    match &first_label {
+                        None => first_label = Some((i + 1, quoted, l.clone())),
+                        Some((at, was_quoted, first)) if *was_quoted != quoted => {
+                            let kind = |q: bool| if q { "a string" } else { "a number or boolean" };
+                            return Err(DataError::Row {
+                                file: file.into(),
+                                line: i + 1,
+                                reason: format!(
+                                    "label {} is {} but line {at}'s label {} is {}; write every label the same way",
+                                    if quoted { format!("\"{l}\"") } else { l.clone() },
+                                    kind(quoted),
+                                    if *was_quoted { format!("\"{first}\"") } else { first.clone() },
+                                    kind(*was_quoted)
+                                ),
+                            });
+                        }
+                        Some(_) => {}
+                    }
+                    Ok(e)
+                });
+                row(r, &mut out)?;
             }
         }
         Format::Csv => csv_rows(file, text, opts, &mut |r, out| row(r, out), &mut out)?,
@@ -33,6 +71,9 @@ pub fn parse(
             let mut tags = Vec::new();
             let mut start = 0;
             let mut bad: Option<DataError> = None;
+            // Every token line has as many columns as the first (token ... tag); a line with
+            // more or fewer is a token with a space in it or a missing column.
+            let mut width: Option<(usize, usize)> = None;
             let lines: Vec<&str> = text.lines().collect();
             for (i, line) in lines.iter().enumerate() {
                 let t = line.trim();
@@ -50,7 +91,17 @@ pub fn parse(
                                 "expected a token and a tag separated by a tab or space, found `{t}`"
                             ),
                         });
+                    } else if let Some((w, at)) = width.filter(|(w, _)| *w != cols.len()) {
+                        bad.get_or_insert(DataError::Row {
+                            file: file.into(),
+                            line: i + 1,
+                            reason: format!(
+                                "expected {w} columns like line {at}, found {} in `{t}`",
+                                cols.len()
+                            ),
+                        });
                     } else {
+                        width.get_or_insert((cols.len(), i + 1));
                         words.push(cols[0].to_string());
                         tags.push(cols[cols.len() - 1].to_string());
                     }
@@ -95,12 +146,13 @@ pub fn parse(
     Ok(out)
 }
 
+/// One JSONL row, and whether its label was a JSON string.
 fn jsonl_row(
     file: &str,
     line: usize,
     text: &str,
     opts: &ParseOptions,
-) -> Result<Example, DataError> {
+) -> Result<(Example, bool), DataError> {
     let err = |reason: String| DataError::Row {
         file: file.into(),
         line,
@@ -129,7 +181,7 @@ fn jsonl_row(
                 tags.len()
             )));
         }
-        return Ok(Example::Tagged { line, words, tags });
+        return Ok((Example::Tagged { line, words, tags }, true));
     }
     let text = obj
         .get(&opts.text_field)
@@ -140,11 +192,11 @@ fn jsonl_row(
                 opts.text_field, opts.tokens_field
             ))
         })?;
-    let label = match obj.get(&opts.label_field) {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => Some(s.clone()),
+    let (label, quoted) = match obj.get(&opts.label_field) {
+        None | Some(serde_json::Value::Null) => (None, true),
+        Some(serde_json::Value::String(s)) => (Some(s.clone()), true),
         Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
-            Some(v.to_string())
+            (Some(v.to_string()), false)
         }
         Some(_) => {
             return Err(err(format!(
@@ -153,11 +205,14 @@ fn jsonl_row(
             )));
         }
     };
-    Ok(Example::Text {
-        line,
-        text: text.to_string(),
-        label,
-    })
+    Ok((
+        Example::Text {
+            line,
+            text: text.to_string(),
+            label,
+        },
+        quoted,
+    ))
 }
 
 type RowSink<'a> = dyn FnMut(Result<Example, DataError>, &mut Parsed) -> Result<(), DataError> + 'a;
@@ -201,7 +256,22 @@ fn csv_rows(
                     .position()
                     .map(|p| p.line() as usize)
                     .unwrap_or(line_hint);
-                let r = if record.len() != width {
+                // Lines this row's quoted fields run over beyond its first.
+                let spans = record
+                    .iter()
+                    .map(|f| f.matches('\n').count())
+                    .sum::<usize>();
+                let r = if record.len() != width && spans > 0 {
+                    Err(DataError::Row {
+                        file: file.into(),
+                        line,
+                        reason: format!(
+                            "a quote opened here is unbalanced: lines {line}-{} were read as one row of {} fields (expected {width} like the header)",
+                            line + spans,
+                            record.len()
+                        ),
+                    })
+                } else if record.len() != width {
                     Err(DataError::Row {
                         file: file.into(),
                         line,
@@ -211,6 +281,13 @@ fn csv_rows(
                         ),
                     })
                 } else {
+                    if spans > 0 {
+                        out.warnings.push(format!(
+                            "{file}:{line}: a quoted field runs over {} lines (to line {}); if a quote is unbalanced, the rows inside it were read as part of this one",
+                            spans + 1,
+                            line + spans
+                        ));
+                    }
                     let label = label_col
                         .map(|c| record[c].trim().to_string())
                         .filter(|l| !l.is_empty());
@@ -267,7 +344,7 @@ mod tests {
     fn jsonl_text_and_labels() {
         let p = parse(
             "d.jsonl",
-            "{\"text\":\"good\",\"label\":\"pos\"}\n\n{\"text\":\"bad\",\"label\":0}\n",
+            "{\"text\":\"good\",\"label\":1}\n\n{\"text\":\"bad\",\"label\":0}\n",
             Format::Jsonl,
             &opts(),
         )
@@ -390,7 +467,97 @@ mod tests {
         assert_eq!(p.examples.len(), 2);
         assert_eq!(p.examples[1].line(), 3);
         let e = parse("t.txt", "\n\n", Format::Text, &opts()).unwrap_err();
+        assert_eq!(e.to_string(), "t.txt: the file is empty");
+        let e = parse("d.jsonl", "-DOCSTART- O\n", Format::Conll, &opts()).unwrap_err();
         assert!(e.to_string().contains("no examples"), "{e}");
+    }
+
+    #[test]
+    fn jsonl_labels_written_two_ways_name_the_line() {
+        let text = "{\"text\":\"a\",\"label\":\"positive\"}\n{\"text\":\"b\",\"label\":1}\n";
+        let e = parse("d.jsonl", text, Format::Jsonl, &opts()).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "d.jsonl:2: label 1 is a number or boolean but line 1's label \"positive\" is a string"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_row() {
+        let p = parse(
+            "d.jsonl",
+            "\u{feff}{\"text\":\"a\",\"label\":\"x\"}\n",
+            Format::Jsonl,
+            &opts(),
+        )
+        .unwrap();
+        assert_eq!(p.examples.len(), 1);
+        let t = super::super::decode_text("d.csv", b"\xEF\xBB\xBFtext,label\n").unwrap();
+        assert_eq!(t, "text,label\n");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_name_line_and_byte() {
+        let e =
+            super::super::decode_text("d.csv", b"text,label\nfine,a\nbad \xff,b\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "d.csv:3: byte 5 of this line is not UTF-8 text (byte 0xff); save the file as UTF-8"
+        );
+    }
+
+    #[test]
+    fn conll_lines_with_another_column_count_are_refused() {
+        let e = parse(
+            "d.conll",
+            "John B-PER\nNew York B-LOC\n",
+            Format::Conll,
+            &opts(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "d.conll:2: expected 2 columns like line 1, found 3 in `New York B-LOC`"
+        );
+        // Four columns throughout (CoNLL-2003) are fine: the tag is the last.
+        let p = parse(
+            "d.conll",
+            "EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n",
+            Format::Conll,
+            &opts(),
+        )
+        .unwrap();
+        assert!(matches!(&p.examples[0], Example::Tagged { tags, .. } if tags == &["B-ORG", "O"]));
+    }
+
+    #[test]
+    fn an_unbalanced_csv_quote_is_reported_with_its_lines() {
+        // The quote on line 2 closes on line 4: the rows between are swallowed.
+        let text = "text,label\n\"oops,pos\nrow two,neg\nrow three\",neg\nlast,pos\n";
+        let p = parse("d.csv", text, Format::Csv, &opts()).unwrap();
+        assert_eq!(p.examples.len(), 2);
+        assert_eq!(
+            p.warnings,
+            vec![
+                "d.csv:2: a quoted field runs over 3 lines (to line 4); if a quote is unbalanced, the rows inside it were read as part of this one"
+                    .to_string()
+            ]
+        );
+        // Never closed: the rest of the file is one field.
+        let e = parse(
+            "d.csv",
+            "text,label\nfine,pos\n\"oops,pos\nmore,neg\n",
+            Format::Csv,
+            &opts(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("d.csv:3: a quote opened here is unbalanced: lines 3-5"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -37,19 +37,31 @@ pub fn matches(name: &str, pattern: &str) -> bool {
     name == pattern || name.ends_with(&format!(".{pattern}"))
 }
 
+impl LoraConfig {
+    /// The options' ranges (the reason names the option).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.r == 0 {
+            return Err("r must be at least 1".into());
+        }
+        if !self.alpha.is_finite() {
+            return Err(format!("alpha must be a finite number, got {}", self.alpha));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if self.target_modules.iter().any(|t| t.trim().is_empty()) || self.target_modules.is_empty()
+        {
+            return Err("target_modules must name at least one layer, and no empty name".into());
+        }
+        Ok(())
+    }
+}
+
 pub fn apply<B: Backend>(cfg: &LoraConfig, t: &mut Target<'_, B>) -> Result<Applied, PeftError> {
-    if cfg.r == 0 {
-        return Err(PeftError::Invalid {
-            method: "lora",
-            reason: "r must be at least 1".into(),
-        });
-    }
-    if !(0.0..1.0).contains(&cfg.dropout) {
-        return Err(PeftError::Invalid {
-            method: "lora",
-            reason: format!("dropout must be in [0, 1), got {}", cfg.dropout),
-        });
-    }
+    cfg.validate().map_err(|reason| PeftError::Invalid {
+        method: "lora",
+        reason,
+    })?;
     let targets: Vec<String> = t
         .linear_names
         .iter()

@@ -92,6 +92,15 @@ impl Method {
         }
     }
 
+    /// Checks the method's options before anything is built: the reason names the option.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::Full | Self::Bitfit => Ok(()),
+            Self::Lora(cfg) => cfg.validate(),
+            Self::Prompt(cfg) => cfg.validate(),
+        }
+    }
+
     /// Freezes the model, applies the method, unfreezes the head.
     pub fn apply<B: Backend>(&self, t: &mut Target<'_, B>) -> Result<Applied, PeftError> {
         t.store.freeze_all();

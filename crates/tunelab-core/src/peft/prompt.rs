@@ -26,14 +26,22 @@ impl Default for PromptConfig {
     }
 }
 
-pub fn apply<B: Backend>(cfg: &PromptConfig, t: &mut Target<'_, B>) -> Result<Applied, PeftError> {
-    let n = cfg.num_virtual_tokens;
-    if n == 0 {
-        return Err(PeftError::Invalid {
-            method: "prompt",
-            reason: "num_virtual_tokens must be at least 1".into(),
-        });
+impl PromptConfig {
+    /// The options' ranges (the reason names the option).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_virtual_tokens == 0 {
+            return Err("num_virtual_tokens must be at least 1".into());
+        }
+        Ok(())
     }
+}
+
+pub fn apply<B: Backend>(cfg: &PromptConfig, t: &mut Target<'_, B>) -> Result<Applied, PeftError> {
+    cfg.validate().map_err(|reason| PeftError::Invalid {
+        method: "prompt",
+        reason,
+    })?;
+    let n = cfg.num_virtual_tokens;
     let table = t.store.get(t.word_embeddings).value.clone();
     let c = t.backend.shape(&table).dims()[1];
     let value = if cfg.init_token_ids.is_empty() {

@@ -87,6 +87,14 @@ impl<B: Backend> Trainer<B> {
                 put("adam_v", v, self.backend.download(v).await?);
             }
         }
+        if let Some(bad) = crate::train::first_non_finite(
+            tensors.iter().map(|(n, t)| (n.as_str(), t.data.as_slice())),
+        ) {
+            return Err(err(
+                "checkpoint",
+                format!("`{bad}` is not finite: a diverged model is not saved"),
+            ));
+        }
         let meta = CheckpointMeta {
             version: VERSION,
             config: self.config.clone(),

@@ -19,6 +19,15 @@ pub enum TaskKind {
 }
 
 impl TaskKind {
+    /// The metrics an evaluation of this task reports (the names `metric_for_best` takes).
+    pub fn metrics(self) -> &'static [&'static str] {
+        match self {
+            Self::Classification => &["accuracy", "macro_f1", "loss"],
+            Self::TokenClassification => &["f1", "precision", "recall", "token_accuracy", "loss"],
+            Self::MaskedLm => &["loss", "perplexity"],
+        }
+    }
+
     /// The metric that picks the best checkpoint by default, and whether higher is better.
     pub fn default_metric(self) -> (&'static str, bool) {
         match self {
@@ -208,19 +217,45 @@ pub struct ConfigError {
 }
 
 impl TrainConfig {
-    /// Parses a config file's text: TOML, or JSON when `file` ends in `.json`.
+    /// Parses a config file's text: TOML, or JSON when `file` ends in `.json`. Unknown
+    /// keys are errors, at the top level and inside `[method]`.
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = if file.ends_with(".json") {
-            serde_json::from_str(text).map_err(|e| ConfigError {
-                field: "(file)",
-                reason: format!("{file}: {e}"),
-            })?
-        } else {
-            toml::from_str(text).map_err(|e| ConfigError {
-                field: "(file)",
-                reason: format!("{file}: {e}"),
-            })?
+        let fail = |e: String| ConfigError {
+            field: "(file)",
+            reason: format!("{file}: {e}"),
         };
+        // Parsed twice: typed (whose errors give the line) and as a plain tree of values.
+        let (cfg, value): (Self, serde_json::Value) = if file.ends_with(".json") {
+            (
+                serde_json::from_str(text).map_err(|e| fail(e.to_string()))?,
+                serde_json::from_str(text).map_err(|e| fail(e.to_string()))?,
+            )
+        } else {
+            let t: toml::Value = toml::from_str(text).map_err(|e| fail(e.to_string()))?;
+            (
+                toml::from_str(text).map_err(|e| fail(e.to_string()))?,
+                serde_json::to_value(t).map_err(|e| fail(e.to_string()))?,
+            )
+        };
+        // The method's options are an internally tagged enum, where serde cannot refuse
+        // unknown keys: every key given must come back when the parsed method is written out.
+        if let Some(given) = value.get("method").and_then(|m| m.as_object()) {
+            let known = serde_json::to_value(&cfg.method).map_err(|e| fail(e.to_string()))?;
+            if let Some(k) = given.keys().find(|k| known.get(k.as_str()).is_none()) {
+                let expected: Vec<&str> = known
+                    .as_object()
+                    .map(|o| o.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                return Err(ConfigError {
+                    field: "method",
+                    reason: format!(
+                        "{file}: unknown key `{k}` for method `{}`; expected {}",
+                        cfg.method.name(),
+                        expected.join(", ")
+                    ),
+                });
+            }
+        }
         Ok(cfg)
     }
 
@@ -265,6 +300,53 @@ impl TrainConfig {
         if self.eval_every == Some(0) {
             return bad("eval_every", "must be at least 1");
         }
+        if self.save_every == Some(0) {
+            return bad("save_every", "must be at least 1");
+        }
+        if self.eval_max_examples == Some(0) {
+            return bad(
+                "eval_max_examples",
+                "must be at least 1 (leave it out to evaluate on every example)",
+            );
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay", "must be a number of 0 or more");
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return bad(
+                "max_grad_norm",
+                "must be a number of 0 or more (0 turns clipping off)",
+            );
+        }
+        if let Some(labels) = &self.labels {
+            let mut seen = std::collections::BTreeSet::new();
+            for l in labels {
+                if l.trim().is_empty() {
+                    return bad("labels", "a label name is empty");
+                }
+                if !seen.insert(l.as_str()) {
+                    return Err(ConfigError {
+                        field: "labels",
+                        reason: format!("`{l}` is listed twice; each label must be named once"),
+                    });
+                }
+            }
+        }
+        if let (Some(m), Ok((kind, _))) = (&self.metric_for_best, resolve_task(&self.task))
+            && !kind.metrics().contains(&m.as_str())
+        {
+            return Err(ConfigError {
+                field: "metric_for_best",
+                reason: format!(
+                    "unknown metric `{m}` for this task; expected one of {}",
+                    kind.metrics().join(", ")
+                ),
+            });
+        }
+        self.method.validate().map_err(|reason| ConfigError {
+            field: "method",
+            reason,
+        })?;
         if self.from_scratch.is_some()
             && resolve_task(&self.task).ok().map(|t| t.0) != Some(TaskKind::MaskedLm)
         {

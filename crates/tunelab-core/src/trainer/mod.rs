@@ -284,6 +284,13 @@ impl<B: Backend> Trainer<B> {
         )
         .await
         .map_err(|source| TrainError::Step { step, source })?;
+        // Each step's loss shows whether the update before it broke the weights; after the
+        // last update there is no next step, so the weights are checked directly.
+        if step >= self.total {
+            crate::train::check_weights(&self.backend, &self.store)
+                .await
+                .map_err(|source| TrainError::Step { step, source })?;
+        }
         self.state.step = step;
         self.state.tokens_seen += tokens;
         self.state.cursor += batches.len();
@@ -351,7 +358,8 @@ impl<B: Backend> Trainer<B> {
             .metric_for_best
             .clone()
             .unwrap_or_else(|| default.to_string());
-        let Some(&value) = report.metrics.get(&name) else {
+        // A NaN metric (an empty evaluation, a diverged model) is never the best.
+        let Some(&value) = report.metrics.get(&name).filter(|v| !v.is_nan()) else {
             return false;
         };
         let higher = !matches!(name.as_str(), "loss" | "perplexity");
