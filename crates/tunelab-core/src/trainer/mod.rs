@@ -284,13 +284,6 @@ impl<B: Backend> Trainer<B> {
         )
         .await
         .map_err(|source| TrainError::Step { step, source })?;
-        // Each step's loss shows whether the update before it broke the weights; after the
-        // last update there is no next step, so the weights are checked directly.
-        if step >= self.total {
-            crate::train::check_weights(&self.backend, &self.store)
-                .await
-                .map_err(|source| TrainError::Step { step, source })?;
-        }
         self.state.step = step;
         self.state.tokens_seen += tokens;
         self.state.cursor += batches.len();
@@ -301,7 +294,7 @@ impl<B: Backend> Trainer<B> {
             self.state.cursor = 0;
             self.order = batch_order(self.train.len(), self.config.seed, self.state.epoch);
         }
-        Ok(StepReport {
+        let report = StepReport {
             step,
             epoch: self.state.epoch as f64 + self.state.cursor as f64 / per_epoch.max(1) as f64,
             loss: stats.loss,
@@ -310,7 +303,16 @@ impl<B: Backend> Trainer<B> {
             tokens,
             examples,
             epoch_end,
-        })
+        };
+        // Each step's loss shows whether the update before it broke the weights. Where no
+        // next step comes first — the last step, or one followed by a checkpoint or an
+        // export — the weights are checked directly, so a diverged model is never saved.
+        if self.is_done() || self.should_save(&report) {
+            crate::train::check_weights(&self.backend, &self.store)
+                .await
+                .map_err(|source| TrainError::Step { step, source })?;
+        }
+        Ok(report)
     }
 
     /// Whether to evaluate after the step just reported: every `eval_every` steps, or at
