@@ -205,6 +205,9 @@ fn write_st(path: &Path, tensors: &[RawTensor]) {
     std::fs::write(path, safetensors(&list)).unwrap();
 }
 
+/// Changes a case's folder after its files are laid out.
+type Edit = Box<dyn Fn(&Path)>;
+
 /// One bad input.
 struct Case {
     name: &'static str,
@@ -212,7 +215,7 @@ struct Case {
     files: Vec<(String, Vec<u8>)>,
     /// Folders to copy in (source, name in the case's folder), then `edit` runs on the folder.
     copies: Vec<(PathBuf, String)>,
-    edit: Option<Box<dyn Fn(&Path)>>,
+    edit: Option<Edit>,
     /// Arguments; a leading `@` stands for the case's folder.
     args: Vec<String>,
     /// The message must contain each of these.

@@ -50,7 +50,7 @@ pub fn first_non_finite<'a>(
 ) -> Option<&'a str> {
     tensors
         .into_iter()
-        .find(|(_, d)| d.iter().any(|v| !(v.abs() <= MAX_WEIGHT)))
+        .find(|(_, d)| d.iter().any(|v| v.is_nan() || v.abs() > MAX_WEIGHT))
         .map(|(n, _)| n)
 }
 
