@@ -377,10 +377,9 @@ fn check_memory(
         cfg.max_len,
         on_host,
     );
-    let available = std::env::var("TUNELAB_MEMORY_AVAILABLE_MIB")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|m| m << 20)
+    const BUDGET: &str = "TUNELAB_MEMORY_AVAILABLE_MIB";
+    let available = env_number(BUDGET, "a whole number of MiB")?
+        .map(|m| m.saturating_mul(1 << 20))
         .or_else(|| {
             std::fs::read_to_string("/proc/meminfo")
                 .ok()

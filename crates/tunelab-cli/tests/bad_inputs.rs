@@ -222,6 +222,8 @@ struct Case {
     expect: Vec<String>,
     /// A path (relative to the case's folder) under which new files may appear.
     creates: Option<&'static str>,
+    /// Environment variables for the run.
+    env: Vec<(&'static str, &'static str)>,
 }
 
 fn case(name: &'static str, args: &[&str], expect: &str) -> Case {
@@ -233,6 +235,7 @@ fn case(name: &'static str, args: &[&str], expect: &str) -> Case {
         args: args.iter().map(|s| s.to_string()).collect(),
         expect: vec![expect.to_string()],
         creates: None,
+        env: Vec::new(),
     }
 }
 
@@ -251,6 +254,10 @@ impl Case {
     }
     fn also(mut self, expect: &str) -> Self {
         self.expect.push(expect.to_string());
+        self
+    }
+    fn env(mut self, var: &'static str, value: &'static str) -> Self {
+        self.env.push((var, value));
         self
     }
     fn creates(mut self, under: &'static str) -> Self {
@@ -292,6 +299,7 @@ fn run(group: &str, cases: Vec<Case>) {
             .current_dir(&dir)
             .env("TUNELAB_ASSETS", assets())
             .env("RAYON_NUM_THREADS", "1")
+            .envs(c.env.iter().copied())
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string()
@@ -472,6 +480,8 @@ fn bad_configs_and_options() {
         d("lora_alpha_infinite", &["--lora-alpha", "inf"], "config field `method`: alpha must be a finite number"),
         d("lora_targets_match_nothing", &["--lora-targets", "attn_q"], "LoRA target modules [\"attn_q\"] match no linear layer"),
         d("lora_rank_too_big_for_memory", &["--lora-r", "100000"], "this job needs about").also("nothing was started: lower --batch-size or --max-len"),
+        d("memory_budget_not_a_number", &[], "TUNELAB_MEMORY_AVAILABLE_MIB=\"lots\": expected a whole number of MiB")
+            .env("TUNELAB_MEMORY_AVAILABLE_MIB", "lots"),
         d("prompt_longer_than_positions", &["--method", "prompt", "--prompt-tokens", "10000"], "config field `method`: 10000 virtual tokens and the longest input").also("but the model has 512 (max_position_embeddings)"),
         d("prompt_zero_tokens", &["--method", "prompt", "--prompt-tokens", "0"], "num_virtual_tokens must be at least 1"),
         d("prompt_init_text_empty", &["--method", "prompt", "--prompt-init-text", "   "], "--prompt-init-text gives no tokens"),
