@@ -546,6 +546,10 @@ impl App {
                 .error
                 .set(Some("choose or upload a dataset first".into()));
         };
+        // The preflight's refusal holds even if the button was enabled a moment ago.
+        if let Some(why) = untrack(|| preflight(self)).and_then(|c| c.refusal()) {
+            return self.error.set(Some(why));
+        }
         let source = model.source();
         let config = match f.train_config(source.name(), d.kind) {
             Ok(c) => c,
@@ -1028,43 +1032,67 @@ const GPU_BUDGET: u64 = 2 << 30;
 /// The wasm CPU backend lives in 32-bit wasm memory.
 const CPU_BUDGET: u64 = 3 << 30;
 
+/// What the preflight found: the estimate against the budget, and whether the largest
+/// tensor fits the device's buffer limit.
+#[derive(Debug, Clone, PartialEq)]
+struct Check {
+    est: u64,
+    budget: u64,
+    largest: Result<(), String>,
+    where_: &'static str,
+    batch: usize,
+}
+
+impl Check {
+    /// Why training cannot start here, when it cannot (the Train button then refuses).
+    fn refusal(&self) -> Option<String> {
+        self.largest
+            .as_ref()
+            .err()
+            .map(|e| format!("cannot train here: {e}"))
+    }
+}
+
+/// The preflight of the current choices (reactive: it reads the model, data and form).
+fn preflight(app: App) -> Option<Check> {
+    let cfg = app.model_config.get()?;
+    let d = app.dataset.get()?;
+    let f = app.form.get();
+    let (t, all) = form::counts(&cfg, d.kind, d.counts.len(), &f.method()).ok()?;
+    let prompt = if f.method == "prompt" {
+        f.virtual_tokens
+    } else {
+        0
+    };
+    let seq = f.max_len + prompt;
+    let est = form::memory_estimate(&cfg, t, all, f.batch, seq);
+    let backend = app.backend.get();
+    let (budget, largest_ok, where_) = match &backend {
+        Some(BackendInfo::WebGpu { adapter }) => (
+            GPU_BUDGET,
+            form::largest_tensor_fits(&cfg, d.kind, f.batch, seq, adapter.limits.max_buffer_size),
+            "WebGPU",
+        ),
+        _ => (CPU_BUDGET, Ok(()), "the wasm CPU backend"),
+    };
+    Some(Check {
+        est,
+        budget,
+        largest: largest_ok,
+        where_,
+        batch: f.batch,
+    })
+}
+
 #[component]
 fn PreflightPanel(app: App) -> impl IntoView {
-    let check = Memo::new(move |_| {
-        let cfg = app.model_config.get()?;
-        let d = app.dataset.get()?;
-        let f = app.form.get();
-        let (t, all) = form::counts(&cfg, d.kind, d.counts.len(), &f.method()).ok()?;
-        let prompt = if f.method == "prompt" {
-            f.virtual_tokens
-        } else {
-            0
-        };
-        let seq = f.max_len + prompt;
-        let est = form::memory_estimate(&cfg, t, all, f.batch, seq);
-        let backend = app.backend.get();
-        let (budget, largest_ok, where_) = match &backend {
-            Some(BackendInfo::WebGpu { adapter }) => (
-                GPU_BUDGET,
-                form::largest_tensor_fits(
-                    &cfg,
-                    d.kind,
-                    f.batch,
-                    seq,
-                    adapter.limits.max_buffer_size,
-                ),
-                "WebGPU",
-            ),
-            _ => (CPU_BUDGET, Ok(()), "the wasm CPU backend"),
-        };
-        Some((est, budget, largest_ok, where_, f.batch))
-    });
+    let check = Memo::new(move |_| preflight(app));
     view! {
         <section class="panel" data-testid="preflight-panel">
             <h2>"4. Preflight"</h2>
             {move || match check.get() {
                 None => view! { <p class="muted">"Choose a model and data first."</p> }.into_any(),
-                Some((est, budget, largest, where_, batch)) => {
+                Some(Check { est, budget, largest, where_, batch }) => {
                     let fits = est <= budget;
                     view! {
                         <p data-testid="memory-estimate">{format!("Estimated memory: {} of the {} budget for {where_}.", mib(est), mib(budget))}</p>
@@ -1074,6 +1102,9 @@ fn PreflightPanel(app: App) -> impl IntoView {
                                 <p class="warn" data-testid="preflight-adjust">{format!("Batch {batch} may not fit.")}
                                     " "<button on:click=move |_| app.form.update(|f| f.batch = (f.batch / 2).max(1))>"Halve the batch"</button>
                                 </p>
+                            }.into_any(),
+                            Ok(()) if !fits => view! {
+                                <p class="warn" data-testid="preflight-adjust">"It may not fit even at batch 1: shorten the texts (max tokens) or pick a smaller model."</p>
                             }.into_any(),
                             Ok(()) => view! { <p class="ok" data-testid="preflight-ok">"Fits."</p> }.into_any(),
                         }}
@@ -1169,7 +1200,9 @@ fn TrainPanel(app: App) -> impl IntoView {
             <h2>"5. Train"</h2>
             <div class="controls">
                 <button data-testid="train" on:click=move |_| app.start()
-                    disabled=move || matches!(app.run.get().phase, Phase::Loading | Phase::Training | Phase::Paused)>"Train"</button>
+                    title=move || preflight(app).and_then(|c| c.refusal()).unwrap_or_default()
+                    disabled=move || matches!(app.run.get().phase, Phase::Loading | Phase::Training | Phase::Paused)
+                        || preflight(app).is_some_and(|c| c.refusal().is_some())>"Train"</button>
                 {move || match app.run.get().phase {
                     Phase::Training => view! {
                         <button data-testid="pause" on:click=move |_| bridge::send(&Request::Pause)>"Pause"</button>

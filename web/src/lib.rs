@@ -2,5 +2,7 @@
 //! zip archives.
 
 pub mod protocol;
+pub mod saved;
 pub mod storage;
-pub mod zipfile;
+/// Zip archives of exports (in the core, beside export and import).
+pub use tunelab_core::zipfile;

@@ -120,6 +120,10 @@ pub struct SavedRun {
     pub total: u64,
     pub finished: bool,
     pub history: History,
+    /// The checkpoint file (in the run's folder) that `step` and `history` belong to; `None`
+    /// in states saved before checkpoints were named by step.
+    #[serde(default)]
+    pub checkpoint: Option<String>,
 }
 
 /// A finished (or stopped) run, kept in the browser's run history.

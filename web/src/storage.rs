@@ -1,6 +1,8 @@
-//! Browser storage: the origin private file system (OPFS). Paths are `/`-separated under the
-//! origin's root. A write goes to a swap file and replaces the old contents only when it is
-//! closed, so a reload in the middle of a write leaves the previous version intact.
+//! Browser storage: the origin private file system (OPFS). Everything Tunelab keeps lives in
+//! one folder, [`FOLDER`], at the origin's root: paths here are `/`-separated inside it, and
+//! [`remove_all`] removes that folder only (other apps on the same origin keep their files).
+//! A write goes to a swap file and replaces the old contents only when it is closed, so a
+//! reload in the middle of a write leaves the previous version intact.
 
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
@@ -36,7 +38,61 @@ fn err(path: &str, e: &JsValue) -> StorageError {
     }
 }
 
-async fn root(path: &str) -> Result<FileSystemDirectoryHandle, StorageError> {
+/// Tunelab's folder at the origin's root.
+pub const FOLDER: &str = "tunelab";
+
+/// What earlier versions kept at the origin's root itself, each with a file that shows it is
+/// Tunelab's (`models/<name>/` holds a model's `config.json`): moved into [`FOLDER`] on first
+/// use, and removed by [`remove_all`] if a move failed. A folder of the same name without that
+/// file belongs to somebody else and is left alone.
+const LEGACY: [(&str, Option<&str>); 3] = [
+    ("run", Some("spec.json")),
+    ("runs", Some("history.json")),
+    ("models", None),
+];
+
+/// Whether the legacy folder `dir` is Tunelab's.
+async fn legacy_is_ours(dir: &FileSystemDirectoryHandle, marker: Option<&str>) -> bool {
+    match marker {
+        Some(file) => JsFuture::from(dir.get_file_handle(file)).await.is_ok(),
+        None => {
+            for name in keys(dir, "models").await.unwrap_or_default() {
+                if let Ok(sub) = JsFuture::from(dir.get_directory_handle(&name)).await {
+                    let sub: FileSystemDirectoryHandle = sub.unchecked_into();
+                    if JsFuture::from(sub.get_file_handle("tokenizer.json"))
+                        .await
+                        .is_ok()
+                    {
+                        return true;
+                    }
+                }
+            }
+            false
+        }
+    }
+}
+
+/// The legacy folders at the origin's root that are Tunelab's.
+async fn legacy(
+    origin: &FileSystemDirectoryHandle,
+) -> Vec<(&'static str, FileSystemDirectoryHandle)> {
+    let mut out = Vec::new();
+    for (name, marker) in LEGACY {
+        if let Ok(d) = JsFuture::from(origin.get_directory_handle(name)).await {
+            let d: FileSystemDirectoryHandle = d.unchecked_into();
+            if legacy_is_ours(&d, marker).await {
+                out.push((name, d));
+            }
+        }
+    }
+    out
+}
+
+thread_local! {
+    static MIGRATED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+async fn origin_root(path: &str) -> Result<FileSystemDirectoryHandle, StorageError> {
     let global = js_sys::global();
     let navigator = Reflect::get(&global, &"navigator".into()).map_err(|e| err(path, &e))?;
     let storage: StorageManager = Reflect::get(&navigator, &"storage".into())
@@ -50,6 +106,61 @@ async fn root(path: &str) -> Result<FileSystemDirectoryHandle, StorageError> {
         .await
         .map_err(|e| err(path, &e))?;
     Ok(dir.unchecked_into())
+}
+
+/// Tunelab's folder (created when missing).
+async fn root(path: &str) -> Result<FileSystemDirectoryHandle, StorageError> {
+    let origin = origin_root(path).await?;
+    let opts = FileSystemGetDirectoryOptions::new();
+    opts.set_create(true);
+    let ours: FileSystemDirectoryHandle =
+        JsFuture::from(origin.get_directory_handle_with_options(FOLDER, &opts))
+            .await
+            .map_err(|e| err(path, &e))?
+            .unchecked_into();
+    if !MIGRATED.with(|m| m.replace(true)) {
+        migrate(&origin, &ours).await;
+    }
+    Ok(ours)
+}
+
+/// Moves what an earlier version kept at the origin's root into Tunelab's folder (a saved run
+/// and the model cache survive the update). `FileSystemHandle.move` is not in every browser:
+/// where it is missing or fails, the old entries stay where they are.
+async fn migrate(origin: &FileSystemDirectoryHandle, ours: &FileSystemDirectoryHandle) {
+    for (name, old) in legacy(origin).await {
+        if JsFuture::from(ours.get_directory_handle(name))
+            .await
+            .is_ok()
+        {
+            continue;
+        }
+        let Ok(mover) = Reflect::get(&old, &"move".into()) else {
+            continue;
+        };
+        let Some(mover) = mover.dyn_ref::<js_sys::Function>() else {
+            continue;
+        };
+        if let Ok(p) = mover.call1(&old, ours) {
+            let _ = JsFuture::from(js_sys::Promise::resolve(&p)).await;
+        }
+    }
+}
+
+/// Removes everything Tunelab keeps in this browser, and nothing else of the origin's.
+pub async fn remove_all() -> Result<(), StorageError> {
+    let origin = origin_root(FOLDER).await?;
+    let opts = FileSystemRemoveOptions::new();
+    opts.set_recursive(true);
+    let old: Vec<&str> = legacy(&origin).await.into_iter().map(|(n, _)| n).collect();
+    for name in std::iter::once(FOLDER).chain(old) {
+        match JsFuture::from(origin.remove_entry_with_options(name, &opts)).await {
+            Ok(_) => {}
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(err(name, &e)),
+        }
+    }
+    Ok(())
 }
 
 /// The folder holding `path`'s last segment, created when `create`.
@@ -166,9 +277,14 @@ pub async fn list(path: &str) -> Result<Vec<String>, StorageError> {
             Err(_) => return Ok(Vec::new()),
         }
     };
+    keys(&dir, path).await
+}
+
+/// The names in `dir`, sorted.
+async fn keys(dir: &FileSystemDirectoryHandle, path: &str) -> Result<Vec<String>, StorageError> {
     // `keys()` is an async iterator.
-    let keys = Reflect::get(&dir, &"keys".into())
-        .and_then(|f| f.unchecked_into::<js_sys::Function>().call0(&dir))
+    let keys = Reflect::get(dir, &"keys".into())
+        .and_then(|f| f.unchecked_into::<js_sys::Function>().call0(dir))
         .map_err(|e| err(path, &e))?;
     let next: js_sys::Function = Reflect::get(&keys, &"next".into())
         .map_err(|e| err(path, &e))?
@@ -195,4 +311,23 @@ pub async fn list(path: &str) -> Result<Vec<String>, StorageError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Browser storage as the saved run's [`Store`](crate::saved::Store).
+#[derive(Debug, Clone, Copy)]
+pub struct Opfs;
+
+impl crate::saved::Store for Opfs {
+    async fn read(&self, path: &str) -> Result<Option<Vec<u8>>, String> {
+        read(path).await.map_err(|e| e.to_string())
+    }
+    async fn write(&self, path: &str, bytes: &[u8]) -> Result<(), String> {
+        write(path, bytes).await.map_err(|e| e.to_string())
+    }
+    async fn remove(&self, path: &str) -> Result<(), String> {
+        remove(path).await.map_err(|e| e.to_string())
+    }
+    async fn list(&self, dir: &str) -> Result<Vec<String>, String> {
+        list(dir).await.map_err(|e| e.to_string())
+    }
 }

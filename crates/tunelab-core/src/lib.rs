@@ -29,6 +29,7 @@ pub mod tape;
 pub mod tokenizer;
 pub mod train;
 pub mod trainer;
+pub mod zipfile;
 
 pub use backend::{Backend, BackendError};
 pub use manifest::{AssetFile, DatasetCard, DatasetFormat, Manifest, ManifestError, ModelCard};

@@ -5,6 +5,7 @@
 //! - `serve`: the main job: set-up and assets if missing, build the web app, serve it.
 //! - `test`: every test group, with a summary line.
 //! - `bench`: the training-step benchmark into `docs/benchmarks.md` (`--vs-torch` adds PyTorch).
+//! - `fuzz`: coverage-guided fuzzing of the file readers; writes `docs/fuzzing.md`.
 //! - `fixtures`: regenerate the PyTorch parity fixtures (needs PyPI; never run by tests).
 //! - `results`: train every method on the sample tasks into `docs/results.md`.
 //! - `check-cuda`: type-check the `cuda` feature with NVIDIA's compiler from PyPI.
@@ -13,6 +14,7 @@ mod assets;
 mod bench;
 mod cuda;
 mod fixtures;
+mod fuzz;
 mod results;
 mod serve;
 mod setup;
@@ -51,6 +53,8 @@ enum Command {
     },
     /// Run the test groups (all of them unless some are named).
     Test(test::Groups),
+    /// Fuzz the readers of untrusted files (libFuzzer); writes docs/fuzzing.md.
+    Fuzz(fuzz::Options),
     /// Regenerate the PyTorch parity fixtures in tests/fixtures (sets up a torch venv).
     Fixtures,
     /// Type-check the `cuda` feature with NVIDIA's compiler from PyPI (no GPU needed).
@@ -96,6 +100,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Serve { port, no_build } => serve::main(port, no_build),
         Command::Test(groups) => test::run(groups),
+        Command::Fuzz(opts) => fuzz::main(opts),
         Command::Fixtures => fixtures::run(),
         Command::Results { only } => results::run(only),
         Command::CheckCuda => cuda::run(),

@@ -22,9 +22,7 @@ use tunelab_web::{storage, zipfile};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
-const SPEC: &str = "run/spec.json";
-const STATE: &str = "run/state.json";
-const CHECKPOINT: &str = "run/checkpoint.safetensors";
+use tunelab_web::saved::{self, SPEC};
 const PAST: &str = "runs/history.json";
 /// Runs kept in the history.
 const PAST_MAX: usize = 50;
@@ -228,15 +226,13 @@ pub(crate) async fn handle(
         R::Import { model } => import(model, files).await,
         R::Discard => {
             ensure_idle()?;
-            storage::remove("run").await.map_err(s)?;
+            storage::remove(saved::DIR).await.map_err(s)?;
             post(&Event::Discarded, None);
             Ok(())
         }
         R::DeleteAll => {
             ensure_idle()?;
-            for p in storage::list("").await.map_err(s)? {
-                storage::remove(&p).await.map_err(s)?;
-            }
+            storage::remove_all().await.map_err(s)?;
             *state().live.borrow_mut() = None;
             post(&Event::Deleted, None);
             Ok(())
@@ -253,12 +249,7 @@ fn ensure_idle() -> Result<(), String> {
 }
 
 async fn saved_run() -> Option<SavedRun> {
-    let spec = storage::read_text(SPEC).await.ok()??;
-    let state = storage::read_text(STATE).await.ok()??;
-    let spec: RunSpec = serde_json::from_str(&spec).ok()?;
-    let mut saved: SavedRun = serde_json::from_str(&state).ok()?;
-    saved.spec = spec;
-    Some(saved)
+    saved::load(&storage::Opfs).await
 }
 
 async fn past_runs() -> Vec<PastRun> {
@@ -403,7 +394,7 @@ async fn start_inner(spec: RunSpec, checkpoint: Option<(Vec<u8>, History)>) -> R
     status("Tokenising the data and building the model…");
     if checkpoint.is_none() {
         // A new run replaces the saved one.
-        storage::remove("run").await.map_err(s)?;
+        storage::remove(saved::DIR).await.map_err(s)?;
         storage::write(SPEC, serde_json::to_string(&spec).map_err(s)?.as_bytes())
             .await
             .map_err(s)?;
@@ -426,9 +417,8 @@ async fn resume_saved() -> Result<(), String> {
     let saved = saved_run()
         .await
         .ok_or("there is no interrupted run in browser storage")?;
-    let bytes = storage::read(CHECKPOINT)
-        .await
-        .map_err(s)?
+    let bytes = saved::checkpoint(&storage::Opfs, &saved)
+        .await?
         .ok_or("the interrupted run has no checkpoint yet; start it again")?;
     start(saved.spec, Some((bytes, saved.history))).await
 }
@@ -440,10 +430,11 @@ async fn save<B: Backend>(
     finished: bool,
 ) -> Result<(), String> {
     let t = &sess.trainer;
-    if !finished {
-        let bytes = t.checkpoint().await.map_err(s)?;
-        storage::write(CHECKPOINT, &bytes).await.map_err(s)?;
-    }
+    let bytes = if finished {
+        None
+    } else {
+        Some(t.checkpoint().await.map_err(s)?)
+    };
     let run = SavedRun {
         spec: RunSpec {
             // The spec (with the data) is stored once, in spec.json.
@@ -466,10 +457,9 @@ async fn save<B: Backend>(
         total: t.total_steps(),
         finished,
         history: history.clone(),
+        checkpoint: None,
     };
-    storage::write(STATE, serde_json::to_string(&run).map_err(s)?.as_bytes())
-        .await
-        .map_err(s)
+    saved::save(&storage::Opfs, run, bytes.as_deref()).await
 }
 
 #[allow(clippy::too_many_arguments)]

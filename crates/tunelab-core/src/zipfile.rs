@@ -20,11 +20,25 @@ pub fn pack(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
     Ok(w.finish().map_err(|e| format!("zip: {e}"))?.into_inner())
 }
 
+/// The most an archive may unpack to: more than any export of a model that trains in a
+/// browser, and far less than a "zip bomb" (a few kilobytes that inflate to gigabytes).
+pub const MAX_UNPACKED: u64 = 4 << 30;
+
 /// The files of a zip by their base name (folders inside the zip are flattened).
 pub fn unpack(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    unpack_at_most(file, bytes, MAX_UNPACKED)
+}
+
+/// [`unpack`] with a bound on the unpacked size (whatever sizes the archive declares).
+pub fn unpack_at_most(
+    file: &str,
+    bytes: &[u8],
+    limit: u64,
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let mut z = zip::ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| format!("{file}: not a zip archive ({e})"))?;
     let mut out = BTreeMap::new();
+    let mut left = limit;
     for i in 0..z.len() {
         let mut f = z.by_index(i).map_err(|e| format!("{file}: {e}"))?;
         if f.is_dir() {
@@ -33,8 +47,16 @@ pub fn unpack(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, Str
         let full = f.name().map_err(|e| format!("{file}: {e}"))?.to_string();
         let name = full.rsplit('/').next().unwrap_or_default().to_string();
         let mut data = Vec::new();
-        f.read_to_end(&mut data)
+        (&mut f)
+            .take(left.saturating_add(1))
+            .read_to_end(&mut data)
             .map_err(|e| format!("{file}: {name}: {e}"))?;
+        left = left.checked_sub(data.len() as u64).ok_or_else(|| {
+            format!(
+                "{file}: unpacks to more than {} MiB (at `{name}`); an export is smaller",
+                limit >> 20
+            )
+        })?;
         out.insert(name, data);
     }
     Ok(out)
@@ -71,6 +93,28 @@ mod tests {
             super::unpack("bad.zip", b"not a zip")
                 .unwrap_err()
                 .contains("bad.zip")
+        );
+    }
+
+    #[test]
+    fn an_archive_that_unpacks_past_the_bound_is_refused() {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .last_modified_time(zip::DateTime::default());
+        w.start_file("zeros.bin", opts).unwrap();
+        std::io::Write::write_all(&mut w, &vec![0u8; 3 << 20]).unwrap();
+        let z = w.finish().unwrap().into_inner();
+        assert!(z.len() < 64 << 10, "zeros deflate to {} bytes", z.len());
+        let err = super::unpack_at_most("bomb.zip", &z, 2 << 20).unwrap_err();
+        assert!(
+            err.contains("bomb.zip") && err.contains("more than 2 MiB"),
+            "{err}"
+        );
+        // At the bound itself it unpacks.
+        assert_eq!(
+            super::unpack_at_most("bomb.zip", &z, 3 << 20).unwrap()["zeros.bin"].len(),
+            3 << 20
         );
     }
 }
