@@ -131,6 +131,8 @@ struct App {
     upload: RwSignal<Option<(String, String)>>,
     backend: RwSignal<Option<BackendInfo>>,
     saved: RwSignal<Option<SavedRun>>,
+    /// The WebGPU device was lost: the resume banner offers WebGPU again or the CPU.
+    lost: RwSignal<bool>,
     status: RwSignal<String>,
     error: RwSignal<Option<String>>,
     run: RwSignal<RunView>,
@@ -298,6 +300,7 @@ impl App {
             upload: RwSignal::new(None),
             backend: RwSignal::new(None),
             saved: RwSignal::new(None),
+            lost: RwSignal::new(false),
             status: RwSignal::new("Starting the training worker…".into()),
             error: RwSignal::new(None),
             run: RwSignal::new(RunView::default()),
@@ -355,6 +358,8 @@ impl App {
                 resumed,
             } => {
                 self.saved.set(None);
+                self.lost.set(false);
+                self.error.set(None);
                 self.run.update(|r| {
                     r.phase = Phase::Training;
                     r.total = total_steps;
@@ -460,6 +465,12 @@ impl App {
                     "Deleted every model, dataset, checkpoint and run this app kept in your browser."
                         .into(),
                 ));
+            }
+            Event::DeviceLost { message, saved } => {
+                self.run.update(|r| r.phase = Phase::Failed);
+                self.error.set(Some(message));
+                self.lost.set(true);
+                self.saved.set(saved.map(|s| *s));
             }
             Event::Error { message } => {
                 self.run.update(|r| {
@@ -701,20 +712,30 @@ fn StatusBar(app: App) -> impl IntoView {
 #[component]
 fn ResumeBanner(app: App) -> impl IntoView {
     view! {
-        {move || app.saved.get().map(|s| view! {
+        {move || app.saved.get().map(|s| {
+            let kind = s.spec.kind;
+            view! {
             <section class="panel banner" data-testid="resume-banner">
-                <h2>"An interrupted run"</h2>
+                <h2>{move || if app.lost.get() { "The GPU went away" } else { "An interrupted run" }}</h2>
                 <p>{format!(
                     "{} on {} with {} was interrupted; its last checkpoint, at step {} of {}, is in this browser.",
                     s.spec.model.name(), s.spec.dataset, s.spec.config.method.name(), s.step, s.total
                 )}</p>
                 <button data-testid="resume" on:click=move |_| {
-                    app.run.set(RunView { phase: Phase::Loading, kind: Some(s.spec.kind), ..RunView::default() });
-                    bridge::send(&Request::ResumeSaved);
-                }>"Resume from the checkpoint"</button>
+                    app.run.set(RunView { phase: Phase::Loading, kind: Some(kind), ..RunView::default() });
+                    bridge::send(&Request::ResumeSaved { on_cpu: None });
+                }>{move || if app.lost.get() { "Resume on WebGPU (a new device)" } else { "Resume from the checkpoint" }}</button>
                 " "
+                {move || app.lost.get().then(|| view! {
+                    <button data-testid="resume-cpu" on:click=move |_| {
+                        app.run.set(RunView { phase: Phase::Loading, kind: Some(kind), ..RunView::default() });
+                        bridge::send(&Request::ResumeSaved { on_cpu: Some(true) });
+                    }>"Resume on the CPU"</button>
+                    " "
+                })}
                 <button class="secondary" on:click=move |_| bridge::send(&Request::Discard)>"Discard it"</button>
             </section>
+            }
         })}
     }
 }

@@ -190,3 +190,16 @@ pub fn send_with(req: &Request, files: Vec<(String, Vec<u8>)>) {
 pub fn send(req: &Request) {
     send_with(req, Vec::new());
 }
+
+/// `window.tunelabTest.loseDevice()`: destroys the worker's WebGPU device as a browser does
+/// when it reclaims one, so that end-to-end tests can see what a run does then.
+pub fn install_test_hooks() {
+    let Some(window) = web_sys::window() else {
+        return;
+    };
+    let hooks = Object::new();
+    let lose = wasm_bindgen::closure::Closure::<dyn Fn()>::new(|| send(&Request::LoseDevice));
+    let _ = js_sys::Reflect::set(&hooks, &"loseDevice".into(), lose.as_ref());
+    lose.forget();
+    let _ = js_sys::Reflect::set(&window, &"tunelabTest".into(), &hooks);
+}

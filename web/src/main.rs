@@ -8,5 +8,6 @@ mod form;
 
 fn main() {
     console_error_panic_hook::set_once();
+    bridge::install_test_hooks();
     leptos::mount::mount_to_body(app::App);
 }

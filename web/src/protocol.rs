@@ -156,8 +156,15 @@ pub enum Request {
     Start {
         spec: Box<RunSpec>,
     },
-    /// Continue the run saved in browser storage from its last checkpoint.
-    ResumeSaved,
+    /// Continue the run saved in browser storage from its last checkpoint; `on_cpu` picks
+    /// the backend (`None`: the run's own choice).
+    ResumeSaved {
+        #[serde(default)]
+        on_cpu: Option<bool>,
+    },
+    /// Destroys the WebGPU device now, as a browser does when it reclaims one: for tests of
+    /// what a run does then (the page offers it as `window.tunelabTest.loseDevice()`).
+    LoseDevice,
     Pause,
     Continue,
     Stop,
@@ -259,6 +266,12 @@ pub enum Event {
     },
     Discarded,
     Deleted,
+    /// The WebGPU device was lost while the worker used it: the run stopped and `saved` (its
+    /// last checkpoint in browser storage) can be resumed on a new device or on the CPU.
+    DeviceLost {
+        message: String,
+        saved: Option<Box<SavedRun>>,
+    },
     Error {
         message: String,
     },

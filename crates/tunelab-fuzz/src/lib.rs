@@ -20,8 +20,11 @@ use tunelab_core::safetensors_io::{self, HostTensor};
 use tunelab_core::trainer::{TrainConfig, checkpoint};
 use tunelab_core::zipfile;
 
+/// A fuzz target: arbitrary bytes in, a panic when a contract is broken.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name `cargo xtask fuzz --target` and `regressions/` use.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("safetensors", safetensors),
     ("checkpoint", checkpoint),
     ("data", data),
@@ -31,7 +34,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// An error message must say which file it is about.
-fn names(file: &str, message: &str) {
+pub fn assert_names(file: &str, message: &str) {
     assert!(
         message.contains(file),
         "an error does not name its file `{file}`: {message}"
@@ -55,13 +58,13 @@ pub fn safetensors(bytes: &[u8]) {
     const FILE: &str = "fuzz/model.safetensors";
     match safetensors_io::read(FILE, bytes) {
         Ok((tensors, _buffers)) => tensors_agree(FILE, &tensors),
-        Err(e) => names(FILE, &e.to_string()),
+        Err(e) => assert_names(FILE, &e.to_string()),
     }
     if let Err(e) = safetensors_io::read_metadata(FILE, bytes) {
-        names(FILE, &e.to_string());
+        assert_names(FILE, &e.to_string());
     }
     if let Err(e) = safetensors_io::read_ints(FILE, bytes) {
-        names(FILE, &e.to_string());
+        assert_names(FILE, &e.to_string());
     }
 }
 
@@ -70,7 +73,7 @@ pub fn checkpoint(bytes: &[u8]) {
     const FILE: &str = "fuzz/checkpoint.safetensors";
     match checkpoint::read(FILE, bytes) {
         Ok((_meta, tensors)) => tensors_agree(FILE, &tensors),
-        Err(e) => names(FILE, &e.to_string()),
+        Err(e) => assert_names(FILE, &e.to_string()),
     }
 }
 
@@ -88,11 +91,11 @@ pub fn data(bytes: &[u8]) {
     };
     let text = match data::decode_text(FILE, body) {
         Ok(t) => t,
-        Err(e) => return names(FILE, &e.to_string()),
+        Err(e) => return assert_names(FILE, &e.to_string()),
     };
     let parsed = match data::parse(FILE, &text, format, &opts) {
         Ok(p) => p,
-        Err(e) => return names(FILE, &e.to_string()),
+        Err(e) => return assert_names(FILE, &e.to_string()),
     };
     let lines = text.lines().count().max(1);
     for ex in &parsed.examples {
@@ -112,10 +115,10 @@ pub fn data(bytes: &[u8]) {
         }
     }
     for e in &parsed.skipped {
-        names(FILE, &e.to_string());
+        assert_names(FILE, &e.to_string());
     }
     for w in &parsed.warnings {
-        names(FILE, w);
+        assert_names(FILE, w);
     }
 }
 
@@ -136,7 +139,7 @@ pub fn config(bytes: &[u8]) {
                 // The parameter list of any accepted config can be listed.
                 let _ = cfg.param_specs();
             }
-            Err(e) => names(FILE, &e.to_string()),
+            Err(e) => assert_names(FILE, &e.to_string()),
         }
         return;
     }
@@ -147,7 +150,7 @@ pub fn config(bytes: &[u8]) {
     };
     let cfg = match TrainConfig::parse(file, text) {
         Ok(c) => c,
-        Err(e) => return names(file, &e.to_string()),
+        Err(e) => return assert_names(file, &e.to_string()),
     };
     if cfg.validate().is_err() {
         return;
@@ -245,6 +248,6 @@ pub fn zip(bytes: &[u8]) {
     const FILE: &str = "fuzz/export.zip";
     match zipfile::unpack(FILE, bytes) {
         Ok(files) => check_import(&files),
-        Err(e) => names(FILE, &e),
+        Err(e) => assert_names(FILE, &e),
     }
 }

@@ -73,6 +73,8 @@ pub struct Context {
     /// The first error the device reported outside an error scope (instead of wgpu's default
     /// of panicking); taken by the next readback.
     uncaptured: Arc<Mutex<Option<String>>>,
+    /// Why the device was lost, once it was (`GPUDevice.lost` in a browser).
+    lost: Arc<Mutex<Option<String>>>,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
     /// GPU time per kernel while profiling ([`Context::start_profiling`]).
     profiler: Mutex<Option<Profiler>>,
@@ -196,11 +198,29 @@ impl Context {
                 slot.get_or_insert_with(|| e.to_string());
             }
         }));
+        let lost = Arc::new(Mutex::new(None));
+        let sink = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = sink.lock() {
+                let why = match reason {
+                    wgpu::DeviceLostReason::Destroyed => "destroyed",
+                    wgpu::DeviceLostReason::Unknown => "lost",
+                };
+                slot.get_or_insert_with(|| {
+                    if message.is_empty() {
+                        why.to_string()
+                    } else {
+                        format!("{why}: {message}")
+                    }
+                });
+            }
+        });
         Ok(Self {
             device,
             queue,
             report,
             uncaptured,
+            lost,
             pipelines: Mutex::new(HashMap::new()),
             profiler: Mutex::new(None),
             uniform_pages: Mutex::new(Vec::new()),
@@ -462,6 +482,25 @@ impl Context {
         lock(&self.uniform_pages).len()
     }
 
+    /// Why the device was lost, if it was: every later operation fails with
+    /// [`WgpuError::DeviceLost`].
+    pub fn lost(&self) -> Option<String> {
+        lock(&self.lost).clone()
+    }
+
+    /// Destroys the device, as a browser does when it reclaims one: for tests of what
+    /// training does when the GPU goes away.
+    pub fn destroy_device(&self) {
+        self.device.destroy();
+    }
+
+    fn check_lost(&self) -> Result<(), WgpuError> {
+        match self.lost() {
+            Some(why) => Err(WgpuError::DeviceLost(why)),
+            None => Ok(()),
+        }
+    }
+
     /// The first device error reported since the last call, if any.
     pub(crate) fn take_error(&self) -> Option<String> {
         self.uncaptured.lock().ok().and_then(|mut e| e.take())
@@ -502,6 +541,7 @@ impl Context {
         src: &wgpu::Buffer,
         len: usize,
     ) -> Result<Vec<T>, WgpuError> {
+        self.check_lost()?;
         let size = (len * std::mem::size_of::<T>()) as u64;
         if size == 0 {
             return Ok(Vec::new());
@@ -527,10 +567,14 @@ impl Context {
                 let _ = tx.send(result);
             });
         #[cfg(not(target_arch = "wasm32"))]
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| WgpuError::Readback(e.to_string()))?;
-        rx.await
+        if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
+            self.check_lost()?;
+            return Err(WgpuError::Readback(e.to_string()));
+        }
+        let mapped = rx.await;
+        // A lost device fails the mapping: say so, rather than what the mapping says.
+        self.check_lost()?;
+        mapped
             .map_err(|_| WgpuError::Readback("the device was lost before mapping".into()))?
             .map_err(|e| WgpuError::Readback(e.to_string()))?;
         let out = {
@@ -548,9 +592,12 @@ impl Context {
     /// Runs `work` inside a validation error scope and turns a captured error into
     /// [`WgpuError::Device`].
     pub(crate) async fn checked<T>(&self, work: impl FnOnce() -> T) -> Result<T, WgpuError> {
+        self.check_lost()?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let out = work();
-        match scope.pop().await {
+        let popped = scope.pop().await;
+        self.check_lost()?;
+        match popped {
             None => Ok(out),
             Some(e) => Err(WgpuError::Device(e.to_string())),
         }
@@ -608,6 +655,28 @@ pub(crate) mod tests {
                 r.limits.max_storage_buffer_binding_size
             )
         );
+    }
+
+    /// A destroyed device (as a browser reclaims one) makes readbacks and checked work fail
+    /// with `DeviceLost` instead of hanging or returning garbage.
+    #[test]
+    fn a_lost_device_fails_every_later_operation_by_name() {
+        let Some(ctx) = context() else { return };
+        let a = crate::ops::upload(&ctx, "a", &[1.0, 2.0, 3.0]);
+        assert_eq!(
+            pollster::block_on(ctx.read_f32(&a, 3)).unwrap(),
+            vec![1.0, 2.0, 3.0]
+        );
+        assert_eq!(ctx.lost(), None);
+        ctx.destroy_device();
+        let err = pollster::block_on(ctx.read_f32(&a, 3)).unwrap_err();
+        assert!(
+            matches!(err, crate::WgpuError::DeviceLost(_)),
+            "after destroy: {err}"
+        );
+        assert!(err.to_string().contains("destroyed"), "{err}");
+        let err = pollster::block_on(ctx.checked(|| ())).unwrap_err();
+        assert!(matches!(err, crate::WgpuError::DeviceLost(_)), "{err}");
     }
 }
 

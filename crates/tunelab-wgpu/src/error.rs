@@ -30,4 +30,8 @@ pub enum WgpuError {
     /// The driver reported an error while validating or running work.
     #[error("GPU error: {0}")]
     Device(String),
+    /// The device is gone (the driver reset it, the browser reclaimed it, or it was
+    /// destroyed): nothing on it can be read or run again; a new context is needed.
+    #[error("the GPU device was lost ({0})")]
+    DeviceLost(String),
 }

@@ -67,7 +67,7 @@ pub fn main(opts: Options) -> anyhow::Result<()> {
         ),
         None => names.clone(),
     };
-    if !(opts.minutes > 0.0) {
+    if opts.minutes.is_nan() || opts.minutes <= 0.0 {
         bail!("--minutes must be more than 0");
     }
     crate::assets::ensure(false)?;
@@ -181,8 +181,7 @@ fn outcome(name: &str, log: &str, seconds: f64) -> Outcome {
     };
     let last = log
         .lines()
-        .filter(|l| l.starts_with('#') && l.contains("cov:"))
-        .next_back()
+        .rfind(|l| l.starts_with('#') && l.contains("cov:"))
         .unwrap_or("");
     Outcome {
         name: name.to_string(),
@@ -195,12 +194,20 @@ fn outcome(name: &str, log: &str, seconds: f64) -> Outcome {
     }
 }
 
-/// Inputs libFuzzer wrote into the target's regressions folder during this run.
+/// Inputs libFuzzer wrote into the target's regressions folder during this run (it names
+/// them `crash-`, `timeout-`, `oom-` or `slow-unit-` and the input's hash).
 fn crashes_since(name: &str, since: Instant) -> anyhow::Result<Vec<String>> {
     let age = since.elapsed();
     let mut out = Vec::new();
     for e in std::fs::read_dir(regressions(name))? {
         let e = e?;
+        let file = e.file_name().to_string_lossy().to_string();
+        if !["crash-", "timeout-", "oom-", "slow-unit-", "leak-"]
+            .iter()
+            .any(|p| file.starts_with(p))
+        {
+            continue;
+        }
         let fresh = e
             .metadata()?
             .modified()?
@@ -208,7 +215,7 @@ fn crashes_since(name: &str, since: Instant) -> anyhow::Result<Vec<String>> {
             .map(|a| a <= age)
             .unwrap_or(true);
         if fresh {
-            out.push(e.file_name().to_string_lossy().to_string());
+            out.push(file);
         }
     }
     out.sort();
@@ -311,7 +318,7 @@ fn make_seeds(work: &Path, seeds: &Path) -> anyhow::Result<()> {
         &csv,
         "text,label\ngood film,pos\nbad film,neg\ngreat,pos\nawful,neg\n",
     )?;
-    run(&mut cmd("cargo", &["build", "-p", "tunelab-cli"]).current_dir(root()))?;
+    run(cmd("cargo", &["build", "-p", "tunelab-cli"]).current_dir(root()))?;
     let bin = target_dir().join("debug/tunelab");
     let config = seeds.join("config");
     put(
@@ -405,14 +412,29 @@ fn report(outcomes: &[Outcome], minutes: f64, jobs: usize, wall: u64) -> anyhow:
          does not read back unchanged), 30 s on one input, or 4 GiB of memory.\n\n",
     );
     md.push_str(&format!(
-        "Run on {date}, {cpu}, {rustc}; {minutes} min per target, {jobs} at a time on 2 cores \
-         ({wall} s in all).\n\n"
+        "Each row is the latest run of its target: this one on {date}, {cpu}, {rustc}; \
+         {minutes} min per target, {jobs} at a time on 2 cores ({wall} s in all).\n\n"
     ));
     md.push_str(
-        "| target | what it reads | seconds | executions | exec/s | coverage (edges) | corpus | peak RSS MiB | crashes |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| target | what it reads | run on | seconds | executions | exec/s | coverage (edges) | corpus | peak RSS MiB | crashes |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for o in outcomes {
+    let path = root().join("docs/fuzzing.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    // Rows of targets not run this time stay as they were.
+    let old_rows: BTreeMap<String, String> = old
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| target"))
+        .filter_map(|l| Some((l.split('|').nth(1)?.trim().to_string(), l.to_string())))
+        .collect();
+    for (name, _) in tunelab_fuzz::TARGETS {
+        let Some(o) = outcomes.iter().find(|o| o.name == *name) else {
+            if let Some(row) = old_rows.get(*name) {
+                md.push_str(row);
+                md.push('\n');
+            }
+            continue;
+        };
         let what = match o.name.as_str() {
             "safetensors" => "model weights (`safetensors_io::read`, metadata, integer buffers)",
             "checkpoint" => "training checkpoints (`checkpoint::read`)",
@@ -423,7 +445,7 @@ fn report(outcomes: &[Outcome], minutes: f64, jobs: usize, wall: u64) -> anyhow:
             _ => "",
         };
         md.push_str(&format!(
-            "| {} | {what} | {:.0} | {} | {:.0} | {} | {} | {} | {} |\n",
+            "| {} | {what} | {date} | {:.0} | {} | {:.0} | {} | {} | {} | {} |\n",
             o.name,
             o.seconds,
             o.executions,
@@ -438,8 +460,6 @@ fn report(outcomes: &[Outcome], minutes: f64, jobs: usize, wall: u64) -> anyhow:
             }
         ));
     }
-    let path = root().join("docs/fuzzing.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
     // Hand-written findings below the generated part are kept.
     let keep = old
         .split_once("\n## Findings")

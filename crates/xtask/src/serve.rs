@@ -5,6 +5,7 @@
 
 use crate::sh::{cmd, root, run};
 use crate::{assets, setup};
+use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -140,6 +141,9 @@ impl Server {
         );
         let http = tiny_http::Server::http(("127.0.0.1", port))
             .map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+        let index = std::fs::read_to_string(dist.join("index.html"))
+            .with_context(|| format!("reading {}", dist.join("index.html").display()))?;
+        let csp: Arc<str> = content_security_policy(&index).into();
         let http = Arc::new(http);
         let server = Arc::clone(&http);
         let port = http.server_addr().to_ip().map_or(0, |a| a.port());
@@ -156,8 +160,9 @@ impl Server {
                     continue;
                 }
                 let (dist, assets, busy) = (dist.clone(), assets.clone(), Arc::clone(&busy));
+                let csp = Arc::clone(&csp);
                 std::thread::spawn(move || {
-                    respond(request, port, &dist, &assets);
+                    respond(request, port, &dist, &assets, &csp);
                     busy.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -223,10 +228,12 @@ const MAX_CONNECTIONS: usize = 64;
 /// A file's response headers: its type (and `nosniff`, so a browser never reads a file as
 /// another type), and cross-origin isolation (COOP + COEP), without which a page cannot share
 /// memory with its workers: the threaded training worker needs it. Everything the app loads
-/// is same-origin, so `require-corp` blocks nothing of its own.
-fn headers(path: &Path) -> [(&'static str, &'static str); 4] {
+/// is same-origin, so `require-corp` blocks nothing of its own. Every response carries the
+/// app's Content-Security-Policy (workers take theirs from their script's response).
+fn headers<'a>(path: &Path, csp: &'a str) -> [(&'static str, &'a str); 5] {
     [
         ("Content-Type", content_type(path)),
+        ("Content-Security-Policy", csp),
         ("X-Content-Type-Options", "nosniff"),
         ("Cross-Origin-Opener-Policy", "same-origin"),
         ("Cross-Origin-Embedder-Policy", "require-corp"),
@@ -247,7 +254,45 @@ pub fn host_allowed(host: Option<&str>, port: u16) -> bool {
     p.parse::<u16>() == Ok(port) && ["127.0.0.1", "localhost", "[::1]"].contains(&name)
 }
 
-fn respond(request: tiny_http::Request, port: u16, dist: &Path, assets: &Path) {
+/// The policy the app works under and nothing more: its own scripts, styles, workers and
+/// fetches (`'self'`), the one inline module script Trunk writes into `index.html` (by its
+/// sha256), compiling WebAssembly (`'wasm-unsafe-eval'`), the thread pool's workers from blob
+/// URLs, downloads from blob URLs, inline `style` attributes (Leptos sets some); no plugins,
+/// no framing, no `<base>`, no form posts.
+pub fn content_security_policy(index_html: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let mut hashes = String::new();
+    let mut rest = index_html;
+    while let Some(open) = rest.find("<script") {
+        let after = &rest[open..];
+        let Some(tag_end) = after.find('>') else {
+            break;
+        };
+        let tag = &after[..tag_end];
+        let body_start = &after[tag_end + 1..];
+        let Some(close) = body_start.find("</script>") else {
+            break;
+        };
+        let body = &body_start[..close];
+        if !tag.contains(" src=") && !body.trim().is_empty() {
+            let digest = sha2::Sha256::digest(body.as_bytes());
+            hashes.push_str(&format!(
+                " 'sha256-{}'",
+                base64::engine::general_purpose::STANDARD.encode(digest)
+            ));
+        }
+        rest = &body_start[close..];
+    }
+    format!(
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'{hashes}; \
+         style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self'; \
+         worker-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'"
+    )
+}
+
+fn respond(request: tiny_http::Request, port: u16, dist: &Path, assets: &Path, csp: &str) {
     let host = request
         .headers()
         .iter()
@@ -269,7 +314,7 @@ fn respond(request: tiny_http::Request, port: u16, dist: &Path, assets: &Path) {
     let result = match file {
         Some((path, f)) => {
             let mut response = tiny_http::Response::from_file(f);
-            for (name, value) in headers(&path) {
+            for (name, value) in headers(&path, csp) {
                 if let Ok(h) = tiny_http::Header::from_bytes(name, value) {
                     response = response.with_header(h);
                 }
@@ -287,8 +332,42 @@ fn respond(request: tiny_http::Request, port: u16, dist: &Path, assets: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use super::{host_allowed, resolve};
+    use super::{content_security_policy, host_allowed, resolve};
     use std::path::Path;
+
+    #[test]
+    fn the_policy_allows_the_inline_script_by_its_hash_only() {
+        let html = "<html><head><script type=\"module\">\nimport init from './a.js';\n</script>\
+                    <script src=\"./b.js\"></script></head></html>";
+        let csp = content_security_policy(html);
+        // sha256 of "\nimport init from './a.js';\n" in base64, by Python's hashlib.
+        assert!(
+            csp.contains(
+                "script-src 'self' 'wasm-unsafe-eval' 'sha256-b8dPs/81WrgdLiiXFdRIvTN+J/lNbYF2vbwDBORDYHw='; "
+            ),
+            "{csp}"
+        );
+        assert_eq!(csp.matches("'sha256-").count(), 1, "{csp}");
+        let scripts = csp
+            .split(';')
+            .find(|d| d.trim().starts_with("script-src"))
+            .unwrap();
+        assert!(
+            !scripts.contains("'unsafe-inline'") && !scripts.contains("'unsafe-eval'"),
+            "{scripts}"
+        );
+        for part in [
+            "default-src 'self'",
+            "object-src 'none'",
+            "frame-ancestors 'none'",
+            "worker-src 'self' blob:",
+        ] {
+            assert!(csp.contains(part), "{part} missing: {csp}");
+        }
+        // Another script gets another hash.
+        let other = content_security_policy(&html.replace("a.js", "c.js"));
+        assert_ne!(csp, other);
+    }
 
     #[test]
     fn only_loopback_names_with_the_port_are_served() {
@@ -328,6 +407,7 @@ mod tests {
             "X-Content-Type-Options: nosniff",
             "Cross-Origin-Opener-Policy: same-origin",
             "Cross-Origin-Embedder-Policy: require-corp",
+            "Content-Security-Policy: default-src 'self'; script-src 'self' 'wasm-unsafe-eval';",
         ] {
             assert!(ok.contains(h), "{h} missing: {ok}");
         }

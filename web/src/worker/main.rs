@@ -141,6 +141,7 @@ fn on_message(ev: MessageEvent) {
             st.control.set(Control::Run);
         }
         Request::Stop => st.control.set(Control::Stop),
+        Request::LoseDevice => run::lose_device(),
         other => wasm_bindgen_futures::spawn_local(async move {
             if let Err(e) = run::handle(other, files).await {
                 post_error(e);

@@ -77,7 +77,12 @@ fn s<E: std::fmt::Display>(e: E) -> String {
 /// overrides), or the page asked for the CPU. The WebGPU device is created once and kept.
 async fn engine(force_cpu: bool, force_gpu: bool) -> (Engine, BackendInfo) {
     let st = state();
-    let cached = st.gpu.borrow().clone();
+    // A device lost since it was made cannot be used again: ask for a new one.
+    let cached = st
+        .gpu
+        .borrow()
+        .clone()
+        .filter(|g| !matches!(g, Ok((w, _)) if w.context().lost().is_some()));
     let gpu = match cached {
         Some(g) => g,
         None => {
@@ -220,7 +225,7 @@ pub(crate) async fn handle(
         } => hello(force_cpu, force_gpu).await,
         R::SaveModel { name } => save_model(&name, files).await,
         R::Start { spec } => start(*spec, None).await,
-        R::ResumeSaved => resume_saved().await,
+        R::ResumeSaved { on_cpu } => resume_saved(on_cpu).await,
         R::Predict { text } => predict(text).await,
         R::Export => export_zip().await,
         R::Import { model } => import(model, files).await,
@@ -237,7 +242,7 @@ pub(crate) async fn handle(
             post(&Event::Deleted, None);
             Ok(())
         }
-        R::Pause | R::Continue | R::Stop => Ok(()),
+        R::Pause | R::Continue | R::Stop | R::LoseDevice => Ok(()),
     }
 }
 
@@ -383,7 +388,30 @@ async fn start(spec: RunSpec, checkpoint: Option<(Vec<u8>, History)>) -> Result<
     st.control.set(Control::Run);
     let result = start_inner(spec, checkpoint).await;
     st.training.set(false);
-    result
+    let lost = match &result {
+        Err(_) => wait_for_loss().await,
+        Ok(()) => None,
+    };
+    match (result, lost) {
+        // Whatever failed, a lost device is the cause: the session on it is dead, and the run
+        // can go on from its last checkpoint on a new device or on the CPU.
+        (Err(_), Some(why)) => {
+            *st.live.borrow_mut() = None;
+            *st.gpu.borrow_mut() = None;
+            let saved = saved_run().await.filter(|r| !r.finished).map(Box::new);
+            post(
+                &Event::DeviceLost {
+                    message: format!(
+                        "The WebGPU device was lost ({why}); training stopped. The last checkpoint is in this browser: resume it on a new WebGPU device or on the CPU."
+                    ),
+                    saved,
+                },
+                None,
+            );
+            Ok(())
+        }
+        (result, _) => result,
+    }
 }
 
 async fn start_inner(spec: RunSpec, checkpoint: Option<(Vec<u8>, History)>) -> Result<(), String> {
@@ -413,10 +441,44 @@ async fn start_inner(spec: RunSpec, checkpoint: Option<(Vec<u8>, History)>) -> R
     }
 }
 
-async fn resume_saved() -> Result<(), String> {
-    let saved = saved_run()
+/// Destroys the worker's WebGPU device (the page's test hook; see `Request::LoseDevice`).
+pub(crate) fn lose_device() {
+    if let Some(Ok((gpu, _))) = state().gpu.borrow().as_ref() {
+        gpu.context().destroy_device();
+    }
+}
+
+/// Why the worker's WebGPU device was lost, if it was.
+fn device_lost() -> Option<String> {
+    match state().gpu.borrow().as_ref() {
+        Some(Ok((gpu, _))) => gpu.context().lost(),
+        _ => None,
+    }
+}
+
+/// After a failure: whether the WebGPU device was lost. The browser says so through a promise
+/// that can settle after the failed operation's own (a readback's mapping fails first), so
+/// this waits for it up to two seconds where there is a device.
+async fn wait_for_loss() -> Option<String> {
+    if !matches!(state().gpu.borrow().as_ref(), Some(Ok(_))) {
+        return None;
+    }
+    for _ in 0..20 {
+        if let Some(why) = device_lost() {
+            return Some(why);
+        }
+        sleep(100).await;
+    }
+    None
+}
+
+async fn resume_saved(on_cpu: Option<bool>) -> Result<(), String> {
+    let mut saved = saved_run()
         .await
         .ok_or("there is no interrupted run in browser storage")?;
+    if let Some(cpu) = on_cpu {
+        saved.spec.force_cpu = cpu;
+    }
     let bytes = saved::checkpoint(&storage::Opfs, &saved)
         .await?
         .ok_or("the interrupted run has no checkpoint yet; start it again")?;
