@@ -356,6 +356,24 @@ test('a lost WebGPU device offers to resume; the run goes on from its checkpoint
   await page.close();
 });
 
+test('what the preflight refuses cannot be started', async () => {
+  // Masked-LM logits of 256 x 512 x 30522 floats (16 GB) exceed any WebGPU buffer limit.
+  const { page, errors } = await open(context, '?data=brown-text&batch=256&len=512&gpu=true');
+  const refused = page.getByTestId('preflight-refused');
+  await refused.waitFor({ timeout: 60_000 });
+  assert.match(await refused.textContent(), /Cannot train here: the masked-LM logits need .* but this GPU allows .* per buffer/);
+  const train = page.getByTestId('train');
+  assert.equal(await train.isDisabled(), true);
+  assert.match(await train.getAttribute('title'), /cannot train here/);
+  // A size that fits enables it again.
+  await page.getByTestId('batch').fill('2');
+  await page.getByTestId('batch').dispatchEvent('change');
+  await page.getByTestId('preflight-ok').or(page.getByTestId('preflight-adjust')).first().waitFor({ timeout: 30_000 });
+  assert.equal(await train.isDisabled(), false);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
 test('a malformed CSV shows its line number; skipping bad rows counts them', async () => {
   const { page } = await open(context);
   const csv = 'text,label\n"a lovely film",positive\n"a dreadful film"\n"fine, really",positive\n"awful",negative\n';
