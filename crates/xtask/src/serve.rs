@@ -417,6 +417,62 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// At most MAX_CONNECTIONS requests are served at once: clients that request a large
+    /// file and never read it hold their server threads; the next request gets 503 at once.
+    #[test]
+    fn requests_beyond_the_bound_get_503() {
+        use std::io::{Read as _, Write as _};
+        let dir = std::env::temp_dir().join(format!("tunelab-serve-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("index.html"), "<p>hi</p>").unwrap();
+        // Far more than loopback's socket buffers: the server blocks writing it.
+        std::fs::write(dir.join("big.bin"), vec![7u8; 32 << 20]).unwrap();
+        let server = super::Server::start_in(0, dir.clone(), dir.clone()).unwrap();
+        let port = server.http.server_addr().to_ip().unwrap().port();
+        let request = |path: &str| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            s
+        };
+        let held: Vec<_> = (0..super::MAX_CONNECTIONS)
+            .map(|_| request("/big.bin"))
+            .collect();
+        // Each held request is being answered: its first bytes arrive (and then it stalls).
+        for s in &held {
+            let mut first = [0u8; 12];
+            let mut s = s.try_clone().unwrap();
+            s.read_exact(&mut first).unwrap();
+            assert_eq!(&first, b"HTTP/1.1 200");
+        }
+        let mut extra = request("/index.html");
+        extra
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut out = String::new();
+        extra.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        drop(held);
+        // Once they are gone, requests are served again.
+        let mut again = String::new();
+        let mut ok = false;
+        for _ in 0..100 {
+            again.clear();
+            request("/index.html").read_to_string(&mut again).unwrap();
+            if again.starts_with("HTTP/1.1 200") {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(ok, "{again}");
+        server.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn urls_map_into_dist_and_assets_only() {
         let (d, a) = (Path::new("/d"), Path::new("/a"));
