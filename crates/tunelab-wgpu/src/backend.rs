@@ -133,6 +133,9 @@ fn u32_of(op: &'static str, n: usize) -> Result<u32> {
 }
 
 impl Wgpu {
+    // In wasm, wgpu's types are neither Send nor Sync (one thread owns the device); the Arc is
+    // for sharing within that thread and across threads natively.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub fn new(ctx: Arc<Context>) -> Self {
         Self {
             ctx,
@@ -159,6 +162,7 @@ impl Wgpu {
         crate::context::lock(&self.state)
     }
 
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     fn alloc(&self, st: &mut State, bytes: u64) -> Result<Arc<Buf>> {
         let class = bytes.max(4).next_power_of_two();
         let max = self.ctx.report().limits.max_buffer_size;

@@ -75,6 +75,8 @@ fn s<E: std::fmt::Display>(e: E) -> String {
 /// The backend: WebGPU, unless the browser has no adapter, the adapter is a software
 /// renderer (SwiftShader, WARP, lavapipe: the wasm CPU backend is much faster; `force_gpu`
 /// overrides), or the page asked for the CPU. The WebGPU device is created once and kept.
+// In wasm wgpu's types are not Send: the worker's one thread owns the device (Wgpu takes an Arc).
+#[allow(clippy::arc_with_non_send_sync)]
 async fn engine(force_cpu: bool, force_gpu: bool) -> (Engine, BackendInfo) {
     let st = state();
     // A device lost since it was made cannot be used again: ask for a new one.
