@@ -1216,14 +1216,15 @@ fn TrainPanel(app: App) -> impl IntoView {
                 .collect(),
         )]
     });
+    let refusal = Memo::new(move |_| preflight(app).and_then(|c| c.refusal()));
     view! {
         <section class="panel wide" data-testid="train-panel">
             <h2>"5. Train"</h2>
             <div class="controls">
                 <button data-testid="train" on:click=move |_| app.start()
-                    title=move || preflight(app).and_then(|c| c.refusal()).unwrap_or_default()
+                    title=move || refusal.get().unwrap_or_default()
                     disabled=move || matches!(app.run.get().phase, Phase::Loading | Phase::Training | Phase::Paused)
-                        || preflight(app).is_some_and(|c| c.refusal().is_some())>"Train"</button>
+                        || refusal.with(Option::is_some)>"Train"</button>
                 {move || match app.run.get().phase {
                     Phase::Training => view! {
                         <button data-testid="pause" on:click=move |_| bridge::send(&Request::Pause)>"Pause"</button>

@@ -380,27 +380,39 @@ mod tests {
         assert!(!host_allowed(None, 8080));
     }
 
-    /// The server answers with the security headers and refuses a foreign `Host` (a live
-    /// server on a free loopback port).
-    #[test]
-    fn a_live_server_sends_its_headers_and_refuses_other_hosts() {
-        use std::io::{Read as _, Write as _};
-        let dir = std::env::temp_dir().join(format!("tunelab-serve-{}", std::process::id()));
+    /// A live server on a free loopback port, serving `dir` (with an `index.html`).
+    fn live(name: &str) -> (super::Server, u16, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tunelab-serve-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("index.html"), "<p>hi</p>").unwrap();
         let server = super::Server::start_in(0, dir.clone(), dir.clone()).unwrap();
         let port = server.http.server_addr().to_ip().unwrap().port();
-        let get = |host: &str| {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            write!(
-                s,
-                "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        };
+        (server, port, dir)
+    }
+
+    /// Sends `GET path` with `host` on a new connection; the response is left to read.
+    fn request(port: u16, host: &str, path: &str) -> std::net::TcpStream {
+        use std::io::Write as _;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        s
+    }
+
+    fn response(mut s: std::net::TcpStream) -> String {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+        out
+    }
+
+    /// The server answers with the security headers and refuses a foreign `Host`.
+    #[test]
+    fn a_live_server_sends_its_headers_and_refuses_other_hosts() {
+        let (server, port, dir) = live("headers");
+        let get = |host: &str| response(request(port, host, "/"));
         let ok = get(&format!("127.0.0.1:{port}"));
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         for h in [
@@ -421,23 +433,12 @@ mod tests {
     /// file and never read it hold their server threads; the next request gets 503 at once.
     #[test]
     fn requests_beyond_the_bound_get_503() {
-        use std::io::{Read as _, Write as _};
-        let dir = std::env::temp_dir().join(format!("tunelab-serve-bound-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("index.html"), "<p>hi</p>").unwrap();
+        use std::io::Read as _;
+        let (server, port, dir) = live("bound");
         // Far more than loopback's socket buffers: the server blocks writing it.
         std::fs::write(dir.join("big.bin"), vec![7u8; 32 << 20]).unwrap();
-        let server = super::Server::start_in(0, dir.clone(), dir.clone()).unwrap();
-        let port = server.http.server_addr().to_ip().unwrap().port();
-        let request = |path: &str| {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            s
-        };
+        let host = format!("127.0.0.1:{port}");
+        let request = |path: &str| request(port, &host, path);
         let held: Vec<_> = (0..super::MAX_CONNECTIONS)
             .map(|_| request("/big.bin"))
             .collect();
@@ -448,20 +449,18 @@ mod tests {
             s.read_exact(&mut first).unwrap();
             assert_eq!(&first, b"HTTP/1.1 200");
         }
-        let mut extra = request("/index.html");
+        let extra = request("/index.html");
         extra
             .set_read_timeout(Some(std::time::Duration::from_secs(30)))
             .unwrap();
-        let mut out = String::new();
-        extra.read_to_string(&mut out).unwrap();
+        let out = response(extra);
         assert!(out.starts_with("HTTP/1.1 503"), "{out}");
         drop(held);
         // Once they are gone, requests are served again.
         let mut again = String::new();
         let mut ok = false;
         for _ in 0..100 {
-            again.clear();
-            request("/index.html").read_to_string(&mut again).unwrap();
+            again = response(request("/index.html"));
             if again.starts_with("HTTP/1.1 200") {
                 ok = true;
                 break;

@@ -39,6 +39,8 @@ pub(crate) struct State {
     pub training: Cell<bool>,
     /// The WebGPU backend and its adapter, or why there is none (tried once).
     pub gpu: RefCell<Option<GpuResult>>,
+    /// The current (or last) run trains on WebGPU: only then can its failure be a lost device.
+    pub on_gpu: Cell<bool>,
     /// The trained (or imported) model while no loop holds it.
     pub live: RefCell<Option<run::Live>>,
 }
@@ -48,6 +50,7 @@ thread_local! {
         control: Cell::new(Control::Run),
         training: Cell::new(false),
         gpu: RefCell::new(None),
+        on_gpu: Cell::new(false),
         live: RefCell::new(None),
     });
 }

@@ -418,6 +418,7 @@ async fn start(spec: RunSpec, checkpoint: Option<(Vec<u8>, History)>) -> Result<
 
 async fn start_inner(spec: RunSpec, checkpoint: Option<(Vec<u8>, History)>) -> Result<(), String> {
     let (engine, info) = engine(spec.force_cpu, spec.force_gpu).await;
+    state().on_gpu.set(matches!(engine, Engine::Gpu(_)));
     status(format!("Loading {}…", spec.model.name()));
     let (files, cached) = model_files(&spec.model).await?;
     let config_json = files.config_json.clone();
@@ -458,11 +459,11 @@ fn device_lost() -> Option<String> {
     }
 }
 
-/// After a failure: whether the WebGPU device was lost. The browser says so through a promise
-/// that can settle after the failed operation's own (a readback's mapping fails first), so
-/// this waits for it up to two seconds where there is a device.
+/// After a failed run on WebGPU: whether the device was lost. The browser says so through a
+/// promise that can settle after the failed operation's own (a readback's mapping fails
+/// first), so this waits for it up to two seconds.
 async fn wait_for_loss() -> Option<String> {
-    if !matches!(state().gpu.borrow().as_ref(), Some(Ok(_))) {
+    if !state().on_gpu.get() {
         return None;
     }
     for _ in 0..20 {
