@@ -8,7 +8,7 @@ import sys
 import time
 
 import torch
-from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
+from peft import IA3Config, LoraConfig, PromptTuningConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification
 
 model_dir, threads = sys.argv[1], int(sys.argv[2])
@@ -28,6 +28,11 @@ def build(method):
         m = get_peft_model(m, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"]))
     elif method == "prompt":
         m = get_peft_model(m, PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=20))
+    elif method == "ia3":
+        m = get_peft_model(m, IA3Config(task_type=TaskType.SEQ_CLS, target_modules=["key", "value", "output.dense"],
+                                        feedforward_modules=["output.dense"]))
+    elif method != "full":
+        sys.exit(f"unknown method {method}")
     return m.train()
 
 

@@ -3,7 +3,7 @@
 
 use crate::bridge;
 use crate::chart::LineChart;
-use crate::form::{self, Form, METHOD_HELP, mib};
+use crate::form::{self, Form, mib};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use tunelab_core::data::{self, Example, Format, Labels, ParseOptions};
@@ -938,7 +938,7 @@ fn num_input(
     label: &'static str,
     testid: &'static str,
     key: &'static str,
-    get: fn(&Form) -> String,
+    get: impl Fn(&Form) -> String + Copy + Send + Sync + 'static,
 ) -> impl IntoView {
     let error = RwSignal::new(None::<String>);
     view! {
@@ -1004,7 +1004,7 @@ fn MethodPanel(app: App) -> impl IntoView {
             })}
             </p>
             <div class="methods">
-                {METHOD_HELP.iter().map(|&(id, name, help)| view! {
+                {tunelab_core::peft::REGISTRY.iter().map(|i| (i.name, i.title, i.help)).map(|(id, name, help)| view! {
                     <label class="method">
                         <input type="radio" name="method" value=id data-testid=format!("method-{id}")
                             prop:checked=move || app.form.get().method == id
@@ -1014,21 +1014,13 @@ fn MethodPanel(app: App) -> impl IntoView {
                     </label>
                 }).collect_view()}
             </div>
-            {move || match app.form.get().method.as_str() {
-                "lora" => view! {
+            {move || {
+                let options = app.form.with(|f| f.method().options());
+                (!options.is_empty()).then(|| view! {
                     <div class="options">
-                        {num_input(app, "rank r", "lora-r", "r", |f| f.r.to_string())}
-                        {num_input(app, "alpha", "lora-alpha", "alpha", |f| f.alpha.to_string())}
-                        {num_input(app, "dropout", "lora-dropout", "dropout", |f| f.dropout.to_string())}
-                        {num_input(app, "target modules", "lora-targets", "targets", |f| f.targets.clone())}
+                        {options.iter().map(|o| num_input(app, o.label, o.flag, o.url, move |f: &Form| f.option(o))).collect_view()}
                     </div>
-                }.into_any(),
-                "prompt" => view! {
-                    <div class="options">
-                        {num_input(app, "virtual tokens", "prompt-tokens", "vt", |f| f.virtual_tokens.to_string())}
-                    </div>
-                }.into_any(),
-                _ => ().into_any(),
+                })
             }}
             <div class="options">
                 {num_input(app, "steps", "steps", "steps", |f| f.steps.to_string())}
@@ -1080,11 +1072,7 @@ fn preflight(app: App) -> Option<Check> {
     let d = app.dataset.get()?;
     let f = app.form.get();
     let (t, all) = form::counts(&cfg, d.kind, d.counts.len(), &f.method()).ok()?;
-    let prompt = if f.method == "prompt" {
-        f.virtual_tokens
-    } else {
-        0
-    };
+    let prompt = f.method().virtual_tokens();
     let seq = f.max_len + prompt;
     let est = form::memory_estimate(&cfg, t, all, f.batch, seq);
     let backend = app.backend.get();

@@ -5,9 +5,7 @@ use tunelab_core::data::ParseOptions;
 use tunelab_core::models::bert::BertConfig;
 use tunelab_core::models::heads::Task;
 use tunelab_core::models::task_model::count_params;
-use tunelab_core::peft::Method;
-use tunelab_core::peft::lora::LoraConfig;
-use tunelab_core::peft::prompt::PromptConfig;
+use tunelab_core::peft::{Method, Opt, REGISTRY};
 use tunelab_core::trainer::{TaskKind, TrainConfig};
 
 /// Everything the form sets.
@@ -15,12 +13,11 @@ use tunelab_core::trainer::{TaskKind, TrainConfig};
 pub struct Form {
     /// A sample dataset id (`sentiment`, …) or `upload`.
     pub data: String,
+    /// The chosen method's registry name.
     pub method: String,
-    pub r: usize,
-    pub alpha: f32,
-    pub dropout: f32,
-    pub targets: String,
-    pub virtual_tokens: usize,
+    /// Every registered method with the options set for it (switching methods keeps each
+    /// one's options).
+    pub methods: Vec<Method>,
     pub steps: u64,
     pub batch: usize,
     pub max_len: usize,
@@ -41,11 +38,10 @@ impl Default for Form {
         Self {
             data: "sentiment".into(),
             method: "lora".into(),
-            r: 8,
-            alpha: 16.0,
-            dropout: 0.0,
-            targets: "query,value".into(),
-            virtual_tokens: 20,
+            methods: REGISTRY
+                .iter()
+                .filter_map(|i| Method::named(i.name))
+                .collect(),
             steps: 60,
             batch: 8,
             max_len: 64,
@@ -111,52 +107,29 @@ pub fn presets() -> Vec<(&'static str, &'static str, Form)> {
     ]
 }
 
-/// Plain-language explanations of the methods.
-pub const METHOD_HELP: &[(&str, &str, &str)] = &[
-    (
-        "lora",
-        "LoRA",
-        "Adds two thin matrices next to chosen weight matrices and trains only those: a few hundred thousand numbers instead of millions. Small to save and share.",
-    ),
-    (
-        "bitfit",
-        "BitFit",
-        "Trains only the bias terms — the small offsets added after each layer — plus the new output layer. The tiniest change that still helps.",
-    ),
-    (
-        "prompt",
-        "Prompt tuning",
-        "Keeps the whole model frozen and learns a few 'virtual words' put in front of every input. Nothing inside the model changes.",
-    ),
-    (
-        "full",
-        "Full fine-tuning",
-        "Trains every weight. Usually the most accurate and the most expensive: the baseline the others are measured against.",
-    ),
-];
-
 impl Form {
     /// The PEFT method the form describes.
     pub fn method(&self) -> Method {
-        match self.method.as_str() {
-            "full" => Method::Full,
-            "bitfit" => Method::Bitfit,
-            "prompt" => Method::Prompt(PromptConfig {
-                num_virtual_tokens: self.virtual_tokens,
-                init_token_ids: vec![],
-            }),
-            _ => Method::Lora(LoraConfig {
-                r: self.r,
-                alpha: self.alpha,
-                dropout: self.dropout,
-                target_modules: self
-                    .targets
-                    .split(',')
-                    .map(|t| t.trim().to_string())
-                    .filter(|t| !t.is_empty())
-                    .collect(),
-            }),
-        }
+        self.methods
+            .iter()
+            .find(|m| m.name() == self.method)
+            .or_else(|| self.methods.first())
+            .cloned()
+            .unwrap_or_else(|| Method::Lora(Default::default()))
+    }
+
+    /// The text of a method's option (what its field shows).
+    pub fn option(&self, opt: &Opt) -> String {
+        self.methods
+            .iter()
+            .find_map(|m| {
+                m.options()
+                    .iter()
+                    .any(|o| o == opt)
+                    .then(|| m.get(opt))
+                    .flatten()
+            })
+            .unwrap_or_default()
     }
 
     /// The learning rate, if one was typed; an error names the field.
@@ -212,15 +185,9 @@ impl Form {
         };
         put("data", self.data.clone(), d.data.clone());
         put("method", self.method.clone(), d.method.clone());
-        put("r", self.r.to_string(), d.r.to_string());
-        put("alpha", self.alpha.to_string(), d.alpha.to_string());
-        put("dropout", self.dropout.to_string(), d.dropout.to_string());
-        put("targets", self.targets.clone(), d.targets.clone());
-        put(
-            "vt",
-            self.virtual_tokens.to_string(),
-            d.virtual_tokens.to_string(),
-        );
+        for opt in REGISTRY.iter().flat_map(|i| i.options) {
+            put(opt.url, self.option(opt), d.option(opt));
+        }
         put("steps", self.steps.to_string(), d.steps.to_string());
         put("batch", self.batch.to_string(), d.batch.to_string());
         put("len", self.max_len.to_string(), d.max_len.to_string());
@@ -281,12 +248,6 @@ impl Form {
             }
         }
         const ANY: u64 = u64::MAX;
-        fn real(label: &str, v: &str, ok: fn(f32) -> bool, expected: &str) -> Result<f32, String> {
-            match v.trim().parse::<f32>() {
-                Ok(x) if x.is_finite() && ok(x) => Ok(x),
-                _ => Err(format!("{label} `{v}`: expected {expected}")),
-            }
-        }
         fn flag(label: &str, v: &str) -> Result<bool, String> {
             match v {
                 "true" => Ok(true),
@@ -294,28 +255,26 @@ impl Form {
                 _ => Err(format!("{label} `{v}`: expected true or false")),
             }
         }
+        // A method's option, by its form key: the registry says what it takes.
+        if let Some((info, opt)) = REGISTRY
+            .iter()
+            .find_map(|i| i.options.iter().find(|o| o.url == key).map(|o| (i, o)))
+        {
+            let m = self
+                .methods
+                .iter_mut()
+                .find(|m| m.name() == info.name)
+                .ok_or_else(|| format!("`{key}`: the form has no {} options", info.title))?;
+            return m.set(opt, v);
+        }
         match key {
             "data" => self.data = v.to_string(),
             "method" => {
-                if !["lora", "bitfit", "prompt", "full"].contains(&v) {
-                    return Err(format!(
-                        "method `{v}`: expected lora, bitfit, prompt or full"
-                    ));
+                if Method::named(v).is_none() {
+                    return Err(format!("method `{v}`: expected one of {}", Method::names()));
                 }
                 self.method = v.to_string();
             }
-            "r" => self.r = whole("rank r", v, 1, MAX_RANK)?,
-            "alpha" => self.alpha = real("alpha", v, |x| x > 0.0, "a positive number such as 16")?,
-            "dropout" => {
-                self.dropout = real(
-                    "dropout",
-                    v,
-                    |x| (0.0..1.0).contains(&x),
-                    "a number from 0 up to (not including) 1, such as 0.1",
-                )?
-            }
-            "targets" => self.targets = v.to_string(),
-            "vt" => self.virtual_tokens = whole("virtual tokens", v, 1, MAX_VIRTUAL_TOKENS)?,
             "steps" => self.steps = whole("steps", v, 1, ANY)?,
             "batch" => self.batch = whole("batch", v, 1, MAX_BATCH)?,
             "len" => self.max_len = whole("max tokens", v, 4, MAX_LEN)?,
@@ -370,10 +329,6 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The largest LoRA rank the form takes (a rank beyond a layer's width adds nothing).
-pub const MAX_RANK: u64 = 1024;
-/// The most virtual tokens the form takes (BERT-family position tables hold 512).
-pub const MAX_VIRTUAL_TOKENS: u64 = 512;
 /// The largest batch the form takes.
 pub const MAX_BATCH: u64 = 256;
 /// The longest input the form takes, in tokens.
@@ -450,27 +405,41 @@ mod tests {
 
     #[test]
     fn the_query_string_round_trips_the_form() {
-        let f = Form {
+        let mut f = Form {
             data: "ner".into(),
             method: "prompt".into(),
-            virtual_tokens: 7,
             steps: 3,
             lr: "0.01".into(),
-            targets: "query, key".into(),
             cpu: true,
             ..Form::default()
         };
+        f.set("vt", "7").unwrap();
+        f.set("targets", "query, key").unwrap();
+        f.set("ia3targets", "key,output.dense").unwrap();
+        // Feed-forward modules must stay targets; nothing changes on a refusal.
+        let e = f.set("ia3targets", "key").unwrap_err();
+        assert!(e.contains("`output.dense` is not a target"), "{e}");
+        f.set("ia3ff", "").unwrap_err();
         let q = f.to_query();
         assert!(
-            q.contains("method=prompt") && q.contains("targets=query%2C%20key"),
+            q.contains("method=prompt")
+                && q.contains("targets=query%2Ckey")
+                && q.contains("vt=7")
+                && q.contains("ia3targets=key%2Coutput.dense"),
             "{q}"
         );
         assert_eq!(Form::from_query(&q), f);
         assert_eq!(Form::from_query(""), Form::default());
         // Unreadable values keep the defaults; bad escapes and non-ASCII never panic.
         assert_eq!(Form::from_query("?steps=lots&method=magic").steps, 60);
-        assert_eq!(Form::from_query("?steps=0&dropout=1").dropout, 0.0);
-        assert_eq!(Form::from_query("targets=%zz%C3%A9%").targets, "%zz\u{e9}%");
+        let lora = |f: &Form| f.methods.iter().find(|m| m.name() == "lora").cloned();
+        assert_eq!(
+            lora(&Form::from_query("?steps=0&dropout=1")),
+            lora(&Form::default())
+        );
+        let odd = Form::from_query("targets=%zz%C3%A9%");
+        let (_, t) = tunelab_core::peft::Method::option("lora-targets").unwrap();
+        assert_eq!(odd.option(t), "%zz\u{e9}%");
     }
 
     #[test]
@@ -523,7 +492,13 @@ mod tests {
         f.set("dropout", "0.25").unwrap();
         f.set("lr", "").unwrap();
         f.set("lr", "3e-4").unwrap();
-        assert_eq!((f.steps, f.dropout, f.lr.as_str()), (12, 0.25, "3e-4"));
+        let (_, dropout) = tunelab_core::peft::Method::option("dropout").unwrap();
+        assert_eq!(
+            (f.steps, f.option(dropout), f.lr.as_str()),
+            (12, "0.25".into(), "3e-4")
+        );
+        f.set("method", "ia3").unwrap();
+        assert_eq!(f.method().name(), "ia3");
     }
 
     #[test]

@@ -419,6 +419,19 @@ impl Backend for Candle {
         a.affine(f64::from(s), 0.0).c()
     }
 
+    fn scale_features(&self, x: &Tensor, s: &Tensor) -> Result<Tensor> {
+        if s.rank() != 1 || x.dims().last() != s.dims().first() {
+            return Err(shape_err(
+                "scale_features",
+                format!("scale {:?} does not match {:?}", s.dims(), x.dims()),
+            ));
+        }
+        if self.fused() {
+            return crate::cpu::scale_rows(x, s).c();
+        }
+        x.broadcast_mul(s).c()
+    }
+
     fn scale_by(&self, a: &Tensor, s: &Tensor) -> Result<Tensor> {
         if s.elem_count() != 1 {
             return Err(shape_err(

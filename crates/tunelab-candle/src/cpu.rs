@@ -589,15 +589,31 @@ fn lane_max(xs: &[f32]) -> f32 {
     acc.iter().fold(rest, |m, &v| m.max(v))
 }
 
-/// `x + bias` with `bias` `(C)` added to every row of the last dim: blocks of rows in
-/// parallel, each output value written once (nothing is zero-filled first).
-#[allow(unsafe_code)]
+/// `x + bias` with `bias` `(C)` added to every row of the last dim.
 pub fn add_rows(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    per_feature("add_bias", "bias", x, bias, |v, b| v + b)
+}
+
+/// `x * s` with `s` `(C)` multiplied into every row of the last dim (IA3's scaling).
+pub fn scale_rows(x: &Tensor, s: &Tensor) -> Result<Tensor> {
+    per_feature("scale_features", "scale", x, s, |v, f| v * f)
+}
+
+/// `f(x[r, c], v[c])` for every row `r` of the last dim: blocks of rows in parallel, each
+/// output value written once (nothing is zero-filled first).
+#[allow(unsafe_code)]
+fn per_feature(
+    op: &'static str,
+    what: &'static str,
+    x: &Tensor,
+    v: &Tensor,
+    f: impl Fn(f32, f32) -> f32 + Copy + Send + Sync,
+) -> Result<Tensor> {
     let c = x.dims().last().copied().unwrap_or(1).max(1);
-    if bias.elem_count() != c {
-        return Err(len_err("add_bias", "bias", bias.elem_count(), c));
+    if v.elem_count() != c {
+        return Err(len_err(op, what, v.elem_count(), c));
     }
-    let y = with_slices([x, bias], |[xs, b]| {
+    let y = with_slices([x, v], |[xs, b]| {
         #[cfg(parallel)]
         {
             let n = xs.len();
@@ -609,7 +625,7 @@ pub fn add_rows(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
                     vectorized!({
                         for (yr, xr) in yb.chunks_mut(c).zip(xb.chunks(c)) {
                             for ((o, &v), &bi) in yr.iter_mut().zip(xr).zip(b) {
-                                o.write(v + bi);
+                                o.write(f(v, bi));
                             }
                         }
                     })
@@ -624,7 +640,7 @@ pub fn add_rows(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         {
             let mut y = Vec::with_capacity(xs.len());
             for row in xs.chunks(c) {
-                y.extend(row.iter().zip(b).map(|(v, bi)| v + bi));
+                y.extend(row.iter().zip(b).map(|(&v, &bi)| f(v, bi)));
             }
             y
         }

@@ -20,7 +20,7 @@ fn tiny() -> (String, Vec<u8>) {
     )
 }
 
-fn load(config: &str, weights: &[u8], method: &Method) -> Result<TaskModel, ModelError> {
+fn load(config: &str, weights: &[u8], method: &Method) -> Result<TaskModel<Candle>, ModelError> {
     let mut store = ParamStore::new();
     let (tensors, _) = safetensors_io::read("tiny/model.safetensors", weights)?;
     TaskModel::load(
@@ -48,7 +48,7 @@ fn missing_tensor_is_named() {
     let w = rewrite(&weights, |t| {
         t.remove("bert.encoder.layer.1.output.dense.weight");
     });
-    let err = load(&config, &w, &Method::Full).unwrap_err();
+    let err = load(&config, &w, &Method::Full(Default::default())).unwrap_err();
     assert!(
         matches!(err, ModelError::Load(LoadError::Missing { .. })),
         "{err}"
@@ -67,7 +67,9 @@ fn misshaped_tensor_is_named() {
         b.shape = Shape::new([15]);
         b.data.truncate(15);
     });
-    let err = load(&config, &w, &Method::Full).unwrap_err().to_string();
+    let err = load(&config, &w, &Method::Full(Default::default()))
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
         "tiny/model.safetensors: tensor `bert.embeddings.LayerNorm.bias` has shape [15], expected [16]"
@@ -84,7 +86,9 @@ fn extra_tensor_is_named() {
         };
         t.insert("bert.encoder.layer.2.output.dense.weight".into(), extra);
     });
-    let err = load(&config, &w, &Method::Full).unwrap_err().to_string();
+    let err = load(&config, &w, &Method::Full(Default::default()))
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("unexpected tensor(s) [\"bert.encoder.layer.2.output.dense.weight\"]"),
         "{err}"
@@ -94,9 +98,13 @@ fn extra_tensor_is_named() {
 #[test]
 fn truncated_file_is_reported() {
     let (config, weights) = tiny();
-    let err = load(&config, &weights[..weights.len() / 2], &Method::Full)
-        .unwrap_err()
-        .to_string();
+    let err = load(
+        &config,
+        &weights[..weights.len() / 2],
+        &Method::Full(Default::default()),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.starts_with("tiny/model.safetensors: not a valid safetensors file"),
         "{err}"
@@ -107,7 +115,7 @@ fn truncated_file_is_reported() {
 fn unknown_model_type_is_reported() {
     let (config, weights) = tiny();
     let config = config.replace("\"model_type\": \"bert\"", "\"model_type\": \"gpt2\"");
-    let err = load(&config, &weights, &Method::Full)
+    let err = load(&config, &weights, &Method::Full(Default::default()))
         .unwrap_err()
         .to_string();
     assert_eq!(

@@ -47,8 +47,8 @@ fn fixture(stem: &str) -> Fixture {
 
 fn method(name: &str) -> Method {
     match name {
-        "full" => Method::Full,
-        "bitfit" => Method::Bitfit,
+        "full" => Method::Full(Default::default()),
+        "bitfit" => Method::Bitfit(Default::default()),
         "lora" => Method::Lora(LoraConfig {
             r: 4,
             alpha: 8.0,
@@ -59,6 +59,7 @@ fn method(name: &str) -> Method {
             num_virtual_tokens: 3,
             init_token_ids: vec![],
         }),
+        "ia3" => Method::Ia3(Default::default()),
         other => panic!("{other}"),
     }
 }
@@ -68,7 +69,7 @@ fn host(t: &candle_core::Tensor) -> Vec<f32> {
 }
 
 /// The model as PyTorch had it: checkpoint, method, and the method's initial values.
-fn model(kind: &str, task: Task, m: &str, fx: &Fixture) -> (TaskModel, ParamStore<Candle>) {
+fn model(kind: &str, task: Task, m: &str, fx: &Fixture) -> (TaskModel<Candle>, ParamStore<Candle>) {
     let be = Candle::cpu();
     let dir = fixtures().join(format!("tiny-{kind}"));
     let mut store = ParamStore::new();
@@ -246,6 +247,14 @@ fn bert_lora() {
 #[test]
 fn bert_prompt() {
     check("bert", "seq", "prompt");
+}
+#[test]
+fn bert_ia3() {
+    check("bert", "seq", "ia3");
+}
+#[test]
+fn roberta_ia3() {
+    check("roberta", "seq", "ia3");
 }
 #[test]
 fn roberta_full() {

@@ -47,7 +47,7 @@ fn task(kind: TaskKind, classes: usize) -> Task {
     }
 }
 
-fn build(kind: TaskKind, method: &Method, seed: u64) -> (TaskModel, ParamStore<Candle>) {
+fn build(kind: TaskKind, method: &Method, seed: u64) -> (TaskModel<Candle>, ParamStore<Candle>) {
     let be = Candle::cpu();
     let config = std::fs::read_to_string(tiny().join("config.json")).unwrap();
     let (tensors, _) = read(
@@ -180,7 +180,7 @@ fn grad_accumulation_equals_the_large_batch() {
     };
     let mut big = trainer(
         TaskKind::TokenClassification,
-        Method::Full,
+        Method::Full(Default::default()),
         TrainConfig {
             batch_size: 4,
             grad_accum: 1,
@@ -190,7 +190,7 @@ fn grad_accumulation_equals_the_large_batch() {
     );
     let mut acc = trainer(
         TaskKind::TokenClassification,
-        Method::Full,
+        Method::Full(Default::default()),
         TrainConfig {
             batch_size: 2,
             grad_accum: 2,
@@ -227,7 +227,10 @@ fn grad_accumulation_equals_the_large_batch() {
 #[test]
 fn concurrent_passes_train_as_one_pass() {
     for (kind, method) in [
-        (TaskKind::TokenClassification, Method::Full),
+        (
+            TaskKind::TokenClassification,
+            Method::Full(Default::default()),
+        ),
         (
             TaskKind::Classification,
             Method::Prompt(PromptConfig {
@@ -376,7 +379,12 @@ fn a_checkpoint_for_another_method_or_shape_is_refused() {
     };
     let t = trainer(TaskKind::Classification, lora(), cfg.clone(), 8);
     let bytes = pollster::block_on(t.checkpoint()).unwrap();
-    let mut other = trainer(TaskKind::Classification, Method::Bitfit, cfg, 8);
+    let mut other = trainer(
+        TaskKind::Classification,
+        Method::Bitfit(Default::default()),
+        cfg,
+        8,
+    );
     let e = other.restore("ckpt.safetensors", &bytes).unwrap_err();
     assert!(e.to_string().contains("method `lora`"), "{e}");
     let e = other
@@ -392,7 +400,7 @@ fn a_checkpoint_for_another_method_or_shape_is_refused() {
 fn divergence_stops_the_run_before_touching_the_weights() {
     let mut t = trainer(
         TaskKind::Classification,
-        Method::Full,
+        Method::Full(Default::default()),
         TrainConfig {
             batch_size: 4,
             lr: Some(1e30),
@@ -488,7 +496,11 @@ const PEFT_PROMPT_KEYS: &[&str] = &[
 fn the_first_position_encoder_equals_the_full_one_sliced() {
     use tunelab_core::nn::Ctx;
     use tunelab_core::tape::Tape;
-    let (model, store) = build(TaskKind::Classification, &Method::Full, 3);
+    let (model, store) = build(
+        TaskKind::Classification,
+        &Method::Full(Default::default()),
+        3,
+    );
     let be = Candle::cpu();
     let (batch, len) = (3, 7);
     let mut rng = Rng::new(4);
@@ -562,7 +574,7 @@ fn the_first_position_encoder_equals_the_full_one_sliced() {
     }
 }
 
-fn logits(t: &Trainer<Candle>, model: &TaskModel, store: &ParamStore<Candle>) -> Vec<f32> {
+fn logits(t: &Trainer<Candle>, model: &TaskModel<Candle>, store: &ParamStore<Candle>) -> Vec<f32> {
     let f = features(TaskKind::Classification, 5);
     let b = tunelab_core::data::build_batch(&f, &[0, 1, 2, 3, 4], 0, None);
     let input = model
@@ -580,7 +592,13 @@ fn exports_use_peft_names_and_import_to_the_same_model() {
         num_virtual_tokens: 5,
         init_token_ids: vec![],
     });
-    for method in [lora(), prompt, Method::Bitfit, Method::Full] {
+    for method in [
+        lora(),
+        prompt,
+        Method::Ia3(Default::default()),
+        Method::Bitfit(Default::default()),
+        Method::Full(Default::default()),
+    ] {
         let mut t = trainer(
             TaskKind::Classification,
             method.clone(),
@@ -609,9 +627,9 @@ fn exports_use_peft_names_and_import_to_the_same_model() {
         .into_iter()
         .collect();
         let weights = match &method {
-            Method::Lora(_) | Method::Prompt(_) => export::ADAPTER_WEIGHTS,
-            Method::Bitfit => export::BITFIT_WEIGHTS,
-            Method::Full => "model.safetensors",
+            Method::Lora(_) | Method::Prompt(_) | Method::Ia3(_) => export::ADAPTER_WEIGHTS,
+            Method::Bitfit(_) => export::BITFIT_WEIGHTS,
+            Method::Full(_) => "model.safetensors",
         };
         let (saved, _) = read(weights, &files[weights]).unwrap();
         let keys: Vec<&str> = saved.keys().map(String::as_str).collect();
@@ -625,18 +643,37 @@ fn exports_use_peft_names_and_import_to_the_same_model() {
                 assert_eq!(cfg["r"], 4);
                 assert_eq!(cfg["modules_to_save"], serde_json::json!(["classifier"]));
             }
+            Method::Ia3(_) => {
+                // Keys and values are scaled at their output, both `output.dense` layers at
+                // their input, as PEFT does.
+                let dims = |k: &str| saved[k].shape.dims().to_vec();
+                let l0 = "base_model.model.bert.encoder.layer.0";
+                assert_eq!(dims(&format!("{l0}.attention.self.key.ia3_l")), [16, 1]);
+                assert_eq!(dims(&format!("{l0}.attention.self.value.ia3_l")), [16, 1]);
+                assert_eq!(dims(&format!("{l0}.attention.output.dense.ia3_l")), [1, 16]);
+                assert_eq!(dims(&format!("{l0}.output.dense.ia3_l")), [1, 20]);
+                assert_eq!(keys.len(), 2 * 4 + 2, "{keys:?}");
+                let cfg: serde_json::Value =
+                    serde_json::from_slice(&files[export::ADAPTER_CONFIG]).unwrap();
+                assert_eq!(cfg["peft_type"], "IA3");
+                assert_eq!(
+                    cfg["feedforward_modules"],
+                    serde_json::json!(["output.dense"])
+                );
+                assert_eq!(cfg["modules_to_save"], serde_json::json!(["classifier"]));
+            }
             Method::Prompt(_) => {
                 assert_eq!(keys, PEFT_PROMPT_KEYS);
                 assert_eq!(saved["prompt_embeddings"].shape.dims(), &[5, 16]);
             }
-            Method::Bitfit => {
+            Method::Bitfit(_) => {
                 assert!(
                     keys.iter()
                         .all(|k| k.ends_with(".bias") || k.starts_with("classifier."))
                 );
                 assert!(keys.contains(&"bert.encoder.layer.1.output.dense.bias"));
             }
-            Method::Full => {
+            Method::Full(_) => {
                 assert!(keys.contains(&"bert.embeddings.word_embeddings.weight"));
                 assert!(keys.contains(&"classifier.weight"));
                 let cfg: serde_json::Value = serde_json::from_slice(&files["config.json"]).unwrap();

@@ -5,7 +5,7 @@
 use clap::Args;
 use std::path::PathBuf;
 use tunelab_core::data::Format;
-use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
+use tunelab_core::peft::Method;
 use tunelab_core::trainer::{ScheduleKind, ScratchConfig, TrainConfig};
 
 #[derive(Debug, Clone, Args)]
@@ -56,24 +56,10 @@ pub struct TrainArgs {
     )]
     pub max_len: Option<usize>,
 
-    /// The PEFT method: full, bitfit, lora or prompt. [default: lora]
-    #[arg(long, help_heading = "Method")]
+    #[arg(long, help = crate::method_args::method_help(), help_heading = "Method")]
     pub method: Option<String>,
-    /// LoRA rank. [default: 8]
-    #[arg(long, help_heading = "Method", allow_negative_numbers = true)]
-    pub lora_r: Option<usize>,
-    /// LoRA alpha (updates are scaled by alpha / r). [default: 16]
-    #[arg(long, help_heading = "Method", allow_negative_numbers = true)]
-    pub lora_alpha: Option<f32>,
-    /// LoRA dropout on the update's input while training (PEFT's `lora_dropout`).
-    #[arg(long, help_heading = "Method", allow_negative_numbers = true)]
-    pub lora_dropout: Option<f32>,
-    /// LoRA target modules (comma-separated names or name suffixes). [default: query,value]
-    #[arg(long, value_delimiter = ',', help_heading = "Method")]
-    pub lora_targets: Option<Vec<String>>,
-    /// Prompt tuning: number of virtual tokens. [default: 20]
-    #[arg(long, help_heading = "Method", allow_negative_numbers = true)]
-    pub prompt_tokens: Option<usize>,
+    #[command(flatten)]
+    pub method_opts: crate::method_args::MethodArgs,
     /// Prompt tuning: initialise the virtual tokens from this text's embeddings.
     #[arg(long, help_heading = "Method")]
     pub prompt_init_text: Option<String>,
@@ -106,10 +92,9 @@ pub struct TrainArgs {
         allow_negative_numbers = true
     )]
     pub grad_accum: Option<usize>,
-    /// Peak AdamW learning rate. [default: by method: full 5e-5, bitfit 1e-3, lora 5e-4,
-    /// prompt 1e-2]
     #[arg(
         long,
+        help = crate::method_args::lr_help(),
         alias = "learning-rate",
         help_heading = "Training",
         allow_negative_numbers = true
@@ -215,53 +200,18 @@ impl TrainArgs {
         if self.from_scratch {
             c.from_scratch.get_or_insert_with(ScratchConfig::default);
         }
-        if let Some(m) = &self.method {
-            c.method = match m.as_str() {
-                "full" => Method::Full,
-                "bitfit" => Method::Bitfit,
-                "lora" => match &c.method {
-                    Method::Lora(l) => Method::Lora(l.clone()),
-                    _ => Method::Lora(LoraConfig::default()),
-                },
-                "prompt" => match &c.method {
-                    Method::Prompt(p) => Method::Prompt(p.clone()),
-                    _ => Method::Prompt(PromptConfig::default()),
-                },
-                other => anyhow::bail!(
-                    "unknown method `{other}`; expected one of full, bitfit, lora, prompt"
-                ),
-            };
+        if let Some(m) = &self.method
+            && c.method.name() != m
+        {
+            c.method = Method::named(m).ok_or_else(|| {
+                anyhow::anyhow!("unknown method `{m}`; expected one of {}", Method::names())
+            })?;
         }
-        let lora_flags = self.lora_r.is_some()
-            || self.lora_alpha.is_some()
-            || self.lora_dropout.is_some()
-            || self.lora_targets.is_some();
-        match &mut c.method {
-            Method::Lora(l) => {
-                set_opt(&mut l.r, self.lora_r);
-                set_opt(&mut l.alpha, self.lora_alpha);
-                set_opt(&mut l.dropout, self.lora_dropout);
-                if let Some(t) = &self.lora_targets {
-                    l.target_modules = t.clone();
-                }
-            }
-            _ if lora_flags => anyhow::bail!("--lora-* options need --method lora"),
-            _ => {}
-        }
-        match &mut c.method {
-            Method::Prompt(p) => set_opt(&mut p.num_virtual_tokens, self.prompt_tokens),
-            _ if self.prompt_tokens.is_some() || self.prompt_init_text.is_some() => {
-                anyhow::bail!("--prompt-* options need --method prompt")
-            }
-            _ => {}
+        self.method_opts.apply(&mut c.method)?;
+        if self.prompt_init_text.is_some() && c.method.name() != "prompt" {
+            anyhow::bail!("--prompt-init-text needs --method prompt");
         }
         c.validate()?;
         Ok(c)
-    }
-}
-
-fn set_opt<T>(slot: &mut T, v: Option<T>) {
-    if let Some(v) = v {
-        *slot = v;
     }
 }

@@ -15,33 +15,17 @@ use tunelab_core::models::heads::Task;
 use tunelab_core::models::task_model::TaskModel;
 use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule};
 use tunelab_core::params::ParamStore;
-use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
+use tunelab_core::peft::{Method, REGISTRY};
 use tunelab_core::rng::Rng;
 use tunelab_core::train::{self, Micro};
 use tunelab_wgpu::ops::matmul::Dims;
 
-/// The methods benchmarked, as the issue defines them.
+/// The methods benchmarked: every registered one with its defaults.
 pub fn methods() -> Vec<(&'static str, Method)> {
-    vec![
-        ("full", Method::Full),
-        ("bitfit", Method::Bitfit),
-        (
-            "lora",
-            Method::Lora(LoraConfig {
-                r: 8,
-                alpha: 16.0,
-                dropout: 0.0,
-                target_modules: vec!["query".into(), "value".into()],
-            }),
-        ),
-        (
-            "prompt",
-            Method::Prompt(PromptConfig {
-                num_virtual_tokens: 20,
-                init_token_ids: vec![],
-            }),
-        ),
-    ]
+    REGISTRY
+        .iter()
+        .filter_map(|i| Some((i.name, Method::named(i.name)?)))
+        .collect()
 }
 
 /// all-MiniLM-L6-v2's `config.json` fields that matter for the shape.
@@ -199,7 +183,10 @@ fn run_on<B: Backend>(
         .into_iter()
         .find(|(n, _)| *n == method_name)
         .with_context(|| {
-            format!("unknown method `{method_name}` (expected full, bitfit, lora or prompt)")
+            format!(
+                "unknown method `{method_name}` (expected one of {})",
+                Method::names()
+            )
         })?;
     // The installed MiniLM; without assets, the same shape randomly initialised (the step's
     // cost does not depend on the values).

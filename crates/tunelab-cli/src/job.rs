@@ -241,7 +241,7 @@ pub fn read_split(path: &Path, cfg: &TrainConfig) -> anyhow::Result<Parsed> {
 #[derive(Debug)]
 pub struct Job<B: Backend> {
     pub backend: B,
-    pub model: TaskModel,
+    pub model: TaskModel<B>,
     pub store: ParamStore<B>,
     pub tokenizer: Tokenizer,
     pub tokenizer_json: PathBuf,
@@ -266,7 +266,7 @@ pub fn prepare<B: Backend>(
 ) -> anyhow::Result<Job<B>> {
     cfg.validate()?;
     let (kind, _) = resolve_task(&cfg.task).map_err(anyhow::Error::msg)?;
-    if cfg.from_scratch.is_some() && cfg.method != Method::Full {
+    if cfg.from_scratch.is_some() && cfg.method != Method::Full(Default::default()) {
         bail!("--from-scratch trains every weight: use --method full");
     }
     let (dir, base_cfg, tokenizer) = model_parts(assets, &cfg.model)?;
@@ -405,7 +405,7 @@ fn check_memory(
 #[derive(Debug)]
 pub struct Built<B: Backend> {
     pub backend: B,
-    pub model: TaskModel,
+    pub model: TaskModel<B>,
     pub store: ParamStore<B>,
     pub config_json: String,
     pub base_model: String,
@@ -471,7 +471,7 @@ pub fn model_parts(assets: &Path, model: &str) -> anyhow::Result<(PathBuf, BertC
 #[derive(Debug)]
 pub struct Loaded<B: Backend> {
     pub backend: B,
-    pub model: TaskModel,
+    pub model: TaskModel<B>,
     pub store: ParamStore<B>,
     pub tokenizer: Tokenizer,
     pub manifest: ExportManifest,
@@ -491,7 +491,7 @@ pub fn load_export<B: Backend>(dir: &Path, assets: &Path, backend: B) -> anyhow:
     let imported =
         export::import(&files).with_context(|| format!("importing {}", dir.display()))?;
     let m = imported.manifest;
-    let base_dir = if m.method == Method::Full {
+    let base_dir = if m.method == Method::Full(Default::default()) {
         dir.to_path_buf()
     } else {
         model_dir(assets, &m.base_model).with_context(|| {
@@ -524,7 +524,7 @@ pub fn load_export<B: Backend>(dir: &Path, assets: &Path, backend: B) -> anyhow:
         0,
         &mut store,
     )?;
-    if m.method != Method::Full {
+    if m.method != Method::Full(Default::default()) {
         export::apply(
             &backend,
             &mut store,

@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod commands;
 mod job;
+mod method_args;
 mod train;
 
 use anyhow::Context as _;

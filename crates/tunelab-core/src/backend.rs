@@ -151,6 +151,10 @@ pub trait Backend: Clone + std::fmt::Debug + MaybeSync + 'static {
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
     fn mul(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
     fn scale(&self, a: &Self::Tensor, s: f32) -> Result<Self::Tensor>;
+    /// `x * s` with `s` of shape `(C,)` broadcast over the leading dims of `x (.., C)`: every
+    /// feature scaled by its own factor (IA3's learned vectors). Its backward is this op on
+    /// the gradient and [`Backend::sum_to_last`] of `dy * x`.
+    fn scale_features(&self, x: &Self::Tensor, s: &Self::Tensor) -> Result<Self::Tensor>;
     /// `a * s` with `s` a one-element tensor (an upstream scalar gradient kept on the device).
     fn scale_by(&self, a: &Self::Tensor, s: &Self::Tensor) -> Result<Self::Tensor>;
     /// GELU with the exact erf form (`hidden_act = "gelu"` in transformers).

@@ -1,24 +1,26 @@
 //! Exporting trained weights, and importing them again.
 //!
-//! | method | files | loads in Python with |
-//! |---|---|---|
-//! | LoRA | `adapter_config.json`, `adapter_model.safetensors` | `PeftModel.from_pretrained(base, dir)` |
-//! | prompt tuning | `adapter_config.json`, `adapter_model.safetensors` | `PeftModel.from_pretrained(base, dir)` |
-//! | BitFit | `bitfit.safetensors` (changed tensors, Hugging Face names) | `model.load_state_dict(..., strict=False)` |
-//! | full | `config.json`, `model.safetensors` | `AutoModelFor...from_pretrained(dir)` |
+//! Each method names its format ([`ExportKind`]):
+//!
+//! | format | methods | files | loads in Python with |
+//! |---|---|---|---|
+//! | PEFT adapter | LoRA, IA3, prompt tuning | `adapter_config.json`, `adapter_model.safetensors` | `PeftModel.from_pretrained(base, dir)` |
+//! | tensors | BitFit | `bitfit.safetensors` (changed tensors, Hugging Face names) | `model.load_state_dict(..., strict=False)` |
+//! | model | full | `config.json`, `model.safetensors` | `AutoModelFor...from_pretrained(dir)` |
 //!
 //! Every export also has `tunelab_export.json` (method, task, labels, base model), which
 //! Tunelab reads back; PEFT adapters made elsewhere import without it.
 //!
-//! PEFT's key names: LoRA weights are `base_model.model.<bert|roberta>.<module>.lora_A.weight`
-//! and the head (`modules_to_save`) `base_model.model.<head>`; prompt tuning saves
-//! `prompt_embeddings` and the head as `base_model.<head>`.
+//! PEFT's key names ([`PeftKeys`]): a tuner's weights are
+//! `base_model.model.<bert|roberta>.<module>.lora_A.weight` (`.ia3_l`) and the head
+//! (`modules_to_save`) `base_model.model.<head>`; prompt tuning saves `prompt_embeddings` and
+//! the head as `base_model.<head>`.
 
 use crate::backend::Backend;
 use crate::data::Labels;
 use crate::models::task_model::TaskModel;
 use crate::params::ParamStore;
-use crate::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
+use crate::peft::{ExportKind, Method, ModelDims, PeftKeys};
 use crate::safetensors_io::{self, HostTensor};
 use crate::trainer::TaskKind;
 use serde::{Deserialize, Serialize};
@@ -74,7 +76,7 @@ pub struct ExportInfo {
     pub base_config_json: String,
 }
 
-fn model_type(model: &TaskModel) -> &'static str {
+fn model_type<B: Backend>(model: &TaskModel<B>) -> &'static str {
     match model.encoder.flavor {
         crate::models::bert::Flavor::Bert => "bert",
         crate::models::bert::Flavor::Roberta => "roberta",
@@ -90,7 +92,7 @@ fn peft_task_type(task: TaskKind) -> serde_json::Value {
 }
 
 /// Head modules (top-level names) for PEFT's `modules_to_save`.
-fn head_modules(model: &TaskModel) -> Vec<String> {
+fn head_modules<B: Backend>(model: &TaskModel<B>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for n in model.head.param_names() {
         let top = n.split('.').next().unwrap_or(&n).to_string();
@@ -104,7 +106,7 @@ fn head_modules(model: &TaskModel) -> Vec<String> {
 /// The exported files as `(name, bytes)`.
 pub async fn export<B: Backend>(
     backend: &B,
-    model: &TaskModel,
+    model: &TaskModel<B>,
     store: &ParamStore<B>,
     method: &Method,
     info: &ExportInfo,
@@ -120,8 +122,9 @@ pub async fn export<B: Backend>(
         Ok(store.get(id).value.clone())
     };
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    let selected: Vec<String> = match method {
-        Method::Full => store.iter().map(|(_, p)| p.name.clone()).collect(),
+    let kind = method.export_kind();
+    let selected: Vec<String> = match kind {
+        ExportKind::Model => store.iter().map(|(_, p)| p.name.clone()).collect(),
         _ => store
             .iter()
             .filter(|(_, p)| p.trainable)
@@ -137,13 +140,25 @@ pub async fn export<B: Backend>(
                 format!("`{name}` is not finite: a diverged model is not exported"),
             ));
         }
-        let key = match method {
-            Method::Lora(_) if is_head(name) => format!("base_model.model.{name}"),
-            Method::Lora(_) => format!("base_model.model.{mt}.{name}"),
-            Method::Prompt(_) if is_head(name) => format!("base_model.{name}"),
-            Method::Prompt(_) => name.clone(),
-            Method::Full | Method::Bitfit if is_head(name) => name.clone(),
-            Method::Full | Method::Bitfit => format!("{mt}.{name}"),
+        let key = match kind {
+            ExportKind::Peft {
+                keys: PeftKeys::Tuner,
+                ..
+            } if is_head(name) => format!("base_model.model.{name}"),
+            ExportKind::Peft {
+                keys: PeftKeys::Tuner,
+                ..
+            } => format!("base_model.model.{mt}.{name}"),
+            ExportKind::Peft {
+                keys: PeftKeys::Prompt,
+                ..
+            } if is_head(name) => format!("base_model.{name}"),
+            ExportKind::Peft {
+                keys: PeftKeys::Prompt,
+                ..
+            } => name.clone(),
+            ExportKind::Tensors { .. } | ExportKind::Model if is_head(name) => name.clone(),
+            ExportKind::Tensors { .. } | ExportKind::Model => format!("{mt}.{name}"),
         };
         tensors.insert(
             key,
@@ -159,50 +174,29 @@ pub async fn export<B: Backend>(
     let weights = |file: &str, t: &BTreeMap<String, HostTensor>| {
         safetensors_io::write(file, t, None).map_err(|e| invalid(file, e.to_string()))
     };
-    match method {
-        Method::Lora(cfg) => {
-            let config = serde_json::json!({
-                "peft_type": "LORA",
-                "task_type": peft_task_type(info.task),
-                "base_model_name_or_path": info.base_model,
-                "r": cfg.r,
-                "lora_alpha": cfg.alpha,
-                "lora_dropout": cfg.dropout,
-                "target_modules": cfg.target_modules,
-                "modules_to_save": head_modules(model),
-                "bias": "none",
-                "fan_in_fan_out": false,
-                "inference_mode": true,
-                "init_lora_weights": true,
-                "use_rslora": false,
-                "use_dora": false,
-            });
-            files.push((ADAPTER_CONFIG.into(), json(&config)?));
-            files.push((ADAPTER_WEIGHTS.into(), weights(ADAPTER_WEIGHTS, &tensors)?));
-        }
-        Method::Prompt(cfg) => {
+    match kind {
+        ExportKind::Peft { peft_type, .. } => {
             let c = &model.encoder.config;
-            let config = serde_json::json!({
-                "peft_type": "PROMPT_TUNING",
-                "task_type": peft_task_type(info.task),
-                "base_model_name_or_path": info.base_model,
-                "num_virtual_tokens": cfg.num_virtual_tokens,
-                "token_dim": c.hidden_size,
-                "num_transformer_submodules": 1,
-                "num_attention_heads": c.num_attention_heads,
-                "num_layers": c.num_hidden_layers,
-                // The weights are saved, so loading must not re-initialise from text.
-                "prompt_tuning_init": "RANDOM",
-                "prompt_tuning_init_text": null,
-                "tokenizer_name_or_path": null,
-                "modules_to_save": head_modules(model),
-                "inference_mode": true,
-            });
-            files.push((ADAPTER_CONFIG.into(), json(&config)?));
+            let dims = ModelDims {
+                hidden_size: c.hidden_size,
+                num_attention_heads: c.num_attention_heads,
+                num_hidden_layers: c.num_hidden_layers,
+            };
+            let mut config = serde_json::Map::new();
+            config.insert("peft_type".into(), peft_type.into());
+            config.insert("task_type".into(), peft_task_type(info.task));
+            config.insert(
+                "base_model_name_or_path".into(),
+                info.base_model.clone().into(),
+            );
+            config.extend(method.peft_config(&dims));
+            config.insert("modules_to_save".into(), head_modules(model).into());
+            config.insert("inference_mode".into(), true.into());
+            files.push((ADAPTER_CONFIG.into(), json(&config.into())?));
             files.push((ADAPTER_WEIGHTS.into(), weights(ADAPTER_WEIGHTS, &tensors)?));
         }
-        Method::Bitfit => files.push((BITFIT_WEIGHTS.into(), weights(BITFIT_WEIGHTS, &tensors)?)),
-        Method::Full => {
+        ExportKind::Tensors { file } => files.push((file.into(), weights(file, &tensors)?)),
+        ExportKind::Model => {
             let mut config: serde_json::Value = serde_json::from_str(&info.base_config_json)
                 .map_err(|e| invalid("config.json", e.to_string()))?;
             let arch = match (info.task, mt) {
@@ -270,41 +264,25 @@ fn peft_manifest(
 ) -> Result<ExportManifest, ExportError> {
     let file = ADAPTER_CONFIG;
     let s = |k: &str| cfg.get(k).and_then(|v| v.as_str());
-    let n = |k: &str| cfg.get(k).and_then(|v| v.as_u64());
-    let method = match s("peft_type") {
-        Some("LORA") => {
-            let targets = match cfg.get("target_modules") {
-                Some(serde_json::Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect(),
-                Some(serde_json::Value::String(one)) => vec![one.clone()],
-                _ => return Err(invalid(file, "`target_modules` must be a list of names")),
-            };
-            Method::Lora(LoraConfig {
-                r: n("r").ok_or_else(|| invalid(file, "missing `r`"))? as usize,
-                alpha: cfg
-                    .get("lora_alpha")
-                    .and_then(|v| v.as_f64())
-                    .ok_or_else(|| invalid(file, "missing `lora_alpha`"))?
-                    as f32,
-                dropout: cfg
-                    .get("lora_dropout")
-                    .and_then(|v| v.as_f64())
-                    .unwrap_or(0.0) as f32,
-                target_modules: targets,
-            })
-        }
-        Some("PROMPT_TUNING") => Method::Prompt(PromptConfig {
-            num_virtual_tokens: n("num_virtual_tokens")
-                .ok_or_else(|| invalid(file, "missing `num_virtual_tokens`"))?
-                as usize,
-            init_token_ids: Vec::new(),
-        }),
-        other => {
+    let peft_type = s("peft_type").unwrap_or("");
+    let method = match Method::from_peft(peft_type, cfg) {
+        Some(Ok(m)) => m,
+        Some(Err(reason)) => return Err(invalid(file, reason)),
+        None => {
+            let known: Vec<&str> = crate::peft::REGISTRY
+                .iter()
+                .filter_map(|i| match Method::named(i.name)?.export_kind() {
+                    ExportKind::Peft { peft_type, .. } => Some(peft_type),
+                    _ => None,
+                })
+                .collect();
             return Err(invalid(
                 file,
-                format!("peft_type {other:?} is not supported (expected LORA or PROMPT_TUNING)"),
+                format!(
+                    "peft_type {:?} is not supported (expected one of {})",
+                    s("peft_type"),
+                    known.join(", ")
+                ),
             ));
         }
     };
@@ -350,9 +328,9 @@ pub fn import(files: &BTreeMap<String, Vec<u8>>) -> Result<Imported, ExportError
     let manifest: Option<ExportManifest> = parse_json(MANIFEST)?
         .map(|v| serde_json::from_value(v).map_err(|e| invalid(MANIFEST, e.to_string())))
         .transpose()?;
-    let weights_file = match manifest.as_ref().map(|m| &m.method) {
-        Some(Method::Bitfit) => BITFIT_WEIGHTS,
-        Some(Method::Full) => "model.safetensors",
+    let weights_file = match manifest.as_ref().map(|m| m.method.export_kind()) {
+        Some(ExportKind::Tensors { file }) => file,
+        Some(ExportKind::Model) => "model.safetensors",
         _ => ADAPTER_WEIGHTS,
     };
     let bytes = files
@@ -398,30 +376,22 @@ pub fn import(files: &BTreeMap<String, Vec<u8>>) -> Result<Imported, ExportError
         .transpose()?;
     let manifest = match (manifest, peft) {
         (Some(m), Some(p)) => {
-            let same = match (&m.method, &p.method) {
-                (Method::Lora(a), Method::Lora(b)) => {
-                    a.r == b.r && a.alpha == b.alpha && a.target_modules == b.target_modules
-                }
-                (Method::Prompt(a), Method::Prompt(b)) => {
-                    a.num_virtual_tokens == b.num_virtual_tokens
-                }
-                _ => false,
-            };
+            let same = m.method.as_peft().as_ref() == Some(&p.method);
             if !same || m.task != p.task {
                 return Err(invalid(
                     ADAPTER_CONFIG,
                     format!(
                         "describes {} for {:?}, but {MANIFEST} says {} for {:?}",
-                        describe(&p.method),
+                        p.method.describe(),
                         p.task,
-                        describe(&m.method),
+                        m.method.describe(),
                         m.task
                     ),
                 ));
             }
             m
         }
-        (Some(m), None) if matches!(m.method, Method::Lora(_) | Method::Prompt(_)) => {
+        (Some(m), None) if matches!(m.method.export_kind(), ExportKind::Peft { .. }) => {
             return Err(ExportError::Missing {
                 file: ADAPTER_CONFIG.into(),
             });
@@ -435,18 +405,6 @@ pub fn import(files: &BTreeMap<String, Vec<u8>>) -> Result<Imported, ExportError
         }
     };
     Ok(Imported { manifest, tensors })
-}
-
-/// A method and its main options, for messages.
-fn describe(m: &Method) -> String {
-    match m {
-        Method::Lora(l) => format!(
-            "LoRA (r {}, alpha {}, targets {:?})",
-            l.r, l.alpha, l.target_modules
-        ),
-        Method::Prompt(p) => format!("prompt tuning ({} virtual tokens)", p.num_virtual_tokens),
-        other => other.name().to_string(),
-    }
 }
 
 /// Puts imported weights into a model built with the export's method; every tensor must

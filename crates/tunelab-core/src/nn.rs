@@ -1,28 +1,83 @@
-//! Shared layers. Model files build only from these, so PEFT methods that wrap a layer by
+//! Shared layers. Model files build only from these, so PEFT methods that hook a layer by
 //! name (LoRA, IA3) apply to every model without copying model code.
 
-use crate::backend::{Backend, Result};
+use crate::backend::{Backend, MaybeSync, Result};
 use crate::params::{Bound, ParamId};
 use crate::rng::Rng;
 use crate::tape::{Tape, Var};
 use std::collections::HashMap;
+use std::sync::Arc;
 
-/// A low-rank update attached to a linear layer: `y += scale * (x @ A^T) @ B^T`, with `A` as
-/// `(r, in)` and `B` as `(out, r)` (PEFT's orientation).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LoraModule {
-    pub a: ParamId,
-    pub b: ParamId,
-    pub scale: f32,
-    /// Dropout on the update's input while training (PEFT's `lora_dropout`).
-    pub dropout: f32,
+/// What a PEFT method attaches to a named linear layer. The layer runs its hooks in the
+/// order they were attached: every hook's [`LinearHook::input`], the first
+/// [`LinearHook::product`] that computes the layer (or the plain `x wᵀ + b`), then every
+/// hook's [`LinearHook::output`]. Each method's hook lives in its own file under `peft/`.
+pub trait LinearHook<B: Backend>: std::fmt::Debug + MaybeSync {
+    /// Changes the layer's input before the product (IA3 on feed-forward layers).
+    fn input(&self, _cx: &mut Ctx<'_, B>, x: Var) -> Result<Var> {
+        Ok(x)
+    }
+    /// Computes the layer in place of `x wᵀ + b` (LoRA); `None` leaves it to the next hook
+    /// or the plain product.
+    fn product(
+        &self,
+        _cx: &mut Ctx<'_, B>,
+        _x: Var,
+        _w: Var,
+        _b: Option<Var>,
+    ) -> Option<Result<Var>> {
+        None
+    }
+    /// Changes the layer's output (IA3 on keys and values).
+    fn output(&self, _cx: &mut Ctx<'_, B>, y: Var) -> Result<Var> {
+        Ok(y)
+    }
+    /// Whether training draws random numbers (dropout) in this hook.
+    fn uses_dropout(&self) -> bool {
+        false
+    }
 }
 
-/// What PEFT methods attach to named layers.
-#[derive(Debug, Clone, Default)]
-pub struct Adapters {
-    /// Module name (`encoder.layer.0.attention.self.query`) to its LoRA update.
-    pub lora: HashMap<String, LoraModule>,
+/// What PEFT methods attach to named layers: each layer's hooks, in order.
+#[derive(Debug)]
+pub struct Adapters<B: Backend> {
+    hooks: HashMap<String, Vec<Arc<dyn LinearHook<B>>>>,
+}
+
+impl<B: Backend> Default for Adapters<B> {
+    fn default() -> Self {
+        Self {
+            hooks: HashMap::new(),
+        }
+    }
+}
+
+impl<B: Backend> Clone for Adapters<B> {
+    fn clone(&self) -> Self {
+        Self {
+            hooks: self.hooks.clone(),
+        }
+    }
+}
+
+impl<B: Backend> Adapters<B> {
+    /// Attaches `hook` to the linear layer `layer` (`encoder.layer.0.attention.self.query`).
+    pub fn attach(&mut self, layer: &str, hook: impl LinearHook<B> + 'static) {
+        self.hooks
+            .entry(layer.to_string())
+            .or_default()
+            .push(Arc::new(hook));
+    }
+
+    /// The hooks of `layer`, in order (empty when none).
+    pub fn of(&self, layer: &str) -> &[Arc<dyn LinearHook<B>>] {
+        self.hooks.get(layer).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether any hook draws dropout masks while training.
+    pub fn uses_dropout(&self) -> bool {
+        self.hooks.values().flatten().any(|h| h.uses_dropout())
+    }
 }
 
 /// One forward pass: the tape, the bound parameters and the adapters.
@@ -30,7 +85,7 @@ pub struct Adapters {
 pub struct Ctx<'a, B: Backend> {
     pub tape: &'a mut Tape<B>,
     pub bound: &'a Bound,
-    pub adapters: &'a Adapters,
+    pub adapters: &'a Adapters<B>,
     /// Training: the random stream for dropout. `None` (evaluation, prediction) disables it.
     pub dropout: Option<&'a mut Rng>,
 }
@@ -53,28 +108,30 @@ pub struct Linear {
 impl Linear {
     pub fn forward<B: Backend>(&self, cx: &mut Ctx<'_, B>, x: Var) -> Result<Var> {
         let (w, b) = (cx.p(self.weight), self.bias.map(|b| cx.p(b)));
-        let Some(l) = cx.adapters.lora.get(&self.name) else {
+        let adapters = cx.adapters;
+        let hooks = adapters.of(&self.name);
+        if hooks.is_empty() {
             return cx.tape.linear(x, w, b);
-        };
-        let (a, bm, p, scale) = (cx.p(l.a), cx.p(l.b), l.dropout, l.scale);
-        match cx.dropout.as_deref_mut() {
-            // Training with LoRA dropout: the update reads a dropped-out copy of the input.
-            Some(rng) if p > 0.0 => {
-                let shape = cx.tape.shape(x)?;
-                let mask = dropout_mask(rng, shape.numel(), p);
-                let mask = cx.tape.backend().upload(&mask, &shape)?;
-                let mask = cx.tape.leaf(mask, false);
-                let y = cx.tape.linear(x, w, b)?;
-                let dropped = cx.tape.mul(x, mask)?;
-                let down = cx.tape.matmul(dropped, a, false, true)?; // (.., r)
-                let up = cx.tape.matmul(down, bm, false, true)?; // (.., out)
-                let up = cx.tape.scale(up, scale)?;
-                cx.tape.add(y, up)
-            }
-            // Otherwise the update's input is the layer's: one product with the merged weight
-            // (see `Tape::lora_linear`).
-            _ => cx.tape.lora_linear(x, w, b, a, bm, scale),
         }
+        let mut x = x;
+        for h in hooks {
+            x = h.input(cx, x)?;
+        }
+        let mut y = None;
+        for h in hooks {
+            if let Some(r) = h.product(cx, x, w, b) {
+                y = Some(r?);
+                break;
+            }
+        }
+        let mut y = match y {
+            Some(y) => y,
+            None => cx.tape.linear(x, w, b)?,
+        };
+        for h in hooks {
+            y = h.output(cx, y)?;
+        }
+        Ok(y)
     }
 }
 

@@ -43,7 +43,7 @@ fn argmax(row: &[f32]) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub async fn predict<B: Backend>(
     backend: &B,
-    model: &TaskModel,
+    model: &TaskModel<B>,
     store: &ParamStore<B>,
     tokenizer: &Tokenizer,
     task: TaskKind,

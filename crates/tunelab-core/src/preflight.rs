@@ -77,22 +77,22 @@ pub fn check_positions(
     method: &Method,
     features: &[&Features],
 ) -> Result<(), ConfigError> {
-    let Method::Prompt(p) = method else {
+    let virtual_tokens = method.virtual_tokens();
+    if virtual_tokens == 0 {
         return Ok(());
-    };
+    }
     let longest = features
         .iter()
         .flat_map(|f| f.items.iter().map(|i| i.ids.len()))
         .max()
         .unwrap_or(0);
     let limit = position_limit(config);
-    let need = p.num_virtual_tokens.saturating_add(longest);
+    let need = virtual_tokens.saturating_add(longest);
     if need > limit {
         return Err(ConfigError {
             field: "method",
             reason: format!(
-                "{} virtual tokens and the longest input ({longest} tokens) need {need} positions, but the model has {limit} (max_position_embeddings); use fewer virtual tokens or a shorter max_len",
-                p.num_virtual_tokens
+                "{virtual_tokens} virtual tokens and the longest input ({longest} tokens) need {need} positions, but the model has {limit} (max_position_embeddings); use fewer virtual tokens or a shorter max_len"
             ),
         });
     }

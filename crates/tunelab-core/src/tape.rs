@@ -76,6 +76,10 @@ enum Op<T> {
         a: Var,
         s: f32,
     },
+    ScaleFeatures {
+        x: Var,
+        s: Var,
+    },
     Gelu {
         x: Var,
     },
@@ -324,6 +328,14 @@ impl<B: Backend> Tape<B> {
     pub fn scale(&mut self, a: Var, s: f32) -> Result<Var> {
         let y = self.backend.scale(self.value(a)?, s)?;
         Ok(self.push(y, &[a], Op::Scale { a, s }))
+    }
+
+    /// `x (.., C) * s (C,)`: each feature scaled by its own factor.
+    pub fn scale_features(&mut self, x: Var, s: Var) -> Result<Var> {
+        let y = self
+            .backend
+            .scale_features(self.value(x)?, self.value(s)?)?;
+        Ok(self.push(y, &[x, s], Op::ScaleFeatures { x, s }))
     }
 
     pub fn gelu(&mut self, x: Var) -> Result<Var> {
@@ -645,6 +657,16 @@ impl<B: Backend> Tape<B> {
             Op::Scale { a, s } => {
                 let da = b.scale(g, s)?;
                 self.accumulate(a, da)?;
+            }
+            Op::ScaleFeatures { x, s } => {
+                if self.wants(s) {
+                    let ds = b.sum_to_last(&b.mul(g, self.value(x)?)?)?;
+                    self.accumulate(s, ds)?;
+                }
+                if self.wants(x) {
+                    let dx = b.scale_features(g, self.value(s)?)?;
+                    self.accumulate(x, dx)?;
+                }
             }
             Op::Gelu { x } => {
                 let dx = b.gelu_backward(self.value(x)?, g)?;

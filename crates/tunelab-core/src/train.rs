@@ -97,7 +97,7 @@ pub struct Micro<T> {
 #[allow(clippy::too_many_arguments)]
 pub async fn step<B: Backend>(
     backend: &B,
-    model: &TaskModel,
+    model: &TaskModel<B>,
     store: &mut ParamStore<B>,
     opt: &mut Optimizer<B>,
     input: &EncoderInput<B::Tensor>,
@@ -122,7 +122,7 @@ type Pass<B> = (
 /// Forward, loss (`scale * sum CE`) and backward of one micro-batch on its own tape.
 fn forward_backward<B: Backend>(
     backend: &B,
-    model: &TaskModel,
+    model: &TaskModel<B>,
     store: &ParamStore<B>,
     m: &Micro<B::Tensor>,
     scale: f32,
@@ -150,7 +150,7 @@ fn forward_backward<B: Backend>(
 /// gradient norm returns [`StepError::NonFinite`] before anything is updated.
 pub async fn step_accumulated<B: Backend>(
     backend: &B,
-    model: &TaskModel,
+    model: &TaskModel<B>,
     store: &mut ParamStore<B>,
     opt: &mut Optimizer<B>,
     micro: &[Micro<B::Tensor>],

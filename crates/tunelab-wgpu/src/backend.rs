@@ -319,12 +319,55 @@ impl Wgpu {
         Ok(out)
     }
 
+    /// A `(.., C)` tensor combined with a `(C,)` vector row by row (`encode` records it).
+    fn per_feature(
+        &self,
+        op: &'static str,
+        x: &WTensor,
+        v: &WTensor,
+        encode: PerFeature,
+    ) -> Result<WTensor> {
+        let (rows, c) = Self::rows_cols(x);
+        if v.shape.dims() != [c] {
+            return Err(shape_err(
+                op,
+                format!("{} does not match {}", v.shape, x.shape),
+            ));
+        }
+        let mut st = self.lock();
+        let out = self.tensor(&mut st, x.shape.clone(), DType::F32)?;
+        if rows * c > 0 {
+            encode(
+                &self.ctx,
+                self.encoder(&mut st),
+                u32_of(op, rows)?,
+                u32_of(op, c)?,
+                x.b(),
+                v.b(),
+                out.b(),
+            )
+            .map_err(dev)?;
+        }
+        Ok(out)
+    }
+
     /// `(rows, last)` of a tensor.
     fn rows_cols(t: &WTensor) -> (usize, usize) {
         let c = t.shape.dims().last().copied().unwrap_or(1);
         (t.numel() / c.max(1), c)
     }
 }
+
+/// A recorder of one `(rows, cols)` by `(cols,)` kernel ([`reduce::encode_add_bias`], …).
+type PerFeature = fn(
+    &Context,
+    &mut Recorder,
+    u32,
+    u32,
+    &wgpu::Buffer,
+    &wgpu::Buffer,
+    &wgpu::Buffer,
+) -> std::result::Result<(), WgpuError>;
 
 impl Backend for Wgpu {
     type Tensor = WTensor;
@@ -496,28 +539,11 @@ impl Backend for Wgpu {
     }
 
     fn add_bias(&self, x: &WTensor, bias: &WTensor) -> Result<WTensor> {
-        let (rows, c) = Self::rows_cols(x);
-        if bias.shape.dims() != [c] {
-            return Err(shape_err(
-                "add_bias",
-                format!("bias {} does not match {}", bias.shape, x.shape),
-            ));
-        }
-        let mut st = self.lock();
-        let out = self.tensor(&mut st, x.shape.clone(), DType::F32)?;
-        if rows * c > 0 {
-            reduce::encode_add_bias(
-                &self.ctx,
-                self.encoder(&mut st),
-                u32_of("add_bias", rows)?,
-                u32_of("add_bias", c)?,
-                x.b(),
-                bias.b(),
-                out.b(),
-            )
-            .map_err(dev)?;
-        }
-        Ok(out)
+        self.per_feature("add_bias", x, bias, reduce::encode_add_bias)
+    }
+
+    fn scale_features(&self, x: &WTensor, s: &WTensor) -> Result<WTensor> {
+        self.per_feature("scale_features", x, s, reduce::encode_scale_features)
     }
 
     fn sum_to_last(&self, x: &WTensor) -> Result<WTensor> {

@@ -40,8 +40,8 @@ fn fixture(name: &str) -> PathBuf {
 
 fn methods() -> Vec<Method> {
     vec![
-        Method::Full,
-        Method::Bitfit,
+        Method::Full(Default::default()),
+        Method::Bitfit(Default::default()),
         Method::Lora(LoraConfig {
             r: 4,
             alpha: 8.0,
@@ -60,7 +60,7 @@ fn build<B: Backend>(
     arch: &str,
     task: Task,
     method: &Method,
-) -> (TaskModel, ParamStore<B>) {
+) -> (TaskModel<B>, ParamStore<B>) {
     let dir = fixture(&format!("tiny-{arch}"));
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let (tensors, _) = read(
@@ -115,7 +115,7 @@ fn labels(task: Task, b: usize, t: usize) -> (Vec<u32>, Shape) {
 /// Logits and every trainable gradient, named.
 fn forward_backward<B: Backend>(
     be: &B,
-    model: &TaskModel,
+    model: &TaskModel<B>,
     store: &ParamStore<B>,
     task: Task,
 ) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
@@ -125,7 +125,7 @@ fn forward_backward<B: Backend>(
 /// [`forward_backward`] on a given batch `(ids, mask, b, t)`.
 fn forward_backward_on<B: Backend>(
     be: &B,
-    model: &TaskModel,
+    model: &TaskModel<B>,
     store: &ParamStore<B>,
     task: Task,
     (ids, mask, b, t): (Vec<u32>, Vec<f32>, usize, usize),
@@ -159,7 +159,7 @@ fn losses<B: Backend>(be: &B, arch: &str, task: Task, method: &Method, steps: us
 
 fn train_losses<B: Backend>(
     be: &B,
-    model: TaskModel,
+    model: TaskModel<B>,
     store: ParamStore<B>,
     task: Task,
     steps: usize,
@@ -170,7 +170,7 @@ fn train_losses<B: Backend>(
 /// [`train_losses`] on a given batch.
 fn train_losses_on<B: Backend>(
     be: &B,
-    model: TaskModel,
+    model: TaskModel<B>,
     mut store: ParamStore<B>,
     task: Task,
     steps: usize,
@@ -330,7 +330,11 @@ fn wgpu_binding(bytes: u64) -> Option<Wgpu> {
 
 /// The tiny BERT's config with a vocabulary of 128 (an 8 KiB word-embedding table), randomly
 /// initialised (the same values on every backend), for `task` and `method`.
-fn tiny_vocab_128<B: Backend>(be: &B, task: Task, method: &Method) -> (TaskModel, ParamStore<B>) {
+fn tiny_vocab_128<B: Backend>(
+    be: &B,
+    task: Task,
+    method: &Method,
+) -> (TaskModel<B>, ParamStore<B>) {
     let config = std::fs::read_to_string(fixture("tiny-bert").join("config.json"))
         .unwrap()
         .replace("\"vocab_size\": 61", "\"vocab_size\": 128");
@@ -363,7 +367,11 @@ fn mlm_logits_larger_than_one_binding_are_processed_in_parts() {
     };
     let cb = Candle::cpu();
     let task = Task::MaskedLm;
-    for method in [Method::Full, Method::Bitfit, methods().remove(2)] {
+    for method in [
+        Method::Full(Default::default()),
+        Method::Bitfit(Default::default()),
+        methods().remove(2),
+    ] {
         let what = method.name();
         let (cm, cs) = tiny_vocab_128(&cb, task, &method);
         let (wm, ws) = tiny_vocab_128(&wg, task, &method);
@@ -395,8 +403,8 @@ fn an_embedding_table_larger_than_one_binding_is_processed_in_parts() {
     };
     let cb = Candle::cpu();
     let task = Task::TokenClassification { num_labels: 3 };
-    let (cm, cs) = tiny_vocab_128(&cb, task, &Method::Full);
-    let (wm, ws) = tiny_vocab_128(&wg, task, &Method::Full);
+    let (cm, cs) = tiny_vocab_128(&cb, task, &Method::Full(Default::default()));
+    let (wm, ws) = tiny_vocab_128(&wg, task, &Method::Full(Default::default()));
     // Ids across the whole vocabulary, so that every part of the table is read and written.
     let spread = || {
         let (ids, mask, b, t) = batch();
@@ -432,7 +440,11 @@ fn an_mlm_decoder_tied_to_a_table_larger_than_one_binding_is_processed_in_blocks
         let ids: Vec<u32> = ids.iter().map(|&i| (i * 37 + 11) % 128).collect();
         (ids, mask, b, t)
     };
-    for method in [Method::Full, Method::Bitfit, methods().remove(2)] {
+    for method in [
+        Method::Full(Default::default()),
+        Method::Bitfit(Default::default()),
+        methods().remove(2),
+    ] {
         let what = method.name();
         let (cm, cs) = tiny_vocab_128(&cb, task, &method);
         let (wm, ws) = tiny_vocab_128(&wg, task, &method);

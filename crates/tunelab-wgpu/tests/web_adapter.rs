@@ -104,8 +104,8 @@ async fn a_tiny_bert_trains_on_webgpu_like_on_the_cpu() {
         .unwrap();
     let wg = tunelab_wgpu::Wgpu::new(Arc::new(ctx));
     let methods = [
-        Method::Full,
-        Method::Bitfit,
+        Method::Full(Default::default()),
+        Method::Bitfit(Default::default()),
         Method::Lora(LoraConfig {
             r: 4,
             alpha: 8.0,

@@ -18,8 +18,10 @@ const STEPS: usize = 10;
 const WARMUP: usize = 2;
 /// Rounds of paired runs with `--vs-torch`.
 const ROUNDS: usize = 7;
-/// The methods timed, in the order they run.
-const METHODS: [&str; 4] = ["full", "bitfit", "lora", "prompt"];
+/// The methods timed, in the order they run: every registered one.
+fn methods() -> impl Iterator<Item = &'static str> {
+    tunelab_core::peft::REGISTRY.iter().map(|i| i.name)
+}
 
 /// `tunelab bench` from a release build (arguments follow).
 fn tunelab_bench() -> std::process::Command {
@@ -96,7 +98,7 @@ fn torch_run(methods: &str) -> anyhow::Result<Rows> {
 /// other left (`round` counts from 0).
 fn paired_round(round: usize) -> anyhow::Result<(Rows, Rows)> {
     let (mut ours, mut torch) = (Rows::new(), Rows::new());
-    for m in METHODS {
+    for m in methods() {
         if round.is_multiple_of(2) {
             ours.extend(ours_run(Some(m))?);
             torch.extend(torch_run(m)?);

@@ -30,7 +30,7 @@ const PAST_MAX: usize = 50;
 /// A trained or imported model, ready for the playground and export.
 pub(crate) struct Model<B: Backend> {
     pub backend: B,
-    pub model: TaskModel,
+    pub model: TaskModel<B>,
     pub store: ParamStore<B>,
     pub tokenizer: Tokenizer,
     pub kind: TaskKind,
@@ -321,7 +321,7 @@ async fn save_model(name: &str, files: Payload) -> Result<(), String> {
         &m.config_json,
         tensors,
         tunelab_core::models::heads::Task::MaskedLm,
-        &Method::Full,
+        &Method::Full(Default::default()),
         0,
         &mut store,
     )
@@ -780,7 +780,7 @@ trait AsyncLiveFn<T> {
 /// The model view of a slot.
 struct View<'a, B: Backend> {
     backend: &'a B,
-    model: &'a TaskModel,
+    model: &'a TaskModel<B>,
     store: &'a ParamStore<B>,
     tokenizer: &'a Tokenizer,
     kind: TaskKind,
@@ -906,7 +906,7 @@ async fn import(model: ModelSource, files: Payload) -> Result<(), String> {
     let files = zipfile::unpack(&zip_name, &zip)?;
     let imported = export::import(&files).map_err(|e| format!("{zip_name}: {e}"))?;
     let m = imported.manifest;
-    if m.method == Method::Full {
+    if m.method.export_kind() == tunelab_core::peft::ExportKind::Model {
         return Err(format!(
             "{zip_name} is a fully fine-tuned model: add its files as your own model instead"
         ));

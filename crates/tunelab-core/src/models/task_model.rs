@@ -6,7 +6,7 @@ use crate::models::bert::{Bert, BertConfig, EncoderInput, Flavor};
 use crate::models::heads::{Head, Task};
 use crate::nn::{Adapters, Ctx};
 use crate::params::{Bound, ParamId, ParamStore};
-use crate::peft::{Method, PeftError, Target};
+use crate::peft::{Method, PeftError, Shapes, Target};
 use crate::rng::Rng;
 use crate::safetensors_io::{HostTensor, LoadError};
 use crate::tape::{Tape, Var};
@@ -24,23 +24,23 @@ pub enum ModelError {
 }
 
 #[derive(Debug, Clone)]
-pub struct TaskModel {
+pub struct TaskModel<B: Backend> {
     pub encoder: Bert,
     pub head: Head,
-    pub adapters: Adapters,
+    pub adapters: Adapters<B>,
     pub prompt: Option<ParamId>,
 }
 
 /// Checkpoint tensors that may be left unused: other tasks' heads.
 const OTHER_HEADS: &[&str] = &["classifier.", "cls.", "lm_head.", "pooler."];
 
-impl TaskModel {
+impl<B: Backend> TaskModel<B> {
     /// Loads `config.json` (text) and the checkpoint's tensors (`model.safetensors` or its
     /// shards, read by [`crate::safetensors_io`]; `dir` names them in errors),
     /// adds the task's head (from the checkpoint or new) and applies `method`. Tensors in the
     /// checkpoint that neither the encoder nor a task head uses are an error.
     #[allow(clippy::too_many_arguments)]
-    pub fn load<B: Backend>(
+    pub fn load(
         backend: &B,
         dir: &str,
         config_json: &str,
@@ -100,7 +100,7 @@ impl TaskModel {
     }
 
     /// Virtual tokens prepended by prompt tuning (0 without it).
-    pub fn prompt_len<B: Backend>(&self, backend: &B, store: &ParamStore<B>) -> usize {
+    pub fn prompt_len(&self, backend: &B, store: &ParamStore<B>) -> usize {
         self.prompt
             .map(|p| backend.shape(&store.get(p).value).dims()[0])
             .unwrap_or(0)
@@ -108,7 +108,7 @@ impl TaskModel {
 
     /// Device inputs for `ids (B, T)` and its mask, with the prompt's prefix accounted for in
     /// positions, token types and mask.
-    pub fn input<B: Backend>(
+    pub fn input(
         &self,
         backend: &B,
         store: &ParamStore<B>,
@@ -145,11 +145,7 @@ impl TaskModel {
 
     /// Logits: `(B, K)` for sequence classification, `(B, T, K)` or `(B, T, V)` for token
     /// tasks (prompt positions removed).
-    pub fn logits<B: Backend>(
-        &self,
-        cx: &mut Ctx<'_, B>,
-        input: &EncoderInput<B::Tensor>,
-    ) -> Result<Var> {
+    pub fn logits(&self, cx: &mut Ctx<'_, B>, input: &EncoderInput<B::Tensor>) -> Result<Var> {
         let prompt = match self.prompt {
             None => None,
             Some(id) => {
@@ -187,7 +183,7 @@ impl TaskModel {
     /// the loss scale, the loss. With `grads` the trainable parameters are gradient leaves
     /// (then `tape.backward(loss)` and [`ParamStore::grads`]); otherwise every parameter is
     /// frozen and no backward work is kept (evaluation, prediction).
-    pub fn forward<B: Backend>(
+    pub fn forward(
         &self,
         backend: &B,
         store: &ParamStore<B>,
@@ -222,7 +218,7 @@ impl TaskModel {
 
     /// `scale * sum CE` over every row of `logits` flattened to `(N, K)` against `labels (N,)`
     /// ([`crate::backend::IGNORE_INDEX`] skipped).
-    pub fn loss<B: Backend>(
+    pub fn loss(
         &self,
         cx: &mut Ctx<'_, B>,
         logits: Var,
@@ -277,64 +273,21 @@ pub fn count_params(
     let head = crate::models::heads::head_shapes(config, flavor, task);
     let numel = |specs: &[(String, crate::Shape)]| specs.iter().map(|(_, s)| s.numel()).sum();
     let (enc_n, head_n): (usize, usize) = (numel(&encoder), numel(&head));
-    let total = enc_n + head_n;
-    Ok(match method {
-        Method::Full => (total, total),
-        Method::Bitfit => {
-            let biases: usize = encoder
-                .iter()
-                .filter(|(n, _)| n.ends_with(".bias"))
-                .map(|(_, s)| s.numel())
-                .sum();
-            (biases + head_n, total)
-        }
-        Method::Prompt(p) => {
-            let prompt = p.num_virtual_tokens * config.hidden_size;
-            if p.num_virtual_tokens == 0 {
-                return Err(PeftError::Invalid {
-                    method: "prompt",
-                    reason: "num_virtual_tokens must be at least 1".into(),
-                }
-                .into());
-            }
-            (prompt + head_n, total + prompt)
-        }
-        Method::Lora(l) => {
-            let linears: Vec<(&str, &crate::Shape)> = encoder
-                .iter()
-                .filter(|(n, s)| !n.starts_with("embeddings.") && s.rank() == 2)
-                .filter_map(|(n, s)| n.strip_suffix(".weight").map(|n| (n, s)))
-                .collect();
-            let targets: Vec<_> = linears
-                .iter()
-                .filter(|(n, _)| {
-                    l.target_modules
-                        .iter()
-                        .any(|p| crate::peft::lora::matches(n, p))
-                })
-                .collect();
-            if l.r == 0 {
-                return Err(PeftError::Invalid {
-                    method: "lora",
-                    reason: "r must be at least 1".into(),
-                }
-                .into());
-            }
-            if targets.is_empty() {
-                return Err(PeftError::NoTargets {
-                    patterns: l.target_modules.clone(),
-                    example: linears
-                        .first()
-                        .map(|(n, _)| n.to_string())
-                        .unwrap_or_default(),
-                }
-                .into());
-            }
-            let lora: usize = targets
-                .iter()
-                .map(|(_, s)| l.r * (s.dims()[0] + s.dims()[1]))
-                .sum();
-            (lora + head_n, total + lora)
-        }
-    })
+    let linears = encoder
+        .iter()
+        .filter(|(n, s)| !n.starts_with("embeddings.") && s.rank() == 2)
+        .filter_map(|(n, s)| {
+            n.strip_suffix(".weight")
+                .map(|n| (n.to_string(), s.clone()))
+        })
+        .collect();
+    let count = method.count(&Shapes {
+        params: encoder,
+        linears,
+        hidden_size: config.hidden_size,
+    })?;
+    Ok((
+        count.unfrozen + count.added + head_n,
+        enc_n + head_n + count.added,
+    ))
 }

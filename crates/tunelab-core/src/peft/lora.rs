@@ -4,10 +4,15 @@
 //! Kaiming-uniform (bound `1/sqrt(in)`, PEFT's default), `B` at zero, so training starts
 //! from the pretrained function.
 
-use super::{Applied, PeftError, Target};
+use super::{
+    Applied, Count, ExportKind, ModelDims, Opt, OptKind, PeftError, PeftKeys, PeftMethod, Shapes,
+    Target, add_param, names, object, param_id, targets,
+};
 use crate::Shape;
-use crate::backend::Backend;
-use crate::nn::LoraModule;
+use crate::backend::{Backend, Result};
+use crate::nn::{Ctx, LinearHook, dropout_mask};
+use crate::params::ParamId;
+use crate::tape::Var;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,14 +37,114 @@ impl Default for LoraConfig {
     }
 }
 
-/// PEFT's matching rule for a string `target_modules` entry.
-pub fn matches(name: &str, pattern: &str) -> bool {
-    name == pattern || name.ends_with(&format!(".{pattern}"))
+/// A low-rank update attached to a linear layer: `y += scale * (x @ A^T) @ B^T`, with `A` as
+/// `(r, in)` and `B` as `(out, r)` (PEFT's orientation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraModule {
+    pub a: ParamId,
+    pub b: ParamId,
+    pub scale: f32,
+    /// Dropout on the update's input while training (PEFT's `lora_dropout`).
+    pub dropout: f32,
 }
 
-impl LoraConfig {
-    /// The options' ranges (the reason names the option).
-    pub fn validate(&self) -> Result<(), String> {
+impl<B: Backend> LinearHook<B> for LoraModule {
+    fn product(&self, cx: &mut Ctx<'_, B>, x: Var, w: Var, b: Option<Var>) -> Option<Result<Var>> {
+        Some(self.forward(cx, x, w, b))
+    }
+
+    fn uses_dropout(&self) -> bool {
+        self.dropout > 0.0
+    }
+}
+
+impl LoraModule {
+    fn forward<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+    ) -> Result<Var> {
+        let (a, bm, p, scale) = (cx.p(self.a), cx.p(self.b), self.dropout, self.scale);
+        match cx.dropout.as_deref_mut() {
+            // Training with LoRA dropout: the update reads a dropped-out copy of the input.
+            Some(rng) if p > 0.0 => {
+                let shape = cx.tape.shape(x)?;
+                let mask = dropout_mask(rng, shape.numel(), p);
+                let mask = cx.tape.backend().upload(&mask, &shape)?;
+                let mask = cx.tape.leaf(mask, false);
+                let y = cx.tape.linear(x, w, b)?;
+                let dropped = cx.tape.mul(x, mask)?;
+                let down = cx.tape.matmul(dropped, a, false, true)?; // (.., r)
+                let up = cx.tape.matmul(down, bm, false, true)?; // (.., out)
+                let up = cx.tape.scale(up, scale)?;
+                cx.tape.add(y, up)
+            }
+            // Otherwise the update's input is the layer's: one product with the merged weight
+            // (see `Tape::lora_linear`).
+            _ => cx.tape.lora_linear(x, w, b, a, bm, scale),
+        }
+    }
+}
+
+const OPTIONS: &[Opt] = &[
+    Opt {
+        key: "r",
+        flag: "lora-r",
+        url: "r",
+        label: "rank r",
+        help: "LoRA rank. [default: 8]",
+        kind: OptKind::Whole { min: 1, max: 1024 },
+    },
+    Opt {
+        key: "alpha",
+        flag: "lora-alpha",
+        url: "alpha",
+        label: "alpha",
+        help: "LoRA alpha (updates are scaled by alpha / r). [default: 16]",
+        kind: OptKind::Real {
+            min: 0.0,
+            min_open: true,
+            max: f64::INFINITY,
+        },
+    },
+    Opt {
+        key: "dropout",
+        flag: "lora-dropout",
+        url: "dropout",
+        label: "dropout",
+        help: "LoRA dropout on the update's input while training (PEFT's `lora_dropout`). [default: 0]",
+        kind: OptKind::Real {
+            min: 0.0,
+            min_open: false,
+            max: 1.0,
+        },
+    },
+    Opt {
+        key: "target_modules",
+        flag: "lora-targets",
+        url: "targets",
+        label: "target modules",
+        help: "LoRA target modules (comma-separated names or name suffixes). [default: query,value]",
+        kind: OptKind::Names,
+    },
+];
+
+impl PeftMethod for LoraConfig {
+    const NAME: &'static str = "lora";
+    const TITLE: &'static str = "LoRA";
+    const SUMMARY: &'static str =
+        "low-rank updates A, B beside chosen linear layers; the weights stay frozen";
+    const HELP: &'static str = "Adds two thin matrices next to chosen weight matrices and trains only those: a few hundred thousand numbers instead of millions. Small to save and share.";
+    const LR: f64 = 5e-4;
+    const OPTIONS: &'static [Opt] = OPTIONS;
+    const EXPORT: ExportKind = ExportKind::Peft {
+        peft_type: "LORA",
+        keys: PeftKeys::Tuner,
+    };
+
+    fn validate(&self) -> std::result::Result<(), String> {
         if self.r == 0 {
             return Err("r must be at least 1".into());
         }
@@ -55,62 +160,84 @@ impl LoraConfig {
         }
         Ok(())
     }
-}
 
-pub fn apply<B: Backend>(cfg: &LoraConfig, t: &mut Target<'_, B>) -> Result<Applied, PeftError> {
-    cfg.validate().map_err(|reason| PeftError::Invalid {
-        method: "lora",
-        reason,
-    })?;
-    let targets: Vec<String> = t
-        .linear_names
-        .iter()
-        .filter(|n| cfg.target_modules.iter().any(|p| matches(n, p)))
-        .cloned()
+    fn apply<B: Backend>(&self, t: &mut Target<'_, B>) -> std::result::Result<Applied, PeftError> {
+        let names: Vec<String> = targets(
+            Self::TITLE,
+            &self.target_modules,
+            t.linear_names.iter().map(String::as_str),
+        )?
+        .into_iter()
+        .map(str::to_string)
         .collect();
-    if targets.is_empty() {
-        return Err(PeftError::NoTargets {
-            patterns: cfg.target_modules.clone(),
-            example: t.linear_names.first().cloned().unwrap_or_default(),
-        });
+        for name in names {
+            let w = param_id(t, Self::NAME, &format!("{name}.weight"))?;
+            let ws = t.backend.shape(&t.store.get(w).value);
+            let (out, inp) = (ws.dims()[0], ws.dims()[1]);
+            let bound = 1.0 / (inp as f32).sqrt();
+            let a: Vec<f32> = (0..self.r * inp)
+                .map(|_| (2.0 * t.rng.uniform() - 1.0) * bound)
+                .collect();
+            let a = t.backend.upload(&a, &Shape::new([self.r, inp]))?;
+            let b = t.backend.zeros(&Shape::new([out, self.r]))?;
+            let a = add_param(t, Self::NAME, format!("{name}.lora_A.weight"), a)?;
+            let b = add_param(t, Self::NAME, format!("{name}.lora_B.weight"), b)?;
+            t.adapters.attach(
+                &name,
+                LoraModule {
+                    a,
+                    b,
+                    scale: self.alpha / self.r as f32,
+                    dropout: self.dropout,
+                },
+            );
+        }
+        Ok(Applied::default())
     }
-    for name in targets {
-        let w = t
-            .store
-            .id(&format!("{name}.weight"))
-            .map_err(|e| PeftError::Invalid {
-                method: "lora",
-                reason: e.to_string(),
-            })?;
-        let ws = t.backend.shape(&t.store.get(w).value);
-        let (out, inp) = (ws.dims()[0], ws.dims()[1]);
-        let bound = 1.0 / (inp as f32).sqrt();
-        let a: Vec<f32> = (0..cfg.r * inp)
-            .map(|_| (2.0 * t.rng.uniform() - 1.0) * bound)
-            .collect();
-        let a = t.backend.upload(&a, &Shape::new([cfg.r, inp]))?;
-        let b = t.backend.zeros(&Shape::new([out, cfg.r]))?;
-        let dup = |e: crate::params::ParamError| PeftError::Invalid {
-            method: "lora",
-            reason: e.to_string(),
-        };
-        let a = t
-            .store
-            .insert(format!("{name}.lora_A.weight"), a, true)
-            .map_err(dup)?;
-        let b = t
-            .store
-            .insert(format!("{name}.lora_B.weight"), b, true)
-            .map_err(dup)?;
-        t.adapters.lora.insert(
-            name,
-            LoraModule {
-                a,
-                b,
-                scale: cfg.alpha / cfg.r as f32,
-                dropout: cfg.dropout,
-            },
-        );
+
+    fn count(&self, m: &Shapes) -> std::result::Result<Count, PeftError> {
+        let picked = targets(
+            Self::TITLE,
+            &self.target_modules,
+            m.linears.iter().map(|(n, _)| n.as_str()),
+        )?;
+        let added = m
+            .linears
+            .iter()
+            .filter(|(n, _)| picked.contains(&n.as_str()))
+            .map(|(_, s)| self.r * (s.dims()[0] + s.dims()[1]))
+            .sum();
+        Ok(Count { unfrozen: 0, added })
     }
-    Ok(Applied::default())
+
+    fn describe(&self) -> String {
+        format!(
+            "LoRA (r {}, alpha {}, targets {:?})",
+            self.r, self.alpha, self.target_modules
+        )
+    }
+
+    fn peft_config(&self, _dims: &ModelDims) -> serde_json::Map<String, serde_json::Value> {
+        object(serde_json::json!({
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": self.target_modules,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "init_lora_weights": true,
+            "use_rslora": false,
+            "use_dora": false,
+        }))
+    }
+
+    fn from_peft(cfg: &serde_json::Value) -> std::result::Result<Self, String> {
+        let num = |k: &str| cfg.get(k).and_then(|v| v.as_f64());
+        Ok(Self {
+            r: cfg.get("r").and_then(|v| v.as_u64()).ok_or("missing `r`")? as usize,
+            alpha: num("lora_alpha").ok_or("missing `lora_alpha`")? as f32,
+            dropout: num("lora_dropout").unwrap_or(0.0) as f32,
+            target_modules: names(cfg, "target_modules")?,
+        })
+    }
 }

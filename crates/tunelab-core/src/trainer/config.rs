@@ -360,12 +360,7 @@ impl TrainConfig {
 
     /// The peak learning rate (the method's default when not given).
     pub fn lr(&self) -> f64 {
-        self.lr.unwrap_or(match self.method {
-            Method::Full => 5e-5,
-            Method::Bitfit => 1e-3,
-            Method::Lora(_) => 5e-4,
-            Method::Prompt(_) => 1e-2,
-        })
+        self.lr.unwrap_or_else(|| self.method.default_lr())
     }
 
     /// The schedule for `total` optimiser steps.

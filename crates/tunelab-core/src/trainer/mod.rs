@@ -108,7 +108,7 @@ const EVAL_MASK_SEED: u64 = 0x4556_414c;
 #[derive(Debug)]
 pub struct Trainer<B: Backend> {
     pub backend: B,
-    pub model: TaskModel,
+    pub model: TaskModel<B>,
     pub store: ParamStore<B>,
     pub opt: Optimizer<B>,
     pub config: TrainConfig,
@@ -150,7 +150,7 @@ impl<B: Backend> Trainer<B> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         backend: B,
-        model: TaskModel,
+        model: TaskModel<B>,
         store: ParamStore<B>,
         config: TrainConfig,
         kind: TaskKind,
@@ -221,7 +221,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     fn uses_dropout(&self) -> bool {
-        self.model.adapters.lora.values().any(|l| l.dropout > 0.0)
+        self.model.adapters.uses_dropout()
     }
 
     fn upload(&mut self, b: &MicroBatch) -> Result<Micro<B::Tensor>, BackendError> {
@@ -398,7 +398,7 @@ pub struct EvalOptions {
 /// Streaming evaluation of any model (also used by `tunelab eval` on exported models).
 pub async fn evaluate<B: Backend>(
     backend: &B,
-    model: &TaskModel,
+    model: &TaskModel<B>,
     store: &ParamStore<B>,
     kind: TaskKind,
     labels: &Labels,

@@ -1,6 +1,7 @@
 // Reductions and broadcasts over a (rows, cols) matrix, row-major.
 //
 // add_bias:    out[r, c] = x[r, c] + bias[c]              one thread per element
+// scale_features: out[r, c] = x[r, c] * bias[c]           one thread per element
 // sum_to_last: out[c] = sum_r x[r, c]                      one thread per column, rows in order
 // col_partials: out[chunk, c] = sum of x[r, c] over the chunk's `n` rows: workgroup (column
 //              block, chunk), 64 columns x 4 lanes, lane l summing rows start + l, + 4, ...
@@ -34,6 +35,14 @@ fn add_bias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     let i = (wg.y * p.row_stride + wg.x) * 256u + lid;
     if (i < p.n) {
         out[i] = x[i] + bias[i % p.cols];
+    }
+}
+
+@compute @workgroup_size(256)
+fn scale_features(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * p.row_stride + wg.x) * 256u + lid;
+    if (i < p.n) {
+        out[i] = x[i] * bias[i % p.cols];
     }
 }
 

@@ -55,9 +55,38 @@ pub fn encode_add_bias(
     bias: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<(), WgpuError> {
+    encode_per_feature(ctx, enc, "add_bias", rows, cols, x, bias, out)
+}
+
+/// Records `out (rows, cols) = x * scale (cols,)`, feature by feature (IA3's vectors), in
+/// chunks of rows where `x` is larger than one binding.
+pub fn encode_scale_features(
+    ctx: &Context,
+    enc: &mut Recorder,
+    rows: u32,
+    cols: u32,
+    x: &wgpu::Buffer,
+    scale: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<(), WgpuError> {
+    encode_per_feature(ctx, enc, "scale_features", rows, cols, x, scale, out)
+}
+
+/// One `(rows, cols)` by `(cols,)` entry point of the kernel: `add_bias` or `scale_features`.
+#[allow(clippy::too_many_arguments)]
+fn encode_per_feature(
+    ctx: &Context,
+    enc: &mut Recorder,
+    entry: &'static str,
+    rows: u32,
+    cols: u32,
+    x: &wgpu::Buffer,
+    bias: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<(), WgpuError> {
     len(rows, cols)?;
     let w = u64::from(cols);
-    for (first, count) in row_chunks(ctx, "add_bias input", rows, &[w])? {
+    for (first, count) in row_chunks(ctx, &format!("{entry} input"), rows, &[w])? {
         let n = len(count, cols)?;
         let (gx, gy) = groups_for(ctx, n, 256);
         let p = Params::new(count, cols, n, gx);
@@ -66,7 +95,7 @@ pub fn encode_add_bias(
             enc,
             K,
             kernels::REDUCE,
-            "add_bias",
+            entry,
             bytemuck::bytes_of(&p),
             &[
                 (1, Part::rows(x, w, first, count)),
