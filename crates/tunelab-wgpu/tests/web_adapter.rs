@@ -18,6 +18,16 @@ async fn wgpu_gets_a_webgpu_adapter_in_the_browser() {
     assert!(report.limits.max_storage_buffer_binding_size >= 128 << 20);
 }
 
+/// The shared conformance suite on the browser's WebGPU: every op forward and backward.
+#[wasm_bindgen_test]
+async fn the_browser_webgpu_backend_passes_the_conformance_suite() {
+    let ctx = tunelab_wgpu::Context::new(Default::default())
+        .await
+        .unwrap();
+    let be = tunelab_wgpu::Wgpu::new(std::sync::Arc::new(ctx));
+    tunelab_conformance::run(&be).await;
+}
+
 #[wasm_bindgen_test]
 async fn axpby_runs_on_webgpu() {
     let ctx = tunelab_wgpu::Context::new(Default::default())
