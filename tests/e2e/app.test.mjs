@@ -356,6 +356,40 @@ test('a lost WebGPU device offers to resume; the run goes on from its checkpoint
   await page.close();
 });
 
+test('IA3 from the form trains on WebGPU and exports a PEFT IA3 adapter', async () => {
+  const { page, errors } = await open(context, '?data=ner&steps=4&batch=4&len=32&eval=4&evaln=16&lr=0.01&gpu=true');
+  // The method's options come from its registry entry.
+  await page.getByTestId('method-ia3').check();
+  assert.equal(await page.getByTestId('ia3-targets').inputValue(), 'key,value,output.dense');
+  assert.equal(await page.getByTestId('ia3-feedforward').inputValue(), 'output.dense');
+  assert.equal(await page.getByTestId('lora-r').count(), 0, 'LoRA options are hidden');
+  // MiniLM: keys and values (384 each) and both output.dense inputs (384, 1536) in 6 layers
+  // (16,128 values) plus the head: about 0.1% of the model (LoRA r=8 on query and value: 0.36%).
+  const counts = await page.getByTestId('param-counts').textContent();
+  const pct = Number(/\(([0-9.]+)%\)/.exec(counts)?.[1]);
+  assert.ok(pct > 0.05 && pct < 0.2, counts);
+  await page.getByTestId('train').click();
+  await waitPhase(page, ['finished', 'failed']);
+  await noError(page);
+  const l = await losses(page);
+  console.log(`# WebGPU IA3 NER losses: ${l.map((x) => x[1].toFixed(4)).join(' ')}`);
+  assert.equal(l.length, 4);
+  assert.ok(l.every(([, v]) => Number.isFinite(v)));
+  assert.ok((l[2][1] + l[3][1]) / 2 < l[0][1] - 0.05, `losses ${JSON.stringify(l)}`);
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByTestId('export').click()]);
+  const zipPath = join(out, download.suggestedFilename());
+  await download.saveAs(zipPath);
+  const files = readZip(readFileSync(zipPath));
+  const cfg = JSON.parse(files['adapter_config.json'].toString('utf8'));
+  assert.equal(cfg.peft_type, 'IA3');
+  assert.deepEqual(cfg.feedforward_modules, ['output.dense']);
+  const keys = safetensorsKeys(files['adapter_model.safetensors']);
+  assert.equal(keys.filter((k) => k.endsWith('.ia3_l')).length, 6 * 4, keys.join('\n'));
+  assert.ok(keys.includes('base_model.model.bert.encoder.layer.0.output.dense.ia3_l'), keys.join('\n'));
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
 test('what the preflight refuses cannot be started', async () => {
   // Masked-LM logits of 256 x 512 x 30522 floats (16 GB) exceed any WebGPU buffer limit.
   const { page, errors } = await open(context, '?data=brown-text&batch=256&len=512&gpu=true');

@@ -1,7 +1,7 @@
 //! Shared layers. Model files build only from these, so PEFT methods that hook a layer by
 //! name (LoRA, IA3) apply to every model without copying model code.
 
-use crate::backend::{Backend, MaybeSync, Result};
+use crate::backend::{Backend, Result};
 use crate::params::{Bound, ParamId};
 use crate::rng::Rng;
 use crate::tape::{Tape, Var};
@@ -12,7 +12,9 @@ use std::sync::Arc;
 /// order they were attached: every hook's [`LinearHook::input`], the first
 /// [`LinearHook::product`] that computes the layer (or the plain `x wᵀ + b`), then every
 /// hook's [`LinearHook::output`]. Each method's hook lives in its own file under `peft/`.
-pub trait LinearHook<B: Backend>: std::fmt::Debug + MaybeSync {
+/// Hooks hold parameter ids and numbers only, so they are `Send + Sync` everywhere (the
+/// threaded wasm worker shares the model across its threads).
+pub trait LinearHook<B: Backend>: std::fmt::Debug + Send + Sync {
     /// Changes the layer's input before the product (IA3 on feed-forward layers).
     fn input(&self, _cx: &mut Ctx<'_, B>, x: Var) -> Result<Var> {
         Ok(x)

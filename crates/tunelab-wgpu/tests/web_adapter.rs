@@ -1,6 +1,8 @@
 //! Runs in headless Chromium (`cargo xtask test --wasm`): WebGPU through wgpu.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
 #![cfg(target_arch = "wasm32")]
+// wgpu's context is not Send in wasm; the tests share it within their one thread.
+#![allow(clippy::arc_with_non_send_sync)]
 
 use wasm_bindgen_test::*;
 
