@@ -8,7 +8,7 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use tunelab_core::data::{self, Example, Format, Labels, ParseOptions};
 use tunelab_core::metrics::Confusion;
-use tunelab_core::models::bert::BertConfig;
+use tunelab_core::models::ModelConfig;
 use tunelab_core::predict::Prediction;
 use tunelab_core::session::holdout;
 use tunelab_core::trainer::{EvalReport, TaskKind};
@@ -125,7 +125,7 @@ struct App {
     form: RwSignal<Form>,
     manifest: RwSignal<Option<Manifest>>,
     model: RwSignal<Option<ModelChoice>>,
-    model_config: RwSignal<Option<BertConfig>>,
+    model_config: RwSignal<Option<ModelConfig>>,
     dataset: RwSignal<Option<Dataset>>,
     data_error: RwSignal<Option<String>>,
     upload: RwSignal<Option<(String, String)>>,
@@ -340,7 +340,7 @@ impl App {
             }
             Event::ModelSaved { facts } => {
                 self.model_config
-                    .set(BertConfig::from_json("config.json", &facts.config_json).ok());
+                    .set(ModelConfig::from_json("config.json", &facts.config_json).ok());
                 self.model.set(Some(ModelChoice::User(facts)));
                 self.status
                     .set("Your model is stored in this browser.".into());
@@ -642,7 +642,7 @@ pub fn App() -> impl IntoView {
             let bytes = card.files.iter().map(|f| f.bytes).sum();
             if let Ok(cfg) = fetch_text(&format!("assets/{}/config.json", card.dir)).await {
                 app.model_config
-                    .set(BertConfig::from_json("config.json", &cfg).ok());
+                    .set(ModelConfig::from_json("config.json", &cfg).ok());
             }
             app.model.set(Some(ModelChoice::Builtin {
                 id: card.id.clone(),
@@ -784,7 +784,7 @@ fn ModelPanel(app: App) -> impl IntoView {
                     view! {
                         <dl class="facts" data-testid="model-facts">
                             <dt>"Model"</dt><dd data-testid="model-name">{id}" (built in)"</dd>
-                            <dt>"Architecture"</dt><dd>{architecture}{cfg.map(|c| format!(", {} layers, hidden {}, {} heads", c.num_hidden_layers, c.hidden_size, c.num_attention_heads))}</dd>
+                            <dt>"Architecture"</dt><dd>{architecture}{cfg.map(|c| c.dims()).map(|d| format!(", {} layers, hidden {}, {} heads", d.num_hidden_layers, d.hidden_size, d.num_attention_heads))}</dd>
                             <dt>"Parameters"</dt><dd data-testid="model-params">{fmt_count(parameters as usize)}</dd>
                             <dt>"Size"</dt><dd>{mib(bytes)}</dd>
                         </dl>

@@ -2,7 +2,7 @@
 //! configuration, never the data), presets, and the memory preflight.
 
 use tunelab_core::data::ParseOptions;
-use tunelab_core::models::bert::BertConfig;
+use tunelab_core::models::ModelConfig;
 use tunelab_core::models::heads::Task;
 use tunelab_core::models::task_model::count_params;
 use tunelab_core::peft::{Method, Opt, REGISTRY};
@@ -336,7 +336,7 @@ pub const MAX_LEN: u64 = 512;
 
 /// Parameter counts for the form's method on a model: `(trainable, total)`.
 pub fn counts(
-    config: &BertConfig,
+    config: &ModelConfig,
     kind: TaskKind,
     num_labels: usize,
     method: &Method,
@@ -360,16 +360,17 @@ pub use tunelab_core::preflight::{memory_estimate, mib};
 /// Tensors larger than one storage binding are processed in parts, but each lives in one
 /// buffer. The error says which tensor needs how much.
 pub fn largest_tensor_fits(
-    config: &BertConfig,
+    config: &ModelConfig,
     kind: TaskKind,
     batch: usize,
     seq: usize,
     max_buffer: u64,
 ) -> Result<(), String> {
     // In u64: in 32-bit wasm a usize product of these wraps.
-    let table = config.vocab_size as u64 * config.hidden_size as u64 * 4;
+    let d = config.dims();
+    let table = d.vocab_size as u64 * d.hidden_size as u64 * 4;
     let logits = if kind == TaskKind::MaskedLm {
-        batch as u64 * seq as u64 * config.vocab_size as u64 * 4
+        batch as u64 * seq as u64 * d.vocab_size as u64 * 4
     } else {
         0
     };
@@ -394,8 +395,8 @@ mod tests {
     use super::Form;
 
     /// all-MiniLM-L6-v2's shape.
-    fn minilm() -> tunelab_core::models::bert::BertConfig {
-        tunelab_core::models::bert::BertConfig::from_json(
+    fn minilm() -> tunelab_core::models::ModelConfig {
+        tunelab_core::models::ModelConfig::from_json(
             "c",
             r#"{"model_type":"bert","vocab_size":30522,"hidden_size":384,"num_hidden_layers":6,
                "num_attention_heads":12,"intermediate_size":1536,"max_position_embeddings":512}"#,

@@ -147,7 +147,7 @@ fn check(kind: &str, task_name: &str, m: &str) {
     // The web app's live count, from shapes alone, agrees with the loaded model.
     let config =
         std::fs::read_to_string(fixtures().join(format!("tiny-{kind}/config.json"))).unwrap();
-    let config = tunelab_core::models::bert::BertConfig::from_json("config.json", &config).unwrap();
+    let config = tunelab_core::models::ModelConfig::from_json("config.json", &config).unwrap();
     assert_eq!(
         tunelab_core::models::task_model::count_params(&config, task, &method(m)).unwrap(),
         store.counts(&be),

@@ -208,7 +208,7 @@ fn run_on<B: Backend>(
             assets.display()
         );
         let config = MINILM_SHAPE.to_string();
-        let cfg = tunelab_core::models::bert::BertConfig::from_json("minilm-shape", &config)?;
+        let cfg = tunelab_core::models::ModelConfig::from_json("minilm-shape", &config)?;
         let tensors = cfg.random_tensors(0);
         ("minilm-shape".to_string(), config, tensors)
     };
@@ -226,7 +226,7 @@ fn run_on<B: Backend>(
     let (trainable, total) = store.counts(be);
 
     let mut rng = Rng::new(42);
-    let vocab = model.encoder.config.vocab_size as u64;
+    let vocab = model.config.dims().vocab_size as u64;
     let ids: Vec<u32> = (0..batch * seq)
         .map(|_| 1000 + rng.below(vocab - 1000) as u32)
         .collect();

@@ -8,7 +8,7 @@ use tunelab_candle::{Candle, DeviceKind};
 use tunelab_core::backend::Backend;
 use tunelab_core::data::{self, Features, Format, Labels, Masking, Parsed};
 use tunelab_core::export::{self, ExportManifest};
-use tunelab_core::models::bert::BertConfig;
+use tunelab_core::models::ModelConfig;
 use tunelab_core::models::task_model::TaskModel;
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::Method;
@@ -350,15 +350,15 @@ fn check_memory(
     cfg: &TrainConfig,
     kind: TaskKind,
     labels: &Labels,
-    base_cfg: &BertConfig,
+    base_cfg: &ModelConfig,
     tokenizer: &Tokenizer,
     on_host: bool,
 ) -> anyhow::Result<()> {
     let model_cfg = match &cfg.from_scratch {
-        Some(s) => BertConfig::from_json(
+        Some(s) => ModelConfig::from_json(
             "from_scratch",
             &s.config_json(
-                tokenizer.vocab_size().max(base_cfg.vocab_size),
+                tokenizer.vocab_size().max(base_cfg.dims().vocab_size),
                 tokenizer.pad_id(),
             ),
         )?,
@@ -418,17 +418,17 @@ pub fn build_model<B: Backend>(
     kind: TaskKind,
     labels: &Labels,
     dir: &Path,
-    base_cfg: &BertConfig,
+    base_cfg: &ModelConfig,
     tokenizer: &Tokenizer,
     backend: B,
 ) -> anyhow::Result<Built<B>> {
     let (config_json, tensors, base_model) = match &cfg.from_scratch {
         Some(s) => {
             let json = s.config_json(
-                tokenizer.vocab_size().max(base_cfg.vocab_size),
+                tokenizer.vocab_size().max(base_cfg.dims().vocab_size),
                 tokenizer.pad_id(),
             );
-            let c = BertConfig::from_json("from_scratch", &json)?;
+            let c = ModelConfig::from_json("from_scratch", &json)?;
             let t = c.random_tensors(cfg.seed);
             (json, t, "scratch".to_string())
         }
@@ -459,11 +459,14 @@ pub fn build_model<B: Backend>(
 }
 
 /// The model folder, its parsed config and tokenizer.
-pub fn model_parts(assets: &Path, model: &str) -> anyhow::Result<(PathBuf, BertConfig, Tokenizer)> {
+pub fn model_parts(
+    assets: &Path,
+    model: &str,
+) -> anyhow::Result<(PathBuf, ModelConfig, Tokenizer)> {
     let dir = model_dir(assets, model)?;
     let path = dir.join("config.json");
-    let cfg = BertConfig::from_json(&path.display().to_string(), &read_text(&path)?)?;
-    let tok = tokenizer(&dir, cfg.vocab_size)?;
+    let cfg = ModelConfig::from_json(&path.display().to_string(), &read_text(&path)?)?;
+    let tok = tokenizer(&dir, cfg.dims().vocab_size)?;
     Ok((dir, cfg, tok))
 }
 
@@ -503,7 +506,7 @@ pub fn load_export<B: Backend>(dir: &Path, assets: &Path, backend: B) -> anyhow:
         })?
     };
     let config_json = read_text(&base_dir.join("config.json"))?;
-    let bc = BertConfig::from_json(
+    let bc = ModelConfig::from_json(
         &base_dir.join("config.json").display().to_string(),
         &config_json,
     )?;
@@ -512,7 +515,7 @@ pub fn load_export<B: Backend>(dir: &Path, assets: &Path, backend: B) -> anyhow:
     } else {
         &base_dir
     };
-    let tokenizer = tokenizer(tok_dir, bc.vocab_size)?;
+    let tokenizer = tokenizer(tok_dir, bc.dims().vocab_size)?;
     let mut store = ParamStore::new();
     let model = TaskModel::load(
         &backend,

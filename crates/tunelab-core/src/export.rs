@@ -76,11 +76,8 @@ pub struct ExportInfo {
     pub base_config_json: String,
 }
 
-fn model_type<B: Backend>(model: &TaskModel<B>) -> &'static str {
-    match model.encoder.flavor {
-        crate::models::bert::Flavor::Bert => "bert",
-        crate::models::bert::Flavor::Roberta => "roberta",
-    }
+fn model_type<B: Backend>(model: &TaskModel<B>) -> &str {
+    model.config.model_type()
 }
 
 fn peft_task_type(task: TaskKind) -> serde_json::Value {
@@ -176,7 +173,7 @@ pub async fn export<B: Backend>(
     };
     match kind {
         ExportKind::Peft { peft_type, .. } => {
-            let c = &model.encoder.config;
+            let c = model.config.dims();
             let dims = ModelDims {
                 hidden_size: c.hidden_size,
                 num_attention_heads: c.num_attention_heads,
@@ -199,14 +196,7 @@ pub async fn export<B: Backend>(
         ExportKind::Model => {
             let mut config: serde_json::Value = serde_json::from_str(&info.base_config_json)
                 .map_err(|e| invalid("config.json", e.to_string()))?;
-            let arch = match (info.task, mt) {
-                (TaskKind::Classification, "roberta") => "RobertaForSequenceClassification",
-                (TaskKind::Classification, _) => "BertForSequenceClassification",
-                (TaskKind::TokenClassification, "roberta") => "RobertaForTokenClassification",
-                (TaskKind::TokenClassification, _) => "BertForTokenClassification",
-                (TaskKind::MaskedLm, "roberta") => "RobertaForMaskedLM",
-                (TaskKind::MaskedLm, _) => "BertForMaskedLM",
-            };
+            let arch = model.config.class_name(model.head.task);
             if let Some(obj) = config.as_object_mut() {
                 obj.insert("architectures".into(), serde_json::json!([arch]));
                 if info.task != TaskKind::MaskedLm {

@@ -5,24 +5,25 @@
 //! 32-bit wasm.
 
 use crate::data::Features;
-use crate::models::bert::{BertConfig, Flavor};
+use crate::models::ModelConfig;
 use crate::peft::Method;
 use crate::trainer::ConfigError;
 
 /// Estimated device memory of a training step in bytes: the weights, the gradients and AdamW
 /// moments of the trainable part, and the activations kept for the backward pass.
 pub fn memory_estimate(
-    config: &BertConfig,
+    config: &ModelConfig,
     trainable: usize,
     total: usize,
     batch: usize,
     seq: usize,
 ) -> u64 {
+    let d = config.dims();
     let (c, i, l, h) = (
-        config.hidden_size as u64,
-        config.intermediate_size as u64,
-        config.num_hidden_layers as u64,
-        config.num_attention_heads as u64,
+        d.hidden_size as u64,
+        d.intermediate_size as u64,
+        d.num_hidden_layers as u64,
+        d.num_attention_heads as u64,
     );
     let (b, t) = (batch as u64, seq as u64);
     let weights = (total as u64).saturating_mul(4);
@@ -42,7 +43,7 @@ pub fn checkpoint_bytes(trainable: usize) -> u64 {
 /// Host memory of a native job: the base weights as read from disk, a checkpoint being
 /// written, and — when the device is the CPU (`on_host`) — the training step itself.
 pub fn host_estimate(
-    config: &BertConfig,
+    config: &ModelConfig,
     trainable: usize,
     total: usize,
     batch: usize,
@@ -59,21 +60,16 @@ pub fn host_estimate(
         .saturating_add(step)
 }
 
-/// Positions the model's table has for inputs: `max_position_embeddings`, less RoBERTa's
-/// offset (its positions start after the padding id).
-pub fn position_limit(config: &BertConfig) -> usize {
-    match config.flavor() {
-        Ok(Flavor::Roberta) => config
-            .max_position_embeddings
-            .saturating_sub(config.pad_token_id as usize + 1),
-        _ => config.max_position_embeddings,
-    }
+/// Positions the model takes for inputs (RoBERTa's table less its offset: its positions
+/// start after the padding id).
+pub fn position_limit(config: &ModelConfig) -> usize {
+    config.dims().max_positions
 }
 
 /// Prompt tuning prepends its virtual tokens to every input: with the longest input of
 /// `features` they must fit the model's position table.
 pub fn check_positions(
-    config: &BertConfig,
+    config: &ModelConfig,
     method: &Method,
     features: &[&Features],
 ) -> Result<(), ConfigError> {
@@ -115,8 +111,8 @@ pub fn mem_available(meminfo: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn minilm() -> BertConfig {
-        BertConfig::from_json(
+    fn minilm() -> ModelConfig {
+        ModelConfig::from_json(
             "config.json",
             r#"{"model_type":"bert","vocab_size":30522,"hidden_size":384,"num_hidden_layers":6,
                 "num_attention_heads":12,"intermediate_size":1536,"max_position_embeddings":512}"#,

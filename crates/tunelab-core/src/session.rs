@@ -4,7 +4,7 @@
 
 use crate::backend::Backend;
 use crate::data::{self, Example, FeatureKind, Features, Format, Labels, Masking};
-use crate::models::bert::BertConfig;
+use crate::models::ModelConfig;
 use crate::models::heads::Task;
 use crate::models::task_model::TaskModel;
 use crate::params::ParamStore;
@@ -24,14 +24,14 @@ pub struct ModelFiles {
 
 impl ModelFiles {
     /// The parsed `config.json` and the tokenizer checked against it.
-    pub fn parts(&self) -> Result<(BertConfig, Tokenizer), TrainError> {
+    pub fn parts(&self) -> Result<(ModelConfig, Tokenizer), TrainError> {
         let config =
-            BertConfig::from_json(&format!("{}/config.json", self.name), &self.config_json)
+            ModelConfig::from_json(&format!("{}/config.json", self.name), &self.config_json)
                 .map_err(crate::models::task_model::ModelError::from)?;
         let tok = Tokenizer::from_json(
             &format!("{}/tokenizer.json", self.name),
             &self.tokenizer_json,
-            config.vocab_size,
+            config.dims().vocab_size,
         )?;
         Ok((config, tok))
     }
@@ -183,11 +183,9 @@ pub fn prepare<B: Backend>(
     let validation = val_rows
         .map(|(rows, name)| data::encode(&tokenizer, &rows, fk, &labels, cfg.max_len, &name))
         .transpose()?;
-    let model_config = crate::models::bert::BertConfig::from_json(
-        &format!("{}/config.json", model.name),
-        &model.config_json,
-    )
-    .map_err(crate::models::task_model::ModelError::from)?;
+    let model_config =
+        ModelConfig::from_json(&format!("{}/config.json", model.name), &model.config_json)
+            .map_err(crate::models::task_model::ModelError::from)?;
     let all: Vec<&data::Features> = std::iter::once(&features)
         .chain(validation.as_ref())
         .collect();

@@ -1,7 +1,7 @@
 //! One optimisation step, shared by the CLI, the web app, the benchmark and the tests.
 
 use crate::backend::{Backend, BackendError};
-use crate::models::bert::EncoderInput;
+use crate::models::EncoderInput;
 use crate::models::task_model::TaskModel;
 use crate::nn::Ctx;
 use crate::optim::{Optimizer, clip_coefficient};

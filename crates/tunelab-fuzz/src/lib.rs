@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use tunelab_core::data::{self, Example, Format, ParseOptions};
 use tunelab_core::export;
-use tunelab_core::models::bert::BertConfig;
+use tunelab_core::models::ModelConfig;
 use tunelab_core::safetensors_io::{self, HostTensor};
 use tunelab_core::trainer::{TrainConfig, checkpoint};
 use tunelab_core::zipfile;
@@ -134,10 +134,10 @@ pub fn config(bytes: &[u8]) {
     };
     if pick & 2 != 0 {
         const FILE: &str = "fuzz/config.json";
-        match BertConfig::from_json(FILE, text) {
+        match ModelConfig::from_json(FILE, text) {
             Ok(cfg) => {
                 // The parameter list of any accepted config can be listed.
-                let _ = cfg.param_specs();
+                let _ = cfg.specs(tunelab_core::models::heads::Task::MaskedLm);
             }
             Err(e) => assert_names(FILE, &e.to_string()),
         }

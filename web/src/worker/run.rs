@@ -8,7 +8,7 @@ use tunelab_candle::Candle;
 use tunelab_core::backend::Backend;
 use tunelab_core::data::Labels;
 use tunelab_core::export::{self, ExportInfo};
-use tunelab_core::models::bert::BertConfig;
+use tunelab_core::models::ModelConfig;
 use tunelab_core::models::task_model::TaskModel;
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::Method;
@@ -347,14 +347,15 @@ async fn save_model(name: &str, files: Payload) -> Result<(), String> {
 }
 
 /// The model's facts; `parameters` counts the checkpoint's tensors.
-fn facts(name: &str, c: &BertConfig, m: &ModelFiles, parameters: usize) -> ModelFacts {
+fn facts(name: &str, c: &ModelConfig, m: &ModelFiles, parameters: usize) -> ModelFacts {
+    let d = c.dims();
     ModelFacts {
         name: name.to_string(),
-        architecture: c.model_type.clone(),
-        layers: c.num_hidden_layers,
-        hidden: c.hidden_size,
-        heads: c.num_attention_heads,
-        vocab: c.vocab_size,
+        architecture: c.model_type().to_string(),
+        layers: d.num_hidden_layers,
+        hidden: d.hidden_size,
+        heads: d.num_attention_heads,
+        vocab: d.vocab_size,
         parameters,
         bytes: m.weights.len() as u64,
         config_json: m.config_json.clone(),

@@ -14,6 +14,8 @@
 
 use crate::Shape;
 use crate::backend::{Backend, Result};
+use crate::models::EncoderInput;
+use crate::models::heads::Task;
 use crate::nn::{Ctx, LayerNorm, Linear};
 use crate::params::{ParamId, ParamStore};
 use crate::safetensors_io::{HostTensor, LoadError, take_expected};
@@ -178,6 +180,86 @@ impl BertConfig {
     }
 }
 
+impl crate::models::Architecture for BertConfig {
+    const MODEL_TYPES: &'static [&'static str] = &["bert", "roberta"];
+
+    fn parse(file: &str, text: &str) -> std::result::Result<Self, LoadError> {
+        Self::from_json(file, text)
+    }
+
+    fn model_type(&self) -> &str {
+        &self.model_type
+    }
+
+    fn dims(&self) -> crate::models::Dims {
+        // RoBERTa's positions start after the padding id.
+        let max_positions = match self.flavor() {
+            Ok(Flavor::Roberta) => self
+                .max_position_embeddings
+                .saturating_sub(self.pad_token_id as usize + 1),
+            _ => self.max_position_embeddings,
+        };
+        crate::models::Dims {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            intermediate_size: self.intermediate_size,
+            max_positions,
+        }
+    }
+
+    fn specs(&self, task: Task) -> (crate::models::Specs, crate::models::Specs) {
+        let flavor = self.flavor().unwrap_or(Flavor::Bert);
+        let mut encoder = self.param_specs();
+        if uses_pooler(flavor, task) {
+            encoder.extend(self.pooler_specs());
+        }
+        (
+            encoder,
+            crate::models::heads::head_shapes(self, flavor, task),
+        )
+    }
+
+    fn linears(&self, task: Task) -> crate::models::Specs {
+        self.specs(task)
+            .0
+            .into_iter()
+            .filter(|(n, s)| !n.starts_with("embeddings.") && s.rank() == 2)
+            .filter_map(|(n, s)| {
+                n.strip_suffix(".weight")
+                    .map(|n| (n.to_string(), s.clone()))
+            })
+            .collect()
+    }
+
+    fn class_name(&self, task: Task) -> String {
+        let family = match self.flavor() {
+            Ok(Flavor::Roberta) => "Roberta",
+            _ => "Bert",
+        };
+        let head = match task {
+            Task::SequenceClassification { .. } => "ForSequenceClassification",
+            Task::TokenClassification { .. } => "ForTokenClassification",
+            Task::MaskedLm => "ForMaskedLM",
+        };
+        format!("{family}{head}")
+    }
+
+    fn random_tensors(
+        &self,
+        seed: u64,
+    ) -> std::collections::BTreeMap<String, crate::safetensors_io::HostTensor> {
+        BertConfig::random_tensors(self, seed)
+    }
+}
+
+/// Only BERT's sequence classification reads the pooler (transformers builds the other task
+/// models, and every RoBERTa one, without it).
+pub fn uses_pooler(flavor: Flavor, task: Task) -> bool {
+    matches!(task, Task::SequenceClassification { .. }) && flavor == Flavor::Bert
+}
+
 #[derive(Debug, Clone)]
 struct Layer {
     query: Linear,
@@ -202,19 +284,6 @@ pub struct Bert {
     layers: Vec<Layer>,
     /// `pooler.dense` (BERT's `[CLS]` pooler), when the checkpoint has it.
     pub pooler: Option<Linear>,
-}
-
-/// The inputs of one batch, already on the device.
-#[derive(Debug, Clone)]
-pub struct EncoderInput<T> {
-    /// `(B, T)` u32 token ids.
-    pub ids: T,
-    /// `(B, T')` u32 token type ids, `T' = T + prompt length`.
-    pub token_types: T,
-    /// `(B, T')` u32 position ids.
-    pub positions: T,
-    /// `(B, T')` f32, 1 for tokens and 0 for padding.
-    pub mask: T,
 }
 
 /// Hidden states between layers: whole `(B, T', C)`, or (prompt tuning, before the first

@@ -1,5 +1,31 @@
-//! Model architectures, each built from the shared [`nn`](crate::nn) layers.
+//! Model architectures, each built from the shared [`nn`](crate::nn) layers and registered
+//! once below; the rest of Tunelab reads them through [`ModelConfig`] ([`arch`]).
 
+pub mod arch;
 pub mod bert;
 pub mod heads;
 pub mod task_model;
+
+pub use arch::{Architecture, Dims, Specs};
+
+use crate::safetensors_io::{HostTensor, LoadError};
+use arch::{model_type_of, one_of};
+use heads::Task;
+use std::collections::BTreeMap;
+
+/// The inputs of one batch, already on the device.
+#[derive(Debug, Clone)]
+pub struct EncoderInput<T> {
+    /// `(B, T)` u32 token ids.
+    pub ids: T,
+    /// `(B, T')` u32 token type ids, `T' = T + prompt length`.
+    pub token_types: T,
+    /// `(B, T')` u32 position ids.
+    pub positions: T,
+    /// `(B, T')` f32, 1 for tokens and 0 for padding.
+    pub mask: T,
+}
+
+arch::architectures! {
+    Bert => bert::BertConfig,
+}

@@ -2,7 +2,9 @@
 
 use crate::Shape;
 use crate::backend::{Backend, BackendError, Result};
-use crate::models::bert::{Bert, BertConfig, EncoderInput, Flavor};
+use crate::models::EncoderInput;
+use crate::models::ModelConfig;
+use crate::models::bert::{Bert, BertConfig, Flavor};
 use crate::models::heads::{Head, Task};
 use crate::nn::{Adapters, Ctx};
 use crate::params::{Bound, ParamId, ParamStore};
@@ -25,6 +27,8 @@ pub enum ModelError {
 
 #[derive(Debug, Clone)]
 pub struct TaskModel<B: Backend> {
+    /// The model's `config.json`, through the architecture seam.
+    pub config: ModelConfig,
     pub encoder: Bert,
     pub head: Head,
     pub adapters: Adapters<B>,
@@ -53,10 +57,12 @@ impl<B: Backend> TaskModel<B> {
         let cfg_file = format!("{dir}/config.json");
         let st_file = format!("{dir}/model.safetensors");
         let config = BertConfig::from_json(&cfg_file, config_json)?;
-        // Only BERT's sequence classification uses the pooler (transformers builds the other
-        // task models, and every RoBERTa one, without it).
-        let pooler = matches!(task, Task::SequenceClassification { .. })
-            && config.flavor() == Ok(Flavor::Bert);
+        let flavor = config.flavor().map_err(|reason| LoadError::Config {
+            file: cfg_file.clone(),
+            reason,
+        })?;
+        let pooler = crate::models::bert::uses_pooler(flavor, task);
+        let model_config = ModelConfig::Bert(config.clone());
         let (encoder, mut rest) = Bert::load(backend, config, &st_file, tensors, pooler, store)?;
         let head = Head::load_or_init(backend, &encoder, task, &st_file, &mut rest, seed, store)?;
         let extra: Vec<String> = rest
@@ -92,6 +98,7 @@ impl<B: Backend> TaskModel<B> {
             rng: &mut rng,
         })?;
         Ok(Self {
+            config: model_config,
             encoder,
             head,
             adapters,
@@ -258,33 +265,17 @@ impl<B: Backend> Forward<B> {
 /// computed from shapes alone (no weights loaded) — what [`ParamStore::counts`] reports
 /// after [`TaskModel::load`]. The web app shows it live as options change.
 pub fn count_params(
-    config: &BertConfig,
+    config: &ModelConfig,
     task: Task,
     method: &Method,
 ) -> std::result::Result<(usize, usize), ModelError> {
-    let flavor = config.flavor().map_err(|reason| LoadError::Config {
-        file: "config.json".into(),
-        reason,
-    })?;
-    let mut encoder = config.param_specs();
-    if matches!(task, Task::SequenceClassification { .. }) && flavor == Flavor::Bert {
-        encoder.extend(config.pooler_specs());
-    }
-    let head = crate::models::heads::head_shapes(config, flavor, task);
+    let (encoder, head) = config.specs(task);
     let numel = |specs: &[(String, crate::Shape)]| specs.iter().map(|(_, s)| s.numel()).sum();
     let (enc_n, head_n): (usize, usize) = (numel(&encoder), numel(&head));
-    let linears = encoder
-        .iter()
-        .filter(|(n, s)| !n.starts_with("embeddings.") && s.rank() == 2)
-        .filter_map(|(n, s)| {
-            n.strip_suffix(".weight")
-                .map(|n| (n.to_string(), s.clone()))
-        })
-        .collect();
     let count = method.count(&Shapes {
         params: encoder,
-        linears,
-        hidden_size: config.hidden_size,
+        linears: config.linears(task),
+        hidden_size: config.dims().hidden_size,
     })?;
     Ok((
         count.unfrozen + count.added + head_n,
