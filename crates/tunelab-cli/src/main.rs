@@ -144,7 +144,7 @@ enum Command {
     Bench {
         #[arg(long, default_value = "assets", env = "TUNELAB_ASSETS")]
         assets: PathBuf,
-        /// Methods to run (default: full, bitfit, lora, prompt).
+        /// Methods to run (default: every registered one).
         #[arg(long, value_delimiter = ',')]
         methods: Vec<String>,
         #[arg(long, default_value_t = 8)]
