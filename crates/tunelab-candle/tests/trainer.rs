@@ -516,7 +516,7 @@ fn the_first_position_encoder_equals_the_full_one_sliced() {
         }
     }
     let input = model.input(&be, &store, &ids, &mask, batch, len).unwrap();
-    let c = model.encoder.config.hidden_size;
+    let c = model.config.dims().hidden_size;
     // The hidden state at position 0 read as logits over `c` classes gives a loss that
     // reaches every encoder parameter.
     let labels = be
@@ -563,7 +563,7 @@ fn the_first_position_encoder_equals_the_full_one_sliced() {
     assert!(diff(&first, &full) < 1e-5, "{first:?} vs {full:?}");
     // The encoder's 2 × 16 + 5 tensors reach the loss; the pooler and classifier do not.
     let reached = full_grads.iter().filter(|g| g.is_some()).count();
-    assert_eq!(reached, 5 + 16 * model.encoder.config.num_hidden_layers);
+    assert_eq!(reached, 5 + 16 * model.config.dims().num_hidden_layers);
     for (i, (a, b)) in first_grads.iter().zip(&full_grads).enumerate() {
         let (a, b) = (a.as_ref(), b.as_ref());
         assert_eq!(a.is_some(), b.is_some(), "parameter {i}");

@@ -5,8 +5,13 @@
 //! one line in `models/mod.rs`.
 
 use crate::Shape;
-use crate::models::heads::Task;
+use crate::backend::{Backend, Result as OpResult};
+use crate::models::EncoderInput;
+use crate::models::heads::{HeadSpec, Task};
+use crate::nn::{Ctx, Linear};
+use crate::params::{ParamId, ParamStore};
 use crate::safetensors_io::{HostTensor, LoadError};
+use crate::tape::Var;
 use std::collections::BTreeMap;
 
 /// The sizes every architecture has (the preflight's memory estimate, exports, the web app).
@@ -28,6 +33,8 @@ pub type Specs = Vec<(String, Shape)>;
 pub trait Architecture: Sized + Clone + PartialEq + std::fmt::Debug {
     /// The `model_type` values of `config.json` this family reads.
     const MODEL_TYPES: &'static [&'static str];
+    /// The family's model, its weights in a [`ParamStore`].
+    type Model: Encoder;
 
     /// Parses and checks `config.json`; `file` names it in errors.
     fn parse(file: &str, text: &str) -> Result<Self, LoadError>;
@@ -44,6 +51,55 @@ pub trait Architecture: Sized + Clone + PartialEq + std::fmt::Debug {
     fn class_name(&self, task: Task) -> String;
     /// A randomly initialised checkpoint, as transformers initialises the family.
     fn random_tensors(&self, seed: u64) -> BTreeMap<String, HostTensor>;
+    /// The task head: its tensors (names, shapes, initialisation) and how it runs.
+    fn head(&self, task: Task) -> HeadSpec;
+    /// Loads the model's tensors for `task` from a checkpoint's (`file` names it in errors)
+    /// into `store`; returns the model and the tensors it did not use (a head's, or extra).
+    fn load<B: Backend>(
+        &self,
+        backend: &B,
+        file: &str,
+        tensors: BTreeMap<String, HostTensor>,
+        task: Task,
+        store: &mut ParamStore<B>,
+    ) -> Result<(Self::Model, BTreeMap<String, HostTensor>), LoadError>;
+    /// A checkpoint tensor's store name (its family prefix, such as `bert.`, removed).
+    fn store_name<'a>(&self, key: &'a str) -> &'a str;
+    /// Whether a checkpoint tensor left unused is another task's head (not an error).
+    fn is_other_head(&self, name: &str) -> bool;
+}
+
+/// What a loaded model does for the task model around it.
+pub trait Encoder: Clone + std::fmt::Debug {
+    fn word_embeddings(&self) -> ParamId;
+    /// The sequence classifier's pooler, where the family has one.
+    fn pooler(&self) -> Option<&Linear>;
+    /// The linear layers PEFT may target (`encoder.layer.0.attention.self.query`).
+    fn linear_names(&self) -> Vec<&str>;
+    /// Position ids for a batch `(batch, total)` whose first `virtual_tokens` positions are
+    /// a prompt's, from the attention mask.
+    fn positions(
+        &self,
+        mask: &[f32],
+        batch: usize,
+        total: usize,
+        virtual_tokens: usize,
+    ) -> Vec<u32>;
+    /// Hidden states `(B, T', C)`; `prompt (B, P, C)` goes before the tokens.
+    fn encode<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        input: &EncoderInput<B::Tensor>,
+        prompt: Option<Var>,
+    ) -> OpResult<Var>;
+    /// What a head that reads the first position needs: the hidden states of at least the
+    /// first position (the family may skip work the others need only).
+    fn encode_first<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        input: &EncoderInput<B::Tensor>,
+        prompt: Option<Var>,
+    ) -> OpResult<Var>;
 }
 
 /// "`a`, `b` or `c`".
@@ -83,7 +139,74 @@ macro_rules! architectures {
             $($variant($ty),)*
         }
 
+        /// A loaded model of any registered family.
+        #[derive(Debug, Clone)]
+        pub enum Encoder {
+            $($variant(<$ty as Architecture>::Model),)*
+        }
+
+        impl Encoder {
+            pub fn word_embeddings(&self) -> ParamId {
+                match self { $(Self::$variant(m) => arch::Encoder::word_embeddings(m),)* }
+            }
+            pub fn pooler(&self) -> Option<&crate::nn::Linear> {
+                match self { $(Self::$variant(m) => arch::Encoder::pooler(m),)* }
+            }
+            pub fn linear_names(&self) -> Vec<&str> {
+                match self { $(Self::$variant(m) => arch::Encoder::linear_names(m),)* }
+            }
+            pub fn positions(&self, mask: &[f32], batch: usize, total: usize, virtual_tokens: usize) -> Vec<u32> {
+                match self { $(Self::$variant(m) => arch::Encoder::positions(m, mask, batch, total, virtual_tokens),)* }
+            }
+            pub fn encode<B: crate::backend::Backend>(
+                &self,
+                cx: &mut crate::nn::Ctx<'_, B>,
+                input: &EncoderInput<B::Tensor>,
+                prompt: Option<crate::tape::Var>,
+            ) -> crate::backend::Result<crate::tape::Var> {
+                match self { $(Self::$variant(m) => arch::Encoder::encode(m, cx, input, prompt),)* }
+            }
+            pub fn encode_first<B: crate::backend::Backend>(
+                &self,
+                cx: &mut crate::nn::Ctx<'_, B>,
+                input: &EncoderInput<B::Tensor>,
+                prompt: Option<crate::tape::Var>,
+            ) -> crate::backend::Result<crate::tape::Var> {
+                match self { $(Self::$variant(m) => arch::Encoder::encode_first(m, cx, input, prompt),)* }
+            }
+        }
+
         impl ModelConfig {
+            /// The task head (see [`Architecture::head`]).
+            pub fn head(&self, task: Task) -> heads::HeadSpec {
+                match self { $(Self::$variant(c) => c.head(task),)* }
+            }
+
+            /// Loads the model (see [`Architecture::load`]).
+            pub fn load<B: crate::backend::Backend>(
+                &self,
+                backend: &B,
+                file: &str,
+                tensors: BTreeMap<String, HostTensor>,
+                task: Task,
+                store: &mut crate::params::ParamStore<B>,
+            ) -> Result<(Encoder, BTreeMap<String, HostTensor>), LoadError> {
+                match self {
+                    $(Self::$variant(c) => {
+                        let (m, rest) = c.load(backend, file, tensors, task, store)?;
+                        Ok((Encoder::$variant(m), rest))
+                    })*
+                }
+            }
+
+            pub fn store_name<'a>(&self, key: &'a str) -> &'a str {
+                match self { $(Self::$variant(c) => c.store_name(key),)* }
+            }
+
+            pub fn is_other_head(&self, name: &str) -> bool {
+                match self { $(Self::$variant(c) => c.is_other_head(name),)* }
+            }
+
             /// Every `model_type` Tunelab reads.
             pub fn model_types() -> Vec<&'static str> {
                 let mut all = Vec::new();

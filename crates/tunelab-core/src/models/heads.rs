@@ -1,4 +1,7 @@
-//! Task heads on top of an encoder. Heads are always trainable and saved with an adapter.
+//! Task heads on top of an encoder, built from what the architecture says
+//! ([`Architecture::head`](crate::models::Architecture::head): tensor names, shapes,
+//! initialisation and a [`HeadStyle`]). Heads are always trainable and saved with an adapter.
+//! The BERT family's heads:
 //!
 //! | task | BERT names | RoBERTa names | output |
 //! |---|---|---|---|
@@ -8,7 +11,7 @@
 
 use crate::Shape;
 use crate::backend::{Backend, Result};
-use crate::models::bert::{Bert, BertConfig, Flavor};
+use crate::models::Encoder;
 use crate::nn::{Ctx, LayerNorm, Linear};
 use crate::params::{ParamId, ParamStore};
 use crate::rng::Rng;
@@ -26,19 +29,54 @@ pub enum Task {
     MaskedLm,
 }
 
+/// How a new head's tensor starts (transformers' initialisation).
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Init {
+pub enum Init {
+    /// normal(0, 0.02)
     Normal,
     Zero,
     One,
 }
 
+/// How a head runs; its tensors come in the order the style reads them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HeadStyle {
+    /// The first position through the encoder's pooler (+ tanh) where it has one, then a
+    /// classifier (`weight`, `bias`).
+    PooledClassifier,
+    /// The first position through a dense layer and tanh, then an output projection
+    /// (RoBERTa: dense `weight`, `bias`, projection `weight`, `bias`).
+    DenseTanhClassifier,
+    /// A classifier on every position (`weight`, `bias`).
+    TokenClassifier,
+    /// Dense + GELU + layer norm, then a decoder tied to the word embeddings plus a bias
+    /// (dense `weight`, `bias`, norm `weight`, `bias`, decoder bias).
+    MaskedLm { eps: f32 },
+}
+
+/// A task head as an architecture defines it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadSpec {
+    pub style: HeadStyle,
+    pub tensors: Vec<(String, Shape, Init)>,
+}
+
+impl HeadSpec {
+    /// The head's tensors (name, shape).
+    pub fn shapes(&self) -> Vec<(String, Shape)> {
+        self.tensors
+            .iter()
+            .map(|(n, s, _)| (n.clone(), s.clone()))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Kind {
-    BertSequence {
+    Pooled {
         classifier: Linear,
     },
-    RobertaSequence {
+    DenseTanh {
         dense: Linear,
         out_proj: Linear,
     },
@@ -60,56 +98,6 @@ pub struct Head {
     names: Vec<String>,
 }
 
-fn specs(encoder: &Bert, task: Task) -> Vec<(String, Shape, Init)> {
-    specs_for(&encoder.config, encoder.flavor, task)
-}
-
-/// The head's tensors (name, shape) for a model config, flavour and task.
-pub fn head_shapes(config: &BertConfig, flavor: Flavor, task: Task) -> Vec<(String, Shape)> {
-    specs_for(config, flavor, task)
-        .into_iter()
-        .map(|(n, s, _)| (n, s))
-        .collect()
-}
-
-fn specs_for(config: &BertConfig, flavor: Flavor, task: Task) -> Vec<(String, Shape, Init)> {
-    let (c, v) = (config.hidden_size, config.vocab_size);
-    let lin = |name: &str, out: usize, inp: usize| {
-        vec![
-            (
-                format!("{name}.weight"),
-                Shape::new([out, inp]),
-                Init::Normal,
-            ),
-            (format!("{name}.bias"), Shape::new([out]), Init::Zero),
-        ]
-    };
-    match (task, flavor) {
-        (Task::SequenceClassification { num_labels }, Flavor::Bert)
-        | (Task::TokenClassification { num_labels }, _) => lin("classifier", num_labels, c),
-        (Task::SequenceClassification { num_labels }, Flavor::Roberta) => [
-            lin("classifier.dense", c, c),
-            lin("classifier.out_proj", num_labels, c),
-        ]
-        .concat(),
-        (Task::MaskedLm, flavor) => {
-            let (dense, ln, bias) = match flavor {
-                Flavor::Bert => (
-                    "cls.predictions.transform.dense",
-                    "cls.predictions.transform.LayerNorm",
-                    "cls.predictions.bias",
-                ),
-                Flavor::Roberta => ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias"),
-            };
-            let mut s = lin(dense, c, c);
-            s.push((format!("{ln}.weight"), Shape::new([c]), Init::One));
-            s.push((format!("{ln}.bias"), Shape::new([c]), Init::Zero));
-            s.push((bias.to_string(), Shape::new([v]), Init::Zero));
-            s
-        }
-    }
-}
-
 impl Head {
     /// Builds the head in `store`. Tensors of the checkpoint's leftovers with the head's names
     /// and shapes are loaded; otherwise the head is new, initialised as transformers does
@@ -117,14 +105,14 @@ impl Head {
     /// has a head of another size (`ignore_mismatched_sizes`).
     pub fn load_or_init<B: Backend>(
         backend: &B,
-        encoder: &Bert,
+        spec: HeadSpec,
         task: Task,
         file: &str,
         leftover: &mut BTreeMap<String, HostTensor>,
         seed: u64,
         store: &mut ParamStore<B>,
     ) -> std::result::Result<Self, LoadError> {
-        let specs = specs(encoder, task);
+        let specs = spec.tensors;
         let present = specs
             .iter()
             .all(|(n, s, _)| leftover.get(n).is_some_and(|t| &t.shape == s));
@@ -158,21 +146,31 @@ impl Head {
             weight: ids[k],
             bias: Some(ids[k + 1]),
         };
-        let kind = match (task, encoder.flavor) {
-            (Task::SequenceClassification { .. }, Flavor::Bert) => {
-                Kind::BertSequence { classifier: lin(0) }
-            }
-            (Task::SequenceClassification { .. }, Flavor::Roberta) => Kind::RobertaSequence {
+        let need = match spec.style {
+            HeadStyle::PooledClassifier | HeadStyle::TokenClassifier => 2,
+            HeadStyle::DenseTanhClassifier => 4,
+            HeadStyle::MaskedLm { .. } => 5,
+        };
+        if ids.len() != need {
+            return Err(cfg_err(format!(
+                "the {:?} head needs {need} tensors, the architecture gave {}",
+                spec.style,
+                ids.len()
+            )));
+        }
+        let kind = match spec.style {
+            HeadStyle::PooledClassifier => Kind::Pooled { classifier: lin(0) },
+            HeadStyle::DenseTanhClassifier => Kind::DenseTanh {
                 dense: lin(0),
                 out_proj: lin(2),
             },
-            (Task::TokenClassification { .. }, _) => Kind::Token { classifier: lin(0) },
-            (Task::MaskedLm, _) => Kind::MaskedLm {
+            HeadStyle::TokenClassifier => Kind::Token { classifier: lin(0) },
+            HeadStyle::MaskedLm { eps } => Kind::MaskedLm {
                 dense: lin(0),
                 ln: LayerNorm {
                     weight: ids[2],
                     bias: ids[3],
-                    eps: encoder.config.layer_norm_eps,
+                    eps,
                 },
                 bias: ids[4],
             },
@@ -187,16 +185,21 @@ impl Head {
 
     /// Logits from the encoder output `h (B, T, C)` (prompt positions already removed for
     /// token-level tasks): `(B, K)`, `(B, T, K)` or `(B, T, V)`.
-    pub fn forward<B: Backend>(&self, cx: &mut Ctx<'_, B>, encoder: &Bert, h: Var) -> Result<Var> {
+    pub fn forward<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        encoder: &Encoder,
+        h: Var,
+    ) -> Result<Var> {
         let first = |cx: &mut Ctx<'_, B>| -> Result<Var> {
             let s = cx.tape.shape(h)?;
             let x = cx.tape.slice_seq(h, 0, 1)?;
             cx.tape.reshape(x, &Shape::new([s.dims()[0], s.dims()[2]]))
         };
         match &self.kind {
-            Kind::BertSequence { classifier } => {
+            Kind::Pooled { classifier } => {
                 let x = first(cx)?;
-                let pooled = match &encoder.pooler {
+                let pooled = match encoder.pooler() {
                     Some(p) => {
                         let y = p.forward(cx, x)?;
                         cx.tape.tanh(y)?
@@ -205,7 +208,7 @@ impl Head {
                 };
                 classifier.forward(cx, pooled)
             }
-            Kind::RobertaSequence { dense, out_proj } => {
+            Kind::DenseTanh { dense, out_proj } => {
                 let x = first(cx)?;
                 let x = dense.forward(cx, x)?;
                 let x = cx.tape.tanh(x)?;
@@ -217,7 +220,7 @@ impl Head {
                 let x = cx.tape.gelu(x)?;
                 let x = ln.forward(cx, x)?;
                 // The decoder is tied to the word embeddings: logits = x E^T + b.
-                let e = cx.p(encoder.word_embeddings);
+                let e = cx.p(encoder.word_embeddings());
                 let logits = cx.tape.matmul(x, e, false, true)?;
                 let b = cx.p(*bias);
                 cx.tape.add_bias(logits, b)

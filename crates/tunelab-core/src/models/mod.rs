@@ -8,6 +8,8 @@ pub mod task_model;
 
 pub use arch::{Architecture, Dims, Specs};
 
+use crate::params::ParamId;
+
 use crate::safetensors_io::{HostTensor, LoadError};
 use arch::{model_type_of, one_of};
 use heads::Task;

@@ -3,9 +3,8 @@
 use crate::Shape;
 use crate::backend::{Backend, BackendError, Result};
 use crate::models::EncoderInput;
-use crate::models::ModelConfig;
-use crate::models::bert::{Bert, BertConfig, Flavor};
 use crate::models::heads::{Head, Task};
+use crate::models::{Encoder, ModelConfig};
 use crate::nn::{Adapters, Ctx};
 use crate::params::{Bound, ParamId, ParamStore};
 use crate::peft::{Method, PeftError, Shapes, Target};
@@ -29,14 +28,11 @@ pub enum ModelError {
 pub struct TaskModel<B: Backend> {
     /// The model's `config.json`, through the architecture seam.
     pub config: ModelConfig,
-    pub encoder: Bert,
+    pub encoder: Encoder,
     pub head: Head,
     pub adapters: Adapters<B>,
     pub prompt: Option<ParamId>,
 }
-
-/// Checkpoint tensors that may be left unused: other tasks' heads.
-const OTHER_HEADS: &[&str] = &["classifier.", "cls.", "lm_head.", "pooler."];
 
 impl<B: Backend> TaskModel<B> {
     /// Loads `config.json` (text) and the checkpoint's tensors (`model.safetensors` or its
@@ -56,24 +52,20 @@ impl<B: Backend> TaskModel<B> {
     ) -> std::result::Result<Self, ModelError> {
         let cfg_file = format!("{dir}/config.json");
         let st_file = format!("{dir}/model.safetensors");
-        let config = BertConfig::from_json(&cfg_file, config_json)?;
-        let flavor = config.flavor().map_err(|reason| LoadError::Config {
-            file: cfg_file.clone(),
-            reason,
-        })?;
-        let pooler = crate::models::bert::uses_pooler(flavor, task);
-        let model_config = ModelConfig::Bert(config.clone());
-        let (encoder, mut rest) = Bert::load(backend, config, &st_file, tensors, pooler, store)?;
-        let head = Head::load_or_init(backend, &encoder, task, &st_file, &mut rest, seed, store)?;
+        let config = ModelConfig::from_json(&cfg_file, config_json)?;
+        let (encoder, mut rest) = config.load(backend, &st_file, tensors, task, store)?;
+        let head = Head::load_or_init(
+            backend,
+            config.head(task),
+            task,
+            &st_file,
+            &mut rest,
+            seed,
+            store,
+        )?;
         let extra: Vec<String> = rest
             .into_keys()
-            .filter(|k| {
-                let k = k
-                    .strip_prefix("bert.")
-                    .or_else(|| k.strip_prefix("roberta."))
-                    .unwrap_or(k);
-                !OTHER_HEADS.iter().any(|p| k.starts_with(p))
-            })
+            .filter(|k| !config.is_other_head(config.store_name(k)))
             .collect();
         if !extra.is_empty() {
             return Err(LoadError::Extra {
@@ -94,11 +86,11 @@ impl<B: Backend> TaskModel<B> {
                 .map(str::to_string)
                 .collect(),
             head: head.param_names(),
-            word_embeddings: encoder.word_embeddings,
+            word_embeddings: encoder.word_embeddings(),
             rng: &mut rng,
         })?;
         Ok(Self {
-            config: model_config,
+            config,
             encoder,
             head,
             adapters,
@@ -131,16 +123,7 @@ impl<B: Backend> TaskModel<B> {
             full_mask.extend(std::iter::repeat_n(1.0, p));
             full_mask.extend_from_slice(&mask[b * len..(b + 1) * len]);
         }
-        let positions = if p > 0 && self.encoder.flavor == Flavor::Roberta {
-            // With inputs_embeds, transformers numbers RoBERTa positions sequentially from
-            // pad + 1, padding included.
-            let pad = self.encoder.config.pad_token_id;
-            (0..batch)
-                .flat_map(|_| (0..total as u32).map(move |t| pad + 1 + t))
-                .collect()
-        } else {
-            self.encoder.position_ids(&full_mask, batch, total)
-        };
+        let positions = self.encoder.positions(&full_mask, batch, total, p);
         let sh = Shape::new([batch, total]);
         Ok(EncoderInput {
             ids: backend.upload_u32(ids, &Shape::new([batch, len]))?,
@@ -169,7 +152,7 @@ impl<B: Backend> TaskModel<B> {
                 Some(cx.tape.embedding(table, &rows)?)
             }
         };
-        // Sequence classification reads the first position only (see `Bert::encode_first`).
+        // Sequence classification reads the first position only (see `Encoder::encode_first`).
         if matches!(self.head.task, Task::SequenceClassification { .. }) {
             let h = self.encoder.encode_first(cx, input, prompt)?;
             return self.head.forward(cx, &self.encoder, h);

@@ -12,252 +12,66 @@
 //!
 //! Dropout is not applied (evaluation semantics; training dropout is a later addition).
 
-use crate::Shape;
+mod config;
+
+pub use config::{BertConfig, Flavor, uses_pooler};
+
 use crate::backend::{Backend, Result};
 use crate::models::EncoderInput;
-use crate::models::heads::Task;
 use crate::nn::{Ctx, LayerNorm, Linear};
 use crate::params::{ParamId, ParamStore};
 use crate::safetensors_io::{HostTensor, LoadError, take_expected};
 use crate::tape::Var;
-use serde::Deserialize;
 
-/// The fields of `config.json` the encoder uses.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct BertConfig {
-    pub model_type: String,
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub intermediate_size: usize,
-    pub max_position_embeddings: usize,
-    #[serde(default = "default_type_vocab")]
-    pub type_vocab_size: usize,
-    #[serde(default = "default_eps")]
-    pub layer_norm_eps: f32,
-    #[serde(default = "default_act")]
-    pub hidden_act: String,
-    #[serde(default)]
-    pub pad_token_id: u32,
-}
-
-fn default_type_vocab() -> usize {
-    2
-}
-fn default_eps() -> f32 {
-    1e-12
-}
-fn default_act() -> String {
-    "gelu".into()
-}
-
-/// Which convention of the shared graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
-    Bert,
-    Roberta,
-}
-
-impl BertConfig {
-    /// Parses `config.json`; `file` names it in errors.
-    pub fn from_json(file: &str, text: &str) -> std::result::Result<Self, LoadError> {
-        let cfg: BertConfig = serde_json::from_str(text).map_err(|e| LoadError::Config {
-            file: file.into(),
-            reason: e.to_string(),
-        })?;
-        cfg.flavor().map_err(|reason| LoadError::Config {
-            file: file.into(),
-            reason,
-        })?;
-        if cfg.hidden_act != "gelu" {
-            return Err(LoadError::Config {
-                file: file.into(),
-                reason: format!(
-                    "hidden_act `{}` is not supported (expected `gelu`)",
-                    cfg.hidden_act
-                ),
-            });
-        }
-        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
-        {
-            return Err(LoadError::Config {
-                file: file.into(),
-                reason: format!(
-                    "hidden_size {} is not divisible by num_attention_heads {}",
-                    cfg.hidden_size, cfg.num_attention_heads
-                ),
-            });
-        }
-        Ok(cfg)
+impl crate::models::arch::Encoder for Bert {
+    fn word_embeddings(&self) -> ParamId {
+        self.word_embeddings
     }
 
-    pub fn flavor(&self) -> std::result::Result<Flavor, String> {
-        match self.model_type.as_str() {
-            "bert" => Ok(Flavor::Bert),
-            "roberta" => Ok(Flavor::Roberta),
-            other => Err(format!(
-                "model_type `{other}` is not supported (expected `bert` or `roberta`)"
-            )),
-        }
+    fn pooler(&self) -> Option<&Linear> {
+        self.pooler.as_ref()
     }
 
-    /// Every encoder weight with its shape, in Hugging Face names (no `bert.` prefix).
-    pub fn param_specs(&self) -> Vec<(String, Shape)> {
-        let (c, i) = (self.hidden_size, self.intermediate_size);
-        let mut out = vec![
-            (
-                "embeddings.word_embeddings.weight".to_string(),
-                Shape::new([self.vocab_size, c]),
-            ),
-            (
-                "embeddings.position_embeddings.weight".to_string(),
-                Shape::new([self.max_position_embeddings, c]),
-            ),
-            (
-                "embeddings.token_type_embeddings.weight".to_string(),
-                Shape::new([self.type_vocab_size, c]),
-            ),
-            ("embeddings.LayerNorm.weight".to_string(), Shape::new([c])),
-            ("embeddings.LayerNorm.bias".to_string(), Shape::new([c])),
-        ];
-        for l in 0..self.num_hidden_layers {
-            let p = format!("encoder.layer.{l}.");
-            for (name, shape) in [
-                ("attention.self.query.weight", vec![c, c]),
-                ("attention.self.query.bias", vec![c]),
-                ("attention.self.key.weight", vec![c, c]),
-                ("attention.self.key.bias", vec![c]),
-                ("attention.self.value.weight", vec![c, c]),
-                ("attention.self.value.bias", vec![c]),
-                ("attention.output.dense.weight", vec![c, c]),
-                ("attention.output.dense.bias", vec![c]),
-                ("attention.output.LayerNorm.weight", vec![c]),
-                ("attention.output.LayerNorm.bias", vec![c]),
-                ("intermediate.dense.weight", vec![i, c]),
-                ("intermediate.dense.bias", vec![i]),
-                ("output.dense.weight", vec![c, i]),
-                ("output.dense.bias", vec![c]),
-                ("output.LayerNorm.weight", vec![c]),
-                ("output.LayerNorm.bias", vec![c]),
-            ] {
-                out.push((format!("{p}{name}"), Shape::new(shape)));
-            }
-        }
-        out
+    fn linear_names(&self) -> Vec<&str> {
+        Bert::linear_names(self)
     }
 
-    /// A randomly initialised checkpoint for pretraining from scratch, as transformers
-    /// initialises BERT: normal(0, 0.02) weights, zero biases, unit layer-norm gains.
-    pub fn random_tensors(
+    fn positions(
         &self,
-        seed: u64,
-    ) -> std::collections::BTreeMap<String, crate::safetensors_io::HostTensor> {
-        let mut rng = crate::rng::Rng::new(seed);
-        self.param_specs()
-            .into_iter()
-            .map(|(name, shape)| {
-                let n = shape.numel();
-                let data: Vec<f32> = if name.ends_with("LayerNorm.weight") {
-                    vec![1.0; n]
-                } else if name.ends_with(".bias") {
-                    vec![0.0; n]
-                } else {
-                    (0..n).map(|_| 0.02 * rng.normal()).collect()
-                };
-                (name, crate::safetensors_io::HostTensor { shape, data })
-            })
-            .collect()
-    }
-
-    /// The pooler (`pooler.dense`), present in BERT checkpoints.
-    pub fn pooler_specs(&self) -> Vec<(String, Shape)> {
-        let c = self.hidden_size;
-        vec![
-            ("pooler.dense.weight".into(), Shape::new([c, c])),
-            ("pooler.dense.bias".into(), Shape::new([c])),
-        ]
-    }
-}
-
-impl crate::models::Architecture for BertConfig {
-    const MODEL_TYPES: &'static [&'static str] = &["bert", "roberta"];
-
-    fn parse(file: &str, text: &str) -> std::result::Result<Self, LoadError> {
-        Self::from_json(file, text)
-    }
-
-    fn model_type(&self) -> &str {
-        &self.model_type
-    }
-
-    fn dims(&self) -> crate::models::Dims {
-        // RoBERTa's positions start after the padding id.
-        let max_positions = match self.flavor() {
-            Ok(Flavor::Roberta) => self
-                .max_position_embeddings
-                .saturating_sub(self.pad_token_id as usize + 1),
-            _ => self.max_position_embeddings,
-        };
-        crate::models::Dims {
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            intermediate_size: self.intermediate_size,
-            max_positions,
+        mask: &[f32],
+        batch: usize,
+        total: usize,
+        virtual_tokens: usize,
+    ) -> Vec<u32> {
+        if virtual_tokens > 0 && self.flavor == Flavor::Roberta {
+            // With inputs_embeds, transformers numbers RoBERTa positions sequentially from
+            // pad + 1, padding included.
+            let pad = self.config.pad_token_id;
+            (0..batch)
+                .flat_map(|_| (0..total as u32).map(move |t| pad + 1 + t))
+                .collect()
+        } else {
+            self.position_ids(mask, batch, total)
         }
     }
 
-    fn specs(&self, task: Task) -> (crate::models::Specs, crate::models::Specs) {
-        let flavor = self.flavor().unwrap_or(Flavor::Bert);
-        let mut encoder = self.param_specs();
-        if uses_pooler(flavor, task) {
-            encoder.extend(self.pooler_specs());
-        }
-        (
-            encoder,
-            crate::models::heads::head_shapes(self, flavor, task),
-        )
-    }
-
-    fn linears(&self, task: Task) -> crate::models::Specs {
-        self.specs(task)
-            .0
-            .into_iter()
-            .filter(|(n, s)| !n.starts_with("embeddings.") && s.rank() == 2)
-            .filter_map(|(n, s)| {
-                n.strip_suffix(".weight")
-                    .map(|n| (n.to_string(), s.clone()))
-            })
-            .collect()
-    }
-
-    fn class_name(&self, task: Task) -> String {
-        let family = match self.flavor() {
-            Ok(Flavor::Roberta) => "Roberta",
-            _ => "Bert",
-        };
-        let head = match task {
-            Task::SequenceClassification { .. } => "ForSequenceClassification",
-            Task::TokenClassification { .. } => "ForTokenClassification",
-            Task::MaskedLm => "ForMaskedLM",
-        };
-        format!("{family}{head}")
-    }
-
-    fn random_tensors(
+    fn encode<B: Backend>(
         &self,
-        seed: u64,
-    ) -> std::collections::BTreeMap<String, crate::safetensors_io::HostTensor> {
-        BertConfig::random_tensors(self, seed)
+        cx: &mut Ctx<'_, B>,
+        input: &EncoderInput<B::Tensor>,
+        prompt: Option<Var>,
+    ) -> Result<Var> {
+        Bert::encode(self, cx, input, prompt)
     }
-}
 
-/// Only BERT's sequence classification reads the pooler (transformers builds the other task
-/// models, and every RoBERTa one, without it).
-pub fn uses_pooler(flavor: Flavor, task: Task) -> bool {
-    matches!(task, Task::SequenceClassification { .. }) && flavor == Flavor::Bert
+    fn encode_first<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        input: &EncoderInput<B::Tensor>,
+        prompt: Option<Var>,
+    ) -> Result<Var> {
+        Bert::encode_first(self, cx, input, prompt)
+    }
 }
 
 #[derive(Debug, Clone)]
