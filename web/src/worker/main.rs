@@ -2,6 +2,9 @@
 //! the wasm CPU backend as a fallback) and browser storage, so the page never freezes.
 //! Messages are `[json, payload]` arrays (see `tunelab_web::protocol`).
 
+mod engine;
+mod files;
+mod live;
 #[cfg(target_feature = "atomics")]
 mod pool;
 mod run;
@@ -144,7 +147,7 @@ fn on_message(ev: MessageEvent) {
             st.control.set(Control::Run);
         }
         Request::Stop => st.control.set(Control::Stop),
-        Request::LoseDevice => run::lose_device(),
+        Request::LoseDevice => engine::lose_device(),
         other => wasm_bindgen_futures::spawn_local(async move {
             if let Err(e) = run::handle(other, files).await {
                 post_error(e);
