@@ -10,7 +10,7 @@
 
 use super::{
     Applied, Count, ExportKind, ModelDims, Opt, OptKind, PeftError, PeftKeys, PeftMethod, Shapes,
-    Target, add_param, names, object, param_id, targets,
+    Target, add_param, count_layers, names, object, target_layers,
 };
 use crate::Shape;
 use crate::backend::{Backend, Result};
@@ -122,17 +122,7 @@ impl PeftMethod for Ia3Config {
     }
 
     fn apply<B: Backend>(&self, t: &mut Target<'_, B>) -> std::result::Result<Applied, PeftError> {
-        let layers: Vec<String> = targets(
-            Self::TITLE,
-            &self.target_modules,
-            t.linear_names.iter().map(String::as_str),
-        )?
-        .into_iter()
-        .map(str::to_string)
-        .collect();
-        for name in layers {
-            let w = param_id(t, Self::NAME, &format!("{name}.weight"))?;
-            let ws = t.backend.shape(&t.store.get(w).value);
+        for (name, ws) in target_layers(t, Self::TITLE, &self.target_modules)? {
             let input = self.is_feedforward(&name);
             let shape = if input {
                 Shape::new([1, ws.dims()[1]])
@@ -147,17 +137,9 @@ impl PeftMethod for Ia3Config {
     }
 
     fn count(&self, m: &Shapes) -> std::result::Result<Count, PeftError> {
-        let picked = targets(
-            Self::TITLE,
-            &self.target_modules,
-            m.linears.iter().map(|(n, _)| n.as_str()),
-        )?;
-        let added = m
-            .linears
-            .iter()
-            .filter(|(n, _)| picked.contains(&n.as_str()))
-            .map(|(n, s)| s.dims()[usize::from(self.is_feedforward(n))])
-            .sum();
+        let added = count_layers(Self::TITLE, &self.target_modules, m, |n, s| {
+            s.dims()[usize::from(self.is_feedforward(n))]
+        })?;
         Ok(Count { unfrozen: 0, added })
     }
 

@@ -6,7 +6,7 @@
 
 use super::{
     Applied, Count, ExportKind, ModelDims, Opt, OptKind, PeftError, PeftKeys, PeftMethod, Shapes,
-    Target, add_param, names, object, param_id, targets,
+    Target, add_param, count_layers, names, object, target_layers,
 };
 use crate::Shape;
 use crate::backend::{Backend, Result};
@@ -162,17 +162,7 @@ impl PeftMethod for LoraConfig {
     }
 
     fn apply<B: Backend>(&self, t: &mut Target<'_, B>) -> std::result::Result<Applied, PeftError> {
-        let names: Vec<String> = targets(
-            Self::TITLE,
-            &self.target_modules,
-            t.linear_names.iter().map(String::as_str),
-        )?
-        .into_iter()
-        .map(str::to_string)
-        .collect();
-        for name in names {
-            let w = param_id(t, Self::NAME, &format!("{name}.weight"))?;
-            let ws = t.backend.shape(&t.store.get(w).value);
+        for (name, ws) in target_layers(t, Self::TITLE, &self.target_modules)? {
             let (out, inp) = (ws.dims()[0], ws.dims()[1]);
             let bound = 1.0 / (inp as f32).sqrt();
             let a: Vec<f32> = (0..self.r * inp)
@@ -196,17 +186,9 @@ impl PeftMethod for LoraConfig {
     }
 
     fn count(&self, m: &Shapes) -> std::result::Result<Count, PeftError> {
-        let picked = targets(
-            Self::TITLE,
-            &self.target_modules,
-            m.linears.iter().map(|(n, _)| n.as_str()),
-        )?;
-        let added = m
-            .linears
-            .iter()
-            .filter(|(n, _)| picked.contains(&n.as_str()))
-            .map(|(_, s)| self.r * (s.dims()[0] + s.dims()[1]))
-            .sum();
+        let added = count_layers(Self::TITLE, &self.target_modules, m, |_, s| {
+            self.r * (s.dims()[0] + s.dims()[1])
+        })?;
         Ok(Count { unfrozen: 0, added })
     }
 

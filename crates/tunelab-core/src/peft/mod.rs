@@ -204,6 +204,39 @@ pub fn targets<'a>(
     Ok(picked)
 }
 
+/// The model's linear layers `patterns` pick (PEFT's rule), each with its weight's shape
+/// `(out, in)`; an error names the method when none matches.
+pub fn target_layers<B: Backend>(
+    t: &Target<'_, B>,
+    method: &'static str,
+    patterns: &[String],
+) -> Result<Vec<(String, Shape)>, PeftError> {
+    let names = targets(method, patterns, t.linear_names.iter().map(String::as_str))?;
+    names
+        .into_iter()
+        .map(|name| {
+            let w = param_id(t, method, &format!("{name}.weight"))?;
+            Ok((name.to_string(), t.backend.shape(&t.store.get(w).value)))
+        })
+        .collect()
+}
+
+/// The sum of `per_layer(name, weight shape)` over the layers `patterns` pick out of a
+/// model described by shapes (what [`PeftMethod::count`] adds).
+pub fn count_layers(
+    method: &'static str,
+    patterns: &[String],
+    m: &Shapes,
+    per_layer: impl Fn(&str, &Shape) -> usize,
+) -> Result<usize, PeftError> {
+    let picked = targets(method, patterns, m.linears.iter().map(|(n, _)| n.as_str()))?;
+    Ok(m.linears
+        .iter()
+        .filter(|(n, _)| picked.contains(&n.as_str()))
+        .map(|(n, s)| per_layer(n, s))
+        .sum())
+}
+
 /// Adds a new trainable parameter for `method`; a clash of names is the method's error.
 pub fn add_param<B: Backend>(
     t: &mut Target<'_, B>,
