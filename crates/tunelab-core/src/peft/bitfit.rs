@@ -17,7 +17,7 @@ impl PeftMethod for Bitfit {
     const HELP: &'static str = "Trains only the bias terms — the small offsets added after each layer — plus the new output layer. The tiniest change that still helps.";
     const LR: f64 = 1e-3;
     const EXPORT: ExportKind = ExportKind::Tensors {
-        file: "bitfit.safetensors",
+        file: crate::export::BITFIT_WEIGHTS,
     };
 
     fn apply<B: Backend>(&self, t: &mut Target<'_, B>) -> Result<Applied, PeftError> {

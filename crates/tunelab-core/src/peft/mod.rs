@@ -332,9 +332,14 @@ macro_rules! registry {
                 match self { $(Self::$variant(_) => <$ty>::NAME,)* }
             }
 
-            fn entry(&self) -> &'static Info {
-                let name = self.name();
-                REGISTRY.iter().find(|i| i.name == name).expect("every method is registered")
+            /// The default peak learning rate.
+            pub fn default_lr(&self) -> f64 {
+                match self { $(Self::$variant(_) => <$ty>::LR,)* }
+            }
+
+            /// The method's options.
+            pub fn options(&self) -> &'static [Opt] {
+                match self { $(Self::$variant(_) => <$ty>::OPTIONS,)* }
             }
 
             /// Checks the method's options before anything is built: the reason names the
@@ -383,21 +388,6 @@ macro_rules! registry {
 }
 
 impl Method {
-    /// The default peak learning rate.
-    pub fn default_lr(&self) -> f64 {
-        self.entry().lr
-    }
-
-    /// The method's options.
-    pub fn options(&self) -> &'static [Opt] {
-        self.entry().options
-    }
-
-    /// The registry entry of `name`.
-    pub fn info(name: &str) -> Option<&'static Info> {
-        REGISTRY.iter().find(|i| i.name == name)
-    }
-
     /// Every method's name, for messages (`full, bitfit, lora, ...`).
     pub fn names() -> String {
         REGISTRY
