@@ -15,7 +15,7 @@ use tunelab_core::params::ParamStore;
 use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
 use tunelab_core::rng::Rng;
 use tunelab_core::safetensors_io::read;
-use tunelab_core::train::StepError;
+use tunelab_core::trainer::step::StepError;
 use tunelab_core::trainer::{EvalOptions, TaskKind, TrainConfig, TrainError, Trainer, evaluate};
 
 fn tiny() -> PathBuf {

@@ -17,7 +17,7 @@ use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule};
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::{Method, REGISTRY};
 use tunelab_core::rng::Rng;
-use tunelab_core::train::{self, Micro};
+use tunelab_core::trainer::step::{self as train, Micro};
 use tunelab_wgpu::ops::matmul::Dims;
 
 /// The methods benchmarked: every registered one with its defaults.

@@ -1,5 +1,6 @@
 //! `tunelab eval`, `predict` and `export`.
 
+use crate::files_out;
 use crate::job::{self, Loaded};
 use anyhow::{Context as _, bail};
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use tunelab_core::backend::Backend;
 use tunelab_core::data::{self, Example, Format};
 use tunelab_core::export::{self, ExportInfo};
 use tunelab_core::predict::{self, Prediction};
+use tunelab_core::session;
 use tunelab_core::trainer::{
     self, EvalOptions, EvalReport, TrainConfig, Trainer, checkpoint, resolve_task,
 };
@@ -223,20 +225,21 @@ pub fn predict<B: Backend>(
 /// Turns a resumable checkpoint into an export folder.
 pub fn export_checkpoint(checkpoint_file: &Path, out: &Path, assets: &Path) -> anyhow::Result<()> {
     // Refused before any work: the folder must be new, empty or an earlier export.
-    job::check_export_dir(out)?;
+    files_out::check_export_dir(out)?;
     let name = checkpoint_file.display().to_string();
     let bytes = std::fs::read(checkpoint_file).with_context(|| format!("reading {name}"))?;
     let (meta, _) = checkpoint::read(&name, &bytes)?;
     let cfg = meta.config.clone();
-    let (dir, base_cfg, tokenizer) = job::model_parts(assets, &cfg.model)?;
-    let built = job::build_model(
+    let dir = job::model_dir(assets, &cfg.model)?;
+    let base = job::model_files(&dir, session::needs_weights(&cfg))?;
+    let (base_cfg, tokenizer) = base.parts()?;
+    let built = session::build_model(
+        job::backend("cpu")?,
         &cfg,
-        meta.kind,
-        &meta.labels,
-        &dir,
+        session::head_task(meta.kind, &meta.labels),
+        &base,
         &base_cfg,
         &tokenizer,
-        job::backend("cpu")?,
     )?;
     // A trainer with no data, only to restore the checkpoint's weights into the model.
     let empty = data::Features {
@@ -276,11 +279,8 @@ pub fn export_checkpoint(checkpoint_file: &Path, out: &Path, assets: &Path) -> a
         &cfg.method,
         &info,
     ))?;
-    files.push((
-        "tokenizer.json".into(),
-        std::fs::read(dir.join("tokenizer.json"))?,
-    ));
-    job::write_dir(out, &files)?;
+    files.push(("tokenizer.json".into(), base.tokenizer_json));
+    files_out::write_dir(out, &files)?;
     println!(
         "exported step {} of {} ({}) to {}: {}",
         meta.state.step,
@@ -293,5 +293,73 @@ pub fn export_checkpoint(checkpoint_file: &Path, out: &Path, assets: &Path) -> a
             .collect::<Vec<_>>()
             .join(", ")
     );
+    Ok(())
+}
+
+/// `tunelab info`: the assets (checksums verified) and the devices this machine offers.
+pub fn info(assets: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let manifest = job::manifest(assets)?;
+    let gpu = pollster::block_on(tunelab_wgpu::Context::new(Default::default()));
+    let cuda = tunelab_candle::device(tunelab_candle::DeviceKind::Cuda(0)).map(|_| ());
+
+    if json {
+        let value = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "assets": manifest,
+            "wgpu": match &gpu { Ok(ctx) => serde_json::to_value(ctx.report())?, Err(e) => e.to_string().into() },
+            "cuda": match &cuda { Ok(()) => "available".to_string(), Err(e) => e.to_string() },
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+
+    println!("tunelab {}", env!("CARGO_PKG_VERSION"));
+    println!("assets: {} (all checksums verified)", assets.display());
+    for m in &manifest.models {
+        let default = if m.id == manifest.default_model {
+            " [default]"
+        } else {
+            ""
+        };
+        println!(
+            "  model   {:<20} {} · {:.1}M parameters · {}{default}",
+            m.id,
+            m.architecture,
+            m.parameters as f64 / 1e6,
+            m.license
+        );
+    }
+    for d in &manifest.datasets {
+        let sizes: Vec<String> = d
+            .split_sizes
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!(
+            "  dataset {:<20} {} · {} labels · {}",
+            d.id,
+            d.task,
+            d.labels.len(),
+            sizes.join(" / ")
+        );
+    }
+    match &gpu {
+        Ok(ctx) => {
+            let r = ctx.report();
+            println!(
+                "wgpu: {} ({}, {}, {}) · max storage binding {} MiB",
+                r.name,
+                r.backend,
+                r.device_type,
+                r.architecture,
+                r.limits.max_storage_buffer_binding_size >> 20
+            );
+        }
+        Err(e) => println!("wgpu: unavailable: {e}"),
+    }
+    match cuda {
+        Ok(()) => println!("cuda: available"),
+        Err(e) => println!("cuda: {e}"),
+    }
     Ok(())
 }

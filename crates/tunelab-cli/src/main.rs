@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod commands;
+mod files_out;
 mod job;
 mod method_args;
 mod train;
@@ -11,7 +12,6 @@ mod train;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use tunelab_core::Manifest;
 
 /// Training allocates and frees activation-sized buffers every op; glibc's malloc maps and
 /// unmaps each large one, and the page faults cost ~20% of a CPU step. mimalloc keeps them
@@ -353,7 +353,7 @@ fn run() -> anyhow::Result<()> {
             };
             commands::export_checkpoint(&file, &out, &assets)
         }
-        Command::Info { assets, json } => info(&assets, json),
+        Command::Info { assets, json } => commands::info(&assets, json),
         Command::Bench {
             assets,
             methods,
@@ -540,74 +540,6 @@ fn print_profile(kernels: &[tunelab_wgpu::KernelTime], gpu_ms: f64, wall_ms: f64
             100.0 * k.total_ms / gpu_ms.max(f64::MIN_POSITIVE)
         );
     }
-}
-
-fn info(assets: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let manifest = Manifest::verify_dir(assets)
-        .with_context(|| format!("checking the assets in {}", assets.display()))?;
-    let gpu = pollster::block_on(tunelab_wgpu::Context::new(Default::default()));
-    let cuda = tunelab_candle::device(tunelab_candle::DeviceKind::Cuda(0)).map(|_| ());
-
-    if json {
-        let value = serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "assets": manifest,
-            "wgpu": match &gpu { Ok(ctx) => serde_json::to_value(ctx.report())?, Err(e) => e.to_string().into() },
-            "cuda": match &cuda { Ok(()) => "available".to_string(), Err(e) => e.to_string() },
-        });
-        println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(());
-    }
-
-    println!("tunelab {}", env!("CARGO_PKG_VERSION"));
-    println!("assets: {} (all checksums verified)", assets.display());
-    for m in &manifest.models {
-        let default = if m.id == manifest.default_model {
-            " [default]"
-        } else {
-            ""
-        };
-        println!(
-            "  model   {:<20} {} · {:.1}M parameters · {}{default}",
-            m.id,
-            m.architecture,
-            m.parameters as f64 / 1e6,
-            m.license
-        );
-    }
-    for d in &manifest.datasets {
-        let sizes: Vec<String> = d
-            .split_sizes
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        println!(
-            "  dataset {:<20} {} · {} labels · {}",
-            d.id,
-            d.task,
-            d.labels.len(),
-            sizes.join(" / ")
-        );
-    }
-    match &gpu {
-        Ok(ctx) => {
-            let r = ctx.report();
-            println!(
-                "wgpu: {} ({}, {}, {}) · max storage binding {} MiB",
-                r.name,
-                r.backend,
-                r.device_type,
-                r.architecture,
-                r.limits.max_storage_buffer_binding_size >> 20
-            );
-        }
-        Err(e) => println!("wgpu: unavailable: {e}"),
-    }
-    match cuda {
-        Ok(()) => println!("cuda: available"),
-        Err(e) => println!("cuda: {e}"),
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! - `best/`, `final/`: exports (PEFT format for LoRA and prompt tuning);
 //! - `summary.json`: final metrics, steps, wall time, tokens/s.
 
+use crate::files_out;
 use crate::job::{self, Job};
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tunelab_core::backend::Backend;
 use tunelab_core::export::{self, ExportInfo};
+use tunelab_core::session;
 use tunelab_core::trainer::{EvalReport, StepReport, TrainConfig, TrainError, Trainer};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -235,32 +237,22 @@ fn run_in<B: Backend>(
     };
     let out = PathBuf::from(cfg.output_dir());
     let Job {
-        backend,
-        model,
-        store,
-        tokenizer,
+        session,
         tokenizer_json,
-        kind,
-        labels,
-        train,
+        files,
+    } = job::prepare(&cfg, assets, backend, prompt_text)?;
+    let session::Session {
+        mut trainer,
         validation,
-        masking,
+        tokenizer,
         config_json,
         base_model,
-        files,
-    } = job::prepare(&mut cfg, assets, backend, prompt_text)?;
-    let (trainable, total) = store.counts(&backend);
-    let mut trainer = Trainer::new(
-        backend,
-        model,
-        store,
-        cfg.clone(),
-        kind,
-        labels.clone(),
-        train,
-        tokenizer.pad_id(),
-        masking,
-    )?;
+        ..
+    } = session;
+    // The trainer's config has the prompt's initialisation tokens filled in.
+    cfg = trainer.config.clone();
+    let (kind, labels) = (trainer.kind, trainer.labels.clone());
+    let (trainable, total) = trainer.store.counts(&trainer.backend);
     if let Some((path, bytes)) = &checkpoint_bytes {
         trainer.restore(&path.display().to_string(), bytes)?;
         if trainer.is_done() {
@@ -286,7 +278,7 @@ fn run_in<B: Backend>(
                 })
                 .map(|l| format!("{l}\n"))
                 .collect();
-            job::write_file(&log_path, kept.as_bytes())?;
+            files_out::write_file(&log_path, kept.as_bytes())?;
         }
         eprintln!(
             "resumed from {} at step {} (epoch {})",
@@ -298,7 +290,7 @@ fn run_in<B: Backend>(
         // `run` made sure the folder is new or empty.
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     }
-    job::write_file(
+    files_out::write_file(
         &out.join("train_config.json"),
         serde_json::to_string_pretty(&cfg)?.as_bytes(),
     )?;
@@ -406,7 +398,7 @@ fn run_in<B: Backend>(
                 ),
             );
             if best {
-                job::write_dir(
+                files_out::write_dir(
                     &out.join("best"),
                     &export_files(&trainer, &info, &tokenizer_json)?,
                 )?;
@@ -415,7 +407,7 @@ fn run_in<B: Backend>(
         }
         if trainer.should_save(&r) {
             let bytes = pollster::block_on(trainer.checkpoint())?;
-            job::write_file(&out.join("checkpoint/checkpoint.safetensors"), &bytes)?;
+            files_out::write_file(&out.join("checkpoint/checkpoint.safetensors"), &bytes)?;
         }
         last = Some(r);
         if stop_after.is_some_and(|n| r.step >= n) && !trainer.is_done() {
@@ -423,7 +415,7 @@ fn run_in<B: Backend>(
                 b.finish_and_clear();
             }
             let bytes = pollster::block_on(trainer.checkpoint())?;
-            job::write_file(&out.join("checkpoint/checkpoint.safetensors"), &bytes)?;
+            files_out::write_file(&out.join("checkpoint/checkpoint.safetensors"), &bytes)?;
             eprintln!(
                 "paused at step {} of {}; continue with `tunelab train --resume {}`",
                 r.step,
@@ -436,7 +428,7 @@ fn run_in<B: Backend>(
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    job::write_dir(
+    files_out::write_dir(
         &out.join("final"),
         &export_files(&trainer, &info, &tokenizer_json)?,
     )?;
@@ -491,7 +483,7 @@ fn run_in<B: Backend>(
         best: trainer.state.best.clone(),
         output_dir: out.display().to_string(),
     };
-    job::write_file(
+    files_out::write_file(
         &out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;

@@ -131,7 +131,7 @@ pub async fn export<B: Backend>(
     for name in &selected {
         let t = host(name)?;
         let data = backend.download(&t).await?;
-        if crate::train::first_non_finite([(name.as_str(), data.as_slice())]).is_some() {
+        if crate::trainer::step::first_non_finite([(name.as_str(), data.as_slice())]).is_some() {
             return Err(invalid(
                 "export",
                 format!("`{name}` is not finite: a diverged model is not exported"),

@@ -27,7 +27,6 @@ pub mod session;
 pub mod shape;
 pub mod tape;
 pub mod tokenizer;
-pub mod train;
 pub mod trainer;
 pub mod zipfile;
 

@@ -60,6 +60,39 @@ pub fn host_estimate(
         .saturating_add(step)
 }
 
+/// The memory a job may take, and where its step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// Bytes available (Linux's `MemAvailable`, or what the user allows).
+    pub available: u64,
+    /// The training step runs in host memory (the CPU device).
+    pub on_host: bool,
+}
+
+/// Refuses a job whose host-memory estimate exceeds `budget`, before anything large is
+/// allocated: the operating system would kill it half-way otherwise.
+pub fn check_memory(
+    config: &ModelConfig,
+    trainable: usize,
+    total: usize,
+    batch: usize,
+    seq: usize,
+    budget: MemoryBudget,
+) -> Result<(), ConfigError> {
+    let need = host_estimate(config, trainable, total, batch, seq, budget.on_host);
+    if need <= budget.available {
+        return Ok(());
+    }
+    Err(ConfigError {
+        field: "batch_size",
+        reason: format!(
+            "this job needs about {} of memory ({trainable} trainable of {total} parameters, batch {batch} x {seq} tokens) but {} is available; nothing was started: lower the batch size or max_len, or use a smaller method (e.g. a lower LoRA rank)",
+            mib(need),
+            mib(budget.available)
+        ),
+    })
+}
+
 /// Positions the model takes for inputs (RoBERTa's table less its offset: its positions
 /// start after the padding id).
 pub fn position_limit(config: &ModelConfig) -> usize {

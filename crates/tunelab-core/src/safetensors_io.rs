@@ -164,12 +164,13 @@ pub fn read_ints(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, Vec<i64>>,
 }
 
 /// The tensors of a sharded checkpoint: `index_json` is `model.safetensors.index.json`
-/// (`{"weight_map": {tensor: shard file}}`), `shard` reads one shard's bytes by file name.
-/// Each shard is read once; a tensor the index places in a shard that lacks it is an error.
-pub fn read_sharded(
+/// (`{"weight_map": {tensor: shard file}}`), `shard` gives one shard's bytes by file name
+/// (read for the call, or borrowed from memory). Each shard is asked for once; a tensor the
+/// index places in a shard that lacks it is an error.
+pub fn read_sharded<'a>(
     index_file: &str,
     index_json: &[u8],
-    mut shard: impl FnMut(&str) -> Result<Vec<u8>, LoadError>,
+    mut shard: impl FnMut(&str) -> Result<std::borrow::Cow<'a, [u8]>, LoadError>,
 ) -> Result<BTreeMap<String, HostTensor>, LoadError> {
     #[derive(serde::Deserialize)]
     struct Index {
@@ -312,22 +313,22 @@ mod tests {
         let t = read_sharded("index.json", index, |f| {
             reads.push(f.to_string());
             Ok(if f == "a.safetensors" {
-                a.clone()
+                a.as_slice().into()
             } else {
-                b.clone()
+                b.as_slice().into()
             })
         })
         .unwrap();
         assert_eq!(reads, vec!["a.safetensors", "b.safetensors"]);
         assert_eq!(t["y"].data, vec![3.0]);
         let bad = br#"{"weight_map": {"x": "b.safetensors"}}"#;
-        let err = read_sharded("index.json", bad, |_| Ok(b.clone())).unwrap_err();
+        let err = read_sharded("index.json", bad, |_| Ok(b.as_slice().into())).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("b.safetensors: tensor `x` is missing"),
             "{err}"
         );
-        assert!(read_sharded("index.json", b"[]", |_| Ok(Vec::new())).is_err());
+        assert!(read_sharded("index.json", b"[]", |_| Ok(Vec::new().into())).is_err());
     }
 
     #[test]

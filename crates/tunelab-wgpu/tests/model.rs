@@ -18,7 +18,7 @@ use tunelab_core::optim::{AdamWConfig, Optimizer, Schedule};
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::{Method, lora::LoraConfig, prompt::PromptConfig};
 use tunelab_core::safetensors_io::read;
-use tunelab_core::train;
+use tunelab_core::trainer::step as train;
 use tunelab_wgpu::{Context, Wgpu};
 
 fn wgpu() -> Option<Wgpu> {

@@ -101,7 +101,7 @@ async fn a_tiny_bert_trains_on_webgpu_like_on_the_cpu() {
         );
         let mut losses = Vec::new();
         for _ in 0..3 {
-            let s = tunelab_core::train::step(
+            let s = tunelab_core::trainer::step::step(
                 be, &model, &mut store, &mut opt, &input, &labels, 0.5, 1.0,
             )
             .await

@@ -7,7 +7,7 @@ use tunelab_core::models::ModelConfig;
 use tunelab_core::models::task_model::TaskModel;
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::Method;
-use tunelab_core::session::ModelFiles;
+use tunelab_core::session::{ModelFiles, Weights};
 use tunelab_web::protocol::{Event, ModelFacts, ModelSource, PastRun, SavedRun};
 use tunelab_web::storage;
 use wasm_bindgen::{JsCast, JsValue};
@@ -94,7 +94,7 @@ pub(crate) async fn model_files(source: &ModelSource) -> Result<(ModelFiles, boo
         ModelFiles {
             name: source.name().to_string(),
             config_json: String::from_utf8_lossy(&config).into_owned(),
-            weights,
+            weights: Weights::Single(weights),
             tokenizer_json,
         },
         cached,
@@ -132,16 +132,18 @@ pub(crate) async fn save_model(name: &str, files: Payload) -> Result<(), String>
             .cloned()
             .ok_or_else(|| format!("the model needs {f}; it was not among the files given"))
     };
-    let m = ModelFiles {
+    let weights = get("model.safetensors")?;
+    let mut m = ModelFiles {
         name: name.to_string(),
         config_json: String::from_utf8(get("config.json")?)
             .map_err(|_| "config.json is not UTF-8 text".to_string())?,
-        weights: get("model.safetensors")?,
+        weights: Weights::Unread,
         tokenizer_json: get("tokenizer.json")?,
     };
     let (config, _) = m.parts().map_err(s)?;
     let (tensors, _) =
-        tunelab_core::safetensors_io::read("model.safetensors", &m.weights).map_err(s)?;
+        tunelab_core::safetensors_io::read(&format!("{name}/model.safetensors"), &weights)
+            .map_err(s)?;
     let parameters = tensors.values().map(|t| t.shape.numel()).sum();
     // The same checks a run makes: every tensor the architecture needs, none extra.
     let mut store = ParamStore::new();
@@ -159,7 +161,7 @@ pub(crate) async fn save_model(name: &str, files: Payload) -> Result<(), String>
     drop(store);
     let dir = format!("models/{name}");
     for (f, bytes) in [
-        ("model.safetensors", &m.weights),
+        ("model.safetensors", &weights),
         ("tokenizer.json", &m.tokenizer_json),
         ("config.json", &m.config_json.as_bytes().to_vec()),
     ] {
@@ -167,6 +169,7 @@ pub(crate) async fn save_model(name: &str, files: Payload) -> Result<(), String>
             .await
             .map_err(s)?;
     }
+    m.weights = Weights::Single(weights);
     post(
         &Event::ModelSaved {
             facts: facts(name, &config, &m, parameters),
@@ -187,7 +190,7 @@ pub(crate) fn facts(name: &str, c: &ModelConfig, m: &ModelFiles, parameters: usi
         heads: d.num_attention_heads,
         vocab: d.vocab_size,
         parameters,
-        bytes: m.weights.len() as u64,
+        bytes: m.weights.len(),
         config_json: m.config_json.clone(),
     }
 }

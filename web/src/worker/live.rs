@@ -175,7 +175,7 @@ pub(crate) async fn import(model: ModelSource, files: Payload) -> Result<(), Str
         .ok_or("choose the exported zip to import")?;
     let files = zipfile::unpack(&zip_name, &zip)?;
     let imported = export::import(&files).map_err(|e| format!("{zip_name}: {e}"))?;
-    let m = imported.manifest;
+    let m = &imported.manifest;
     if m.method.export_kind() == tunelab_core::peft::ExportKind::Model {
         return Err(format!(
             "{zip_name} is a fully fine-tuned model: add its files as your own model instead"
@@ -189,18 +189,10 @@ pub(crate) async fn import(model: ModelSource, files: Payload) -> Result<(), Str
     let method_name = m.method.name().to_string();
     let live = match engine {
         Engine::Gpu(be) => Live::Gpu(Slot::Imported(Box::new(load_adapter(
-            be,
-            &base,
-            &m,
-            &imported.tensors,
-            &zip_name,
+            be, &base, &imported, &zip_name,
         )?))),
         Engine::Cpu(be) => Live::Cpu(Slot::Imported(Box::new(load_adapter(
-            be,
-            &base,
-            &m,
-            &imported.tensors,
-            &zip_name,
+            be, &base, &imported, &zip_name,
         )?))),
     };
     *state().live.borrow_mut() = Some(live);
@@ -218,35 +210,21 @@ pub(crate) async fn import(model: ModelSource, files: Payload) -> Result<(), Str
 pub(crate) fn load_adapter<B: Backend>(
     be: B,
     base: &ModelFiles,
-    m: &export::ExportManifest,
-    tensors: &std::collections::BTreeMap<String, tunelab_core::safetensors_io::HostTensor>,
+    imported: &export::Imported,
     file: &str,
 ) -> Result<Model<B>, String> {
-    let (_, tokenizer) = base.parts().map_err(s)?;
-    let (weights, _) = tunelab_core::safetensors_io::read(&base.name, &base.weights).map_err(s)?;
-    let mut store = ParamStore::new();
-    let model = TaskModel::load(
-        &be,
-        &base.name,
-        &base.config_json,
-        weights,
-        session::head_task(m.task, &m.labels),
-        &m.method,
-        0,
-        &mut store,
-    )
-    .map_err(s)?;
-    export::apply(&be, &mut store, tensors, file).map_err(s)?;
+    let loaded = session::load_trained(be, imported, base, file).map_err(s)?;
+    let m = loaded.manifest;
     Ok(Model {
-        backend: be,
-        model,
-        store,
-        tokenizer,
+        backend: loaded.backend,
+        model: loaded.model,
+        store: loaded.store,
+        tokenizer: loaded.tokenizer,
         kind: m.task,
-        labels: m.labels.clone(),
+        labels: m.labels,
         max_len: m.max_len,
-        method: m.method.clone(),
-        base_model: m.base_model.clone(),
+        method: m.method,
+        base_model: m.base_model,
         base_config_json: base.config_json.clone(),
     })
 }

@@ -10,7 +10,7 @@ use tunelab_core::data::Labels;
 use tunelab_core::models::task_model::TaskModel;
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::Method;
-use tunelab_core::session::{self, DataText, ModelFiles, Session};
+use tunelab_core::session::{self, DataText, ModelFiles, RunInputs, Session};
 use tunelab_core::tokenizer::Tokenizer;
 use tunelab_core::trainer::{StepReport, TaskKind, TrainError, Trainer};
 use tunelab_web::protocol::{BackendInfo, Event, History, PastRun, RunSpec, SavedRun, StepPoint};
@@ -135,17 +135,14 @@ pub(crate) fn build<B: Backend>(
     spec: &RunSpec,
     m: &ModelFiles,
 ) -> Result<Session<B>, String> {
-    session::prepare(
-        be,
-        &spec.config,
-        spec.kind,
-        m,
-        &text(&spec.train),
-        spec.validation.as_ref().map(text).as_ref(),
-        spec.labels.clone(),
-        spec.holdout,
-    )
-    .map_err(s)
+    let (train, validation) = (text(&spec.train), spec.validation.as_ref().map(text));
+    let inputs = RunInputs {
+        validation: validation.as_ref(),
+        labels: spec.labels.as_deref(),
+        holdout_fraction: spec.holdout,
+        ..RunInputs::new(m, &train)
+    };
+    session::prepare(be, &spec.config, inputs).map_err(s)
 }
 
 pub(crate) async fn start(

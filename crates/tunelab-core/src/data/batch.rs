@@ -218,7 +218,7 @@ impl MicroBatch {
     /// The rows cut into `parts` micro-batches of consecutive rows, as even as possible (fewer
     /// when there are fewer rows; none empty), each padded only to its own longest row. Their
     /// losses and gradients add up to this batch's (see
-    /// [`step_accumulated`](crate::train::step_accumulated)): how a step runs its passes at
+    /// [`step_accumulated`](crate::trainer::step::step_accumulated)): how a step runs its passes at
     /// once on several cores ([`Backend::concurrent_passes`](crate::Backend)).
     pub fn split(&self, parts: usize) -> Vec<MicroBatch> {
         let parts = parts.clamp(1, self.batch.max(1));

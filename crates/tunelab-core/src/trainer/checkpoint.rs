@@ -87,7 +87,7 @@ impl<B: Backend> Trainer<B> {
                 put("adam_v", v, self.backend.download(v).await?);
             }
         }
-        if let Some(bad) = crate::train::first_non_finite(
+        if let Some(bad) = crate::trainer::step::first_non_finite(
             tensors.iter().map(|(n, t)| (n.as_str(), t.data.as_slice())),
         ) {
             return Err(err(

@@ -11,6 +11,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod step;
 
 pub use config::{ConfigError, ScheduleKind, ScratchConfig, TaskKind, TrainConfig, resolve_task};
 
@@ -24,9 +25,9 @@ use crate::models::task_model::{ModelError, TaskModel};
 use crate::optim::{AdamWConfig, Optimizer};
 use crate::params::ParamStore;
 use crate::rng::Rng;
-use crate::train::{Micro, StepError, step_accumulated};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use step::{Micro, StepError, step_accumulated};
 
 /// Anything that stops training.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -45,6 +46,8 @@ pub enum TrainError {
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error("checkpoint {file}: {reason}")]
     Checkpoint { file: String, reason: String },
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
 }
 
 /// The best evaluation so far.
@@ -308,7 +311,7 @@ impl<B: Backend> Trainer<B> {
         // next step comes first — the last step, or one followed by a checkpoint or an
         // export — the weights are checked directly, so a diverged model is never saved.
         if self.is_done() || self.should_save(&report) {
-            crate::train::check_weights(&self.backend, &self.store)
+            crate::trainer::step::check_weights(&self.backend, &self.store)
                 .await
                 .map_err(|source| TrainError::Step { step, source })?;
         }
