@@ -5,7 +5,7 @@ use tunelab_core::Shape;
 use tunelab_core::backend::Backend;
 
 /// Naive attention in f64: `(B, T, H*D)` inputs.
-fn attention_ref(
+pub(crate) fn attention_ref(
     q: &[f32],
     k: &[f32],
     v: &[f32],

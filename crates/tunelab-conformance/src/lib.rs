@@ -10,12 +10,14 @@
 
 mod attention;
 mod elementwise;
+mod large;
 mod linear;
 mod norm;
 mod other;
 
 pub use attention::{attention_backward, attention_forward_matches_naive_with_masks};
 pub use elementwise::{elementwise_ops, gelu_forward_is_the_erf_form};
+pub use large::ops_past_one_workgroup;
 pub use linear::{
     matmul_add_is_the_product_plus_the_accumulator, matmul_forward_matches_loops,
     matmul_linear_and_batched,
@@ -46,6 +48,7 @@ pub async fn run<B: Backend>(be: &B) {
     cross_entropy_with_ignore_index(be).await;
     adamw_matches_pytorch_formula(be).await;
     tape_frees_intermediates_and_skips_frozen_work(be).await;
+    ops_past_one_workgroup(be).await;
 }
 
 pub(crate) async fn host<B: Backend>(be: &B, t: &B::Tensor) -> Vec<f32> {
@@ -65,6 +68,7 @@ pub(crate) fn data(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+#[derive(Clone)]
 pub(crate) struct Input {
     shape: Shape,
     values: Vec<f32>,
@@ -149,6 +153,73 @@ pub(crate) async fn grad_check<B: Backend>(
                 "{name}: input {k}[{i}]: analytic {a}, numeric {numeric}"
             );
         }
+    }
+}
+
+/// The loss of [`loss_of`] computed on the host in f64 from the op's downloaded output.
+async fn host_loss<B: Backend>(be: &B, inputs: &[Input], f: &Build<'_, B>) -> f64 {
+    let mut tape = Tape::new(be.clone());
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|i| tape.leaf(be.upload(&i.values, &i.shape).unwrap(), i.trainable))
+        .collect();
+    let y = f(&mut tape, &vars).unwrap();
+    let y = host(be, tape.value(y).unwrap()).await;
+    let w = data(y.len(), 777);
+    y.iter()
+        .zip(&w)
+        .map(|(&y, &w)| (f64::from(y) * f64::from(w)).powi(2))
+        .sum()
+}
+
+/// Checks every trainable input's whole gradient at once, for inputs too large to check
+/// element by element: along a random direction `v`, `(L(x + εv) - L(x - εv)) / 2ε` must equal
+/// `grad · v`. Two forward passes per input, however large it is.
+pub(crate) async fn directional_check<B: Backend>(
+    be: &B,
+    name: &str,
+    inputs: Vec<Input>,
+    f: &Build<'_, B>,
+) {
+    let (mut tape, vars, loss) = loss_of(be, &inputs, f);
+    tape.backward(loss).unwrap();
+    let eps = 3e-3f32;
+    for (k, var) in vars.iter().enumerate() {
+        if !inputs[k].trainable {
+            continue;
+        }
+        let grad = host(
+            be,
+            tape.grad(*var)
+                .unwrap_or_else(|| panic!("{name}: input {k} has no gradient")),
+        )
+        .await;
+        assert_eq!(
+            grad.len(),
+            inputs[k].values.len(),
+            "{name}: gradient shape of input {k}"
+        );
+        let dir = data(grad.len(), 1000 + k as u64);
+        let analytic: f64 = grad
+            .iter()
+            .zip(&dir)
+            .map(|(&g, &d)| f64::from(g) * f64::from(d))
+            .sum();
+        let shifted = |sign: f32| {
+            let mut moved = inputs.clone();
+            for (x, d) in moved[k].values.iter_mut().zip(&dir) {
+                *x += sign * eps * d;
+            }
+            moved
+        };
+        let up = host_loss(be, &shifted(1.0), f).await;
+        let down = host_loss(be, &shifted(-1.0), f).await;
+        let numeric = (up - down) / (2.0 * f64::from(eps));
+        let tol = 1e-2 * analytic.abs().max(numeric.abs()).max(1e-2);
+        assert!(
+            (analytic - numeric).abs() <= tol,
+            "{name}: input {k} along a random direction: analytic {analytic}, numeric {numeric}"
+        );
     }
 }
 

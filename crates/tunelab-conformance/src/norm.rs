@@ -17,18 +17,7 @@ pub async fn layer_norm_forward_and_backward<B: Backend>(be: &B) {
             1e-5,
         )
         .unwrap();
-    let mut want = Vec::new();
-    for r in 0..rows {
-        let row: Vec<f64> = x[r * c..(r + 1) * c]
-            .iter()
-            .map(|&v| f64::from(v))
-            .collect();
-        let mean = row.iter().sum::<f64>() / c as f64;
-        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c as f64;
-        for j in 0..c {
-            want.push((row[j] - mean) / (var + 1e-5).sqrt() * f64::from(g[j]) + f64::from(bt[j]));
-        }
-    }
+    let want = layer_norm_ref(&x, &g, &bt, c, 1e-5);
     close("layer_norm", &host(be, &y).await, &want, 1e-5);
     grad_check(
         be,
@@ -52,4 +41,18 @@ pub async fn layer_norm_forward_and_backward<B: Backend>(be: &B) {
         &|t, v| t.layer_norm(v[0], v[1], v[2], 1e-12),
     )
     .await;
+}
+
+/// Layer norm of `x`'s rows of `c` in f64.
+pub(crate) fn layer_norm_ref(x: &[f32], g: &[f32], bt: &[f32], c: usize, eps: f64) -> Vec<f64> {
+    let mut want = Vec::with_capacity(x.len());
+    for row in x.chunks(c) {
+        let row: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+        let mean = row.iter().sum::<f64>() / c as f64;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c as f64;
+        for j in 0..c {
+            want.push((row[j] - mean) / (var + eps).sqrt() * f64::from(g[j]) + f64::from(bt[j]));
+        }
+    }
+    want
 }

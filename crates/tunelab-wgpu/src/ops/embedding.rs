@@ -278,8 +278,6 @@ pub async fn scatter_add(
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
-    use tunelab_core::Shape;
-    use tunelab_core::backend::Backend;
 
     #[test]
     fn csr_groups_positions_by_id_in_order() {
@@ -289,45 +287,21 @@ mod tests {
         assert_eq!(c.starts, vec![0, 2, 3, 5]);
     }
 
+    /// The table's gradient is the same bits every time (ids are grouped, not raced);
+    /// its values are the conformance suite's to check.
     #[test]
-    fn embedding_matches_the_candle_backend() {
+    fn scatter_add_is_deterministic() {
         let Some(ctx) = crate::context::tests::context() else {
             return;
         };
-        let cb = tunelab_candle::Candle::cpu();
-        for &(vocab, c, n) in &[(1usize, 1usize, 1usize), (61, 16, 37), (300, 7, 1000)] {
-            let table: Vec<f32> = (0..vocab * c).map(|i| (i as f32 * 0.13).sin()).collect();
-            let ids: Vec<u32> = (0..n).map(|i| ((i * 7 + i / 3) % vocab) as u32).collect();
-            let dy: Vec<f32> = (0..n * c).map(|i| (i as f32 * 0.31).cos()).collect();
-            let tt = cb.upload(&table, &Shape::new([vocab, c])).unwrap();
-            let ti = cb.upload_u32(&ids, &Shape::new([n])).unwrap();
-            let tdy = cb.upload(&dy, &Shape::new([n, c])).unwrap();
-            let want = pollster::block_on(cb.download(&cb.embedding(&tt, &ti).unwrap())).unwrap();
-            assert_eq!(
-                pollster::block_on(gather(&ctx, &table, c, &ids)).unwrap(),
-                want
-            );
-            let want =
-                pollster::block_on(cb.download(&cb.embedding_backward(&ti, &tdy, vocab).unwrap()))
-                    .unwrap();
-            let got = pollster::block_on(scatter_add(&ctx, &ids, &dy, c, vocab)).unwrap();
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                    "{vocab}x{c} at {i}: {g} vs {w}"
-                );
-            }
-            // Deterministic: the same bits twice.
-            assert_eq!(
-                got,
-                pollster::block_on(scatter_add(&ctx, &ids, &dy, c, vocab)).unwrap()
-            );
-        }
-        let e = pollster::block_on(gather(&ctx, &[0.0; 4], 2, &[2])).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("token id 2 is outside the vocabulary of 2"),
-            "{e}"
+        let (vocab, c, n) = (300usize, 7usize, 1000usize);
+        let ids: Vec<u32> = (0..n).map(|i| ((i * 7 + i / 3) % vocab) as u32).collect();
+        let dy: Vec<f32> = (0..n * c).map(|i| (i as f32 * 0.31).cos()).collect();
+        let once = pollster::block_on(scatter_add(&ctx, &ids, &dy, c, vocab)).unwrap();
+        assert_eq!(once.len(), vocab * c);
+        assert_eq!(
+            once,
+            pollster::block_on(scatter_add(&ctx, &ids, &dy, c, vocab)).unwrap()
         );
     }
 }

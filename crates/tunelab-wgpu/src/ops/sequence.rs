@@ -209,38 +209,14 @@ pub async fn slice(
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
-    use tunelab_core::Shape;
-    use tunelab_core::backend::Backend;
 
+    /// The values are the conformance suite's to check; a slice past the end is a typed
+    /// error naming the sequence.
     #[test]
-    fn concat_and_slice_match_the_candle_backend() {
+    fn a_slice_past_the_end_is_refused() {
         let Some(ctx) = crate::context::tests::context() else {
             return;
         };
-        let cb = tunelab_candle::Candle::cpu();
-        for &(b, ta, tb, c) in &[
-            (1usize, 1usize, 1usize, 1usize),
-            (2, 3, 5, 7),
-            (3, 20, 1, 16),
-        ] {
-            let a: Vec<f32> = (0..b * ta * c).map(|i| i as f32).collect();
-            let bb: Vec<f32> = (0..b * tb * c).map(|i| -(i as f32) - 1.0).collect();
-            let (x, y) = (
-                cb.upload(&a, &Shape::new([b, ta, c])).unwrap(),
-                cb.upload(&bb, &Shape::new([b, tb, c])).unwrap(),
-            );
-            let cat = cb.concat_seq(&x, &y).unwrap();
-            let want = pollster::block_on(cb.download(&cat)).unwrap();
-            let got = pollster::block_on(concat(&ctx, &a, &bb, b, c)).unwrap();
-            assert_eq!(got, want);
-            let (start, len) = (ta.min(1), tb.max(1).min(ta + tb - ta.min(1)));
-            let want =
-                pollster::block_on(cb.download(&cb.slice_seq(&cat, start, len).unwrap())).unwrap();
-            assert_eq!(
-                pollster::block_on(slice(&ctx, &got, b, c, start, len)).unwrap(),
-                want
-            );
-        }
         let e = pollster::block_on(slice(&ctx, &[0.0; 6], 1, 2, 2, 2)).unwrap_err();
         assert!(e.to_string().contains("outside a sequence of 3"), "{e}");
     }
