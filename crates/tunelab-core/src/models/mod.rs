@@ -4,6 +4,7 @@
 pub mod arch;
 pub mod bert;
 pub mod heads;
+pub mod rows;
 pub mod task_model;
 
 pub use arch::{Architecture, Dims, Specs};

@@ -18,6 +18,7 @@ pub use config::{BertConfig, Flavor, uses_pooler};
 
 use crate::backend::{Backend, Result};
 use crate::models::EncoderInput;
+use crate::models::rows::{FirstOnly, Rows};
 use crate::nn::{Ctx, LayerNorm, Linear};
 use crate::params::{ParamId, ParamStore};
 use crate::safetensors_io::{HostTensor, LoadError, take_expected};
@@ -98,24 +99,6 @@ pub struct Bert {
     layers: Vec<Layer>,
     /// `pooler.dense` (BERT's `[CLS]` pooler), when the checkpoint has it.
     pub pooler: Option<Linear>,
-}
-
-/// Hidden states between layers: whole `(B, T', C)`, or (prompt tuning, before the first
-/// layer) a prompt's rows `(B, P, C)` and the token rows `(B, T, C)` apart.
-#[derive(Debug, Clone, Copy)]
-enum Rows {
-    Whole(Var),
-    Split { prompt: Var, tokens: Var },
-}
-
-impl Rows {
-    /// The whole `(B, T', C)`.
-    fn join<B: Backend>(self, cx: &mut Ctx<'_, B>) -> Result<Var> {
-        match self {
-            Self::Whole(h) => Ok(h),
-            Self::Split { prompt, tokens } => cx.tape.concat_seq(prompt, tokens),
-        }
-    }
 }
 
 fn linear(
@@ -321,11 +304,8 @@ impl Bert {
         self.embed_rows(cx, input, prompt)?.join(cx)
     }
 
-    /// [`Bert::embed`], with a prompt's rows and the token rows kept apart where the token
-    /// rows need no gradient (prompt tuning: frozen embeddings and layer norm). Every op up to
-    /// the first layer's projections is per position, so the parts are exact; the first
-    /// layer then needs input gradients for the prompt's rows only (see
-    /// [`Bert::layers_forward`]).
+    /// [`Bert::embed`], with a prompt's rows and the token rows kept apart where they need
+    /// no gradient ([`Rows::embed`]).
     fn embed_rows<B: Backend>(
         &self,
         cx: &mut Ctx<'_, B>,
@@ -338,38 +318,19 @@ impl Bert {
         let pos = cx.tape.embedding(pos_table, &input.positions)?; // (B, P+T, C)
         let tt_table = cx.p(self.token_type_embeddings);
         let tt = cx.tape.embedding(tt_table, &input.token_types)?;
+        let frozen = [pos, tt, cx.p(self.emb_ln.weight), cx.p(self.emb_ln.bias)];
         // Position and token-type embeddings added, then layer norm: per position.
-        let finish = |cx: &mut Ctx<'_, B>, h: Var, pos: Var, tt: Var| -> Result<Var> {
+        Rows::embed(cx, tokens, prompt, &frozen, |cx, h, span| {
+            let (pos, tt) = match span {
+                Some((start, len)) => (
+                    cx.tape.slice_seq(pos, start, len)?,
+                    cx.tape.slice_seq(tt, start, len)?,
+                ),
+                None => (pos, tt),
+            };
             let h = cx.tape.add(h, pos)?;
             let h = cx.tape.add(h, tt)?;
             self.emb_ln.forward(cx, h)
-        };
-        let Some(p) = prompt else {
-            return finish(cx, tokens, pos, tt).map(Rows::Whole);
-        };
-        let frozen = [
-            tokens,
-            pos,
-            tt,
-            cx.p(self.emb_ln.weight),
-            cx.p(self.emb_ln.bias),
-        ];
-        if frozen.iter().any(|&v| cx.tape.needs_grad(v)) {
-            let h = cx.tape.concat_seq(p, tokens)?; // (B, P+T, C)
-            return finish(cx, h, pos, tt).map(Rows::Whole);
-        }
-        let (p_len, t_len) = (
-            cx.tape.shape(p)?.dims()[1],
-            cx.tape.shape(tokens)?.dims()[1],
-        );
-        let mut part = |h: Var, start: usize, len: usize| -> Result<Var> {
-            let pos = cx.tape.slice_seq(pos, start, len)?;
-            let tt = cx.tape.slice_seq(tt, start, len)?;
-            finish(cx, h, pos, tt)
-        };
-        Ok(Rows::Split {
-            prompt: part(p, 0, p_len)?,
-            tokens: part(tokens, p_len, t_len)?,
         })
     }
 
@@ -410,56 +371,21 @@ impl Bert {
     ) -> Result<Var> {
         let mut rows = self.embed_rows(cx, input, prompt)?;
         let heads = self.config.num_attention_heads;
-        let last = self.layers.len().saturating_sub(1);
         if first_only && self.layers.is_empty() {
             let h = rows.join(cx)?;
-            return cx.tape.slice_seq(h, 0, 1);
+            return FirstOnly::first(cx, h);
         }
-        // Where the backend's attention takes fewer queries than keys, the last layer's
-        // query projection and attention also run for position 0 only.
-        let query_subset = cx.tape.backend().attention_query_subset();
         for (l, layer) in self.layers.iter().enumerate() {
-            let first = first_only && l == last;
-            let (q, k, v, h) = match rows {
-                // A prompt's rows apart from the frozen token rows (prompt tuning, first
-                // layer): each projection runs on both parts and joins them, so the backward
-                // computes the projections' input gradient for the prompt's rows only.
-                Rows::Split { prompt, tokens } if !first => {
-                    let mut proj = |lin: &Linear| -> Result<Var> {
-                        let a = lin.forward(cx, prompt)?;
-                        let b = lin.forward(cx, tokens)?;
-                        cx.tape.concat_seq(a, b)
-                    };
-                    let (q, k, v) = (proj(&layer.query)?, proj(&layer.key)?, proj(&layer.value)?);
-                    (q, k, v, cx.tape.concat_seq(prompt, tokens)?)
-                }
-                _ => {
-                    let h = rows.join(cx)?;
-                    // Keys and values cover every position; with a query subset the queries
-                    // (and from there on everything) are position 0's only.
-                    let hq = if first && query_subset {
-                        cx.tape.slice_seq(h, 0, 1)?
-                    } else {
-                        h
-                    };
-                    let q = layer.query.forward(cx, hq)?;
-                    let k = layer.key.forward(cx, h)?;
-                    let v = layer.value.forward(cx, h)?;
-                    (q, k, v, hq)
-                }
-            };
-            let mut a = cx
+            let first = FirstOnly::at(cx, first_only, l, self.layers.len());
+            let [q, k, v, h] =
+                rows.attention_inputs(cx, first, [&layer.query, &layer.key, &layer.value])?;
+            let a = cx
                 .tape
                 .attention(q, k, v, heads, Some(&input.mask), false)?;
-            let mut h = h;
-            if first && !query_subset {
-                // From here on every op is per position: keep position 0 only.
-                a = cx.tape.slice_seq(a, 0, 1)?;
-                h = cx.tape.slice_seq(h, 0, 1)?;
-            }
+            let (a, h) = first.after_attention(cx, a, h)?;
             let a = layer.attn_out.forward(cx, a)?;
             let a = cx.tape.add(a, h)?;
-            h = layer.attn_ln.forward(cx, a)?;
+            let h = layer.attn_ln.forward(cx, a)?;
             let i = layer.inter.forward(cx, h)?;
             let i = cx.tape.gelu(i)?;
             let o = layer.out.forward(cx, i)?;
