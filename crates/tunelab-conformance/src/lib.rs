@@ -84,16 +84,21 @@ pub(crate) fn input(dims: &[usize], seed: u64, trainable: bool) -> Input {
     }
 }
 
+/// The inputs as the tape's leaves.
+fn leaves<B: Backend>(be: &B, tape: &mut Tape<B>, inputs: &[Input]) -> Vec<Var> {
+    inputs
+        .iter()
+        .map(|i| tape.leaf(be.upload(&i.values, &i.shape).unwrap(), i.trainable))
+        .collect()
+}
+
 type Build<'a, B> = dyn Fn(&mut Tape<B>, &[Var]) -> Result<Var> + 'a;
 
 /// Loss = sum of squares of `f`'s output times a fixed random weighting, so every output
 /// element gets a distinct upstream gradient.
 fn loss_of<B: Backend>(be: &B, inputs: &[Input], f: &Build<'_, B>) -> (Tape<B>, Vec<Var>, Var) {
     let mut tape = Tape::new(be.clone());
-    let vars: Vec<Var> = inputs
-        .iter()
-        .map(|i| tape.leaf(be.upload(&i.values, &i.shape).unwrap(), i.trainable))
-        .collect();
+    let vars = leaves(be, &mut tape, inputs);
     let y = f(&mut tape, &vars).unwrap();
     let shape = tape.shape(y).unwrap();
     let w = tape.leaf(be.upload(&data(shape.numel(), 777), &shape).unwrap(), false);
@@ -107,6 +112,40 @@ async fn loss_value<B: Backend>(be: &B, inputs: &[Input], f: &Build<'_, B>) -> f
     f64::from(host(be, tape.value(loss).unwrap()).await[0])
 }
 
+/// Each trainable input's gradient after `backward`, by input index, checked for shape; a
+/// frozen input must have none.
+async fn gradients<B: Backend>(
+    be: &B,
+    name: &str,
+    tape: &Tape<B>,
+    vars: &[Var],
+    inputs: &[Input],
+) -> Vec<(usize, Vec<f32>)> {
+    let mut out = Vec::new();
+    for (k, var) in vars.iter().enumerate() {
+        if !inputs[k].trainable {
+            assert!(
+                tape.grad(*var).is_none(),
+                "{name}: frozen input {k} got a gradient"
+            );
+            continue;
+        }
+        let grad = host(
+            be,
+            tape.grad(*var)
+                .unwrap_or_else(|| panic!("{name}: input {k} has no gradient")),
+        )
+        .await;
+        assert_eq!(
+            grad.len(),
+            inputs[k].values.len(),
+            "{name}: gradient shape of input {k}"
+        );
+        out.push((k, grad));
+    }
+    out
+}
+
 /// Checks every trainable input's gradient (up to 24 elements each) by central differences.
 pub(crate) async fn grad_check<B: Backend>(
     be: &B,
@@ -117,25 +156,7 @@ pub(crate) async fn grad_check<B: Backend>(
     let (mut tape, vars, loss) = loss_of(be, &inputs, f);
     tape.backward(loss).unwrap();
     let eps = 1e-2f32;
-    for (k, var) in vars.iter().enumerate() {
-        if !inputs[k].trainable {
-            assert!(
-                tape.grad(*var).is_none(),
-                "{name}: frozen input {k} got a gradient"
-            );
-            continue;
-        }
-        let analytic = host(
-            be,
-            tape.grad(*var)
-                .unwrap_or_else(|| panic!("{name}: input {k} has no gradient")),
-        )
-        .await;
-        assert_eq!(
-            analytic.len(),
-            inputs[k].values.len(),
-            "{name}: gradient shape of input {k}"
-        );
+    for (k, analytic) in gradients(be, name, &tape, &vars, &inputs).await {
         let n = analytic.len();
         let stride = (n / 24).max(1);
         for i in (0..n).step_by(stride) {
@@ -159,10 +180,7 @@ pub(crate) async fn grad_check<B: Backend>(
 /// The loss of [`loss_of`] computed on the host in f64 from the op's downloaded output.
 async fn host_loss<B: Backend>(be: &B, inputs: &[Input], f: &Build<'_, B>) -> f64 {
     let mut tape = Tape::new(be.clone());
-    let vars: Vec<Var> = inputs
-        .iter()
-        .map(|i| tape.leaf(be.upload(&i.values, &i.shape).unwrap(), i.trainable))
-        .collect();
+    let vars = leaves(be, &mut tape, inputs);
     let y = f(&mut tape, &vars).unwrap();
     let y = host(be, tape.value(y).unwrap()).await;
     let w = data(y.len(), 777);
@@ -184,21 +202,7 @@ pub(crate) async fn directional_check<B: Backend>(
     let (mut tape, vars, loss) = loss_of(be, &inputs, f);
     tape.backward(loss).unwrap();
     let eps = 3e-3f32;
-    for (k, var) in vars.iter().enumerate() {
-        if !inputs[k].trainable {
-            continue;
-        }
-        let grad = host(
-            be,
-            tape.grad(*var)
-                .unwrap_or_else(|| panic!("{name}: input {k} has no gradient")),
-        )
-        .await;
-        assert_eq!(
-            grad.len(),
-            inputs[k].values.len(),
-            "{name}: gradient shape of input {k}"
-        );
+    for (k, grad) in gradients(be, name, &tape, &vars, &inputs).await {
         let dir = data(grad.len(), 1000 + k as u64);
         let analytic: f64 = grad
             .iter()
