@@ -120,3 +120,58 @@ pub fn format_of(file: &str, given: Option<Format>) -> Result<Format, TrainError
         .into()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Shape;
+
+    fn one(name: &str, data: &[f32]) -> Vec<u8> {
+        let map = BTreeMap::from([(
+            name.to_string(),
+            HostTensor {
+                shape: Shape::new([data.len()]),
+                data: data.to_vec(),
+            },
+        )]);
+        safetensors_io::write("t.safetensors", &map, None).unwrap()
+    }
+
+    #[test]
+    fn sharded_weights_merge_and_a_missing_shard_is_named() {
+        let index = br#"{"weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors"}}"#.to_vec();
+        let mut shards = BTreeMap::from([
+            ("m-1.safetensors".to_string(), one("a", &[1.0, 2.0])),
+            ("m-2.safetensors".to_string(), one("b", &[3.0])),
+        ]);
+        let w = Weights::Sharded {
+            index: index.clone(),
+            shards: shards.clone(),
+        };
+        assert_eq!(
+            w.len(),
+            index.len() as u64 + shards.values().map(|s| s.len() as u64).sum::<u64>()
+        );
+        let t = w.tensors("my-model").unwrap();
+        assert_eq!(
+            (t["a"].data.clone(), t["b"].data.clone()),
+            (vec![1.0, 2.0], vec![3.0])
+        );
+        shards.remove("m-2.safetensors");
+        let e = Weights::Sharded { index, shards }
+            .tensors("my-model")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("my-model/m-2.safetensors") && e.contains("missing"),
+            "{e}"
+        );
+        let e = Weights::Unread.tensors("my-model").unwrap_err().to_string();
+        assert!(
+            e.contains("my-model/model.safetensors") && e.contains("not read"),
+            "{e}"
+        );
+        let single = Weights::Single(one("w", &[0.5]));
+        assert_eq!(single.tensors("m").unwrap()["w"].data, vec![0.5]);
+    }
+}
