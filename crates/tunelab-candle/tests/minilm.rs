@@ -199,3 +199,63 @@ fn invalid_tokenizer_json_is_a_typed_error() {
         "{err}"
     );
 }
+
+/// A run set up from the real model's files reads the weights only after its checks: a job
+/// the memory budget refuses never reads them, one that passes reads them once.
+#[test]
+fn the_set_up_reads_weights_only_after_its_checks() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tunelab_core::preflight::MemoryBudget;
+    use tunelab_core::session::{self, DataText, ModelFiles, RunInputs, Weights};
+    use tunelab_core::trainer::TrainConfig;
+    let Some(dir) = minilm_dir() else { return };
+    let reads = Arc::new(AtomicUsize::new(0));
+    let (counter, weights_file) = (reads.clone(), dir.join("model.safetensors"));
+    let model = ModelFiles {
+        name: dir.display().to_string(),
+        config_json: std::fs::read_to_string(dir.join("config.json")).unwrap(),
+        weights: Weights::Deferred(Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(Weights::Single(std::fs::read(&weights_file).unwrap()))
+        })),
+        tokenizer_json: std::fs::read(dir.join("tokenizer.json")).unwrap(),
+    };
+    let train = DataText {
+        name: "d.csv".into(),
+        text: "text,label\ngood film,pos\nbad film,neg\nfine,pos\nawful,neg\n".into(),
+    };
+    let cfg = TrainConfig {
+        task: "classification".into(),
+        max_len: 16,
+        ..Default::default()
+    };
+    let refused = session::prepare(
+        tunelab_candle::Candle::cpu(),
+        &cfg,
+        RunInputs {
+            memory: Some(MemoryBudget {
+                available: 1 << 20,
+                on_host: true,
+            }),
+            ..RunInputs::new(&model, &train)
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("this job needs about"), "{refused}");
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        0,
+        "a refused job read the weights"
+    );
+    let s = session::prepare(
+        tunelab_candle::Candle::cpu(),
+        &cfg,
+        RunInputs::new(&model, &train),
+    )
+    .unwrap();
+    assert_eq!(reads.load(Ordering::SeqCst), 1);
+    assert_eq!(s.trainer.labels.names, vec!["neg", "pos"]);
+    assert_eq!(s.base_model, cfg.model);
+}

@@ -231,15 +231,14 @@ pub fn export_checkpoint(checkpoint_file: &Path, out: &Path, assets: &Path) -> a
     let (meta, _) = checkpoint::read(&name, &bytes)?;
     let cfg = meta.config.clone();
     let dir = job::model_dir(assets, &cfg.model)?;
-    let base = job::model_files(&dir, session::needs_weights(&cfg))?;
+    let base = job::model_files(&dir)?;
     let (base_cfg, tokenizer) = base.parts()?;
     let built = session::build_model(
         job::backend("cpu")?,
         &cfg,
         session::head_task(meta.kind, &meta.labels),
         &base,
-        &base_cfg,
-        &tokenizer,
+        session::run_config(&cfg, &base, &base_cfg, &tokenizer)?,
     )?;
     // A trainer with no data, only to restore the checkpoint's weights into the model.
     let empty = data::Features {

@@ -11,6 +11,7 @@ use tunelab_core::data::{self, Format, Parsed};
 use tunelab_core::export;
 use tunelab_core::peft::ExportKind;
 use tunelab_core::preflight::{self, MemoryBudget};
+use tunelab_core::safetensors_io::{self, LoadError};
 use tunelab_core::session::{self, DataText, ModelFiles, RunInputs, Session, Weights};
 pub use tunelab_core::session::{Loaded, feature_kind, masking};
 use tunelab_core::trainer::{TrainConfig, resolve_task};
@@ -111,8 +112,14 @@ pub fn read_text(path: &Path) -> anyhow::Result<String> {
 }
 
 /// A checkpoint's weight files: `model.safetensors`, or the index and the shards it names.
-pub fn read_weights(dir: &Path) -> anyhow::Result<Weights> {
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+/// Errors name the file.
+pub fn read_weights(dir: &Path) -> Result<Weights, LoadError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| LoadError::Config {
+            file: p.display().to_string(),
+            reason: format!("cannot read it: {e}"),
+        })
+    };
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return Ok(Weights::Single(read(&single)?));
@@ -120,26 +127,21 @@ pub fn read_weights(dir: &Path) -> anyhow::Result<Weights> {
     let index_path = dir.join("model.safetensors.index.json");
     if index_path.is_file() {
         let index = read(&index_path)?;
-        let map: serde_json::Value = serde_json::from_slice(&index)
-            .with_context(|| format!("{}: not JSON", index_path.display()))?;
         let mut shards = BTreeMap::new();
-        let names = map["weight_map"].as_object().with_context(|| {
-            format!(
-                "{}: expected a `weight_map` object of tensor names to shard files",
-                index_path.display()
-            )
-        })?;
-        for f in names.values().filter_map(|v| v.as_str()) {
-            if !shards.contains_key(f) {
-                shards.insert(f.to_string(), read(&dir.join(f))?);
+        for f in
+            safetensors_io::weight_map(&index_path.display().to_string(), &index)?.into_values()
+        {
+            if let std::collections::btree_map::Entry::Vacant(e) = shards.entry(f) {
+                let bytes = read(&dir.join(e.key()))?;
+                e.insert(bytes);
             }
         }
         return Ok(Weights::Sharded { index, shards });
     }
-    bail!(
-        "{} has neither model.safetensors nor model.safetensors.index.json",
-        dir.display()
-    )
+    Err(LoadError::Config {
+        file: dir.display().to_string(),
+        reason: "has neither model.safetensors nor model.safetensors.index.json".into(),
+    })
 }
 
 /// Where a run's data comes from.
@@ -270,7 +272,7 @@ pub fn prepare<B: Backend>(
         bail!("--from-scratch trains every weight: use --method full");
     }
     let dir = model_dir(assets, &cfg.model)?;
-    let model = model_files(&dir, session::needs_weights(cfg))?;
+    let model = model_files(&dir)?;
     let files = data_files(cfg, assets)?;
     let train = data_text(&files.train)?;
     let validation = files.validation.as_deref().map(data_text).transpose()?;
@@ -292,17 +294,15 @@ pub fn prepare<B: Backend>(
     })
 }
 
-/// A model folder's files (`with_weights`: its weights too; a from-scratch run needs none).
-pub fn model_files(dir: &Path, with_weights: bool) -> anyhow::Result<ModelFiles> {
+/// A model folder's config and tokenizer; its weights are read from disk only when the
+/// set-up needs them (after its checks, and never for a from-scratch run).
+pub fn model_files(dir: &Path) -> anyhow::Result<ModelFiles> {
     let tokenizer = dir.join("tokenizer.json");
+    let weights_dir = dir.to_path_buf();
     Ok(ModelFiles {
         name: dir.display().to_string(),
         config_json: read_text(&dir.join("config.json"))?,
-        weights: if with_weights {
-            read_weights(dir)?
-        } else {
-            Weights::Unread
-        },
+        weights: Weights::Deferred(std::sync::Arc::new(move || read_weights(&weights_dir))),
         tokenizer_json: std::fs::read(&tokenizer)
             .with_context(|| format!("reading {}", tokenizer.display()))?,
     })
@@ -334,7 +334,7 @@ pub fn load_export<B: Backend>(dir: &Path, assets: &Path, backend: B) -> anyhow:
             )
         })?
     };
-    let mut base = model_files(&base_dir, true)?;
+    let mut base = model_files(&base_dir)?;
     if let Some(own) = files.remove("tokenizer.json") {
         base.tokenizer_json = own;
     }

@@ -92,6 +92,10 @@ fn leaves<B: Backend>(be: &B, tape: &mut Tape<B>, inputs: &[Input]) -> Vec<Var> 
         .collect()
 }
 
+/// The seed of the loss's fixed weighting of the output, shared by the tape's loss and its
+/// host-side recomputation.
+const LOSS_WEIGHTS: u64 = 777;
+
 type Build<'a, B> = dyn Fn(&mut Tape<B>, &[Var]) -> Result<Var> + 'a;
 
 /// Loss = sum of squares of `f`'s output times a fixed random weighting, so every output
@@ -101,7 +105,11 @@ fn loss_of<B: Backend>(be: &B, inputs: &[Input], f: &Build<'_, B>) -> (Tape<B>, 
     let vars = leaves(be, &mut tape, inputs);
     let y = f(&mut tape, &vars).unwrap();
     let shape = tape.shape(y).unwrap();
-    let w = tape.leaf(be.upload(&data(shape.numel(), 777), &shape).unwrap(), false);
+    let w = tape.leaf(
+        be.upload(&data(shape.numel(), LOSS_WEIGHTS), &shape)
+            .unwrap(),
+        false,
+    );
     let yw = tape.mul(y, w).unwrap();
     let loss = tape.sum_squares(yw).unwrap();
     (tape, vars, loss)
@@ -183,7 +191,7 @@ async fn host_loss<B: Backend>(be: &B, inputs: &[Input], f: &Build<'_, B>) -> f6
     let vars = leaves(be, &mut tape, inputs);
     let y = f(&mut tape, &vars).unwrap();
     let y = host(be, tape.value(y).unwrap()).await;
-    let w = data(y.len(), 777);
+    let w = data(y.len(), LOSS_WEIGHTS);
     y.iter()
         .zip(&w)
         .map(|(&y, &w)| (f64::from(y) * f64::from(w)).powi(2))

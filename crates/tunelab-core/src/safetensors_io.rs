@@ -163,6 +163,23 @@ pub fn read_ints(file: &str, bytes: &[u8]) -> Result<BTreeMap<String, Vec<i64>>,
         .collect())
 }
 
+/// A sharded checkpoint's index (`model.safetensors.index.json`): each tensor's shard file.
+pub fn weight_map(
+    index_file: &str,
+    index_json: &[u8],
+) -> Result<BTreeMap<String, String>, LoadError> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    serde_json::from_slice::<Index>(index_json)
+        .map(|i| i.weight_map)
+        .map_err(|e| LoadError::Config {
+            file: index_file.into(),
+            reason: format!("not a safetensors index: {e}"),
+        })
+}
+
 /// The tensors of a sharded checkpoint: `index_json` is `model.safetensors.index.json`
 /// (`{"weight_map": {tensor: shard file}}`), `shard` gives one shard's bytes by file name
 /// (read for the call, or borrowed from memory). Each shard is asked for once; a tensor the
@@ -172,15 +189,8 @@ pub fn read_sharded<'a>(
     index_json: &[u8],
     mut shard: impl FnMut(&str) -> Result<std::borrow::Cow<'a, [u8]>, LoadError>,
 ) -> Result<BTreeMap<String, HostTensor>, LoadError> {
-    #[derive(serde::Deserialize)]
-    struct Index {
-        weight_map: BTreeMap<String, String>,
-    }
-    let index: Index = serde_json::from_slice(index_json).map_err(|e| LoadError::Config {
-        file: index_file.into(),
-        reason: format!("not a safetensors index: {e}"),
-    })?;
-    let mut files: Vec<&String> = index.weight_map.values().collect();
+    let weight_map = weight_map(index_file, index_json)?;
+    let mut files: Vec<&String> = weight_map.values().collect();
     files.sort();
     files.dedup();
     let mut out = BTreeMap::new();
@@ -188,7 +198,7 @@ pub fn read_sharded<'a>(
         let (tensors, _) = read(f, &shard(f)?)?;
         out.extend(tensors);
     }
-    for (name, f) in &index.weight_map {
+    for (name, f) in &weight_map {
         if !out.contains_key(name) {
             return Err(LoadError::Missing {
                 file: f.clone(),

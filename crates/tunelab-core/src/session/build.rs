@@ -13,25 +13,35 @@ use crate::trainer::{TrainConfig, TrainError};
 /// What exports of a from-scratch run name as their base model.
 pub const SCRATCH: &str = "scratch";
 
-/// The `config.json` of the model a run trains and its parsed form: the base model's, or,
-/// for a from-scratch run, the one its `ScratchConfig` describes with the tokenizer's
-/// vocabulary (at least the base model's) and padding id.
+/// The model a run trains: its `config.json` and parsed form.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub json: String,
+    pub config: ModelConfig,
+}
+
+/// The model a run trains: the base model's, or, for a from-scratch run, the one its
+/// `ScratchConfig` describes with the tokenizer's vocabulary (at least the base model's) and
+/// padding id.
 pub fn run_config(
     cfg: &TrainConfig,
     base: &ModelFiles,
     base_cfg: &ModelConfig,
     tokenizer: &Tokenizer,
-) -> Result<(String, ModelConfig), TrainError> {
+) -> Result<RunConfig, TrainError> {
     match &cfg.from_scratch {
         Some(s) => {
             let json = s.config_json(
                 tokenizer.vocab_size().max(base_cfg.dims().vocab_size),
                 tokenizer.pad_id(),
             );
-            let parsed = ModelConfig::from_json("from_scratch", &json).map_err(ModelError::from)?;
-            Ok((json, parsed))
+            let config = ModelConfig::from_json("from_scratch", &json).map_err(ModelError::from)?;
+            Ok(RunConfig { json, config })
         }
-        None => Ok((base.config_json.clone(), base_cfg.clone())),
+        None => Ok(RunConfig {
+            json: base.config_json.clone(),
+            config: base_cfg.clone(),
+        }),
     }
 }
 
@@ -47,19 +57,18 @@ pub struct Built<B: Backend> {
     pub base_model: String,
 }
 
-/// Loads the pretrained model of `base` (or initialises the from-scratch one) with the
-/// task's head and the method applied.
+/// Loads the pretrained model of `base` (or initialises the from-scratch one, `run`) with the
+/// task's head and the method applied. Only here are the base model's weights read.
 pub fn build_model<B: Backend>(
     backend: B,
     cfg: &TrainConfig,
     task: Task,
     base: &ModelFiles,
-    base_cfg: &ModelConfig,
-    tokenizer: &Tokenizer,
+    run: RunConfig,
 ) -> Result<Built<B>, TrainError> {
-    let (config_json, model_cfg) = run_config(cfg, base, base_cfg, tokenizer)?;
+    let config_json = run.json;
     let (tensors, base_model) = match cfg.from_scratch {
-        Some(_) => (model_cfg.random_tensors(cfg.seed), SCRATCH.to_string()),
+        Some(_) => (run.config.random_tensors(cfg.seed), SCRATCH.to_string()),
         None => (
             base.weights.tensors(&base.name).map_err(ModelError::from)?,
             cfg.model.clone(),
@@ -83,10 +92,4 @@ pub fn build_model<B: Backend>(
         config_json,
         base_model,
     })
-}
-
-/// Whether building needs the base model's weights (a from-scratch run does not: a caller
-/// reading files may leave them [`Weights::Unread`](super::Weights::Unread)).
-pub fn needs_weights(cfg: &TrainConfig) -> bool {
-    cfg.from_scratch.is_none()
 }

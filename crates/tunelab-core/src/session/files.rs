@@ -10,9 +10,13 @@ use crate::tokenizer::Tokenizer;
 use crate::trainer::{ConfigError, TrainError};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Reads a checkpoint's weight files when they are first needed (see [`Weights::Deferred`]).
+pub type WeightsReader = Arc<dyn Fn() -> Result<Weights, LoadError> + Send + Sync>;
 
 /// A checkpoint's weight files.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Weights {
     /// `model.safetensors`.
     Single(Vec<u8>),
@@ -21,20 +25,34 @@ pub enum Weights {
         index: Vec<u8>,
         shards: BTreeMap<String, Vec<u8>>,
     },
-    /// Not read: a from-scratch run initialises every weight and needs only the config and
-    /// the tokenizer.
+    /// Read only when the tensors are needed: after a run's checks (memory, positions), so
+    /// a job that is refused never reads a large checkpoint, and never for a from-scratch run,
+    /// which initialises every weight. The CLI reads files from disk this way.
+    Deferred(WeightsReader),
+    /// Not read, and not readable: enough for what needs only the config and tokenizer.
     Unread,
 }
 
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Weights::Single(b) => write!(f, "Single({} bytes)", b.len()),
+            Weights::Sharded { shards, .. } => write!(f, "Sharded({} shards)", shards.len()),
+            Weights::Deferred(_) => f.write_str("Deferred"),
+            Weights::Unread => f.write_str("Unread"),
+        }
+    }
+}
+
 impl Weights {
-    /// Their size in bytes.
+    /// The bytes held in memory (0 for weights not read yet).
     pub fn len(&self) -> u64 {
         match self {
             Weights::Single(b) => b.len() as u64,
             Weights::Sharded { index, shards } => {
                 index.len() as u64 + shards.values().map(|s| s.len() as u64).sum::<u64>()
             }
-            Weights::Unread => 0,
+            Weights::Deferred(_) | Weights::Unread => 0,
         }
     }
 
@@ -61,6 +79,13 @@ impl Weights {
                         })
                 },
             ),
+            Weights::Deferred(read) => match read()? {
+                Weights::Deferred(_) => Err(LoadError::Config {
+                    file: dir.into(),
+                    reason: "the weights' reader gave another reader, not the weights".into(),
+                }),
+                weights => weights.tensors(dir),
+            },
             Weights::Unread => Err(LoadError::Config {
                 file: format!("{dir}/model.safetensors"),
                 reason: "the weights were not read (only a from-scratch run goes without them)"
@@ -173,5 +198,15 @@ mod tests {
         );
         let single = Weights::Single(one("w", &[0.5]));
         assert_eq!(single.tensors("m").unwrap()["w"].data, vec![0.5]);
+        // A deferred reader runs when the tensors are asked for, each time, and only then.
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = reads.clone();
+        let deferred = Weights::Deferred(Arc::new(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Weights::Single(one("w", &[0.25])))
+        }));
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(deferred.tensors("m").unwrap()["w"].data, vec![0.25]);
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -7,8 +7,8 @@ mod build;
 mod files;
 mod load;
 
-pub use build::{Built, SCRATCH, build_model, needs_weights, run_config};
-pub use files::{DataText, ModelFiles, Weights, format_of};
+pub use build::{Built, RunConfig, SCRATCH, build_model, run_config};
+pub use files::{DataText, ModelFiles, Weights, WeightsReader, format_of};
 pub use load::{Loaded, load_trained};
 
 use crate::backend::Backend;
@@ -201,12 +201,13 @@ pub fn prepare<B: Backend>(
         .into());
     }
     let task = head_task(kind, &labels);
-    let (_, model_cfg) = run_config(&cfg, model, &base_cfg, &tokenizer)?;
+    let run = run_config(&cfg, model, &base_cfg, &tokenizer)?;
+    let model_cfg = &run.config;
     if let Some(budget) = inputs.memory {
         let (trainable, total) =
-            crate::models::task_model::count_params(&model_cfg, task, &cfg.method)?;
+            crate::models::task_model::count_params(model_cfg, task, &cfg.method)?;
         preflight::check_memory(
-            &model_cfg,
+            model_cfg,
             trainable,
             total,
             cfg.batch_size,
@@ -232,8 +233,8 @@ pub fn prepare<B: Backend>(
     let all: Vec<&Features> = std::iter::once(&features)
         .chain(validation.as_ref())
         .collect();
-    preflight::check_positions(&model_cfg, &cfg.method, &all)?;
-    let built = build_model(backend, &cfg, task, model, &base_cfg, &tokenizer)?;
+    preflight::check_positions(model_cfg, &cfg.method, &all)?;
+    let built = build_model(backend, &cfg, task, model, run)?;
     let masking = masking(kind, &tokenizer, cfg.mlm_probability)?;
     let trainer = Trainer::new(
         built.backend,
