@@ -6,7 +6,9 @@
 
 use candle_core::{D, DType, Device, Tensor};
 use tunelab_core::Shape;
-use tunelab_core::backend::{AdamW, Backend, BackendError, IGNORE_INDEX, LayerNormSaved, Result};
+use tunelab_core::backend::{
+    Activation, AdamW, Backend, BackendError, IGNORE_INDEX, LayerNormSaved, Result,
+};
 
 /// The candle backend on one device.
 #[derive(Debug, Clone)]
@@ -446,41 +448,68 @@ impl Backend for Candle {
         a.broadcast_mul(&s.flatten_all().c()?).c()
     }
 
-    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+    fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         if self.fused() {
-            return crate::cpu::gelu(x).c();
+            return crate::cpu::activation(x, act).c();
         }
-        x.gelu_erf().c()
+        match act {
+            Activation::Gelu => x.gelu_erf().c(),
+            Activation::GeluTanh => x.gelu().c(),
+            Activation::Silu => x.silu().c(),
+            Activation::Relu => x.relu().c(),
+        }
     }
 
-    fn gelu_backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    fn activation_backward(&self, x: &Tensor, dy: &Tensor, act: Activation) -> Result<Tensor> {
         if x.dims() != dy.dims() {
             return Err(shape_err(
-                "gelu_backward",
+                "activation_backward",
                 format!("x {:?} and dy {:?} differ", x.dims(), dy.dims()),
             ));
         }
         if self.fused() {
-            return crate::cpu::gelu_backward(x, dy).c();
+            return crate::cpu::activation_backward(x, dy, act).c();
         }
-        // gelu'(x) = Phi(x) + x * phi(x)
-        let cdf = x
-            .affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)
-            .c()?
-            .erf()
-            .c()?
-            .affine(0.5, 0.5)
-            .c()?;
-        let pdf = x
-            .sqr()
-            .c()?
-            .affine(-0.5, 0.0)
-            .c()?
-            .exp()
-            .c()?
-            .affine(1.0 / (2.0 * std::f64::consts::PI).sqrt(), 0.0)
-            .c()?;
-        let d = cdf.add(&x.mul(&pdf).c()?).c()?;
+        let d = match act {
+            // gelu'(x) = Phi(x) + x * phi(x)
+            Activation::Gelu => {
+                let cdf = x
+                    .affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)
+                    .c()?
+                    .erf()
+                    .c()?
+                    .affine(0.5, 0.5)
+                    .c()?;
+                let pdf = x
+                    .sqr()
+                    .c()?
+                    .affine(-0.5, 0.0)
+                    .c()?
+                    .exp()
+                    .c()?
+                    .affine(1.0 / (2.0 * std::f64::consts::PI).sqrt(), 0.0)
+                    .c()?;
+                cdf.add(&x.mul(&pdf).c()?).c()?
+            }
+            // 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2), t = tanh(k (x + c x^3))
+            Activation::GeluTanh => {
+                let (k, c) = ((2.0 / std::f64::consts::PI).sqrt(), 0.044_715);
+                let x2 = x.sqr().c()?;
+                let inner = x.mul(&x2.affine(c, 1.0).c()?).c()?.affine(k, 0.0).c()?;
+                let t = inner.tanh().c()?;
+                let du = x2.affine(3.0 * c * k, k).c()?;
+                let sech2 = t.sqr().c()?.affine(-1.0, 1.0).c()?;
+                let right = x.mul(&sech2).c()?.mul(&du).c()?.affine(0.5, 0.0).c()?;
+                t.affine(0.5, 0.5).c()?.add(&right).c()?
+            }
+            // s (1 + x (1 - s)), s = sigmoid(x)
+            Activation::Silu => {
+                let s = x.neg().c()?.exp().c()?.affine(1.0, 1.0).c()?.recip().c()?;
+                let one_minus = s.affine(-1.0, 1.0).c()?;
+                s.mul(&x.mul(&one_minus).c()?.affine(1.0, 1.0).c()?).c()?
+            }
+            Activation::Relu => x.gt(0.0).c()?.to_dtype(x.dtype()).c()?,
+        };
         dy.mul(&d).c()
     }
 

@@ -288,62 +288,6 @@ pub fn exp(x: f32) -> f32 {
     if x < EXP_LOW { 0.0 } else { y }
 }
 
-/// `erf(z)` and `e^(-z^2)` (Abramowitz & Stegun 7.1.26: absolute error < 1.5e-7 in exact
-/// arithmetic, < 5e-7 in f32; GELU needs the absolute, not the relative, error small).
-#[inline(always)]
-fn erf_and_gauss(z: f32) -> (f32, f32) {
-    let a = z.abs();
-    let t = 1.0 / (0.327_591_1 * a + 1.0);
-    let mut poly = 1.061_405_4f32;
-    for c in [-1.453_152, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
-        poly = poly * t + c;
-    }
-    let poly = poly * t;
-    let g = exp(-a * a);
-    let e = 1.0 - poly * g;
-    (e.copysign(z), g)
-}
-
-/// GELU (the erf form): `x Φ(x)`.
-pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    let y = with_slices([x], |[xs]| {
-        map(
-            xs,
-            #[inline(always)]
-            |x| {
-                let (e, _) = erf_and_gauss(x * std::f32::consts::FRAC_1_SQRT_2);
-                0.5 * x * (1.0 + e)
-            },
-        )
-    })?;
-    tensor(y, x.dims())
-}
-
-/// `dy * gelu'(x)`, `gelu'(x) = Φ(x) + x φ(x)`.
-pub fn gelu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    const INV_SQRT_2PI: f32 = 0.398_942_3;
-    if dy.elem_count() != x.elem_count() {
-        return Err(len_err(
-            "gelu backward",
-            "dy",
-            dy.elem_count(),
-            x.elem_count(),
-        ));
-    }
-    let d = with_slices([x, dy], |[xs, dys]| {
-        zip_map(
-            xs,
-            dys,
-            #[inline(always)]
-            |x, dy| {
-                let (e, g) = erf_and_gauss(x * std::f32::consts::FRAC_1_SQRT_2);
-                dy * (0.5 * (1.0 + e) + x * g * INV_SQRT_2PI)
-            },
-        )
-    })?;
-    tensor(d, x.dims())
-}
-
 /// Layer norm over the last dim: `(y, mean, rstd)`, the statistics shaped `[.., 1]`.
 #[allow(unsafe_code)]
 pub fn layer_norm(
@@ -833,6 +777,10 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
     tensor(out, &[c])
 }
 
+mod activation;
+#[cfg(test)]
+use activation::erf_and_gauss;
+pub use activation::{activation, activation_backward};
 mod attention;
 pub use attention::{attention, attention_backward};
 #[cfg(all(parallel, not(target_arch = "wasm32")))]
@@ -1026,7 +974,10 @@ mod tests {
             let (e, _) = erf_and_gauss(x * std::f32::consts::FRAC_1_SQRT_2);
             0.5 * x * (1.0 + e)
         };
-        assert_eq!(bits(&gelu(&a).unwrap()), plain(&gelu_plain));
+        assert_eq!(
+            bits(&activation(&a, tunelab_core::backend::Activation::Gelu).unwrap()),
+            plain(&gelu_plain)
+        );
         let err = add(&a, &a.t().unwrap()).unwrap_err().to_string();
         assert!(
             err.contains("add: shapes [2461, 5] and [5, 2461] differ"),
@@ -1106,6 +1057,9 @@ mod tests {
             "{err}"
         );
         let u = Tensor::zeros(3, candle_core::DType::U32, &dev).unwrap();
-        assert!(msg(gelu(&u)).contains("expected a CPU f32 tensor"));
+        assert!(
+            msg(activation(&u, tunelab_core::backend::Activation::Relu))
+                .contains("expected a CPU f32 tensor")
+        );
     }
 }

@@ -43,7 +43,7 @@ fn fused_cpu_kernels_match_the_composite_ops() {
             );
         }
     };
-    // Scaled up so GELU sees its tails, odd sizes so no loop is a multiple of 8.
+    // Scaled up so the activations see their tails, odd sizes so no loop is a multiple of 8.
     let x: Vec<_> = [&fused, &plain]
         .iter()
         .map(|be| be.scale(&up(be, &[3, 5, 13], 1), 4.0).unwrap())
@@ -52,18 +52,20 @@ fn fused_cpu_kernels_match_the_composite_ops() {
         .iter()
         .map(|be| up(be, &[3, 5, 13], 2))
         .collect();
-    same(
-        "gelu",
-        &fused.gelu(&x[0]).unwrap(),
-        &plain.gelu(&x[1]).unwrap(),
-        1e-6,
-    );
-    same(
-        "gelu_backward",
-        &fused.gelu_backward(&x[0], &dy[0]).unwrap(),
-        &plain.gelu_backward(&x[1], &dy[1]).unwrap(),
-        1e-6,
-    );
+    for act in tunelab_core::backend::Activation::ALL {
+        same(
+            &format!("{act:?}"),
+            &fused.activation(&x[0], act).unwrap(),
+            &plain.activation(&x[1], act).unwrap(),
+            1e-6,
+        );
+        same(
+            &format!("{act:?} backward"),
+            &fused.activation_backward(&x[0], &dy[0], act).unwrap(),
+            &plain.activation_backward(&x[1], &dy[1], act).unwrap(),
+            1e-6,
+        );
+    }
     let g: Vec<_> = [&fused, &plain].iter().map(|be| up(be, &[13], 3)).collect();
     let bta: Vec<_> = [&fused, &plain].iter().map(|be| up(be, &[13], 4)).collect();
     let (yf, sf) = fused.layer_norm(&x[0], &g[0], &bta[0], 1e-5).unwrap();

@@ -1,8 +1,42 @@
-//! Elementwise ops and per-feature ops: bias add, add, multiply, scale, `scale_features`, GELU (the erf form), tanh, reshape.
+//! Elementwise ops and per-feature ops: bias add, add, multiply, scale, `scale_features`, the activations
+//! (GELU in its erf and tanh forms, SiLU, ReLU), tanh, reshape.
 
-use crate::{close, data, grad_check, host, input};
+use crate::{Input, close, data, grad_check, host, input};
 use tunelab_core::Shape;
-use tunelab_core::backend::Backend;
+use tunelab_core::backend::{Activation, Backend};
+
+/// `erf` in f64 (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7).
+pub(crate) fn erf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let y = 1.0 - poly * (-x * x).exp();
+    if x < 0.0 { -y } else { y }
+}
+
+/// An activation in f64, as transformers defines it.
+pub(crate) fn activation_ref(act: Activation, x: f64) -> f64 {
+    match act {
+        Activation::Gelu => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
+        Activation::GeluTanh => {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * x * (1.0 + (k * (x + 0.044_715 * x * x * x)).tanh())
+        }
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::Relu => x.max(0.0),
+    }
+}
+
+/// The values moved at least 0.1 away from 0, where ReLU has its kink (finite differences
+/// step across it otherwise).
+pub(crate) fn away_from_zero(mut i: Input) -> Input {
+    for v in &mut i.values {
+        *v += 0.1f32.copysign(*v);
+    }
+    i
+}
 
 pub async fn elementwise_ops<B: Backend>(be: &B) {
     grad_check(
@@ -65,10 +99,13 @@ pub async fn elementwise_ops<B: Backend>(be: &B) {
         t.scale(v[0], -1.7)
     })
     .await;
-    grad_check(be, "gelu", vec![input(&[3, 7], 8, true)], &|t, v| {
-        t.gelu(v[0])
-    })
-    .await;
+    for act in Activation::ALL {
+        let x = away_from_zero(input(&[3, 7], 8, true));
+        grad_check(be, &format!("{act:?}"), vec![x], &|t, v| {
+            t.activation(v[0], act)
+        })
+        .await;
+    }
     grad_check(be, "tanh", vec![input(&[1, 5], 9, true)], &|t, v| {
         t.tanh(v[0])
     })
@@ -83,7 +120,8 @@ pub async fn gelu_forward_is_the_erf_form<B: Backend>(be: &B) {
     let x: Vec<f32> = vec![-3.0, -1.0, -0.1, 0.0, 0.5, 2.0];
     let y = host(
         be,
-        &be.gelu(&be.upload(&x, &Shape::new([6])).unwrap()).unwrap(),
+        &be.activation(&be.upload(&x, &Shape::new([6])).unwrap(), Activation::Gelu)
+            .unwrap(),
     )
     .await;
     // 0.5 x (1 + erf(x / sqrt 2)), erf values from tables.

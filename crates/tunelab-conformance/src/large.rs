@@ -6,21 +6,11 @@
 //! through its binding-chunked paths too.
 
 use crate::attention::attention_ref;
+use crate::elementwise::{activation_ref, away_from_zero};
 use crate::norm::layer_norm_ref;
 use crate::{Input, close, data, directional_check, host, input};
 use tunelab_core::Shape;
-use tunelab_core::backend::{AdamW, Backend, IGNORE_INDEX};
-
-/// `erf` in f64 (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7).
-fn erf(x: f64) -> f64 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let poly = t
-        * (0.254_829_592
-            + t * (-0.284_496_736
-                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-    let y = 1.0 - poly * (-x * x).exp();
-    if x < 0.0 { -y } else { y }
-}
+use tunelab_core::backend::{Activation, AdamW, Backend, IGNORE_INDEX};
 
 /// Values spread over [-12, 12], reaching GELU's and tanh's flat tails.
 fn wide(n: usize, seed: u64) -> Input {
@@ -57,9 +47,6 @@ async fn elementwise<B: Backend>(be: &B) {
         let want_add: Vec<f64> = pairs.clone().map(|(x, y)| x + y).collect();
         let want_mul: Vec<f64> = pairs.map(|(x, y)| x * y).collect();
         let xs = || a.values.iter().map(|&x| f64::from(x));
-        let want_gelu: Vec<f64> = xs()
-            .map(|x| 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)))
-            .collect();
         let want_tanh: Vec<f64> = xs().map(f64::tanh).collect();
         let want_scale: Vec<f64> = xs().map(|x| -1.75 * x).collect();
         close(
@@ -81,12 +68,15 @@ async fn elementwise<B: Backend>(be: &B) {
             &want_scale,
             1e-6,
         );
-        close(
-            &format!("gelu {n}"),
-            &host(be, &be.gelu(&ta).unwrap()).await,
-            &want_gelu,
-            1e-5,
-        );
+        for act in Activation::ALL {
+            let want: Vec<f64> = xs().map(|x| activation_ref(act, x)).collect();
+            close(
+                &format!("{act:?} {n}"),
+                &host(be, &be.activation(&ta, act).unwrap()).await,
+                &want,
+                1e-5,
+            );
+        }
         close(
             &format!("tanh {n}"),
             &host(be, &be.tanh(&ta).unwrap()).await,
@@ -103,10 +93,17 @@ async fn elementwise<B: Backend>(be: &B) {
         );
         // Gradients at moderate values (away from the tails, where they vanish).
         let mid = input(&[n], 103, true);
-        directional_check(be, &format!("gelu {n}"), vec![mid.clone()], &|t, v| {
-            t.gelu(v[0])
-        })
-        .await;
+        for act in Activation::ALL {
+            let x = if act == Activation::Relu {
+                away_from_zero(mid.clone())
+            } else {
+                mid.clone()
+            };
+            directional_check(be, &format!("{act:?} {n}"), vec![x], &|t, v| {
+                t.activation(v[0], act)
+            })
+            .await;
+        }
         directional_check(be, &format!("tanh {n}"), vec![mid.clone()], &|t, v| {
             t.tanh(v[0])
         })

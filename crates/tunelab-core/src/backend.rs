@@ -15,6 +15,48 @@ use std::future::Future;
 /// Label value that the loss skips (PyTorch's `-100` as `u32`).
 pub const IGNORE_INDEX: u32 = u32::MAX;
 
+/// The activation functions of the models' MLPs and heads, by their `hidden_act` names in
+/// transformers' configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// `x Φ(x)`, the exact erf form (`gelu`).
+    Gelu,
+    /// `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))` (`gelu_new`, `gelu_pytorch_tanh`:
+    /// GPT-2's).
+    GeluTanh,
+    /// `x σ(x)` (`silu`, `swish`: Llama's gated MLP).
+    Silu,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+impl Activation {
+    /// Every activation, for tests and messages.
+    pub const ALL: [Activation; 4] = [Self::Gelu, Self::GeluTanh, Self::Silu, Self::Relu];
+
+    /// The activation a config's `hidden_act` (or `activation_function`) names.
+    pub fn from_hf(name: &str) -> Option<Self> {
+        match name {
+            "gelu" => Some(Self::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Self::GeluTanh),
+            "silu" | "swish" => Some(Self::Silu),
+            "relu" => Some(Self::Relu),
+            _ => None,
+        }
+    }
+
+    /// The `hidden_act` names [`Activation::from_hf`] reads.
+    pub const HF_NAMES: &'static [&'static str] = &[
+        "gelu",
+        "gelu_new",
+        "gelu_pytorch_tanh",
+        "gelu_fast",
+        "silu",
+        "swish",
+        "relu",
+    ];
+}
+
 /// Errors raised by backend ops. They name the op and the offending shapes.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BackendError {
@@ -157,10 +199,15 @@ pub trait Backend: Clone + std::fmt::Debug + MaybeSync + 'static {
     fn scale_features(&self, x: &Self::Tensor, s: &Self::Tensor) -> Result<Self::Tensor>;
     /// `a * s` with `s` a one-element tensor (an upstream scalar gradient kept on the device).
     fn scale_by(&self, a: &Self::Tensor, s: &Self::Tensor) -> Result<Self::Tensor>;
-    /// GELU with the exact erf form (`hidden_act = "gelu"` in transformers).
-    fn gelu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
-    /// `dy * gelu'(x)`.
-    fn gelu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor) -> Result<Self::Tensor>;
+    /// An activation function, value by value.
+    fn activation(&self, x: &Self::Tensor, act: Activation) -> Result<Self::Tensor>;
+    /// `dy * act'(x)`.
+    fn activation_backward(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        act: Activation,
+    ) -> Result<Self::Tensor>;
     fn tanh(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
     /// `dy * (1 - y^2)` from the forward output `y`.
     fn tanh_backward(&self, y: &Self::Tensor, dy: &Self::Tensor) -> Result<Self::Tensor>;

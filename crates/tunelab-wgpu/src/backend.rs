@@ -20,7 +20,7 @@ use crate::{Context, WgpuError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tunelab_core::Shape;
-use tunelab_core::backend::{AdamW, Backend, BackendError, LayerNormSaved, Result};
+use tunelab_core::backend::{Activation, AdamW, Backend, BackendError, LayerNormSaved, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DType {
@@ -586,13 +586,25 @@ impl Backend for Wgpu {
         self.elementwise(Op::ScaleBy, a, Some(s), 0.0)
     }
 
-    fn gelu(&self, x: &WTensor) -> Result<WTensor> {
-        self.elementwise(Op::Gelu, x, None, 0.0)
+    fn activation(&self, x: &WTensor, act: Activation) -> Result<WTensor> {
+        let op = match act {
+            Activation::Gelu => Op::Gelu,
+            Activation::GeluTanh => Op::GeluTanh,
+            Activation::Silu => Op::Silu,
+            Activation::Relu => Op::Relu,
+        };
+        self.elementwise(op, x, None, 0.0)
     }
 
-    fn gelu_backward(&self, x: &WTensor, dy: &WTensor) -> Result<WTensor> {
-        self.same("gelu_backward", x, dy)?;
-        self.elementwise(Op::GeluBackward, x, Some(dy), 0.0)
+    fn activation_backward(&self, x: &WTensor, dy: &WTensor, act: Activation) -> Result<WTensor> {
+        self.same("activation_backward", x, dy)?;
+        let op = match act {
+            Activation::Gelu => Op::GeluBackward,
+            Activation::GeluTanh => Op::GeluTanhBackward,
+            Activation::Silu => Op::SiluBackward,
+            Activation::Relu => Op::ReluBackward,
+        };
+        self.elementwise(op, x, Some(dy), 0.0)
     }
 
     fn tanh(&self, x: &WTensor) -> Result<WTensor> {

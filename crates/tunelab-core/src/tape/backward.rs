@@ -130,8 +130,8 @@ impl<B: Backend> Tape<B> {
                     self.accumulate(x, dx)?;
                 }
             }
-            Op::Gelu { x } => {
-                let dx = b.gelu_backward(self.value(x)?, g)?;
+            Op::Activation { x, act } => {
+                let dx = b.activation_backward(self.value(x)?, g, act)?;
                 self.accumulate(x, dx)?;
             }
             Op::Tanh { x } => {

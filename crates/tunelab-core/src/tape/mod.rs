@@ -83,8 +83,9 @@ enum Op<T> {
         x: Var,
         s: Var,
     },
-    Gelu {
+    Activation {
         x: Var,
+        act: crate::backend::Activation,
     },
     Tanh {
         x: Var,

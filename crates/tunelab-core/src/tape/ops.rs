@@ -117,9 +117,14 @@ impl<B: Backend> Tape<B> {
         Ok(self.push(y, &[x, s], Op::ScaleFeatures { x, s }))
     }
 
+    pub fn activation(&mut self, x: Var, act: crate::backend::Activation) -> Result<Var> {
+        let y = self.backend.activation(self.value(x)?, act)?;
+        Ok(self.push(y, &[x], Op::Activation { x, act }))
+    }
+
+    /// GELU, the exact erf form.
     pub fn gelu(&mut self, x: Var) -> Result<Var> {
-        let y = self.backend.gelu(self.value(x)?)?;
-        Ok(self.push(y, &[x], Op::Gelu { x }))
+        self.activation(x, crate::backend::Activation::Gelu)
     }
 
     pub fn tanh(&mut self, x: Var) -> Result<Var> {

@@ -1,5 +1,6 @@
 //! Elementwise ops (`kernels/elementwise.wgsl`): add, mul, axpby, scale, scale-by-a-device
-//! scalar, GELU and tanh with their backward.
+//! scalar, the activations (GELU in its erf and tanh forms, SiLU, ReLU) and tanh with their
+//! backward.
 //!
 //! [`encode`] records one op into a caller's encoder on device buffers; [`run`] and
 //! [`axpby`] are host-to-host conveniences (tests, examples).
@@ -28,6 +29,18 @@ pub enum Op {
     Scale,
     /// `gelu(a)`, exact erf form
     Gelu,
+    /// `gelu(a)`, tanh form
+    GeluTanh,
+    /// `b * gelu'(a)`, tanh form
+    GeluTanhBackward,
+    /// `a * sigmoid(a)`
+    Silu,
+    /// `b * silu'(a)`
+    SiluBackward,
+    /// `max(a, 0)`
+    Relu,
+    /// `b` where `a > 0`, else 0
+    ReluBackward,
     /// `tanh(a)`
     Tanh,
 }
@@ -43,13 +56,22 @@ impl Op {
             Self::TanhBackward => "tanh_backward",
             Self::Scale => "scale",
             Self::Gelu => "gelu",
+            Self::GeluTanh => "gelu_tanh",
+            Self::GeluTanhBackward => "gelu_tanh_backward",
+            Self::Silu => "silu",
+            Self::SiluBackward => "silu_backward",
+            Self::Relu => "relu",
+            Self::ReluBackward => "relu_backward",
             Self::Tanh => "tanh_fwd",
         }
     }
 
     /// Whether the op reads a second input.
     pub fn binary(self) -> bool {
-        !matches!(self, Self::Scale | Self::Gelu | Self::Tanh)
+        !matches!(
+            self,
+            Self::Scale | Self::Gelu | Self::GeluTanh | Self::Silu | Self::Relu | Self::Tanh
+        )
     }
 }
 
