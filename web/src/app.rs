@@ -173,6 +173,7 @@ pub(crate) fn kind_name(k: TaskKind) -> &'static str {
         TaskKind::Classification => "classification",
         TaskKind::TokenClassification => "NER (token classification)",
         TaskKind::MaskedLm => "masked language modelling",
+        TaskKind::CausalLm => "causal language modelling",
     }
 }
 

@@ -151,6 +151,7 @@ impl Form {
             TaskKind::Classification => "classification",
             TaskKind::TokenClassification => "token-classification",
             TaskKind::MaskedLm => "masked-lm",
+            TaskKind::CausalLm => "causal-lm",
         };
         let cfg = TrainConfig {
             model: model.to_string(),
@@ -349,6 +350,7 @@ pub fn counts(
             num_labels: num_labels.max(2),
         },
         TaskKind::MaskedLm => Task::MaskedLm,
+        TaskKind::CausalLm => Task::CausalLm,
     };
     count_params(config, task, method).map_err(|e| e.to_string())
 }

@@ -114,13 +114,13 @@ fn truncated_file_is_reported() {
 #[test]
 fn unknown_model_type_is_reported() {
     let (config, weights) = tiny();
-    let config = config.replace("\"model_type\": \"bert\"", "\"model_type\": \"gpt2\"");
+    let config = config.replace("\"model_type\": \"bert\"", "\"model_type\": \"t5\"");
     let err = load(&config, &weights, &Method::Full(Default::default()))
         .unwrap_err()
         .to_string();
     assert_eq!(
         err,
-        "tiny/config.json: model_type `gpt2` is not supported (expected `bert` or `roberta`)"
+        "tiny/config.json: model_type `t5` is not supported (expected `bert`, `roberta` or `gpt2`)"
     );
 }
 

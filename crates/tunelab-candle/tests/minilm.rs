@@ -97,6 +97,7 @@ fn minilm_matches_pytorch_hidden_states_and_mean_pooling() {
             .upload_u32(&model.position_ids(&mask, bsz, len), &sh)
             .unwrap(),
         mask: be.upload(&mask, &sh).unwrap(),
+        last_rows: be.upload_u32(&[0; 4][..bsz], &Shape::new([bsz])).unwrap(),
     };
     let mut tape = Tape::new(be.clone());
     let bound = store.bind(&mut tape);

@@ -2,7 +2,7 @@
 //!
 //! Fixtures (`tests/fixtures/parity-<kind>-<method>.safetensors`, from
 //! `tests/fixtures/make_fixtures.py`) hold PyTorch + PEFT's logits, loss, every trainable
-//! gradient and 10 AdamW steps' losses for a random-init tiny BERT and RoBERTa.
+//! gradient and 10 AdamW steps' losses for a random-init tiny BERT, RoBERTa and GPT-2.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
 
 mod common;
@@ -45,10 +45,17 @@ fn fixture(stem: &str) -> Fixture {
     }
 }
 
-fn method(name: &str) -> Method {
+fn method(kind: &str, name: &str) -> Method {
     match name {
         "full" => Method::Full(Default::default()),
         "bitfit" => Method::Bitfit(Default::default()),
+        // GPT-2 takes the default targets, which become the family's (`c_attn`), as PEFT's.
+        "lora" if kind == "gpt2" => Method::Lora(LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            ..Default::default()
+        }),
         "lora" => Method::Lora(LoraConfig {
             r: 4,
             alpha: 8.0,
@@ -82,7 +89,7 @@ fn model(kind: &str, task: Task, m: &str, fx: &Fixture) -> (TaskModel<Candle>, P
         &config,
         tensors,
         task,
-        &method(m),
+        &method(kind, m),
         0,
         &mut store,
     )
@@ -96,10 +103,14 @@ fn model(kind: &str, task: Task, m: &str, fx: &Fixture) -> (TaskModel<Candle>, P
     (model, store)
 }
 
-/// `task`: `seq`, `token` or `mlm`.
+/// `task`: `seq`, `token`, `mlm` or `clm`.
 fn check(kind: &str, task_name: &str, m: &str) {
     let be = Candle::cpu();
     let (task, stem) = match task_name {
+        "seq" if kind == "gpt2" => (
+            Task::SequenceClassification { num_labels: 3 },
+            format!("parity-{kind}-seq-{m}"),
+        ),
         "seq" => (
             Task::SequenceClassification { num_labels: 3 },
             format!("parity-{kind}-{m}"),
@@ -108,6 +119,7 @@ fn check(kind: &str, task_name: &str, m: &str) {
             Task::TokenClassification { num_labels: 5 },
             format!("parity-{kind}-token-{m}"),
         ),
+        "clm" => (Task::CausalLm, format!("parity-{kind}-clm-{m}")),
         _ => (Task::MaskedLm, format!("parity-{kind}-mlm-{m}")),
     };
     let fx = fixture(&stem);
@@ -123,9 +135,11 @@ fn check(kind: &str, task_name: &str, m: &str) {
         .collect();
     let bsz = fx.floats["logits"].shape.dims()[0];
     let len = ids.len() / bsz;
+    // Causal LM's labels are the tokens: the model says which logit predicts which.
+    let (labels, count) = model.targets(&be, &store, &labels, bsz, len);
     let labels_t = be.upload_u32(&labels, &Shape::new([labels.len()])).unwrap();
     // Mean over the labels that count, as PyTorch's cross-entropy with ignore_index.
-    let scale = 1.0 / labels.iter().filter(|&&l| l != IGNORE_INDEX).count() as f32;
+    let scale = 1.0 / count as f32;
     let input = model.input(&be, &store, &ids, &mask, bsz, len).unwrap();
     let case = format!("{kind}/{task_name}/{m}");
 
@@ -149,7 +163,7 @@ fn check(kind: &str, task_name: &str, m: &str) {
         std::fs::read_to_string(fixtures().join(format!("tiny-{kind}/config.json"))).unwrap();
     let config = tunelab_core::models::ModelConfig::from_json("config.json", &config).unwrap();
     assert_eq!(
-        tunelab_core::models::task_model::count_params(&config, task, &method(m)).unwrap(),
+        tunelab_core::models::task_model::count_params(&config, task, &method(kind, m)).unwrap(),
         store.counts(&be),
         "{case}: counted from the config"
     );
@@ -161,6 +175,7 @@ fn check(kind: &str, task_name: &str, m: &str) {
     let (mut tape, bound, logits, loss) = (f.tape, f.bound, f.logits, f.loss.unwrap());
     let got = host(tape.value(logits).unwrap());
     let want = &fx.floats["logits"].data;
+    assert_eq!(got.len(), want.len(), "{case}: logits size");
     let diff = got
         .iter()
         .zip(want)
@@ -295,6 +310,34 @@ fn roberta_token_lora() {
 #[test]
 fn roberta_mlm_full() {
     check("roberta", "mlm", "full");
+}
+#[test]
+fn gpt2_clm_full() {
+    check("gpt2", "clm", "full");
+}
+#[test]
+fn gpt2_clm_bitfit() {
+    check("gpt2", "clm", "bitfit");
+}
+#[test]
+fn gpt2_clm_lora() {
+    check("gpt2", "clm", "lora");
+}
+#[test]
+fn gpt2_clm_prompt() {
+    check("gpt2", "clm", "prompt");
+}
+#[test]
+fn gpt2_clm_ia3() {
+    check("gpt2", "clm", "ia3");
+}
+#[test]
+fn gpt2_seq_lora() {
+    check("gpt2", "seq", "lora");
+}
+#[test]
+fn gpt2_seq_full() {
+    check("gpt2", "seq", "full");
 }
 
 /// The larger of two differences, NaN if either is (`f32::max` drops NaN, so a NaN

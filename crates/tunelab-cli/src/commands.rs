@@ -213,6 +213,7 @@ pub fn predict<B: Backend>(
             }
             Prediction::Tags { tags } => serde_json::json!({"text": text, "tags": tags}),
             Prediction::Masks { fills } => serde_json::json!({"text": text, "masks": fills}),
+            Prediction::Next { tokens } => serde_json::json!({"text": text, "next": tokens}),
         };
         if truncated && let Some(o) = line.as_object_mut() {
             o.insert("truncated_to".into(), manifest.max_len.into());
@@ -238,7 +239,7 @@ pub fn export_checkpoint(checkpoint_file: &Path, out: &Path, assets: &Path) -> a
         &cfg,
         session::head_task(meta.kind, &meta.labels),
         &base,
-        session::run_config(&cfg, &base, &base_cfg, &tokenizer)?,
+        session::run_config(&cfg, &base, &base_cfg, &tokenizer, meta.kind)?,
     )?;
     // A trainer with no data, only to restore the checkpoint's weights into the model.
     let empty = data::Features {
@@ -271,13 +272,7 @@ pub fn export_checkpoint(checkpoint_file: &Path, out: &Path, assets: &Path) -> a
         max_len: cfg.max_len,
         base_config_json: built.config_json,
     };
-    let mut files = pollster::block_on(export::export(
-        &t.backend,
-        &t.model,
-        &t.store,
-        &cfg.method,
-        &info,
-    ))?;
+    let mut files = pollster::block_on(export::export(&t.backend, &t.model, &t.store, &info))?;
     files.push(("tokenizer.json".into(), base.tokenizer_json));
     files_out::write_dir(out, &files)?;
     println!(

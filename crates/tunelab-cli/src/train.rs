@@ -69,7 +69,6 @@ fn export_files<B: Backend>(
         &trainer.backend,
         &trainer.model,
         &trainer.store,
-        &trainer.config.method,
         job_info,
     ))?;
     files.push((

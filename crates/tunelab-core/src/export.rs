@@ -85,6 +85,7 @@ fn peft_task_type(task: TaskKind) -> serde_json::Value {
         TaskKind::Classification => "SEQ_CLS".into(),
         TaskKind::TokenClassification => "TOKEN_CLS".into(),
         TaskKind::MaskedLm => serde_json::Value::Null,
+        TaskKind::CausalLm => "CAUSAL_LM".into(),
     }
 }
 
@@ -105,10 +106,12 @@ pub async fn export<B: Backend>(
     backend: &B,
     model: &TaskModel<B>,
     store: &ParamStore<B>,
-    method: &Method,
     info: &ExportInfo,
 ) -> Result<Vec<(String, Vec<u8>)>, ExportError> {
+    // The method as the model applied it (its targets the family's defaults).
+    let method = &model.method;
     let mt = model_type(model);
+    let prefix = model.config.checkpoint_prefix();
     let head: Vec<String> = model.head.param_names();
     let is_head = |n: &str| head.iter().any(|h| h == n);
     let mut tensors = BTreeMap::new();
@@ -145,7 +148,7 @@ pub async fn export<B: Backend>(
             ExportKind::Peft {
                 keys: PeftKeys::Tuner,
                 ..
-            } => format!("base_model.model.{mt}.{name}"),
+            } => format!("base_model.model.{prefix}.{name}"),
             ExportKind::Peft {
                 keys: PeftKeys::Prompt,
                 ..
@@ -155,15 +158,21 @@ pub async fn export<B: Backend>(
                 ..
             } => name.clone(),
             ExportKind::Tensors { .. } | ExportKind::Model if is_head(name) => name.clone(),
-            ExportKind::Tensors { .. } | ExportKind::Model => format!("{mt}.{name}"),
+            ExportKind::Tensors { .. } | ExportKind::Model => format!("{prefix}.{name}"),
         };
-        tensors.insert(
-            key,
-            HostTensor {
-                shape: backend.shape(&t),
-                data,
-            },
-        );
+        let host = HostTensor {
+            shape: backend.shape(&t),
+            data,
+        };
+        // Checkpoint layout (GPT-2's `Conv1D` weights are `(in, out)`); adapters keep
+        // PEFT's own shapes.
+        let host = match kind {
+            ExportKind::Model | ExportKind::Tensors { .. } => {
+                model.config.export_tensor(name, host)
+            }
+            ExportKind::Peft { .. } => host,
+        };
+        tensors.insert(key, host);
     }
     let json = |v: &serde_json::Value| -> Result<Vec<u8>, ExportError> {
         serde_json::to_vec_pretty(v).map_err(|e| invalid("export", e.to_string()))
@@ -199,7 +208,7 @@ pub async fn export<B: Backend>(
             let arch = model.config.class_name(model.head.task);
             if let Some(obj) = config.as_object_mut() {
                 obj.insert("architectures".into(), serde_json::json!([arch]));
-                if info.task != TaskKind::MaskedLm {
+                if !info.task.is_language_modelling() {
                     let id2label: serde_json::Map<String, serde_json::Value> = info
                         .labels
                         .names
@@ -279,11 +288,14 @@ fn peft_manifest(
     let task = match s("task_type") {
         Some("SEQ_CLS") => TaskKind::Classification,
         Some("TOKEN_CLS") => TaskKind::TokenClassification,
+        Some("CAUSAL_LM") => TaskKind::CausalLm,
         None => TaskKind::MaskedLm,
         Some(other) => {
             return Err(invalid(
                 file,
-                format!("task_type `{other}` is not supported (expected SEQ_CLS or TOKEN_CLS)"),
+                format!(
+                    "task_type `{other}` is not supported (expected SEQ_CLS, TOKEN_CLS or CAUSAL_LM)"
+                ),
             ));
         }
     };
@@ -342,21 +354,21 @@ pub fn import(files: &BTreeMap<String, Vec<u8>>) -> Result<Imported, ExportError
             ));
         }
     }
-    // Back to store names.
+    // Back to store names: every family's checkpoint prefix, under PEFT's or alone.
+    let families = crate::models::ModelConfig::all_prefixes();
+    let mut prefixes: Vec<String> = families
+        .iter()
+        .map(|f| format!("base_model.model.{f}."))
+        .collect();
+    prefixes.extend(["base_model.model.".into(), "base_model.".into()]);
+    prefixes.extend(families.iter().map(|f| format!("{f}.")));
     let mut tensors = BTreeMap::new();
     for (key, t) in raw {
-        let name = [
-            "base_model.model.bert.",
-            "base_model.model.roberta.",
-            "base_model.model.",
-            "base_model.",
-            "bert.",
-            "roberta.",
-        ]
-        .iter()
-        .find_map(|p| key.strip_prefix(p))
-        .unwrap_or(&key)
-        .to_string();
+        let name = prefixes
+            .iter()
+            .find_map(|p| key.strip_prefix(p.as_str()))
+            .unwrap_or(&key)
+            .to_string();
         tensors.insert(name, t);
     }
     // A PEFT adapter's config is read even beside Tunelab's manifest: it is what PEFT loads,

@@ -25,6 +25,21 @@ pub enum Prediction {
     Tags { tags: Vec<(String, String)> },
     /// For each mask token, the five likeliest tokens with their probabilities.
     Masks { fills: Vec<Vec<(String, f32)>> },
+    /// The five likeliest next tokens after the text, with their probabilities.
+    Next { tokens: Vec<(String, f32)> },
+}
+
+/// The five likeliest tokens of a logits row (the tokenizer's vocabulary only).
+fn top5(tokenizer: &Tokenizer, row: &[f32]) -> Vec<(String, f32)> {
+    let v = tokenizer.vocab_size().min(row.len());
+    let p = softmax(row);
+    let mut order: Vec<usize> = (0..v).collect();
+    order.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
+    order
+        .iter()
+        .take(5)
+        .map(|&i| (tokenizer.id_to_token(i as u32).unwrap_or_default(), p[i]))
+        .collect()
 }
 
 /// A numerically stable softmax of one row.
@@ -67,6 +82,13 @@ pub async fn predict<B: Backend>(
         }
     };
     let len = ids.len();
+    if len == 0 {
+        return Err(crate::data::DataError::File {
+            file: "input".into(),
+            reason: "the text gives no tokens".into(),
+        }
+        .into());
+    }
     let input = model.input(backend, store, &ids, &vec![1.0; len], 1, len)?;
     let f = model.forward(backend, store, &input, None, false)?;
     let value = f.tape.value(f.logits)?;
@@ -98,24 +120,23 @@ pub async fn predict<B: Backend>(
         }
         TaskKind::MaskedLm => {
             let vocab = backend.shape(value).dims()[2];
-            let v = tokenizer.vocab_size().min(vocab);
             let mask = tokenizer.mask_id();
-            let mut fills = Vec::new();
-            for (t, id) in ids.iter().enumerate() {
-                if Some(*id) == mask {
-                    let p = softmax(&values[t * vocab..(t + 1) * vocab]);
-                    let mut order: Vec<usize> = (0..v).collect();
-                    order.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
-                    fills.push(
-                        order
-                            .iter()
-                            .take(5)
-                            .map(|&i| (tokenizer.id_to_token(i as u32).unwrap_or_default(), p[i]))
-                            .collect(),
-                    );
-                }
-            }
+            let fills = ids
+                .iter()
+                .enumerate()
+                .filter(|&(_, id)| Some(*id) == mask)
+                .map(|(t, _)| top5(tokenizer, &values[t * vocab..(t + 1) * vocab]))
+                .collect();
             Prediction::Masks { fills }
+        }
+        TaskKind::CausalLm => {
+            // The logits of the last position (of the prompt's, for an empty text).
+            let dims = backend.shape(value).dims().to_vec();
+            let (t, vocab) = (dims[1], dims[2]);
+            let last = t.saturating_sub(1);
+            Prediction::Next {
+                tokens: top5(tokenizer, &values[last * vocab..(last + 1) * vocab]),
+            }
         }
     })
 }

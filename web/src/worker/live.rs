@@ -138,13 +138,14 @@ impl AsyncLiveFn<(String, Vec<(String, Vec<u8>)>)> for ExportFn {
             max_len: v.max_len,
             base_config_json: v.base_config_json.to_string(),
         };
-        let files = export::export(v.backend, v.model, v.store, v.method, &info)
+        let files = export::export(v.backend, v.model, v.store, &info)
             .await
             .map_err(s)?;
         let task = match v.kind {
             TaskKind::Classification => "classification",
             TaskKind::TokenClassification => "ner",
             TaskKind::MaskedLm => "mlm",
+            TaskKind::CausalLm => "clm",
         };
         Ok((
             format!("tunelab-{}-{}-{task}.zip", v.base_model, v.method.name()),

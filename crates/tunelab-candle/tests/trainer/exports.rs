@@ -153,12 +153,11 @@ fn exports_use_peft_names_and_import_to_the_same_model() {
             max_len: 32,
             base_config_json: std::fs::read_to_string(tiny().join("config.json")).unwrap(),
         };
-        let files: BTreeMap<String, Vec<u8>> = pollster::block_on(export::export(
-            &t.backend, &t.model, &t.store, &method, &info,
-        ))
-        .unwrap()
-        .into_iter()
-        .collect();
+        let files: BTreeMap<String, Vec<u8>> =
+            pollster::block_on(export::export(&t.backend, &t.model, &t.store, &info))
+                .unwrap()
+                .into_iter()
+                .collect();
         let weights = match &method {
             Method::Lora(_) | Method::Prompt(_) | Method::Ia3(_) => export::ADAPTER_WEIGHTS,
             Method::Bitfit(_) => export::BITFIT_WEIGHTS,
@@ -239,16 +238,11 @@ fn a_peft_adapter_without_tunelab_manifest_imports() {
         max_len: 32,
         base_config_json: "{}".into(),
     };
-    let mut files: BTreeMap<String, Vec<u8>> = pollster::block_on(export::export(
-        &t.backend,
-        &t.model,
-        &t.store,
-        &lora(),
-        &info,
-    ))
-    .unwrap()
-    .into_iter()
-    .collect();
+    let mut files: BTreeMap<String, Vec<u8>> =
+        pollster::block_on(export::export(&t.backend, &t.model, &t.store, &info))
+            .unwrap()
+            .into_iter()
+            .collect();
     files.remove(export::MANIFEST);
     let imported = export::import(&files).unwrap();
     assert_eq!(imported.manifest.method, lora());

@@ -46,6 +46,7 @@ fn task(kind: TaskKind, classes: usize) -> Task {
             num_labels: classes,
         },
         TaskKind::MaskedLm => Task::MaskedLm,
+        TaskKind::CausalLm => Task::CausalLm,
     }
 }
 
@@ -94,7 +95,7 @@ fn features(kind: TaskKind, n: usize) -> Features {
                         }
                     })
                     .collect(),
-                TaskKind::MaskedLm => vec![],
+                TaskKind::MaskedLm | TaskKind::CausalLm => vec![],
             };
             Feature {
                 ids,
@@ -108,6 +109,7 @@ fn features(kind: TaskKind, n: usize) -> Features {
             TaskKind::Classification => FeatureKind::Sequence,
             TaskKind::TokenClassification => FeatureKind::Token,
             TaskKind::MaskedLm => FeatureKind::MaskedLm,
+            TaskKind::CausalLm => FeatureKind::CausalLm,
         },
         items,
         special_lead: 1,
@@ -130,6 +132,7 @@ fn trainer(kind: TaskKind, method: Method, cfg: TrainConfig, n: usize) -> Traine
         TaskKind::Classification => "classification",
         TaskKind::TokenClassification => "token-classification",
         TaskKind::MaskedLm => "masked-lm",
+        TaskKind::CausalLm => "causal-lm",
     };
     let cfg = TrainConfig {
         task: task.into(),

@@ -46,10 +46,10 @@ fn bad_model_folders() {
                 let p = d.join("model/config.json");
                 let t = std::fs::read_to_string(&p)
                     .unwrap()
-                    .replace("\"bert\"", "\"gpt2\"");
+                    .replace("\"bert\"", "\"t5\"");
                 std::fs::write(p, t).unwrap();
             },
-            "model_type `gpt2` is not supported (expected `bert` or `roberta`)",
+            "model_type `t5` is not supported (expected `bert`, `roberta` or `gpt2`)",
         ),
         model_case(
             "config_hidden_size_missing",

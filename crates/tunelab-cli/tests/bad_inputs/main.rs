@@ -496,7 +496,7 @@ fn bad_configs_and_options() {
         d("schedule_unknown", &["--schedule", "stepwise"], "unknown schedule `stepwise`; expected linear, cosine or constant"),
         d("task_unknown", &["--task", "poetry"], "unknown task `poetry`; expected one of"),
         d("from_scratch_with_lora", &["--task", "masked-lm", "--from-scratch"], "--from-scratch trains every weight: use --method full"),
-        d("from_scratch_classification", &["--from-scratch", "--method", "full"], "config field `from_scratch`: only masked-LM pretraining starts from scratch"),
+        d("from_scratch_classification", &["--from-scratch", "--method", "full"], "config field `from_scratch`: only language-model pretraining (masked or causal LM) starts from scratch"),
         d("max_steps_negative", &["--max-steps", "-1"], "invalid value '-1' for '--max-steps <MAX_STEPS>'"),
         d("device_unknown", &["--device", "tpu"], "tpu"),
         case("task_without_data", &["train", "--task", "classification", "--output-dir", "@/out"], "task `classification` needs --train-file"),

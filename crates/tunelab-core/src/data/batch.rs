@@ -15,6 +15,9 @@ pub enum FeatureKind {
     Token,
     /// Labels are made at batch time by masking.
     MaskedLm,
+    /// Labels are the tokens themselves (the model shifts them: position `t` predicts
+    /// token `t + 1`; see `TaskModel::targets`).
+    CausalLm,
 }
 
 /// One tokenised example.
@@ -61,8 +64,9 @@ fn tok_err(file: &str, line: usize, e: impl std::fmt::Display) -> DataError {
 }
 
 /// Tokenises `examples` (read from `file`) for `kind`. Class and tag names are mapped with
-/// `labels`; a label it does not know is an error naming the line. Masked-LM text is
-/// concatenated and cut into blocks of `max_len` tokens, specials included.
+/// `labels`; a label it does not know is an error naming the line. Masked- and causal-LM text
+/// is concatenated and cut into blocks of `max_len` tokens, specials included (run_mlm's and
+/// run_clm's `group_texts`).
 pub fn encode(
     tok: &Tokenizer,
     examples: &[Example],
@@ -138,7 +142,7 @@ pub fn encode(
                 });
             }
         }
-        FeatureKind::MaskedLm => {
+        FeatureKind::MaskedLm | FeatureKind::CausalLm => {
             let (lead, tail) = tok.special_wrap().map_err(|e| tok_err(file, 0, e))?;
             if max_len <= lead.len() + tail.len() {
                 return Err(DataError::File {
@@ -313,6 +317,10 @@ pub fn build_batch(
                 labels.extend(std::iter::repeat_n(IGNORE_INDEX, len - n));
             }
             FeatureKind::MaskedLm => labels.extend(std::iter::repeat_n(IGNORE_INDEX, len)),
+            FeatureKind::CausalLm => {
+                labels.extend_from_slice(&f.ids);
+                labels.extend(std::iter::repeat_n(IGNORE_INDEX, len - n));
+            }
         }
     }
     if let (FeatureKind::MaskedLm, Some((m, rng))) = (features.kind, masking) {
@@ -366,7 +374,7 @@ mod tests {
                     labels: match kind {
                         FeatureKind::Sequence => vec![1],
                         FeatureKind::Token => ids.iter().map(|i| i % 3).collect(),
-                        FeatureKind::MaskedLm => vec![],
+                        FeatureKind::MaskedLm | FeatureKind::CausalLm => vec![],
                     },
                     ids,
                     line: 1,

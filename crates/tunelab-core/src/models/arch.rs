@@ -65,6 +65,25 @@ pub trait Architecture: Sized + Clone + PartialEq + std::fmt::Debug {
     ) -> Result<(Self::Model, BTreeMap<String, HostTensor>), LoadError>;
     /// A checkpoint tensor's store name (its family prefix, such as `bert.`, removed).
     fn store_name<'a>(&self, key: &'a str) -> &'a str;
+    /// Every prefix the family's checkpoints put before the model's own tensors (`bert`,
+    /// `roberta`; GPT-2's `transformer`).
+    const PREFIXES: &'static [&'static str];
+    /// The prefix this model's task checkpoints put before its own tensors (what exports
+    /// write).
+    fn checkpoint_prefix(&self) -> &str;
+    /// Whether the family has a head for `task`; the reason names what it lacks.
+    fn supports(&self, task: Task) -> Result<(), String>;
+    /// A store tensor as the family's checkpoints hold it (GPT-2 keeps its `Conv1D` weights
+    /// `(in, out)`; the store holds every linear weight `(out, in)`).
+    fn export_tensor(&self, _name: &str, t: HostTensor) -> HostTensor {
+        t
+    }
+    /// PEFT's default target modules for this family, for the methods that have them
+    /// (`lora`: targets; `ia3`: targets and feed-forward modules), as PEFT's per-model
+    /// mappings give them; `None` keeps the method's own defaults (BERT's names).
+    fn peft_defaults(&self, _method: &str) -> Option<(Vec<String>, Vec<String>)> {
+        None
+    }
     /// Whether a checkpoint tensor left unused is another task's head (not an error).
     fn is_other_head(&self, name: &str) -> bool;
 }
@@ -207,6 +226,31 @@ macro_rules! architectures {
                 match self { $(Self::$variant(c) => c.is_other_head(name),)* }
             }
 
+            /// Every checkpoint prefix of every registered family.
+            pub fn all_prefixes() -> Vec<&'static str> {
+                let mut all = Vec::new();
+                $(all.extend_from_slice(<$ty as Architecture>::PREFIXES);)*
+                all
+            }
+
+            pub fn checkpoint_prefix(&self) -> &str {
+                match self { $(Self::$variant(c) => c.checkpoint_prefix(),)* }
+            }
+
+            /// Whether the family has a head for `task` (an error naming the model type and
+            /// what it lacks).
+            pub fn supports(&self, task: Task) -> Result<(), String> {
+                match self { $(Self::$variant(c) => c.supports(task),)* }
+            }
+
+            pub fn export_tensor(&self, name: &str, t: HostTensor) -> HostTensor {
+                match self { $(Self::$variant(c) => c.export_tensor(name, t),)* }
+            }
+
+            pub fn peft_defaults(&self, method: &str) -> Option<(Vec<String>, Vec<String>)> {
+                match self { $(Self::$variant(c) => c.peft_defaults(method),)* }
+            }
+
             /// Every `model_type` Tunelab reads.
             pub fn model_types() -> Vec<&'static str> {
                 let mut all = Vec::new();
@@ -284,12 +328,12 @@ mod tests {
                 .len(),
             6
         );
-        let e = ModelConfig::from_json("m/config.json", &ROBERTA.replace("roberta", "gpt2"))
+        let e = ModelConfig::from_json("m/config.json", &ROBERTA.replace("roberta", "t5"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("m/config.json"), "{e}");
         assert!(
-            e.contains("model_type `gpt2` is not supported (expected `bert` or `roberta`)"),
+            e.contains("model_type `t5` is not supported (expected `bert`, `roberta` or `gpt2`)"),
             "{e}"
         );
         let e = ModelConfig::from_json("c.json", "{}")

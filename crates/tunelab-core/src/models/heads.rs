@@ -8,6 +8,10 @@
 //! | sequence classification | `pooler.dense` + tanh, `classifier` | `classifier.dense` + tanh, `classifier.out_proj` | `(B, K)` from the first token |
 //! | token classification | `classifier` | `classifier` | `(B, T, K)` |
 //! | masked LM | `cls.predictions.transform.{dense,LayerNorm}`, `cls.predictions.bias` | `lm_head.{dense,layer_norm}`, `lm_head.bias` | `(B, T, V)`, decoder tied to the word embeddings |
+//!
+//! GPT-2's: sequence classification is `score` (no bias) on the last real token, token
+//! classification `classifier`, and the causal LM head is the word embeddings (tied, no
+//! tensors of its own).
 
 use crate::Shape;
 use crate::backend::{Backend, Result};
@@ -24,9 +28,15 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "kebab-case")]
 pub enum Task {
-    SequenceClassification { num_labels: usize },
-    TokenClassification { num_labels: usize },
+    SequenceClassification {
+        num_labels: usize,
+    },
+    TokenClassification {
+        num_labels: usize,
+    },
     MaskedLm,
+    /// Next-token prediction (a decoder's language-model head).
+    CausalLm,
 }
 
 /// How a new head's tensor starts (transformers' initialisation).
@@ -52,6 +62,11 @@ pub enum HeadStyle {
     /// Dense + GELU + layer norm, then a decoder tied to the word embeddings plus a bias
     /// (dense `weight`, `bias`, norm `weight`, `bias`, decoder bias).
     MaskedLm { eps: f32 },
+    /// The last real position of each row through a classifier without bias (`weight`):
+    /// GPT-2's `score`.
+    LastTokenClassifier,
+    /// Logits from the word embeddings (tied), no tensors of its own.
+    TiedLm,
 }
 
 /// A task head as an architecture defines it.
@@ -88,6 +103,10 @@ enum Kind {
         ln: LayerNorm,
         bias: ParamId,
     },
+    LastToken {
+        score: Linear,
+    },
+    TiedLm,
 }
 
 /// A task head whose parameters live in a [`ParamStore`].
@@ -150,6 +169,8 @@ impl Head {
             HeadStyle::PooledClassifier | HeadStyle::TokenClassifier => 2,
             HeadStyle::DenseTanhClassifier => 4,
             HeadStyle::MaskedLm { .. } => 5,
+            HeadStyle::LastTokenClassifier => 1,
+            HeadStyle::TiedLm => 0,
         };
         if ids.len() != need {
             return Err(cfg_err(format!(
@@ -174,6 +195,14 @@ impl Head {
                 },
                 bias: ids[4],
             },
+            HeadStyle::LastTokenClassifier => Kind::LastToken {
+                score: Linear {
+                    name: names[0].trim_end_matches(".weight").to_string(),
+                    weight: ids[0],
+                    bias: None,
+                },
+            },
+            HeadStyle::TiedLm => Kind::TiedLm,
         };
         Ok(Self { task, kind, names })
     }
@@ -183,13 +212,21 @@ impl Head {
         self.names.clone()
     }
 
+    /// Whether the head reads the first position only (so the encoder may skip work for
+    /// the others: [`Encoder::encode_first`]).
+    pub fn reads_first_only(&self) -> bool {
+        matches!(self.kind, Kind::Pooled { .. } | Kind::DenseTanh { .. })
+    }
+
     /// Logits from the encoder output `h (B, T, C)` (prompt positions already removed for
-    /// token-level tasks): `(B, K)`, `(B, T, K)` or `(B, T, V)`.
+    /// token-level tasks): `(B, K)`, `(B, T, K)` or `(B, T, V)`. `last_rows (B,)` index each
+    /// row's last real position in `h` flattened to `(B T, C)`.
     pub fn forward<B: Backend>(
         &self,
         cx: &mut Ctx<'_, B>,
         encoder: &Encoder,
         h: Var,
+        last_rows: &B::Tensor,
     ) -> Result<Var> {
         let first = |cx: &mut Ctx<'_, B>| -> Result<Var> {
             let s = cx.tape.shape(h)?;
@@ -224,6 +261,18 @@ impl Head {
                 let logits = cx.tape.matmul(x, e, false, true)?;
                 let b = cx.p(*bias);
                 cx.tape.add_bias(logits, b)
+            }
+            Kind::LastToken { score } => {
+                // Row gather through the embedding op: its backward scatters into `h`.
+                let s = cx.tape.shape(h)?;
+                let (b, t, c) = (s.dims()[0], s.dims()[1], s.dims()[2]);
+                let flat = cx.tape.reshape(h, &Shape::new([b * t, c]))?;
+                let x = cx.tape.embedding(flat, last_rows)?; // (B, C)
+                score.forward(cx, x)
+            }
+            Kind::TiedLm => {
+                let e = cx.p(encoder.word_embeddings());
+                cx.tape.matmul(h, e, false, true)
             }
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod arch;
 pub mod bert;
+pub mod gpt2;
 pub mod heads;
 pub mod rows;
 pub mod task_model;
@@ -27,8 +28,12 @@ pub struct EncoderInput<T> {
     pub positions: T,
     /// `(B, T')` f32, 1 for tokens and 0 for padding.
     pub mask: T,
+    /// `(B,)` u32: each row's last real position, as an index into the `(B T', C)` hidden
+    /// states (heads that read the last token: GPT-2's sequence classifier).
+    pub last_rows: T,
 }
 
 arch::architectures! {
     Bert => bert::BertConfig,
+    Gpt2 => gpt2::Gpt2Config,
 }

@@ -32,6 +32,9 @@ pub struct TaskModel<B: Backend> {
     pub head: Head,
     pub adapters: Adapters<B>,
     pub prompt: Option<ParamId>,
+    /// The method as applied: its default targets made the model family's
+    /// ([`Method::for_model`]); exports describe this one.
+    pub method: Method,
 }
 
 impl<B: Backend> TaskModel<B> {
@@ -53,6 +56,11 @@ impl<B: Backend> TaskModel<B> {
         let cfg_file = format!("{dir}/config.json");
         let st_file = format!("{dir}/model.safetensors");
         let config = ModelConfig::from_json(&cfg_file, config_json)?;
+        config.supports(task).map_err(|reason| LoadError::Config {
+            file: cfg_file.clone(),
+            reason,
+        })?;
+        let method = &method.for_model(&config);
         let (encoder, mut rest) = config.load(backend, &st_file, tensors, task, store)?;
         let head = Head::load_or_init(
             backend,
@@ -95,6 +103,7 @@ impl<B: Backend> TaskModel<B> {
             head,
             adapters,
             prompt: applied.prompt,
+            method: method.clone(),
         })
     }
 
@@ -130,6 +139,8 @@ impl<B: Backend> TaskModel<B> {
             token_types: backend.upload_u32(&vec![0; batch * total], &sh)?,
             positions: backend.upload_u32(&positions, &sh)?,
             mask: backend.upload(&full_mask, &sh)?,
+            last_rows: backend
+                .upload_u32(&last_rows(&full_mask, batch, total), &Shape::new([batch]))?,
         })
     }
 
@@ -152,21 +163,28 @@ impl<B: Backend> TaskModel<B> {
                 Some(cx.tape.embedding(table, &rows)?)
             }
         };
-        // Sequence classification reads the first position only (see `Encoder::encode_first`).
-        if matches!(self.head.task, Task::SequenceClassification { .. }) {
+        // A head that reads the first position only lets the encoder skip work (see
+        // `Encoder::encode_first`).
+        if self.head.reads_first_only() {
             let h = self.encoder.encode_first(cx, input, prompt)?;
-            return self.head.forward(cx, &self.encoder, h);
+            return self.head.forward(cx, &self.encoder, h, &input.last_rows);
         }
         let p = match prompt {
             Some(v) => cx.tape.shape(v)?.dims()[1],
             None => 0,
         };
         let mut h = self.encoder.encode(cx, input, prompt)?;
-        if p > 0 {
-            let total = cx.tape.shape(h)?.dims()[1];
-            h = cx.tape.slice_seq(h, p, total - p)?;
+        let total = cx.tape.shape(h)?.dims()[1];
+        match self.head.task {
+            // The last-token classifier indexes the whole length (`last_rows`).
+            Task::SequenceClassification { .. } => {}
+            // Position `t` predicts token `t + 1`; with a prompt its last position predicts
+            // the first token (PEFT's prefix of ignored labels): see `TaskModel::targets`.
+            Task::CausalLm if p > 0 => h = cx.tape.slice_seq(h, p - 1, total - p)?,
+            _ if p > 0 => h = cx.tape.slice_seq(h, p, total - p)?,
+            _ => {}
         }
-        self.head.forward(cx, &self.encoder, h)
+        self.head.forward(cx, &self.encoder, h, &input.last_rows)
     }
 
     /// One forward pass without dropout on a fresh tape: the logits and, given `labels` and
@@ -224,6 +242,50 @@ impl<B: Backend> TaskModel<B> {
     }
 }
 
+impl<B: Backend> TaskModel<B> {
+    /// The loss's targets for a batch's `labels`, aligned with the logits
+    /// [`TaskModel::logits`] returns, and how many count. Unchanged except for causal LM,
+    /// whose labels are the tokens themselves (`(B, T)`, ignored on padding): the logit at
+    /// token position `t` predicts token `t + 1` (the last predicts nothing); with prompt
+    /// tuning the logits start one position earlier, at the last virtual token, so position
+    /// `t` predicts token `t` — the first token is predicted too, as PEFT's prefix of ignored
+    /// labels makes transformers' shifted loss do.
+    pub fn targets(
+        &self,
+        backend: &B,
+        store: &ParamStore<B>,
+        labels: &[u32],
+        batch: usize,
+        len: usize,
+    ) -> (Vec<u32>, usize) {
+        let mut out = labels.to_vec();
+        if self.head.task == Task::CausalLm && self.prompt_len(backend, store) == 0 {
+            for row in out.chunks_mut(len.max(1)).take(batch) {
+                row.rotate_left(1);
+                if let Some(last) = row.last_mut() {
+                    *last = crate::backend::IGNORE_INDEX;
+                }
+            }
+        }
+        let count = out
+            .iter()
+            .filter(|&&l| l != crate::backend::IGNORE_INDEX)
+            .count();
+        (out, count)
+    }
+}
+
+/// Each row's last real position (the first when a row has none) in `(B T)` flattened.
+fn last_rows(mask: &[f32], batch: usize, total: usize) -> Vec<u32> {
+    (0..batch)
+        .map(|b| {
+            let row = &mask[b * total..(b + 1) * total];
+            let t = row.iter().rposition(|&m| m > 0.0).unwrap_or(0);
+            (b * total + t) as u32
+        })
+        .collect()
+}
+
 /// What [`TaskModel::forward`] recorded.
 #[allow(missing_debug_implementations)] // the tape holds backend tensors
 pub struct Forward<B: Backend> {
@@ -252,6 +314,11 @@ pub fn count_params(
     task: Task,
     method: &Method,
 ) -> std::result::Result<(usize, usize), ModelError> {
+    config.supports(task).map_err(|reason| LoadError::Config {
+        file: "config.json".into(),
+        reason,
+    })?;
+    let method = &method.for_model(config);
     let (encoder, head) = config.specs(task);
     let numel = |specs: &[(String, crate::Shape)]| specs.iter().map(|(_, s)| s.numel()).sum();
     let (enc_n, head_n): (usize, usize) = (numel(&encoder), numel(&head));

@@ -388,6 +388,28 @@ macro_rules! registry {
 }
 
 impl Method {
+    /// The method with its default target modules replaced by the model family's (PEFT's
+    /// per-model mappings: GPT-2's `c_attn` instead of BERT's `query`, `value`); targets the
+    /// user chose are kept.
+    pub fn for_model(&self, config: &crate::models::ModelConfig) -> Method {
+        let mut m = self.clone();
+        match &mut m {
+            Method::Lora(c) if c.target_modules == lora::LoraConfig::default().target_modules => {
+                if let Some((t, _)) = config.peft_defaults(lora::LoraConfig::NAME) {
+                    c.target_modules = t;
+                }
+            }
+            Method::Ia3(c) if *c == ia3::Ia3Config::default() => {
+                if let Some((t, f)) = config.peft_defaults(ia3::Ia3Config::NAME) {
+                    c.target_modules = t;
+                    c.feedforward_modules = f;
+                }
+            }
+            _ => {}
+        }
+        m
+    }
+
     /// Every method's name, for messages (`full, bitfit, lora, ...`).
     pub fn names() -> String {
         REGISTRY

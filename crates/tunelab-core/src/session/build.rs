@@ -28,12 +28,14 @@ pub fn run_config(
     base: &ModelFiles,
     base_cfg: &ModelConfig,
     tokenizer: &Tokenizer,
+    kind: crate::trainer::TaskKind,
 ) -> Result<RunConfig, TrainError> {
     match &cfg.from_scratch {
         Some(s) => {
             let json = s.config_json(
                 tokenizer.vocab_size().max(base_cfg.dims().vocab_size),
                 tokenizer.pad_id(),
+                kind,
             );
             let config = ModelConfig::from_json("from_scratch", &json).map_err(ModelError::from)?;
             Ok(RunConfig { json, config })

@@ -42,6 +42,7 @@ pub fn feature_kind(kind: TaskKind) -> FeatureKind {
         TaskKind::Classification => FeatureKind::Sequence,
         TaskKind::TokenClassification => FeatureKind::Token,
         TaskKind::MaskedLm => FeatureKind::MaskedLm,
+        TaskKind::CausalLm => FeatureKind::CausalLm,
     }
 }
 
@@ -54,6 +55,7 @@ pub fn head_task(kind: TaskKind, labels: &Labels) -> Task {
             num_labels: labels.len(),
         },
         TaskKind::MaskedLm => Task::MaskedLm,
+        TaskKind::CausalLm => Task::CausalLm,
     }
 }
 
@@ -184,11 +186,11 @@ pub fn prepare<B: Backend>(
         None => holdout(parsed, inputs.holdout_fraction),
     };
     let labels = match (inputs.labels, kind) {
-        (_, TaskKind::MaskedLm) => Labels::default(),
+        (_, k) if k.is_language_modelling() => Labels::default(),
         (Some(l), _) => Labels::new(l.to_vec()),
         (None, _) => Labels::infer(&train_rows),
     };
-    if kind != TaskKind::MaskedLm && labels.len() < 2 {
+    if !kind.is_language_modelling() && labels.len() < 2 {
         return Err(ConfigError {
             field: "labels",
             reason: format!(
@@ -201,7 +203,7 @@ pub fn prepare<B: Backend>(
         .into());
     }
     let task = head_task(kind, &labels);
-    let run = run_config(&cfg, model, &base_cfg, &tokenizer)?;
+    let run = run_config(&cfg, model, &base_cfg, &tokenizer, kind)?;
     let model_cfg = &run.config;
     if let Some(budget) = inputs.memory {
         let (trainable, total) =

@@ -16,6 +16,8 @@ pub enum TaskKind {
     TokenClassification,
     /// Masked-language-model (pre)training on plain text: loss and perplexity.
     MaskedLm,
+    /// Next-token (causal) language modelling on plain text: loss and perplexity.
+    CausalLm,
 }
 
 impl TaskKind {
@@ -24,7 +26,7 @@ impl TaskKind {
         match self {
             Self::Classification => &["accuracy", "macro_f1", "loss"],
             Self::TokenClassification => &["f1", "precision", "recall", "token_accuracy", "loss"],
-            Self::MaskedLm => &["loss", "perplexity"],
+            Self::MaskedLm | Self::CausalLm => &["loss", "perplexity"],
         }
     }
 
@@ -33,7 +35,7 @@ impl TaskKind {
         match self {
             Self::Classification => ("macro_f1", true),
             Self::TokenClassification => ("f1", true),
-            Self::MaskedLm => ("loss", false),
+            Self::MaskedLm | Self::CausalLm => ("loss", false),
         }
     }
 }
@@ -45,10 +47,19 @@ pub const TASKS: &[(&str, TaskKind, Option<&str>)] = &[
     ("spam", TaskKind::Classification, Some("spam")),
     ("ner", TaskKind::TokenClassification, Some("ner")),
     ("mlm", TaskKind::MaskedLm, Some("brown-text")),
+    ("clm", TaskKind::CausalLm, Some("brown-text")),
     ("classification", TaskKind::Classification, None),
     ("token-classification", TaskKind::TokenClassification, None),
     ("masked-lm", TaskKind::MaskedLm, None),
+    ("causal-lm", TaskKind::CausalLm, None),
 ];
+
+impl TaskKind {
+    /// Whether the task learns from plain text alone (no labels).
+    pub fn is_language_modelling(self) -> bool {
+        matches!(self, Self::MaskedLm | Self::CausalLm)
+    }
+}
 
 /// The kind and sample dataset (for presets) of a task name.
 pub fn resolve_task(name: &str) -> Result<(TaskKind, Option<&'static str>), String> {
@@ -73,7 +84,8 @@ pub enum ScheduleKind {
     Constant,
 }
 
-/// A small BERT to pretrain from scratch (masked LM), with the model's tokenizer.
+/// A small model to pretrain from scratch with the model's tokenizer: a BERT for masked LM,
+/// a GPT-2 for causal LM.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScratchConfig {
@@ -97,8 +109,26 @@ impl Default for ScratchConfig {
 }
 
 impl ScratchConfig {
-    /// A BERT `config.json` for this shape and vocabulary.
-    pub fn config_json(&self, vocab_size: usize, pad_token_id: u32) -> String {
+    /// A `config.json` for this shape and vocabulary: GPT-2's for causal LM, else BERT's.
+    pub fn config_json(&self, vocab_size: usize, pad_token_id: u32, task: TaskKind) -> String {
+        if task == TaskKind::CausalLm {
+            return serde_json::json!({
+                "model_type": "gpt2",
+                "architectures": ["GPT2LMHeadModel"],
+                "vocab_size": vocab_size,
+                "n_embd": self.hidden_size,
+                "n_layer": self.num_hidden_layers,
+                "n_head": self.num_attention_heads,
+                "n_inner": self.intermediate_size,
+                "n_positions": self.max_position_embeddings,
+                "activation_function": "gelu_new",
+                "layer_norm_epsilon": 1e-5,
+                "resid_pdrop": 0.0,
+                "embd_pdrop": 0.0,
+                "attn_pdrop": 0.0,
+            })
+            .to_string();
+        }
         serde_json::json!({
             "model_type": "bert",
             "architectures": ["BertForMaskedLM"],
@@ -124,11 +154,12 @@ pub struct TrainConfig {
     /// A model id from the assets manifest, or a folder with `config.json`,
     /// `model.safetensors` and `tokenizer.json`.
     pub model: String,
-    /// Pretrain a small randomly initialised BERT instead (masked LM; the model's tokenizer
-    /// is kept).
+    /// Pretrain a small randomly initialised model instead (a BERT for masked LM, a GPT-2
+    /// for causal LM; the model's tokenizer is kept).
     pub from_scratch: Option<ScratchConfig>,
-    /// A preset (`sentiment`, `topic`, `spam`, `ner`, `mlm`) or a task kind
-    /// (`classification`, `token-classification`, `masked-lm`) with `train_file`.
+    /// A preset (`sentiment`, `topic`, `spam`, `ner`, `mlm`, `clm`) or a task kind
+    /// (`classification`, `token-classification`, `masked-lm`, `causal-lm`) with
+    /// `train_file`.
     pub task: String,
     pub train_file: Option<String>,
     pub validation_file: Option<String>,
@@ -348,11 +379,11 @@ impl TrainConfig {
             reason,
         })?;
         if self.from_scratch.is_some()
-            && resolve_task(&self.task).ok().map(|t| t.0) != Some(TaskKind::MaskedLm)
+            && !resolve_task(&self.task).is_ok_and(|t| t.0.is_language_modelling())
         {
             return bad(
                 "from_scratch",
-                "only masked-LM pretraining starts from scratch",
+                "only language-model pretraining (masked or causal LM) starts from scratch",
             );
         }
         Ok(())

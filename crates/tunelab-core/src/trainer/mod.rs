@@ -235,7 +235,10 @@ impl<B: Backend> Trainer<B> {
             FeatureKind::Sequence => Shape::new([b.batch]),
             _ => Shape::new([b.batch * b.len]),
         };
-        let labels = self.backend.upload_u32(&b.labels, &shape)?;
+        let (targets, _) =
+            self.model
+                .targets(&self.backend, &self.store, &b.labels, b.batch, b.len);
+        let labels = self.backend.upload_u32(&targets, &shape)?;
         // Dropout masks come from the trainer's (checkpointed) random stream, so a resumed run
         // draws the same masks.
         let dropout_seed = self.uses_dropout().then(|| self.rng.next_u64());
@@ -261,7 +264,15 @@ impl<B: Backend> Trainer<B> {
             let masking = self.masking.map(|m| (m, &mut self.rng));
             batches.push(build_batch(&self.train, &rows, self.pad_id, masking));
         }
-        let loss_tokens: usize = batches.iter().map(|b| b.loss_tokens).sum();
+        let loss_tokens: usize = batches
+            .iter()
+            .map(|b| {
+                let (_, n) =
+                    self.model
+                        .targets(&self.backend, &self.store, &b.labels, b.batch, b.len);
+                n
+            })
+            .sum();
         let tokens: u64 = batches
             .iter()
             .map(|b| b.mask.iter().filter(|&&m| m > 0.0).count() as u64)
@@ -425,13 +436,14 @@ pub async fn evaluate<B: Backend>(
             FeatureKind::Sequence => Shape::new([b.batch]),
             _ => Shape::new([b.batch * b.len]),
         };
-        let label_t = backend.upload_u32(&b.labels, &shape)?;
+        let (targets, loss_tokens) = model.targets(backend, store, &b.labels, b.batch, b.len);
+        let label_t = backend.upload_u32(&targets, &shape)?;
         let f = model.forward(backend, store, &input, Some((&label_t, 1.0)), false)?;
         let (tape, logits) = (&f.tape, f.logits);
         let l = backend.download(tape.value(f.loss()?)?).await?[0];
-        loss.add(f64::from(l), b.loss_tokens as u64);
+        loss.add(f64::from(l), loss_tokens as u64);
         match kind {
-            TaskKind::MaskedLm => {}
+            TaskKind::MaskedLm | TaskKind::CausalLm => {}
             TaskKind::Classification => {
                 let k = labels.len();
                 let pred = argmax_rows(&backend.download(tape.value(logits)?).await?, k);
@@ -460,7 +472,7 @@ pub async fn evaluate<B: Backend>(
     metrics.insert("loss".to_string(), loss.mean());
     let (mut conf, mut per_class, mut per_entity) = (None, BTreeMap::new(), BTreeMap::new());
     match kind {
-        TaskKind::MaskedLm => {
+        TaskKind::MaskedLm | TaskKind::CausalLm => {
             metrics.insert("perplexity".into(), loss.perplexity());
         }
         TaskKind::Classification => {

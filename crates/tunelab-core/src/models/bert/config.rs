@@ -201,6 +201,8 @@ impl crate::models::Architecture for BertConfig {
                 ]
                 .concat(),
             ),
+            // Refused by `supports`; an empty head keeps this total.
+            (Task::CausalLm, _) => (HeadStyle::TiedLm, Vec::new()),
             (Task::MaskedLm, flavor) => {
                 let (dense, ln, bias) = match flavor {
                     Flavor::Bert => (
@@ -252,6 +254,22 @@ impl crate::models::Architecture for BertConfig {
         key.strip_prefix("bert.")
             .or_else(|| key.strip_prefix("roberta."))
             .unwrap_or(key)
+    }
+
+    const PREFIXES: &'static [&'static str] = &["bert", "roberta"];
+
+    fn checkpoint_prefix(&self) -> &str {
+        &self.model_type
+    }
+
+    fn supports(&self, task: Task) -> std::result::Result<(), String> {
+        match task {
+            Task::CausalLm => Err(format!(
+                "`{}` is an encoder and has no causal-LM head: causal LM needs a decoder such as GPT-2 (`gpt2`)",
+                self.model_type
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn is_other_head(&self, name: &str) -> bool {
@@ -319,6 +337,7 @@ impl crate::models::Architecture for BertConfig {
             Task::SequenceClassification { .. } => "ForSequenceClassification",
             Task::TokenClassification { .. } => "ForTokenClassification",
             Task::MaskedLm => "ForMaskedLM",
+            Task::CausalLm => "ForCausalLM",
         };
         format!("{family}{head}")
     }
