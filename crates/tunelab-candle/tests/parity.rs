@@ -349,3 +349,39 @@ fn nan_max(a: f32, b: f32) -> f32 {
         a.max(b)
     }
 }
+
+/// GPT-2's tokenizer from `tokenizer.json`, and the one made from `vocab.json` and
+/// `merges.txt`, encode as transformers' `GPT2TokenizerFast` does (`tiny-gpt2/tokens.json`).
+#[test]
+fn gpt2_tokenizers_match_transformers() {
+    use tunelab_core::tokenizer::{Tokenizer, byte_level_bpe_json};
+    let dir = fixtures().join("tiny-gpt2");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let from_files = byte_level_bpe_json(
+        "vocab.json",
+        &read("vocab.json"),
+        "merges.txt",
+        &read("merges.txt"),
+    )
+    .unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&read("tokens.json")).unwrap();
+    assert!(!cases.is_empty());
+    for json in [read("tokenizer.json"), from_files] {
+        let tok = Tokenizer::from_json("tokenizer.json", json.as_bytes(), 300).unwrap();
+        for case in &cases {
+            let want: Vec<u32> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            let text = case["text"].as_str().unwrap();
+            assert_eq!(tok.encode_plain(text).unwrap(), want, "{text:?}");
+        }
+    }
+    let e = byte_level_bpe_json("v.json", "{}", "m.txt", "#version: 0.2\nab\n").unwrap_err();
+    assert!(
+        e.to_string().contains("m.txt") && e.to_string().contains("line 2"),
+        "{e}"
+    );
+}

@@ -213,7 +213,9 @@ pub fn predict<B: Backend>(
             }
             Prediction::Tags { tags } => serde_json::json!({"text": text, "tags": tags}),
             Prediction::Masks { fills } => serde_json::json!({"text": text, "masks": fills}),
-            Prediction::Next { tokens } => serde_json::json!({"text": text, "next": tokens}),
+            Prediction::Next { tokens, ids } => {
+                serde_json::json!({"text": text, "next": tokens, "next_ids": ids})
+            }
         };
         if truncated && let Some(o) = line.as_object_mut() {
             o.insert("truncated_to".into(), manifest.max_len.into());

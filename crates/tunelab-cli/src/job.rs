@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use tunelab_candle::{Candle, DeviceKind};
 use tunelab_core::backend::Backend;
 use tunelab_core::data::{self, Format, Parsed};
-use tunelab_core::export;
 use tunelab_core::peft::ExportKind;
 use tunelab_core::preflight::{self, MemoryBudget};
 use tunelab_core::safetensors_io::{self, LoadError};
@@ -16,6 +15,7 @@ use tunelab_core::session::{self, DataText, ModelFiles, RunInputs, Session, Weig
 pub use tunelab_core::session::{Loaded, feature_kind, masking};
 use tunelab_core::trainer::{TrainConfig, resolve_task};
 use tunelab_core::{Manifest, ModelCard};
+use tunelab_core::{export, tokenizer};
 
 /// The candle backend for `--device cpu | cuda | cuda:N`.
 pub fn backend(device: &str) -> anyhow::Result<Candle> {
@@ -233,7 +233,9 @@ pub fn read_split(path: &Path, cfg: &TrainConfig) -> anyhow::Result<Parsed> {
 pub struct Job<B: Backend> {
     pub session: Session<B>,
     pub files: DataFiles,
-    pub tokenizer_json: PathBuf,
+    /// The model's `tokenizer.json` (made from `vocab.json` and `merges.txt` where the
+    /// folder has those instead), copied into exports.
+    pub tokenizer_json: Vec<u8>,
 }
 
 /// The machine's memory budget for a job (`TUNELAB_MEMORY_AVAILABLE_MIB`, or Linux's
@@ -290,21 +292,41 @@ pub fn prepare<B: Backend>(
     Ok(Job {
         session,
         files,
-        tokenizer_json: dir.join("tokenizer.json"),
+        tokenizer_json: model.tokenizer_json,
     })
 }
 
 /// A model folder's config and tokenizer; its weights are read from disk only when the
 /// set-up needs them (after its checks, and never for a from-scratch run).
 pub fn model_files(dir: &Path) -> anyhow::Result<ModelFiles> {
-    let tokenizer = dir.join("tokenizer.json");
     let weights_dir = dir.to_path_buf();
     Ok(ModelFiles {
         name: dir.display().to_string(),
         config_json: read_text(&dir.join("config.json"))?,
         weights: Weights::Deferred(std::sync::Arc::new(move || read_weights(&weights_dir))),
-        tokenizer_json: std::fs::read(&tokenizer)
-            .with_context(|| format!("reading {}", tokenizer.display()))?,
+        tokenizer_json: tokenizer_json(dir)?,
+    })
+}
+
+/// The folder's `tokenizer.json`, or one made from GPT-2's `vocab.json` and `merges.txt`
+/// (byte-level BPE) where it has those instead.
+fn tokenizer_json(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let tokenizer = dir.join("tokenizer.json");
+    let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+    if !tokenizer.exists() && vocab.is_file() && merges.is_file() {
+        let json = tokenizer::byte_level_bpe_json(
+            &vocab.display().to_string(),
+            &read_text(&vocab)?,
+            &merges.display().to_string(),
+            &read_text(&merges)?,
+        )?;
+        return Ok(json.into_bytes());
+    }
+    std::fs::read(&tokenizer).with_context(|| {
+        format!(
+            "reading {} (a model folder has `tokenizer.json`, or `vocab.json` and `merges.txt`)",
+            tokenizer.display()
+        )
     })
 }
 

@@ -63,7 +63,7 @@ impl Log {
 fn export_files<B: Backend>(
     trainer: &Trainer<B>,
     job_info: &ExportInfo,
-    tokenizer_json: &Path,
+    tokenizer_json: &[u8],
 ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let mut files = pollster::block_on(export::export(
         &trainer.backend,
@@ -71,11 +71,7 @@ fn export_files<B: Backend>(
         &trainer.store,
         job_info,
     ))?;
-    files.push((
-        "tokenizer.json".into(),
-        std::fs::read(tokenizer_json)
-            .with_context(|| format!("reading {}", tokenizer_json.display()))?,
-    ));
+    files.push(("tokenizer.json".into(), tokenizer_json.to_vec()));
     Ok(files)
 }
 

@@ -196,6 +196,16 @@ pub async fn export<B: Backend>(
                 info.base_model.clone().into(),
             );
             config.extend(method.peft_config(&dims));
+            if matches!(
+                kind,
+                ExportKind::Peft {
+                    keys: PeftKeys::Tuner,
+                    ..
+                }
+            ) && model.config.fan_in_fan_out()
+            {
+                config.insert("fan_in_fan_out".into(), true.into());
+            }
             config.insert("modules_to_save".into(), head_modules(model).into());
             config.insert("inference_mode".into(), true.into());
             files.push((ADAPTER_CONFIG.into(), json(&config.into())?));

@@ -25,21 +25,22 @@ pub enum Prediction {
     Tags { tags: Vec<(String, String)> },
     /// For each mask token, the five likeliest tokens with their probabilities.
     Masks { fills: Vec<Vec<(String, f32)>> },
-    /// The five likeliest next tokens after the text, with their probabilities.
-    Next { tokens: Vec<(String, f32)> },
+    /// The five likeliest next tokens after the text (decoded: a leading space is a word
+    /// start) with their probabilities, and their ids.
+    Next {
+        tokens: Vec<(String, f32)>,
+        ids: Vec<u32>,
+    },
 }
 
-/// The five likeliest tokens of a logits row (the tokenizer's vocabulary only).
-fn top5(tokenizer: &Tokenizer, row: &[f32]) -> Vec<(String, f32)> {
+/// The five likeliest token ids of a logits row (the tokenizer's vocabulary only) with their
+/// probabilities.
+fn top5(tokenizer: &Tokenizer, row: &[f32]) -> Vec<(u32, f32)> {
     let v = tokenizer.vocab_size().min(row.len());
     let p = softmax(row);
     let mut order: Vec<usize> = (0..v).collect();
     order.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
-    order
-        .iter()
-        .take(5)
-        .map(|&i| (tokenizer.id_to_token(i as u32).unwrap_or_default(), p[i]))
-        .collect()
+    order.iter().take(5).map(|&i| (i as u32, p[i])).collect()
 }
 
 /// A numerically stable softmax of one row.
@@ -125,7 +126,12 @@ pub async fn predict<B: Backend>(
                 .iter()
                 .enumerate()
                 .filter(|&(_, id)| Some(*id) == mask)
-                .map(|(t, _)| top5(tokenizer, &values[t * vocab..(t + 1) * vocab]))
+                .map(|(t, _)| {
+                    top5(tokenizer, &values[t * vocab..(t + 1) * vocab])
+                        .into_iter()
+                        .map(|(i, p)| (tokenizer.id_to_token(i).unwrap_or_default(), p))
+                        .collect()
+                })
                 .collect();
             Prediction::Masks { fills }
         }
@@ -134,8 +140,13 @@ pub async fn predict<B: Backend>(
             let dims = backend.shape(value).dims().to_vec();
             let (t, vocab) = (dims[1], dims[2]);
             let last = t.saturating_sub(1);
+            let top = top5(tokenizer, &values[last * vocab..(last + 1) * vocab]);
             Prediction::Next {
-                tokens: top5(tokenizer, &values[last * vocab..(last + 1) * vocab]),
+                tokens: top
+                    .iter()
+                    .map(|&(i, p)| (tokenizer.decode(&[i]).unwrap_or_default(), p))
+                    .collect(),
+                ids: top.iter().map(|&(i, _)| i).collect(),
             }
         }
     })

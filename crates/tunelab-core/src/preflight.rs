@@ -99,17 +99,14 @@ pub fn position_limit(config: &ModelConfig) -> usize {
     config.dims().max_positions
 }
 
-/// Prompt tuning prepends its virtual tokens to every input: with the longest input of
-/// `features` they must fit the model's position table.
+/// The longest input of `features` must fit the model's position table, with the virtual
+/// tokens prompt tuning prepends to every input.
 pub fn check_positions(
     config: &ModelConfig,
     method: &Method,
     features: &[&Features],
 ) -> Result<(), ConfigError> {
     let virtual_tokens = method.virtual_tokens();
-    if virtual_tokens == 0 {
-        return Ok(());
-    }
     let longest = features
         .iter()
         .flat_map(|f| f.items.iter().map(|i| i.ids.len()))
@@ -117,6 +114,14 @@ pub fn check_positions(
         .unwrap_or(0);
     let limit = position_limit(config);
     let need = virtual_tokens.saturating_add(longest);
+    if need > limit && virtual_tokens == 0 {
+        return Err(ConfigError {
+            field: "max_len",
+            reason: format!(
+                "the longest input has {longest} tokens but the model has {limit} positions (max_position_embeddings / n_positions); use a max_len of at most {limit}"
+            ),
+        });
+    }
     if need > limit {
         return Err(ConfigError {
             field: "method",

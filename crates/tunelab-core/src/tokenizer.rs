@@ -23,6 +23,54 @@ pub enum TokenizerError {
     Encode { what: String, reason: String },
 }
 
+/// A `tokenizer.json` for GPT-2's byte-level BPE from its `vocab.json` (token → id) and
+/// `merges.txt` (one merge per line, `#version` header optional), as transformers'
+/// `GPT2TokenizerFast` builds it: byte-level pre-tokenizer without a prefix space, byte-level
+/// decoder and post-processor. `*_file` name the files in errors.
+pub fn byte_level_bpe_json(
+    vocab_file: &str,
+    vocab_json: &str,
+    merges_file: &str,
+    merges_txt: &str,
+) -> Result<String, TokenizerError> {
+    use tokenizers::models::bpe::{BPE, Vocab};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let invalid = |file: &str, reason: String| TokenizerError::Invalid {
+        file: file.into(),
+        reason,
+    };
+    let vocab: std::collections::BTreeMap<String, u32> =
+        serde_json::from_str(vocab_json).map_err(|e| {
+            invalid(
+                vocab_file,
+                format!("expected a JSON object of token ids: {e}"),
+            )
+        })?;
+    let mut merges = Vec::new();
+    for (i, line) in merges_txt.lines().enumerate() {
+        if line.starts_with("#version") || line.trim().is_empty() {
+            continue;
+        }
+        let (a, b) = line.split_once(' ').ok_or_else(|| {
+            invalid(
+                merges_file,
+                format!("line {}: expected two tokens separated by a space", i + 1),
+            )
+        })?;
+        merges.push((a.to_string(), b.to_string()));
+    }
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
+        .build()
+        .map_err(|e| invalid(merges_file, e.to_string()))?;
+    let mut t = tokenizers::Tokenizer::new(bpe);
+    t.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    t.with_decoder(Some(ByteLevel::default()));
+    t.with_post_processor(Some(ByteLevel::new(false, true, true)));
+    t.to_string(false)
+        .map_err(|e| invalid(vocab_file, e.to_string()))
+}
+
 /// A batch of token ids, padded to its longest row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
@@ -109,6 +157,17 @@ impl Tokenizer {
             out.mask.extend(std::iter::repeat_n(0.0, len - n));
         }
         out
+    }
+
+    /// The text of token ids as the tokenizer's decoder writes it (GPT-2's byte-level `Ġ`
+    /// becomes a space); specials kept.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| TokenizerError::Encode {
+                what: "token ids".into(),
+                reason: e.to_string(),
+            })
     }
 
     /// The text of a token id.

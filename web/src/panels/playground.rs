@@ -45,7 +45,7 @@ pub(crate) fn PlaygroundPanel(app: App) -> impl IntoView {
                         }).collect_view()}
                     </div>
                 }.into_any(),
-                Prediction::Next { tokens } => view! {
+                Prediction::Next { tokens, .. } => view! {
                     <p data-testid="prediction">{"next: "}{tokens.into_iter().map(|(t, p)| format!("{t} ({:.1}%)", 100.0 * p)).collect::<Vec<_>>().join(", ")}</p>
                 }.into_any(),
             })}

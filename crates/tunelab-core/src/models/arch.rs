@@ -78,6 +78,11 @@ pub trait Architecture: Sized + Clone + PartialEq + std::fmt::Debug {
     fn export_tensor(&self, _name: &str, t: HostTensor) -> HostTensor {
         t
     }
+    /// Whether the family's checkpoints hold linear weights `(in, out)` (GPT-2's `Conv1D`):
+    /// PEFT's `fan_in_fan_out` for the layer tuners' configs.
+    fn fan_in_fan_out(&self) -> bool {
+        false
+    }
     /// PEFT's default target modules for this family, for the methods that have them
     /// (`lora`: targets; `ia3`: targets and feed-forward modules), as PEFT's per-model
     /// mappings give them; `None` keeps the method's own defaults (BERT's names).
@@ -245,6 +250,10 @@ macro_rules! architectures {
 
             pub fn export_tensor(&self, name: &str, t: HostTensor) -> HostTensor {
                 match self { $(Self::$variant(c) => c.export_tensor(name, t),)* }
+            }
+
+            pub fn fan_in_fan_out(&self) -> bool {
+                match self { $(Self::$variant(c) => c.fan_in_fan_out(),)* }
             }
 
             pub fn peft_defaults(&self, method: &str) -> Option<(Vec<String>, Vec<String>)> {

@@ -179,8 +179,9 @@ impl<B: Backend> TaskModel<B> {
             // The last-token classifier indexes the whole length (`last_rows`).
             Task::SequenceClassification { .. } => {}
             // Position `t` predicts token `t + 1`; with a prompt its last position predicts
-            // the first token (PEFT's prefix of ignored labels): see `TaskModel::targets`.
-            Task::CausalLm if p > 0 => h = cx.tape.slice_seq(h, p - 1, total - p)?,
+            // the first token (PEFT's prefix of ignored labels), so the logits start there:
+            // see `TaskModel::targets`.
+            Task::CausalLm if p > 0 => h = cx.tape.slice_seq(h, p - 1, total - p + 1)?,
             _ if p > 0 => h = cx.tape.slice_seq(h, p, total - p)?,
             _ => {}
         }
@@ -247,9 +248,10 @@ impl<B: Backend> TaskModel<B> {
     /// [`TaskModel::logits`] returns, and how many count. Unchanged except for causal LM,
     /// whose labels are the tokens themselves (`(B, T)`, ignored on padding): the logit at
     /// token position `t` predicts token `t + 1` (the last predicts nothing); with prompt
-    /// tuning the logits start one position earlier, at the last virtual token, so position
-    /// `t` predicts token `t` — the first token is predicted too, as PEFT's prefix of ignored
-    /// labels makes transformers' shifted loss do.
+    /// tuning the logits start one position earlier, at the last virtual token (`T + 1` of
+    /// them), so logit `t` predicts token `t` — the first token is predicted too, as PEFT's
+    /// prefix of ignored labels makes transformers' shifted loss do — and the last, at the
+    /// last token, nothing. Either way the last logit of a row is the prediction after it.
     pub fn targets(
         &self,
         backend: &B,
@@ -258,13 +260,22 @@ impl<B: Backend> TaskModel<B> {
         batch: usize,
         len: usize,
     ) -> (Vec<u32>, usize) {
+        let ignore = crate::backend::IGNORE_INDEX;
         let mut out = labels.to_vec();
-        if self.head.task == Task::CausalLm && self.prompt_len(backend, store) == 0 {
-            for row in out.chunks_mut(len.max(1)).take(batch) {
-                row.rotate_left(1);
-                if let Some(last) = row.last_mut() {
-                    *last = crate::backend::IGNORE_INDEX;
+        if self.head.task == Task::CausalLm {
+            if self.prompt_len(backend, store) == 0 {
+                for row in out.chunks_mut(len.max(1)).take(batch) {
+                    row.rotate_left(1);
+                    if let Some(last) = row.last_mut() {
+                        *last = ignore;
+                    }
                 }
+            } else {
+                out = labels
+                    .chunks(len.max(1))
+                    .take(batch)
+                    .flat_map(|row| row.iter().copied().chain([ignore]))
+                    .collect();
             }
         }
         let count = out

@@ -17,9 +17,7 @@ pub use config::{ConfigError, ScheduleKind, ScratchConfig, TaskKind, TrainConfig
 
 use crate::Shape;
 use crate::backend::{Backend, BackendError, IGNORE_INDEX};
-use crate::data::{
-    DataError, FeatureKind, Features, Labels, Masking, MicroBatch, batch_order, build_batch,
-};
+use crate::data::{DataError, Features, Labels, Masking, MicroBatch, batch_order, build_batch};
 use crate::metrics::{Confusion, EntityScores, LossMeter, Prf};
 use crate::models::task_model::{ModelError, TaskModel};
 use crate::optim::{AdamWConfig, Optimizer};
@@ -231,14 +229,13 @@ impl<B: Backend> Trainer<B> {
         let input =
             self.model
                 .input(&self.backend, &self.store, &b.ids, &b.mask, b.batch, b.len)?;
-        let shape = match self.train.kind {
-            FeatureKind::Sequence => Shape::new([b.batch]),
-            _ => Shape::new([b.batch * b.len]),
-        };
+        // One label per row or per logit row (`TaskModel::targets`).
         let (targets, _) =
             self.model
                 .targets(&self.backend, &self.store, &b.labels, b.batch, b.len);
-        let labels = self.backend.upload_u32(&targets, &shape)?;
+        let labels = self
+            .backend
+            .upload_u32(&targets, &Shape::new([targets.len()]))?;
         // Dropout masks come from the trainer's (checkpointed) random stream, so a resumed run
         // draws the same masks.
         let dropout_seed = self.uses_dropout().then(|| self.rng.next_u64());
@@ -432,12 +429,8 @@ pub async fn evaluate<B: Backend>(
         let masking = opts.masking.map(|m| (m, &mut rng));
         let b = build_batch(features, chunk, opts.pad_id, masking);
         let input = model.input(backend, store, &b.ids, &b.mask, b.batch, b.len)?;
-        let shape = match features.kind {
-            FeatureKind::Sequence => Shape::new([b.batch]),
-            _ => Shape::new([b.batch * b.len]),
-        };
         let (targets, loss_tokens) = model.targets(backend, store, &b.labels, b.batch, b.len);
-        let label_t = backend.upload_u32(&targets, &shape)?;
+        let label_t = backend.upload_u32(&targets, &Shape::new([targets.len()]))?;
         let f = model.forward(backend, store, &input, Some((&label_t, 1.0)), false)?;
         let (tape, logits) = (&f.tape, f.logits);
         let l = backend.download(tape.value(f.loss()?)?).await?[0];

@@ -37,6 +37,8 @@ pub struct Gpt2Config {
     pub scale_attn_by_inverse_layer_idx: bool,
     #[serde(default)]
     pub reorder_and_upcast_attn: bool,
+    #[serde(default)]
+    pub add_cross_attention: bool,
     #[serde(skip)]
     pub activation: Option<Activation>,
 }
@@ -318,6 +320,10 @@ impl crate::models::Architecture for Gpt2Config {
         } else {
             t
         }
+    }
+
+    fn fan_in_fan_out(&self) -> bool {
+        true
     }
 
     fn peft_defaults(&self, method: &str) -> Option<(Vec<String>, Vec<String>)> {
