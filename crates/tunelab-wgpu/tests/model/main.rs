@@ -1,4 +1,4 @@
-//! The whole engine on WebGPU against the candle backend: a tiny BERT (and RoBERTa) with
+//! The whole engine on WebGPU against the candle backend: a tiny BERT (and RoBERTa and GPT-2) with
 //! every registered method (full fine-tuning, BitFit, LoRA, prompt tuning, IA3) — logits, every trainable gradient and
 //! ten training steps — and a long loop whose GPU memory must not grow.
 //!
@@ -112,6 +112,25 @@ fn labels(task: Task, b: usize, t: usize) -> (Vec<u32>, Shape) {
     }
 }
 
+/// The labels as the model's logits read them (causal LM shifts them:
+/// [`TaskModel::targets`]).
+fn targets<B: Backend>(
+    be: &B,
+    model: &TaskModel<B>,
+    store: &ParamStore<B>,
+    lab: Vec<u32>,
+    sh: Shape,
+    b: usize,
+    t: usize,
+) -> (Vec<u32>, Shape) {
+    if sh.rank() == 1 && sh.dims()[0] == b {
+        return (lab, sh);
+    }
+    let (lab, _) = model.targets(be, store, &lab, b, t);
+    let n = lab.len();
+    (lab, Shape::new([n]))
+}
+
 /// Logits and every trainable gradient, named.
 fn forward_backward<B: Backend>(
     be: &B,
@@ -132,6 +151,7 @@ fn forward_backward_on<B: Backend>(
 ) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
     let input = model.input(be, store, &ids, &mask, b, t).unwrap();
     let (lab, sh) = labels(task, b, t);
+    let (lab, sh) = targets(be, model, store, lab, sh, b, t);
     let lab = be.upload_u32(&lab, &sh).unwrap();
     let f = model
         .forward(be, store, &input, Some((&lab, 0.25)), true)
@@ -187,6 +207,7 @@ fn train_losses_on<B: Backend>(
         },
     );
     let (lab, sh) = labels(task, b, t);
+    let (lab, sh) = targets(be, &model, &store, lab, sh, b, t);
     (0..steps)
         .map(|_| {
             let input = model.input(be, &store, &ids, &mask, b, t).unwrap();
@@ -243,8 +264,12 @@ fn every_method_matches_the_candle_backend() {
         Task::TokenClassification { num_labels: 3 },
         Task::MaskedLm,
     ];
-    for arch in ["bert", "roberta"] {
-        for task in tasks {
+    for arch in ["bert", "roberta", "gpt2"] {
+        for mut task in tasks {
+            // GPT-2 is a decoder: causal LM instead of masked LM.
+            if arch == "gpt2" && task == Task::MaskedLm {
+                task = Task::CausalLm;
+            }
             for method in methods() {
                 let what = format!("{arch} {task:?} {}", method.name());
                 let (cm, cs) = build(&cb, arch, task, &method);
