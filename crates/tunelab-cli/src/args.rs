@@ -15,7 +15,8 @@ pub struct TrainArgs {
     pub config: Option<PathBuf>,
 
     /// The task: a preset with its sample dataset (`sentiment`, `topic`, `spam`, `ner`,
-    /// `mlm`) or `classification`, `token-classification`, `masked-lm` with --train-file.
+    /// `mlm`, `clm`) or `classification`, `token-classification`, `masked-lm`, `causal-lm` with
+    /// --train-file.
     #[arg(long, help_heading = "Model and data")]
     pub task: Option<String>,
     /// The pretrained model: an id from the assets manifest or a folder with config.json,

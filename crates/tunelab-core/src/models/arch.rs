@@ -117,13 +117,15 @@ pub trait Encoder: Clone + std::fmt::Debug {
         prompt: Option<Var>,
     ) -> OpResult<Var>;
     /// What a head that reads the first position needs: the hidden states of at least the
-    /// first position (the family may skip work the others need only).
+    /// first position (the family may skip work the others need only; by default, all of them).
     fn encode_first<B: Backend>(
         &self,
         cx: &mut Ctx<'_, B>,
         input: &EncoderInput<B::Tensor>,
         prompt: Option<Var>,
-    ) -> OpResult<Var>;
+    ) -> OpResult<Var> {
+        self.encode(cx, input, prompt)
+    }
 }
 
 /// "`a`, `b` or `c`".

@@ -39,8 +39,6 @@ pub struct Gpt2Config {
     pub reorder_and_upcast_attn: bool,
     #[serde(default)]
     pub add_cross_attention: bool,
-    #[serde(skip)]
-    pub activation: Option<Activation>,
 }
 
 fn default_act() -> String {
@@ -70,16 +68,14 @@ impl Gpt2Config {
             file: file.into(),
             reason,
         };
-        let mut cfg: Gpt2Config = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
-        cfg.activation = Some(
-            Activation::from_hf(&cfg.activation_function).ok_or_else(|| {
-                err(format!(
-                    "activation_function `{}` is not supported (expected {})",
-                    cfg.activation_function,
-                    crate::models::arch::one_of(Activation::HF_NAMES)
-                ))
-            })?,
-        );
+        let cfg: Gpt2Config = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
+        if Activation::from_hf(&cfg.activation_function).is_none() {
+            return Err(err(format!(
+                "activation_function `{}` is not supported (expected {})",
+                cfg.activation_function,
+                crate::models::arch::one_of(Activation::HF_NAMES)
+            )));
+        }
         if cfg.n_head == 0 || !cfg.n_embd.is_multiple_of(cfg.n_head) {
             return Err(err(format!(
                 "n_embd {} is not divisible by n_head {}",
@@ -112,8 +108,9 @@ impl Gpt2Config {
         self.n_inner.unwrap_or(4 * self.n_embd)
     }
 
+    /// The MLP's activation (checked by [`Gpt2Config::from_json`]; GPT-2's own otherwise).
     pub fn activation(&self) -> Activation {
-        self.activation.unwrap_or(Activation::GeluTanh)
+        Activation::from_hf(&self.activation_function).unwrap_or(Activation::GeluTanh)
     }
 
     /// Every model tensor in store layout (no `transformer.` prefix, linear weights

@@ -215,13 +215,4 @@ impl crate::models::arch::Encoder for Gpt2 {
     ) -> Result<Var> {
         Gpt2::encode(self, cx, input, prompt)
     }
-
-    fn encode_first<B: Backend>(
-        &self,
-        cx: &mut Ctx<'_, B>,
-        input: &EncoderInput<B::Tensor>,
-        prompt: Option<Var>,
-    ) -> Result<Var> {
-        Gpt2::encode(self, cx, input, prompt)
-    }
 }
