@@ -329,3 +329,158 @@ fn training_on_wgpu_gives_the_losses_of_candle() {
         );
     }
 }
+
+/// The binary on a model folder alone (no assets needed).
+fn tunelab_on_folder(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn evals(run: &Path) -> Vec<(u64, f64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "eval")
+        .map(|v| {
+            let m = &v["metrics"];
+            (
+                v["step"].as_u64().unwrap(),
+                m["loss"].as_f64().unwrap(),
+                m["perplexity"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Causal LM on the tiny GPT-2 folder (`tests/fixtures/tiny-gpt2`, laid out as the Hub's):
+/// full fine-tuning lowers the held-out loss, `predict` gives the next tokens, a LoRA export
+/// is PEFT's causal-LM adapter, a folder with `vocab.json` + `merges.txt` instead of
+/// `tokenizer.json` trains too, and a `max_len` past the position table is refused before
+/// anything is written.
+#[test]
+fn causal_lm_on_a_gpt2_folder() {
+    let d = tmp("gpt2");
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-gpt2");
+    let model_s = model.to_str().unwrap();
+    let text = "the jury said it did find that the cellar was cold\n".repeat(40);
+    std::fs::write(d.join("train.txt"), &text).unwrap();
+    std::fs::write(d.join("val.txt"), &text[..text.len() / 4]).unwrap();
+    let (train, val) = (d.join("train.txt"), d.join("val.txt"));
+    let args = |method: &'static str, model: &str, out: &Path, max_len: &str| -> Vec<String> {
+        [
+            "train",
+            "--task",
+            "causal-lm",
+            "--model",
+            model,
+            "--train-file",
+            train.to_str().unwrap(),
+            "--validation-file",
+            val.to_str().unwrap(),
+            "--method",
+            method,
+            "--max-len",
+            max_len,
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "60",
+            "--eval-every",
+            "30",
+            "--lr",
+            "3e-2",
+            "--output-dir",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |a: Vec<String>| tunelab_on_folder(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let full = d.join("full");
+    let (ok, _, stderr) = run(args("full", model_s, &full, "20"));
+    assert!(ok, "{stderr}");
+    let e = evals(&full);
+    assert_eq!(e.iter().map(|x| x.0).collect::<Vec<_>>(), vec![30, 60]);
+    assert!(e[1].1 < e[0].1, "held-out loss did not fall: {e:?}");
+    for (_, loss, ppl) in &e {
+        assert!(
+            ((loss.exp() - ppl) / ppl).abs() < 1e-6,
+            "perplexity {ppl} vs loss {loss}"
+        );
+    }
+    let (ok, stdout, stderr) = tunelab_on_folder(&[
+        "predict",
+        "--model-dir",
+        full.join("final").to_str().unwrap(),
+        "--text",
+        "the jury said",
+    ]);
+    assert!(ok, "{stderr}");
+    let p: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let probs: Vec<f64> = p["next"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t[1].as_f64().unwrap())
+        .collect();
+    assert_eq!(probs.len(), 5, "{p}");
+    assert_eq!(p["next_ids"].as_array().unwrap().len(), 5, "{p}");
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]) && probs.iter().sum::<f64>() <= 1.0 + 1e-6);
+    // Trained on one sentence, the model puts most weight on how it goes on.
+    let top = p["next"][0][0].as_str().unwrap();
+    assert!(
+        probs[0] > 0.5 && !top.is_empty() && " it did".starts_with(top),
+        "{p}"
+    );
+
+    let lora = d.join("lora");
+    let (ok, _, stderr) = run(args("lora", model_s, &lora, "20"));
+    assert!(ok, "{stderr}");
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(lora.join("final/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["task_type"], "CAUSAL_LM", "{cfg}");
+    assert_eq!(cfg["fan_in_fan_out"], true, "{cfg}");
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["c_attn"]),
+        "{cfg}"
+    );
+
+    // The slow tokenizer's files only.
+    let slow = d.join("slow-gpt2");
+    std::fs::create_dir_all(&slow).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+        "merges.txt",
+    ] {
+        std::fs::copy(model.join(f), slow.join(f)).unwrap();
+    }
+    let from_slow = d.join("from-slow");
+    let (ok, _, stderr) = run(args("full", slow.to_str().unwrap(), &from_slow, "20"));
+    assert!(ok, "{stderr}");
+    // Same tokens, same weights, same run.
+    assert_eq!(evals(&from_slow), e);
+
+    let long = d.join("long");
+    let (ok, _, stderr) = run(args("lora", model_s, &long, "32"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("config field `max_len`") && stderr.contains("the model has 24 positions"),
+        "{stderr}"
+    );
+    assert!(!long.join("final").exists());
+}
