@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
 
 mod common;
+#[path = "parity/generation.rs"]
+mod generation;
 use common::rel_err;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -209,6 +211,10 @@ fn check(kind: &str, task_name: &str, m: &str) {
         );
         let e = rel_err(&g, want);
         assert!(e < 1e-3, "{case}: gradient of {name}: relative error {e}");
+    }
+
+    if task == Task::CausalLm {
+        generation::check_generation(&case, &model, &store, &fx, &ids[..len]);
     }
 
     // Ten AdamW steps with linear warmup and clipping: the same losses; frozen weights untouched.

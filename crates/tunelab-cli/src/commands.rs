@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use tunelab_core::backend::Backend;
 use tunelab_core::data::{self, Example, Format};
 use tunelab_core::export::{self, ExportInfo};
+use tunelab_core::generate;
 use tunelab_core::predict::{self, Prediction};
 use tunelab_core::session;
 use tunelab_core::trainer::{
@@ -226,6 +227,76 @@ pub fn predict<B: Backend>(
 }
 
 /// Turns a resumable checkpoint into an export folder.
+/// `tunelab generate`: the prompt, then each new piece of text as it comes (stdout), and a
+/// line on stderr saying how many tokens came, how fast and why it stopped; with `json`, one
+/// JSON object at the end instead.
+pub fn generate<B: Backend>(
+    model_dir: &Path,
+    assets: &Path,
+    backend: B,
+    prompt: &str,
+    config: &generate::GenerateConfig,
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    config.sampling.validate()?;
+    let is_export = [export::MANIFEST, export::ADAPTER_CONFIG]
+        .iter()
+        .any(|f| model_dir.join(f).is_file());
+    let (backend, model, store, tokenizer) = if is_export {
+        let l = job::load_export(model_dir, assets, backend)?;
+        (l.backend, l.model, l.store, l.tokenizer)
+    } else {
+        let files = job::model_files(model_dir)?;
+        session::load_causal_lm(backend, &files)
+            .with_context(|| format!("loading {}", model_dir.display()))?
+    };
+    let mut out = std::io::stdout().lock();
+    if !json {
+        write!(out, "{prompt}")?;
+        out.flush()?;
+    }
+    let started = std::time::Instant::now();
+    let g = pollster::block_on(generate::generate(
+        &backend,
+        &model,
+        &store,
+        &tokenizer,
+        prompt,
+        config,
+        &mut |piece| {
+            // A closed stdout (`| head`) ends the generation.
+            json || (write!(out, "{piece}").is_ok() && out.flush().is_ok())
+        },
+    ))
+    .with_context(|| format!("generating with {}", model_dir.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        let line = serde_json::json!({
+            "prompt": prompt,
+            "text": g.text,
+            "prompt_ids": g.prompt_ids,
+            "ids": g.ids,
+            "stop": g.stop,
+        });
+        writeln!(out, "{line}")?;
+    } else {
+        writeln!(out)?;
+        let why = match g.stop {
+            generate::Stop::MaxNewTokens => "max_new_tokens reached",
+            generate::Stop::Eos => "end-of-sequence token",
+            generate::Stop::ContextFull => "every position of the model used",
+            generate::Stop::Cancelled => "output closed",
+        };
+        eprintln!(
+            "{} new tokens in {secs:.2} s ({:.1} tokens/s); stopped: {why}",
+            g.ids.len(),
+            g.ids.len() as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(())
+}
+
 pub fn export_checkpoint(checkpoint_file: &Path, out: &Path, assets: &Path) -> anyhow::Result<()> {
     // Refused before any work: the folder must be new, empty or an earlier export.
     files_out::check_export_dir(out)?;

@@ -1,5 +1,5 @@
 //! `tunelab`: native fine-tuning jobs from the command line: `train`, `eval`, `predict`,
-//! `export`, `bench` and `info`.
+//! `generate`, `export`, `bench` and `info`.
 
 mod args;
 mod bench;
@@ -114,6 +114,45 @@ enum Command {
         /// A file of texts: plain text (one per line) or JSONL with a `text` field.
         #[arg(long)]
         input: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value = "assets", env = "TUNELAB_ASSETS")]
+        assets: PathBuf,
+    },
+    /// Continue a prompt with a causal language model, printing the text as it comes: an
+    /// export of a causal-LM run (a run's `final/`, a PEFT adapter folder) or a model folder
+    /// as it is (GPT-2: `config.json`, `model.safetensors`, a tokenizer).
+    Generate {
+        #[arg(long)]
+        model_dir: PathBuf,
+        #[arg(long, default_value = "")]
+        prompt: String,
+        #[arg(long, default_value_t = 50)]
+        max_new_tokens: usize,
+        /// 0 takes the likeliest token each time (greedy); above 0, tokens are drawn from the
+        /// softmax of the logits divided by it.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// When sampling, draw among the K likeliest tokens only (0: all).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// When sampling, draw among the fewest likeliest tokens holding this much
+        /// probability (1: all).
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        /// Divide the logit of every token already in the text by this (1: none).
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        /// Seed of the draws: the same seed, prompt and model give the same text.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Keep going past the model's end-of-sequence token.
+        #[arg(long)]
+        ignore_eos: bool,
+        /// Print one JSON object (prompt, text, token ids, why it stopped) at the end instead
+        /// of streaming the text.
+        #[arg(long)]
+        json: bool,
         #[arg(long, default_value = "cpu")]
         device: String,
         #[arg(long, default_value = "assets", env = "TUNELAB_ASSETS")]
@@ -339,6 +378,34 @@ fn run() -> anyhow::Result<()> {
             for line in lines {
                 println!("{line}");
             }
+            Ok(())
+        }
+        Command::Generate {
+            model_dir,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            seed,
+            ignore_eos,
+            json,
+            device,
+            assets,
+        } => {
+            let config = tunelab_core::generate::GenerateConfig {
+                max_new_tokens,
+                sampling: tunelab_core::generate::Sampling {
+                    temperature,
+                    top_k,
+                    top_p,
+                    repetition_penalty,
+                },
+                seed,
+                stop_at_eos: !ignore_eos,
+            };
+            on_device!(device, be => commands::generate(&model_dir, &assets, be, &prompt, &config, json)?);
             Ok(())
         }
         Command::Export {

@@ -443,6 +443,60 @@ fn causal_lm_on_a_gpt2_folder() {
         "{p}"
     );
 
+    // Generation: greedy picks go on as `predict` ranks the next token, the streamed text is
+    // the JSON's, a seed fixes the draws, and bad settings or a prompt past the position
+    // table are named.
+    let generate = |dir: &Path, extra: &[&str]| {
+        let dir = dir.to_str().unwrap().to_string();
+        let mut a = vec!["generate", "--model-dir", &dir, "--prompt", "the jury said"];
+        a.extend_from_slice(extra);
+        tunelab_on_folder(&a)
+    };
+    let final_dir = full.join("final");
+    let (ok, stdout, stderr) = generate(&final_dir, &["--max-new-tokens", "8", "--json"]);
+    assert!(ok, "{stderr}");
+    let g: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(g["ids"][0], p["next_ids"][0], "{g}");
+    let text = g["text"].as_str().unwrap().to_string();
+    assert!(text.starts_with(top), "{g}");
+    let (ok, streamed, stderr) = generate(&final_dir, &["--max-new-tokens", "8"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(streamed, format!("the jury said{text}\n"));
+    assert!(stderr.contains("new tokens in"), "{stderr}");
+    let sample = |seed: &str| {
+        let (ok, out, err) = generate(
+            &model,
+            &[
+                "--temperature",
+                "1",
+                "--top-k",
+                "50",
+                "--top-p",
+                "0.9",
+                "--seed",
+                seed,
+                "--ignore-eos",
+                "--json",
+            ],
+        );
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["ids"].clone()
+    };
+    assert_eq!(sample("1"), sample("1"));
+    assert_ne!(sample("1"), sample("2"));
+    let (ok, _, stderr) = generate(&final_dir, &["--top-p", "0"]);
+    assert!(
+        !ok && stderr.contains("top_p must be in (0, 1], got 0"),
+        "{stderr}"
+    );
+    let long = "the jury said it did find that the cellar was cold ".repeat(3);
+    let (ok, _, stderr) =
+        tunelab_on_folder(&["generate", "--model-dir", model_s, "--prompt", &long]);
+    assert!(
+        !ok && stderr.contains("but the model reads at most 24 positions"),
+        "{stderr}"
+    );
+
     let lora = d.join("lora");
     let (ok, _, stderr) = run(args("lora", model_s, &lora, "20"));
     assert!(ok, "{stderr}");
@@ -457,6 +511,11 @@ fn causal_lm_on_a_gpt2_folder() {
         serde_json::json!(["c_attn"]),
         "{cfg}"
     );
+    // A PEFT adapter folder generates on its base.
+    let (ok, stdout, stderr) = generate(&lora.join("final"), &["--max-new-tokens", "3", "--json"]);
+    assert!(ok, "{stderr}");
+    let g: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(!g["ids"].as_array().unwrap().is_empty(), "{g}");
 
     // The slow tokenizer's files only.
     let slow = d.join("slow-gpt2");

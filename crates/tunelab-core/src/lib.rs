@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod data;
 pub mod export;
+pub mod generate;
 pub mod manifest;
 pub mod metrics;
 pub mod models;

@@ -4,6 +4,7 @@
 
 use crate::backend::{Backend, IGNORE_INDEX};
 use crate::data::Labels;
+use crate::generate::sampling::argmax;
 use crate::models::task_model::TaskModel;
 use crate::params::ParamStore;
 use crate::tokenizer::Tokenizer;
@@ -49,10 +50,6 @@ pub fn softmax(row: &[f32]) -> Vec<f32> {
     let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
     let s: f32 = e.iter().sum();
     e.iter().map(|v| v / s).collect()
-}
-
-fn argmax(row: &[f32]) -> usize {
-    (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b })
 }
 
 /// Runs the model on `text` (truncated to `max_len` tokens).

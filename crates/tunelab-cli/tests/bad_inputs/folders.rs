@@ -200,6 +200,17 @@ fn bad_exports_and_run_folders() {
         case("predict_nothing", &["predict", "--model-dir", "@/ex"], "nothing to predict: give --text or --input").copy(&run_dir.join("final"), "ex"),
         case("predict_input_not_utf8", &["predict", "--model-dir", "@/ex", "--input", "@/in.txt"], "in.txt:2: byte 1 of this line is not UTF-8 text")
             .copy(&run_dir.join("final"), "ex").file("in.txt", b"fine\n\xff\n".to_vec()),
+        case("generate_from_a_classifier", &["generate", "--model-dir", "@/ex", "--prompt", "hello"], "generation needs a causal language model; this one was trained for sequence classification")
+            .copy(&run_dir.join("final"), "ex"),
+        case("generate_from_an_encoder_folder", &["generate", "--model-dir", "@/model", "--prompt", "hello"], "`bert` is an encoder and has no causal-LM head")
+            .copy(&minilm(), "model"),
+        case("generate_top_p_zero", &["generate", "--model-dir", "@/ex", "--top-p", "0"], "top_p must be in (0, 1], got 0").copy(&run_dir.join("final"), "ex"),
+        case("generate_temperature_negative", &["generate", "--model-dir", "@/ex", "--temperature=-1"], "temperature must be a number ≥ 0 (0: greedy), got -1").copy(&run_dir.join("final"), "ex"),
+        case("generate_folder_missing", &["generate", "--model-dir", "@/nothing"], "reading @/nothing/config.json"),
+        case("causal_lm_on_an_encoder", &["train", "--task", "causal-lm", "--train-file", "@/t.txt", "--model", "@/model", "--output-dir", "@/out"], "causal LM needs a decoder such as GPT-2")
+            .copy(&minilm(), "model").file("t.txt", "some plain text to model\n".repeat(20)),
+        case("masked_lm_on_a_decoder", &["train", "--task", "masked-lm", "--train-file", "@/t.txt", "--model", &tiny_gpt2().display().to_string(), "--output-dir", "@/out"], "`gpt2` is a decoder and has no masked-LM head: train it with `causal-lm`")
+            .file("t.txt", "some plain text to model\n".repeat(20)),
         case("export_into_user_folder", &["export", "--checkpoint", &run_dir.display().to_string(), "--out", "@/mine"], "@/mine is not empty and is not an earlier export of Tunelab (it holds notes.txt); nothing was written")
             .file("mine/notes.txt", "my thesis"),
         case("export_into_cwd", &["export", "--checkpoint", &run_dir.display().to_string(), "--out", "."], "is not empty and is not an earlier export of Tunelab")

@@ -39,6 +39,11 @@ fn minilm() -> PathBuf {
     assets().join("models/all-MiniLM-L6-v2")
 }
 
+/// The tiny GPT-2 fixture folder.
+fn tiny_gpt2() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-gpt2")
+}
+
 fn scratch_root() -> PathBuf {
     std::env::temp_dir().join(format!("tunelab-bad-inputs-{}", std::process::id()))
 }

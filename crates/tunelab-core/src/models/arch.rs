@@ -5,9 +5,10 @@
 //! one line in `models/mod.rs`.
 
 use crate::Shape;
-use crate::backend::{Backend, Result as OpResult};
+use crate::backend::{Backend, BackendError, Result as OpResult};
 use crate::models::EncoderInput;
 use crate::models::heads::{HeadSpec, Task};
+use crate::models::kv_cache::KvCache;
 use crate::nn::{Ctx, Linear};
 use crate::params::{ParamId, ParamStore};
 use crate::safetensors_io::{HostTensor, LoadError};
@@ -91,6 +92,14 @@ pub trait Architecture: Sized + Clone + PartialEq + std::fmt::Debug {
     }
     /// Whether a checkpoint tensor left unused is another task's head (not an error).
     fn is_other_head(&self, name: &str) -> bool;
+    /// `config.json`'s `bos_token_id` (what generation starts from when the text is empty).
+    fn bos_token_id(&self) -> Option<u32> {
+        None
+    }
+    /// `config.json`'s `eos_token_id` (one or a list): generation stops at any of them.
+    fn eos_token_ids(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// What a loaded model does for the task model around it.
@@ -126,6 +135,37 @@ pub trait Encoder: Clone + std::fmt::Debug {
     ) -> OpResult<Var> {
         self.encode(cx, input, prompt)
     }
+    /// Hidden states `(B, n, C)` of `ids (B, n)`, the tokens after the `cache.len` positions
+    /// whose keys and values `cache` holds; it extends the cache with theirs. `prompt
+    /// (B, P, C)` goes first, into an empty cache only. Causal families implement it; an
+    /// encoder, whose positions all see each other, cannot generate.
+    fn decode<B: Backend>(
+        &self,
+        _cx: &mut Ctx<'_, B>,
+        _ids: &B::Tensor,
+        _prompt: Option<Var>,
+        _cache: &mut KvCache<B::Tensor>,
+    ) -> OpResult<Var> {
+        Err(BackendError::Shape {
+            op: "decode",
+            msg: "this model family does not generate text".into(),
+        })
+    }
+}
+
+/// A `config.json` field that is one token id, a list of them, or null (`eos_token_id`).
+pub(crate) fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Ids {
+        One(u32),
+        Many(Vec<u32>),
+    }
+    Ok(match <Option<Ids> as serde::Deserialize>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Ids::One(i)) => vec![i],
+        Some(Ids::Many(v)) => v,
+    })
 }
 
 /// "`a`, `b` or `c`".
@@ -191,6 +231,15 @@ macro_rules! architectures {
                 prompt: Option<crate::tape::Var>,
             ) -> crate::backend::Result<crate::tape::Var> {
                 match self { $(Self::$variant(m) => arch::Encoder::encode(m, cx, input, prompt),)* }
+            }
+            pub fn decode<B: crate::backend::Backend>(
+                &self,
+                cx: &mut crate::nn::Ctx<'_, B>,
+                ids: &B::Tensor,
+                prompt: Option<crate::tape::Var>,
+                cache: &mut crate::models::kv_cache::KvCache<B::Tensor>,
+            ) -> crate::backend::Result<crate::tape::Var> {
+                match self { $(Self::$variant(m) => arch::Encoder::decode(m, cx, ids, prompt, cache),)* }
             }
             pub fn encode_first<B: crate::backend::Backend>(
                 &self,
@@ -291,6 +340,14 @@ macro_rules! architectures {
 
             pub fn dims(&self) -> Dims {
                 match self { $(Self::$variant(c) => c.dims(),)* }
+            }
+
+            pub fn bos_token_id(&self) -> Option<u32> {
+                match self { $(Self::$variant(c) => c.bos_token_id(),)* }
+            }
+
+            pub fn eos_token_ids(&self) -> Vec<u32> {
+                match self { $(Self::$variant(c) => c.eos_token_ids(),)* }
             }
 
             /// The model's tensors for `task` and the head's (see [`Architecture::specs`]).

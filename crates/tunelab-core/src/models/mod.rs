@@ -5,6 +5,7 @@ pub mod arch;
 pub mod bert;
 pub mod gpt2;
 pub mod heads;
+pub mod kv_cache;
 pub mod rows;
 pub mod task_model;
 

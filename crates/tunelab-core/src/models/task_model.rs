@@ -4,6 +4,7 @@ use crate::Shape;
 use crate::backend::{Backend, BackendError, Result};
 use crate::models::EncoderInput;
 use crate::models::heads::{Head, Task};
+use crate::models::kv_cache::KvCache;
 use crate::models::{Encoder, ModelConfig};
 use crate::nn::{Adapters, Ctx};
 use crate::params::{Bound, ParamId, ParamStore};
@@ -147,22 +148,8 @@ impl<B: Backend> TaskModel<B> {
     /// Logits: `(B, K)` for sequence classification, `(B, T, K)` or `(B, T, V)` for token
     /// tasks (prompt positions removed).
     pub fn logits(&self, cx: &mut Ctx<'_, B>, input: &EncoderInput<B::Tensor>) -> Result<Var> {
-        let prompt = match self.prompt {
-            None => None,
-            Some(id) => {
-                // (P, C) -> (B, P, C) by gathering rows 0..P for every batch element; the
-                // backward scatter-adds over the batch.
-                let batch = cx.tape.backend().shape(&input.ids).dims()[0];
-                let table = cx.p(id);
-                let p = cx.tape.shape(table)?.dims()[0];
-                let rows: Vec<u32> = (0..batch).flat_map(|_| 0..p as u32).collect();
-                let rows = cx
-                    .tape
-                    .backend()
-                    .upload_u32(&rows, &Shape::new([batch, p]))?;
-                Some(cx.tape.embedding(table, &rows)?)
-            }
-        };
+        let batch = cx.tape.backend().shape(&input.ids).dims()[0];
+        let prompt = self.prompt_rows(cx, batch)?;
         // A head that reads the first position only lets the encoder skip work (see
         // `Encoder::encode_first`).
         if self.head.reads_first_only() {
@@ -186,6 +173,44 @@ impl<B: Backend> TaskModel<B> {
             _ => {}
         }
         self.head.forward(cx, &self.encoder, h, &input.last_rows)
+    }
+
+    /// The prompt's virtual tokens for a batch: `(P, C)` -> `(B, P, C)` by gathering rows
+    /// `0..P` for every batch element (the backward scatter-adds over the batch).
+    fn prompt_rows(&self, cx: &mut Ctx<'_, B>, batch: usize) -> Result<Option<Var>> {
+        let Some(id) = self.prompt else {
+            return Ok(None);
+        };
+        let table = cx.p(id);
+        let p = cx.tape.shape(table)?.dims()[0];
+        let rows: Vec<u32> = (0..batch).flat_map(|_| 0..p as u32).collect();
+        let rows = cx
+            .tape
+            .backend()
+            .upload_u32(&rows, &Shape::new([batch, p]))?;
+        Ok(Some(cx.tape.embedding(table, &rows)?))
+    }
+
+    /// Causal LM with a KV cache: the logits `(B, 1, V)` after `ids (B, n)`, the tokens that
+    /// follow the positions `cache` holds (the prompt's virtual tokens go first, into an empty
+    /// cache). The cache takes the new positions' keys and values.
+    pub fn decode_logits(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        ids: &B::Tensor,
+        cache: &mut KvCache<B::Tensor>,
+    ) -> Result<Var> {
+        let batch = cx.tape.backend().shape(ids).dims()[0];
+        let prompt = if cache.is_empty() {
+            self.prompt_rows(cx, batch)?
+        } else {
+            None
+        };
+        let h = self.encoder.decode(cx, ids, prompt, cache)?;
+        let t = cx.tape.shape(h)?.dims()[1];
+        let last = cx.tape.slice_seq(h, t - 1, 1)?;
+        let rows = cx.tape.backend().upload_u32(&[0], &Shape::new([1]))?;
+        self.head.forward(cx, &self.encoder, last, &rows)
     }
 
     /// One forward pass without dropout on a fresh tape: the logits and, given `labels` and

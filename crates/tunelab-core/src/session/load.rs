@@ -59,3 +59,28 @@ pub fn load_trained<B: Backend>(
         manifest: m.clone(),
     })
 }
+
+/// A causal LM from a model folder as it is (no training), to generate from: the base model
+/// with its language-model head, every weight frozen.
+pub fn load_causal_lm<B: Backend>(
+    backend: B,
+    base: &ModelFiles,
+) -> Result<(B, TaskModel<B>, ParamStore<B>, Tokenizer), TrainError> {
+    let (_, tokenizer) = base.parts()?;
+    let tensors = base
+        .weights
+        .tensors(&base.name)
+        .map_err(crate::models::task_model::ModelError::from)?;
+    let mut store = ParamStore::new();
+    let model = TaskModel::load(
+        &backend,
+        &base.name,
+        &base.config_json,
+        tensors,
+        crate::models::heads::Task::CausalLm,
+        &crate::peft::Method::Full(crate::peft::full::Full {}),
+        0,
+        &mut store,
+    )?;
+    Ok((backend, model, store, tokenizer))
+}

@@ -9,7 +9,7 @@ mod load;
 
 pub use build::{Built, RunConfig, SCRATCH, build_model, run_config};
 pub use files::{DataText, ModelFiles, Weights, WeightsReader, format_of};
-pub use load::{Loaded, load_trained};
+pub use load::{Loaded, load_causal_lm, load_trained};
 
 use crate::backend::Backend;
 use crate::data::{self, Example, FeatureKind, Features, Labels, Masking};

@@ -39,6 +39,11 @@ pub struct Gpt2Config {
     pub reorder_and_upcast_attn: bool,
     #[serde(default)]
     pub add_cross_attention: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    /// One id or a list.
+    #[serde(default, deserialize_with = "crate::models::arch::one_or_many")]
+    pub eos_token_id: Vec<u32>,
 }
 
 fn default_act() -> String {
@@ -179,6 +184,14 @@ impl crate::models::Architecture for Gpt2Config {
 
     fn model_type(&self) -> &str {
         &self.model_type
+    }
+
+    fn bos_token_id(&self) -> Option<u32> {
+        self.bos_token_id
+    }
+
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.eos_token_id.clone()
     }
 
     fn dims(&self) -> Dims {

@@ -16,8 +16,9 @@ mod config;
 pub use config::Gpt2Config;
 
 use crate::Shape;
-use crate::backend::{Backend, Result};
+use crate::backend::{Backend, BackendError, Result};
 use crate::models::EncoderInput;
+use crate::models::kv_cache::KvCache;
 use crate::nn::{Ctx, LayerNorm, Linear};
 use crate::params::{ParamId, ParamStore};
 use crate::safetensors_io::{HostTensor, LoadError, take_expected};
@@ -137,18 +138,41 @@ impl Gpt2 {
         input: &EncoderInput<B::Tensor>,
         prompt: Option<Var>,
     ) -> Result<Var> {
+        let h = self.embed(cx, &input.ids, &input.positions, prompt)?;
+        self.blocks(cx, h, Some(&input.mask), None)
+    }
+
+    /// Token embeddings (after `prompt`) plus position embeddings.
+    fn embed<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        ids: &B::Tensor,
+        positions: &B::Tensor,
+        prompt: Option<Var>,
+    ) -> Result<Var> {
         let wte = cx.p(self.wte);
-        let mut h = cx.tape.embedding(wte, &input.ids)?;
+        let mut h = cx.tape.embedding(wte, ids)?;
         if let Some(p) = prompt {
             h = cx.tape.concat_seq(p, h)?;
         }
         let wpe = cx.p(self.wpe);
-        let pos = cx.tape.embedding(wpe, &input.positions)?;
-        h = cx.tape.add(h, pos)?;
+        let pos = cx.tape.embedding(wpe, positions)?;
+        cx.tape.add(h, pos)
+    }
+
+    /// The blocks and `ln_f` over `h (B, T, C)`. With a cache, `h` holds the positions after
+    /// the cached ones: their keys and values join the cache's, and attention reads all of
+    /// them (see [`Gpt2::attend_cached`]).
+    fn blocks<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        mut h: Var,
+        mask: Option<&B::Tensor>,
+        mut cache: Option<&mut KvCache<B::Tensor>>,
+    ) -> Result<Var> {
         let c = self.config.n_embd;
-        let heads = self.config.n_head;
         let act = self.config.activation();
-        for b in &self.blocks {
+        for (l, b) in self.blocks.iter().enumerate() {
             let x = b.ln_1.forward(cx, h)?;
             let qkv = b.c_attn.forward(cx, x)?; // (B, T, 3C)
             let s = cx.tape.shape(qkv)?;
@@ -160,9 +184,13 @@ impl Gpt2 {
                 let part = cx.tape.slice_seq(parts, k, 1)?;
                 qkv.push(cx.tape.reshape(part, &Shape::new([bsz, t, c]))?);
             }
-            let a = cx
-                .tape
-                .attention(qkv[0], qkv[1], qkv[2], heads, Some(&input.mask), true)?;
+            let a = match cache.as_deref_mut() {
+                None => {
+                    cx.tape
+                        .attention(qkv[0], qkv[1], qkv[2], self.config.n_head, mask, true)?
+                }
+                Some(cache) => self.attend_cached(cx, l, [qkv[0], qkv[1], qkv[2]], cache)?,
+            };
             let a = b.c_proj.forward(cx, a)?;
             h = cx.tape.add(h, a)?;
             let x = b.ln_2.forward(cx, h)?;
@@ -171,7 +199,66 @@ impl Gpt2 {
             let m = b.mlp_proj.forward(cx, m)?;
             h = cx.tape.add(h, m)?;
         }
+        if let Some(cache) = cache {
+            let t = cx.tape.shape(h)?.dims()[1];
+            cache.len += t;
+        }
         self.ln_f.forward(cx, h)
+    }
+
+    /// Layer `l`'s attention of new positions `q, k, v (B, n, C)` over the cached ones and
+    /// themselves; the cache keeps the joined keys and values. The first step (empty cache)
+    /// is the usual causal attention; a later one takes one position, which sees every key,
+    /// so it needs no mask — on a backend whose attention takes no fewer queries than keys,
+    /// the query is padded in front and the last output row kept.
+    fn attend_cached<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        l: usize,
+        [q, k, v]: [Var; 3],
+        cache: &mut KvCache<B::Tensor>,
+    ) -> Result<Var> {
+        let heads = self.config.n_head;
+        let past = cache.len;
+        if past == 0 {
+            let a = cx.tape.attention(q, k, v, heads, None, true)?;
+            let keep = (cx.tape.value(k)?.clone(), cx.tape.value(v)?.clone());
+            cache.layers.truncate(l);
+            cache.layers.push(keep);
+            return Ok(a);
+        }
+        let s = cx.tape.shape(q)?;
+        let (bsz, n, c) = (s.dims()[0], s.dims()[1], s.dims()[2]);
+        let (ck, cv) = cache
+            .layers
+            .get(l)
+            .cloned()
+            .ok_or_else(|| BackendError::Shape {
+                op: "decode",
+                msg: format!(
+                    "the cache holds {} layers, not layer {l}",
+                    cache.layers.len()
+                ),
+            })?;
+        if n != 1 {
+            return Err(BackendError::Shape {
+                op: "decode",
+                msg: format!("after the first step tokens come one at a time, got {n}"),
+            });
+        }
+        let ck = cx.tape.leaf(ck, false);
+        let cv = cx.tape.leaf(cv, false);
+        let k = cx.tape.concat_seq(ck, k)?;
+        let v = cx.tape.concat_seq(cv, v)?;
+        cache.layers[l] = (cx.tape.value(k)?.clone(), cx.tape.value(v)?.clone());
+        if cx.tape.backend().attention_query_subset() {
+            return cx.tape.attention(q, k, v, heads, None, false);
+        }
+        let zeros = cx.tape.backend().zeros(&Shape::new([bsz, past, c]))?;
+        let zeros = cx.tape.leaf(zeros, false);
+        let q = cx.tape.concat_seq(zeros, q)?;
+        let a = cx.tape.attention(q, k, v, heads, None, false)?;
+        cx.tape.slice_seq(a, past, 1)
     }
 
     /// Names of the linear layers (`h.0.attn.c_attn`, ...), for PEFT target matching.
@@ -214,5 +301,30 @@ impl crate::models::arch::Encoder for Gpt2 {
         prompt: Option<Var>,
     ) -> Result<Var> {
         Gpt2::encode(self, cx, input, prompt)
+    }
+
+    fn decode<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        ids: &B::Tensor,
+        prompt: Option<Var>,
+        cache: &mut KvCache<B::Tensor>,
+    ) -> Result<Var> {
+        let d = cx.tape.backend().shape(ids).dims().to_vec();
+        let (bsz, n) = (d[0], d[1]);
+        let p = match prompt {
+            Some(v) => cx.tape.shape(v)?.dims()[1],
+            None => 0,
+        };
+        let start = cache.len as u32;
+        let positions: Vec<u32> = (0..bsz)
+            .flat_map(|_| start..start + (p + n) as u32)
+            .collect();
+        let positions = cx
+            .tape
+            .backend()
+            .upload_u32(&positions, &Shape::new([bsz, p + n]))?;
+        let h = self.embed(cx, ids, &positions, prompt)?;
+        self.blocks(cx, h, None, Some(cache))
     }
 }
