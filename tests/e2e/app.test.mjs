@@ -107,6 +107,18 @@ async function waitSteps(page, n, timeout = 300_000) {
   );
 }
 
+/** Saves a screenshot for the test report. It is a record, not a check: a capture that does
+ * not come within 60 s (Chromium waits for a compositor frame; in one CI run the device-loss
+ * test's capture waited past 30 s and failed the test) is logged and the test goes on. */
+async function shot(page, name) {
+  try {
+    await page.screenshot({ path: join(out, name), fullPage: true, timeout: 60_000 });
+  } catch (e) {
+    if (e.name !== 'TimeoutError') throw e;
+    console.warn(`# screenshot ${name} timed out; the test goes on`);
+  }
+}
+
 async function noError(page) {
   if (await page.getByTestId('error').count()) {
     assert.fail(`the page shows an error: ${await page.getByTestId('error').textContent()}`);
@@ -116,7 +128,7 @@ async function noError(page) {
 test('the app shell renders and shows the WebGPU adapter and its limits', async () => {
   const { page, errors } = await open(context);
   const status = page.getByTestId('gpu-status');
-  await page.screenshot({ path: join(out, 'app-shell.png'), fullPage: true });
+  await shot(page, 'app-shell.png');
   assert.equal(await status.textContent(), 'WebGPU ready');
 
   const vendor = await page.getByTestId('adapter-vendor').textContent();
@@ -190,7 +202,7 @@ test('main path: LoRA on WebGPU trains, charts, evaluates, predicts, exports and
   await page.getByTestId('loss-chart').locator('path.series.a').waitFor({ timeout: 300_000 });
   await waitPhase(page, ['finished', 'failed']);
   await noError(page);
-  await page.screenshot({ path: join(out, 'main-trained.png'), fullPage: true });
+  await shot(page, 'main-trained.png');
   assert.match(await page.getByTestId('run-backend').textContent(), /^WebGPU/);
   const l = await losses(page);
   console.log(`# WebGPU LoRA NER losses: ${l.map((x) => x[1].toFixed(4)).join(' ')}`);
@@ -263,7 +275,7 @@ test('reloading mid-run offers to resume, and the run continues exactly', async 
   await banner.waitFor({ timeout: 120_000 });
   const at = Number((await banner.textContent()).match(/was interrupted; its last checkpoint, at step (\d+) of 30/)?.[1]);
   assert.ok(at > 0 && at < 30 && at % 3 === 0, `checkpoint step ${at}`);
-  await page.screenshot({ path: join(out, 'resume-offer.png'), fullPage: true });
+  await shot(page, 'resume-offer.png');
   await page.getByTestId('resume').click();
   await waitPhase(page, ['finished', 'failed'], 300_000);
   await noError(page);
@@ -280,7 +292,7 @@ test('reloading mid-run offers to resume, and the run continues exactly', async 
   await page.getByTestId('predict').click();
   await page.getByTestId('prediction').waitFor({ timeout: 60_000 });
   assert.match(await page.getByTestId('prediction').textContent(), /^(positive|negative) \(\d+\.\d%\)$/);
-  await page.screenshot({ path: join(out, 'resumed.png'), fullPage: true });
+  await shot(page, 'resumed.png');
 
   // Both runs are in the history.
   assert.equal(await page.getByTestId('past-runs').locator('tbody tr').count(), pastBefore + 2);
@@ -335,7 +347,7 @@ test('a lost WebGPU device offers to resume; the run goes on from its checkpoint
   assert.equal(await page.getByTestId('resume-cpu').count(), 1, 'the CPU is offered too');
   const at = Number((await banner.textContent()).match(/its last checkpoint, at step (\d+) of 6/)?.[1]);
   assert.ok(at >= 2 && at < 6 && at % 2 === 0, `checkpoint step ${at}`);
-  await page.screenshot({ path: join(out, 'device-lost.png'), fullPage: true });
+  await shot(page, 'device-lost.png');
 
   // Resume on WebGPU: a new device, the checkpoint's weights and optimiser state.
   await page.getByTestId('resume').click();
@@ -415,7 +427,7 @@ test('a malformed CSV shows its line number; skipping bad rows counts them', asy
   const err = page.getByTestId('data-error');
   await err.waitFor({ timeout: 30_000 });
   const text = await err.textContent();
-  await page.screenshot({ path: join(out, 'bad-csv.png'), fullPage: true });
+  await shot(page, 'bad-csv.png');
   assert.match(text, /reviews\.csv:3:/, text);
   await page.getByTestId('skip-bad').check();
   await page.getByTestId('skipped').waitFor({ timeout: 30_000 });
@@ -468,7 +480,7 @@ test('without WebGPU the wasm CPU backend trains BitFit, pauses, resumes, stops 
     assert.ok(keys.includes('classifier.weight'), keys.join('\n'));
     assert.ok(keys.every((k) => k.endsWith('.bias') || k.startsWith('classifier.')), keys.join('\n'));
     assert.equal(JSON.parse(files['tunelab_export.json'].toString('utf8')).method.method, 'bitfit');
-    await page.screenshot({ path: join(out, 'cpu-fallback.png'), fullPage: true });
+    await shot(page, 'cpu-fallback.png');
     await page.close();
   } finally {
     await ctx.close();
@@ -534,4 +546,43 @@ test('your own Hugging Face model files can be picked, checked and stored', asyn
   });
   assert.deepEqual(stored, ['config.json', 'model.safetensors', 'tokenizer.json']);
   await page.close();
+});
+
+test('a GPT-2 of your own trains as a causal LM on WebGPU and generates in "Try it"', async () => {
+  // The tiny random GPT-2 fixture (24 positions, byte-level BPE) in a browser of its own.
+  const ctx = await launch();
+  try {
+    const { page, errors } = await open(ctx, '?data=brown-text&steps=4&batch=4&len=16&eval=4&evaln=8&lr=0.02&gpu=true');
+    const dir = join(import.meta.dirname, '../fixtures/tiny-gpt2');
+    await page.getByTestId('model-files').setInputFiles(['config.json', 'model.safetensors', 'tokenizer.json'].map((f) => join(dir, f)));
+    await page.getByTestId('model-name').filter({ hasText: 'my-model (your files)' }).waitFor({ timeout: 120_000 });
+    assert.match(await page.getByTestId('model-facts').textContent(), /gpt2, 2 layers, hidden 16, 2 heads/);
+    // A text corpus on a decoder is causal LM.
+    await page.getByTestId('task').filter({ hasText: 'causal language modelling' }).waitFor({ timeout: 30_000 });
+    await page.getByTestId('train').click();
+    await waitPhase(page, ['finished', 'failed']);
+    await noError(page);
+    const l = await losses(page);
+    assert.equal(l.length, 4);
+    assert.ok(l.every(([, v]) => Number.isFinite(v)), JSON.stringify(l));
+    await page.getByTestId('playground-text').fill('The jury said');
+    await page.getByTestId('gen-max-new').fill('6');
+    await page.getByTestId('gen-max-new').dispatchEvent('change');
+    await page.getByTestId('generate').click();
+    const done = page.getByTestId('generation-done');
+    await done.waitFor({ timeout: 120_000 });
+    const doneText = await done.textContent();
+    const n = Number(doneText.match(/^(\d+) tokens/)?.[1]);
+    assert.ok(n >= 1 && n <= 6, doneText);
+    const shown = await page.getByTestId('generated').textContent();
+    assert.ok(shown.startsWith('The jury said'), shown);
+    // Only an end-of-text token as the first pick would leave nothing to show.
+    if (!/end-of-text/.test(doneText)) assert.ok(shown.length > 'The jury said'.length, shown);
+    assert.equal(await page.getByTestId('generate').isDisabled(), false);
+    await shot(page, 'generated.png');
+    assert.deepEqual(errors, []);
+    await page.close();
+  } finally {
+    await ctx.close();
+  }
 });

@@ -31,6 +31,9 @@ impl App {
             error: RwSignal::new(None),
             run: RwSignal::new(RunView::default()),
             prediction: RwSignal::new(None),
+            generated: RwSignal::new(String::new()),
+            generating: RwSignal::new(false),
+            generation_done: RwSignal::new(None),
             exported: RwSignal::new(None),
             imported: RwSignal::new(None),
             notice: RwSignal::new(None),
@@ -152,6 +155,18 @@ impl App {
                 });
             }
             Event::Prediction { prediction, .. } => self.prediction.set(Some(prediction)),
+            Event::Generated { piece } => self.generated.update(|t| t.push_str(&piece)),
+            Event::GenerationDone {
+                generation,
+                tokens_per_s,
+            } => {
+                self.generating.set(false);
+                self.generation_done.set(Some((
+                    generation.stop,
+                    generation.ids.len(),
+                    tokens_per_s,
+                )));
+            }
             Event::Exported { file_name, files } => {
                 if let Some(bytes) = payload {
                     download(&file_name, &bytes);
@@ -199,6 +214,7 @@ impl App {
                 self.saved.set(saved.map(|s| *s));
             }
             Event::Error { message } => {
+                self.generating.set(false);
                 self.run.update(|r| {
                     if matches!(r.phase, Phase::Loading | Phase::Training) {
                         r.phase = Phase::Failed;
@@ -288,13 +304,14 @@ impl App {
             return self.error.set(Some(why));
         }
         let source = model.source();
-        let config = match f.train_config(source.name(), d.kind) {
+        let kind = effective_kind(d.kind, self.model_config.get_untracked().as_ref());
+        let config = match f.train_config(source.name(), kind) {
             Ok(c) => c,
             Err(e) => return self.error.set(Some(e)),
         };
         let spec = RunSpec {
             model: source,
-            kind: d.kind,
+            kind,
             dataset: d.title.clone(),
             train: d.train.clone(),
             validation: d.validation.clone(),
@@ -306,7 +323,7 @@ impl App {
         };
         self.run.set(RunView {
             phase: Phase::Loading,
-            kind: Some(d.kind),
+            kind: Some(kind),
             ..RunView::default()
         });
         self.prediction.set(None);

@@ -19,7 +19,9 @@ use crate::panels::{
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use tunelab_core::data::{self, Example, Format, Labels, ParseOptions};
+use tunelab_core::generate::Stop;
 use tunelab_core::models::ModelConfig;
+use tunelab_core::models::heads::Task;
 use tunelab_core::predict::Prediction;
 use tunelab_core::session::holdout;
 use tunelab_core::trainer::TaskKind;
@@ -147,6 +149,11 @@ pub(crate) struct App {
     pub(crate) error: RwSignal<Option<String>>,
     pub(crate) run: RwSignal<RunView>,
     pub(crate) prediction: RwSignal<Option<Prediction>>,
+    /// Text generated so far (causal LM), and whether a generation is running.
+    pub(crate) generated: RwSignal<String>,
+    pub(crate) generating: RwSignal<bool>,
+    /// How the last generation ended: why, how many tokens, tokens per second.
+    pub(crate) generation_done: RwSignal<Option<(Stop, usize, f64)>>,
     pub(crate) exported: RwSignal<Option<(String, Vec<String>)>>,
     pub(crate) imported: RwSignal<Option<String>>,
     pub(crate) notice: RwSignal<Option<String>>,
@@ -165,6 +172,15 @@ pub(crate) fn task_of(card: &DatasetCard) -> TaskKind {
         "token-classification" => TaskKind::TokenClassification,
         "language-modeling" => TaskKind::MaskedLm,
         _ => TaskKind::Classification,
+    }
+}
+
+/// The task a dataset's kind becomes on `model`: a plain-text corpus is masked-LM
+/// pretraining for an encoder and causal LM for a decoder (which has no masked-LM head).
+pub(crate) fn effective_kind(kind: TaskKind, model: Option<&ModelConfig>) -> TaskKind {
+    match (kind, model) {
+        (TaskKind::MaskedLm, Some(c)) if c.supports(Task::MaskedLm).is_err() => TaskKind::CausalLm,
+        (k, _) => k,
     }
 }
 

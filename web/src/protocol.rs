@@ -2,6 +2,7 @@
 //! plus, for files, binary payloads posted next to it (never copied into the JSON).
 
 use serde::{Deserialize, Serialize};
+use tunelab_core::generate::{GenerateConfig, Generation};
 use tunelab_core::predict::Prediction;
 use tunelab_core::trainer::{EvalReport, StepReport, TaskKind, TrainConfig};
 use tunelab_wgpu::AdapterReport;
@@ -171,6 +172,13 @@ pub enum Request {
     Predict {
         text: String,
     },
+    /// Continue `prompt` with the causal LM in use; the text comes as `Generated` events.
+    Generate {
+        prompt: String,
+        config: GenerateConfig,
+    },
+    /// End the generation in progress before its next token.
+    StopGenerating,
     /// Download the trained weights (PEFT format for adapters) as a zip.
     Export,
     /// Load an exported adapter (zip payload) onto a model.
@@ -253,6 +261,15 @@ pub enum Event {
     Prediction {
         text: String,
         prediction: Prediction,
+    },
+    /// A piece of generated text, as soon as it decodes to whole characters.
+    Generated {
+        piece: String,
+    },
+    /// The generation ended.
+    GenerationDone {
+        generation: Generation,
+        tokens_per_s: f64,
     },
     /// The zip follows as the payload.
     Exported {

@@ -44,7 +44,8 @@ pub(crate) fn MethodPanel(app: App) -> impl IntoView {
         let cfg = app.model_config.get()?;
         let d = app.dataset.get()?;
         let f = app.form.get();
-        Some(form::counts(&cfg, d.kind, d.counts.len(), &f.method()))
+        let kind = effective_kind(d.kind, Some(&cfg));
+        Some(form::counts(&cfg, kind, d.counts.len(), &f.method()))
     });
     view! {
         <section class="panel" data-testid="method-panel">
@@ -61,7 +62,7 @@ pub(crate) fn MethodPanel(app: App) -> impl IntoView {
                     }>{name}</button>
                 }).collect_view()}
             </div>
-            <p>"Task: " <strong data-testid="task">{move || app.dataset.get().map(|d| kind_name(d.kind)).unwrap_or("—")}</strong>
+            <p>"Task: " <strong data-testid="task">{move || app.dataset.get().map(|d| kind_name(effective_kind(d.kind, app.model_config.get().as_ref()))).unwrap_or("—")}</strong>
             {move || (app.form.get().data == "upload").then(|| view! {
                 " "
                 <select data-testid="task-select" on:change=move |ev| {

@@ -37,7 +37,8 @@ pub(crate) fn preflight(app: App) -> Option<Check> {
     let cfg = app.model_config.get()?;
     let d = app.dataset.get()?;
     let f = app.form.get();
-    let (t, all) = form::counts(&cfg, d.kind, d.counts.len(), &f.method()).ok()?;
+    let kind = effective_kind(d.kind, Some(&cfg));
+    let (t, all) = form::counts(&cfg, kind, d.counts.len(), &f.method()).ok()?;
     let prompt = f.method().virtual_tokens();
     let seq = f.max_len + prompt;
     let est = form::memory_estimate(&cfg, t, all, f.batch, seq);
@@ -45,7 +46,7 @@ pub(crate) fn preflight(app: App) -> Option<Check> {
     let (budget, largest_ok, where_) = match &backend {
         Some(BackendInfo::WebGpu { adapter }) => (
             GPU_BUDGET,
-            form::largest_tensor_fits(&cfg, d.kind, f.batch, seq, adapter.limits.max_buffer_size),
+            form::largest_tensor_fits(&cfg, kind, f.batch, seq, adapter.limits.max_buffer_size),
             "WebGPU",
         ),
         _ => (CPU_BUDGET, Ok(()), "the wasm CPU backend"),

@@ -4,6 +4,7 @@ use crate::{Engine, Payload, post, state, status};
 use tunelab_core::backend::Backend;
 use tunelab_core::data::Labels;
 use tunelab_core::export::{self, ExportInfo};
+use tunelab_core::generate::{GenerateConfig, Generation, Generator};
 use tunelab_core::models::task_model::TaskModel;
 use tunelab_core::params::ParamStore;
 use tunelab_core::peft::Method;
@@ -120,6 +121,45 @@ pub(crate) async fn predict(text: String) -> Result<(), String> {
     }
     let prediction = with_live(PredictFn(text.clone())).await?;
     post(&Event::Prediction { text, prediction }, None);
+    Ok(())
+}
+
+pub(crate) struct GenerateFn(String, GenerateConfig);
+
+impl AsyncLiveFn<Generation> for GenerateFn {
+    async fn call<B: Backend>(&self, slot: &Slot<B>) -> Result<Generation, String> {
+        let v = view(slot);
+        let ids = v.tokenizer.encode_text(&self.0, usize::MAX).map_err(s)?;
+        let mut g =
+            Generator::new(v.backend, v.model, v.store, v.tokenizer, ids, &self.1).map_err(s)?;
+        while let Some(piece) = g.step().await.map_err(s)? {
+            if !piece.is_empty() {
+                post(&Event::Generated { piece }, None);
+            }
+            // Let the page's messages in (a Stop), then heed them.
+            sleep(0).await;
+            if state().stop_generating.get() {
+                g.cancel();
+            }
+        }
+        g.finish().map_err(s)
+    }
+}
+
+/// Generates from the live model, streaming the text to the page.
+pub(crate) async fn generate(prompt: String, config: GenerateConfig) -> Result<(), String> {
+    state().stop_generating.set(false);
+    let started = js_sys::Date::now();
+    let generation = with_live(GenerateFn(prompt, config)).await?;
+    let secs = ((js_sys::Date::now() - started) / 1000.0).max(1e-3);
+    let tokens_per_s = generation.ids.len() as f64 / secs;
+    post(
+        &Event::GenerationDone {
+            generation,
+            tokens_per_s,
+        },
+        None,
+    );
     Ok(())
 }
 

@@ -46,6 +46,8 @@ pub(crate) struct State {
     pub on_gpu: Cell<bool>,
     /// The trained (or imported) model while no loop holds it.
     pub live: RefCell<Option<run::Live>>,
+    /// The page asked the generation in progress to stop.
+    pub stop_generating: Cell<bool>,
 }
 
 thread_local! {
@@ -55,6 +57,7 @@ thread_local! {
         gpu: RefCell::new(None),
         on_gpu: Cell::new(false),
         live: RefCell::new(None),
+        stop_generating: Cell::new(false),
     });
 }
 
@@ -148,6 +151,7 @@ fn on_message(ev: MessageEvent) {
         }
         Request::Stop => st.control.set(Control::Stop),
         Request::LoseDevice => engine::lose_device(),
+        Request::StopGenerating => st.stop_generating.set(true),
         other => wasm_bindgen_futures::spawn_local(async move {
             if let Err(e) = run::handle(other, files).await {
                 post_error(e);

@@ -80,6 +80,7 @@ pub(crate) async fn handle(
         R::Start { spec } => start(*spec, None).await,
         R::ResumeSaved { on_cpu } => resume_saved(on_cpu).await,
         R::Predict { text } => predict(text).await,
+        R::Generate { prompt, config } => generate(prompt, config).await,
         R::Export => export_zip().await,
         R::Import { model } => import(model, files).await,
         R::Discard => {
@@ -95,7 +96,7 @@ pub(crate) async fn handle(
             post(&Event::Deleted, None);
             Ok(())
         }
-        R::Pause | R::Continue | R::Stop | R::LoseDevice => Ok(()),
+        R::Pause | R::Continue | R::Stop | R::LoseDevice | R::StopGenerating => Ok(()),
     }
 }
 
