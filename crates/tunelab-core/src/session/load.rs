@@ -32,22 +32,8 @@ pub fn load_trained<B: Backend>(
     file: &str,
 ) -> Result<Loaded<B>, TrainError> {
     let m = &imported.manifest;
-    let (_, tokenizer) = base.parts()?;
-    let tensors = base
-        .weights
-        .tensors(&base.name)
-        .map_err(crate::models::task_model::ModelError::from)?;
-    let mut store = ParamStore::new();
-    let model = TaskModel::load(
-        &backend,
-        &base.name,
-        &base.config_json,
-        tensors,
-        head_task(m.task, &m.labels),
-        &m.method,
-        0,
-        &mut store,
-    )?;
+    let (model, mut store, tokenizer) =
+        load_base(&backend, base, head_task(m.task, &m.labels), &m.method)?;
     if m.method.export_kind() != ExportKind::Model {
         export::apply(&backend, &mut store, &imported.tensors, file)?;
     }
@@ -61,11 +47,24 @@ pub fn load_trained<B: Backend>(
 }
 
 /// A causal LM from a model folder as it is (no training), to generate from: the base model
-/// with its language-model head, every weight frozen.
+/// with its language-model head.
 pub fn load_causal_lm<B: Backend>(
     backend: B,
     base: &ModelFiles,
 ) -> Result<(B, TaskModel<B>, ParamStore<B>, Tokenizer), TrainError> {
+    let full = crate::peft::Method::Full(crate::peft::full::Full {});
+    let (model, store, tokenizer) =
+        load_base(&backend, base, crate::models::heads::Task::CausalLm, &full)?;
+    Ok((backend, model, store, tokenizer))
+}
+
+/// `base` with `task`'s head and `method` applied, and its tokenizer.
+fn load_base<B: Backend>(
+    backend: &B,
+    base: &ModelFiles,
+    task: crate::models::heads::Task,
+    method: &crate::peft::Method,
+) -> Result<(TaskModel<B>, ParamStore<B>, Tokenizer), TrainError> {
     let (_, tokenizer) = base.parts()?;
     let tensors = base
         .weights
@@ -73,14 +72,14 @@ pub fn load_causal_lm<B: Backend>(
         .map_err(crate::models::task_model::ModelError::from)?;
     let mut store = ParamStore::new();
     let model = TaskModel::load(
-        &backend,
+        backend,
         &base.name,
         &base.config_json,
         tensors,
-        crate::models::heads::Task::CausalLm,
-        &crate::peft::Method::Full(crate::peft::full::Full {}),
+        task,
+        method,
         0,
         &mut store,
     )?;
-    Ok((backend, model, store, tokenizer))
+    Ok((model, store, tokenizer))
 }
